@@ -1,0 +1,85 @@
+use crate::{Error, ErrorKind, Extent, Result};
+
+/// A virtual disk that can be read at any offset, from many threads at once.
+///
+/// Implementations hold only immutable state after opening (memory maps, validated tables), so
+/// `&self` reads are safe to run in parallel with rayon.
+pub trait DiskImage: Send + Sync {
+    /// The virtual size of the disk in bytes.
+    fn size(&self) -> u64;
+
+    /// Fill `buf` with the disk's bytes starting at `offset`.
+    ///
+    /// The whole range must lie inside the disk ([`ErrorKind::OutOfBounds`] otherwise).
+    /// Unallocated and zeroed ranges read as zero, or from a parent where the image has one.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+
+    /// The allocation map of `length` bytes from `offset`, sorted, covering the range exactly,
+    /// with touching runs of the same kind joined.
+    ///
+    /// For a chain, ranges are resolved through the parents: [`crate::Allocation::Unallocated`]
+    /// means no link stores the range, and `depth` says which link does.
+    /// Callers walking a large disk should ask in windows (say 1 GiB), since a hostile image can
+    /// describe one extent per grain.
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>>;
+
+    /// Short format name: `"raw"`, `"vmdk"`.
+    fn format_name(&self) -> &'static str;
+}
+
+/// Check that `len` bytes at `offset` lie inside a disk of `size` bytes.
+pub fn check_range(size: u64, offset: u64, len: u64) -> Result<()> {
+    match offset.checked_add(len) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(Error::new(
+            ErrorKind::OutOfBounds,
+            format!("range of {len} bytes at {offset} is past the end of the {size}-byte disk"),
+        )),
+    }
+}
+
+impl<T: DiskImage + ?Sized> DiskImage for Box<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        (**self).allocation(offset, length)
+    }
+    fn format_name(&self) -> &'static str {
+        (**self).format_name()
+    }
+}
+
+impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
+    fn size(&self) -> u64 {
+        (**self).size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        (**self).read_at(buf, offset)
+    }
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        (**self).allocation(offset, length)
+    }
+    fn format_name(&self) -> &'static str {
+        (**self).format_name()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks_overflow_and_end() {
+        assert!(check_range(100, 0, 100).is_ok());
+        assert!(check_range(100, 100, 0).is_ok());
+        assert_eq!(
+            check_range(100, 1, 100).unwrap_err().kind(),
+            ErrorKind::OutOfBounds
+        );
+        assert!(check_range(u64::MAX, u64::MAX, 1).is_err());
+    }
+}

@@ -1,0 +1,68 @@
+//! Byte sizes as users type them: `512`, `4K`, `64K`, `1M`, `2G`, `1T`.
+
+/// Parse a size: a decimal number with an optional binary suffix K, M, G, T (KiB…TiB), and an
+/// optional trailing `B` or `iB`. Returns `None` for anything else or on overflow.
+pub fn parse(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (digits, shift) = match t.chars().last()? {
+        'k' | 'K' => (&t[..t.len() - 1], 10),
+        'm' | 'M' => (&t[..t.len() - 1], 20),
+        'g' | 'G' => (&t[..t.len() - 1], 30),
+        't' | 'T' => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+/// Print a size with the largest binary unit that divides it (`64 KiB`, `2 GiB`, `1000 B`).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
+    for (name, shift) in UNITS {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{} {name}", bytes >> shift);
+        }
+    }
+    if bytes >= 1 << 20 {
+        return format!(
+            "{:.1} MiB ({bytes} bytes)",
+            bytes as f64 / (1u64 << 20) as f64
+        );
+    }
+    format!("{bytes} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_suffixes() {
+        assert_eq!(parse("512"), Some(512));
+        assert_eq!(parse("4K"), Some(4096));
+        assert_eq!(parse("64k"), Some(65536));
+        assert_eq!(parse("1M"), Some(1 << 20));
+        assert_eq!(parse("2G"), Some(2 << 30));
+        assert_eq!(parse("1TiB"), Some(1 << 40));
+        assert_eq!(parse("200MB"), Some(200 << 20));
+        assert_eq!(parse(""), None);
+        assert_eq!(parse("K"), None);
+        assert_eq!(parse("-1"), None);
+        assert_eq!(parse("99999999999999999999"), None);
+        assert_eq!(parse("16777216T"), None);
+    }
+
+    #[test]
+    fn prints_units() {
+        assert_eq!(human(65536), "64 KiB");
+        assert_eq!(human(3 << 30), "3 GiB");
+        assert_eq!(human(1000), "1000 B");
+    }
+}

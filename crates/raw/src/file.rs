@@ -1,0 +1,151 @@
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+use vdisk_core::{Error, ErrorKind, Result};
+
+/// A file opened read-only, memory-mapped when the kernel allows it.
+///
+/// The map is private to this type: callers see [`MappedFile::bytes`] (the whole file as a
+/// slice, when mapped) and [`MappedFile::read_at`] (which works either way).
+///
+/// A mapped file that another process truncates while it is read raises SIGBUS; vdisk reads
+/// images that are not being written, as every image tool does.
+#[derive(Debug)]
+pub struct MappedFile {
+    file: File,
+    map: Option<Mmap>,
+    len: u64,
+    path: PathBuf,
+}
+
+impl MappedFile {
+    /// Open and map `path`. Mapping failures fall back to positional reads.
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
+        Self::from_file(file, path)
+    }
+
+    /// Map an already opened file; `path` is used in error messages.
+    pub fn from_file(file: File, path: &Path) -> Result<Self> {
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("cannot stat", e).with_path(path))?;
+        if meta.is_dir() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "is a directory").with_path(path));
+        }
+        let len = meta.len();
+        let map = if meta.is_file() && len > 0 && usize::try_from(len).is_ok() {
+            // SAFETY: the map is read-only and private to this struct. Its contents can change
+            // if another process writes the file (which makes reads racy, not unsound for u8
+            // slices), or raise SIGBUS if it is truncated; vdisk documents that images must not
+            // be modified while read, like any image tool.
+            unsafe { Mmap::map(&file) }.ok()
+        } else {
+            None
+        };
+        Ok(MappedFile {
+            file,
+            map,
+            len,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The file's length in bytes when it was opened.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the file is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The path the file was opened as.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The underlying file (for `SEEK_DATA`/`SEEK_HOLE` and metadata).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// The whole file as bytes, when it is mapped (or empty).
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match &self.map {
+            Some(m) => Some(&m[..]),
+            None if self.len == 0 => Some(&[]),
+            None => None,
+        }
+    }
+
+    /// Hint that the whole file will be read front to back.
+    pub fn advise_sequential(&self) {
+        if let Some(m) = &self.map {
+            let _ = m.advise(memmap2::Advice::Sequential);
+        }
+    }
+
+    /// Fill `buf` from the file at `offset`. Bytes past the end of the file read as zero:
+    /// callers have already checked the range against the image size, and a file that is
+    /// shorter than its image (a truncated flat extent) reads as zero, as qemu does.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        let avail = self.len.saturating_sub(offset);
+        let n = usize::try_from(avail).unwrap_or(usize::MAX).min(buf.len());
+        let (head, tail) = buf.split_at_mut(n);
+        if n > 0 {
+            match &self.map {
+                Some(m) => {
+                    // offset < len <= usize::MAX here because n > 0.
+                    let start = offset as usize;
+                    head.copy_from_slice(&m[start..start + n]);
+                }
+                None => self
+                    .file
+                    .read_exact_at(head, offset)
+                    .map_err(|e| Error::io("cannot read", e).with_path(&self.path).at(offset))?,
+            }
+        }
+        tail.fill(0);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn reads_mapped_and_zero_fills_past_end() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"hello world").unwrap();
+        let m = MappedFile::open(f.path()).unwrap();
+        assert_eq!(m.bytes().unwrap(), b"hello world");
+        let mut buf = [0xffu8; 8];
+        m.read_at(&mut buf, 6).unwrap();
+        assert_eq!(&buf, b"world\0\0\0");
+        m.read_at(&mut buf, 100).unwrap();
+        assert_eq!(buf, [0; 8]);
+    }
+
+    #[test]
+    fn empty_file_is_empty_slice() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let m = MappedFile::open(f.path()).unwrap();
+        assert!(m.is_empty());
+        assert_eq!(m.bytes(), Some(&[][..]));
+    }
+
+    #[test]
+    fn missing_file_names_path() {
+        let e = MappedFile::open(Path::new("/nonexistent/vdisk-test")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(e
+            .to_string()
+            .starts_with("/nonexistent/vdisk-test: cannot open"));
+    }
+}

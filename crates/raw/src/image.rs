@@ -1,0 +1,110 @@
+use std::path::Path;
+
+use vdisk_core::{check_range, Allocation, DiskImage, Extent, Result};
+
+use crate::{data_ranges, MappedFile};
+
+/// A raw disk image: the file's bytes are the disk's bytes.
+#[derive(Debug)]
+pub struct RawImage {
+    file: MappedFile,
+}
+
+impl RawImage {
+    /// Open `path` as a raw image.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(RawImage {
+            file: MappedFile::open(path)?,
+        })
+    }
+
+    /// Wrap a file that is already open.
+    pub fn from_mapped(file: MappedFile) -> Self {
+        RawImage { file }
+    }
+
+    /// The file behind the image.
+    pub fn file(&self) -> &MappedFile {
+        &self.file
+    }
+
+    /// Bytes the file occupies on disk (its allocated blocks), which for a sparse file is less
+    /// than its size.
+    pub fn disk_usage(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        self.file
+            .file()
+            .metadata()
+            .map(|m| m.blocks().saturating_mul(512))
+            .unwrap_or(0)
+    }
+}
+
+impl DiskImage for RawImage {
+    fn size(&self) -> u64 {
+        self.file.len()
+    }
+
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        check_range(self.size(), offset, buf.len() as u64)
+            .map_err(|e| e.with_path(self.file.path()))?;
+        self.file.read_at(buf, offset)
+    }
+
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        check_range(self.size(), offset, length).map_err(|e| e.with_path(self.file.path()))?;
+        let end = offset + length;
+        let mut map = Vec::new();
+        let mut pos = offset;
+        let mut push = |start: u64, len: u64, allocation| {
+            vdisk_core::coalesce(
+                &mut map,
+                Extent {
+                    start,
+                    length: len,
+                    allocation,
+                    depth: 0,
+                },
+            )
+        };
+        for (start, len) in data_ranges(self.file.file(), offset, end) {
+            push(pos, start - pos, Allocation::Unallocated);
+            push(start, len, Allocation::Data);
+            pos = start + len;
+        }
+        push(pos, end - pos, Allocation::Unallocated);
+        Ok(map)
+    }
+
+    fn format_name(&self) -> &'static str {
+        "raw"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn map_covers_range_and_reads_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.raw");
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(16 << 20).unwrap();
+        f.write_all_at(&[7u8; 65536], 4 << 20).unwrap();
+        drop(f);
+        let img = RawImage::open(&path).unwrap();
+        assert_eq!(img.size(), 16 << 20);
+        let map = img.allocation(0, img.size()).unwrap();
+        assert_eq!(map.first().unwrap().start, 0);
+        assert_eq!(map.last().unwrap().end(), 16 << 20);
+        for w in map.windows(2) {
+            assert_eq!(w[0].end(), w[1].start);
+        }
+        let mut buf = vec![0u8; 65536];
+        img.read_at(&mut buf, 4 << 20).unwrap();
+        assert!(buf.iter().all(|&b| b == 7));
+        assert!(img.read_at(&mut buf, (16 << 20) - 10).is_err());
+    }
+}

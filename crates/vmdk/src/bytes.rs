@@ -1,0 +1,156 @@
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_raw::MappedFile;
+
+/// The bytes of one file of an image: a memory-mapped file, or a buffer already in memory
+/// (tests, fuzzing, a stream read from standard input).
+#[derive(Debug)]
+pub enum Bytes {
+    /// A file on disk.
+    File(MappedFile),
+    /// Bytes in memory, with the name used in messages.
+    Owned(PathBuf, std::sync::Arc<Vec<u8>>),
+}
+
+impl Bytes {
+    /// The length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Bytes::File(f) => f.len(),
+            Bytes::Owned(_, v) => v.len() as u64,
+        }
+    }
+
+    /// Whether there are no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The name used in messages.
+    pub fn path(&self) -> &Path {
+        match self {
+            Bytes::File(f) => f.path(),
+            Bytes::Owned(p, _) => p,
+        }
+    }
+
+    /// All bytes as a slice, when the file is mapped or in memory.
+    pub fn slice(&self) -> Option<&[u8]> {
+        match self {
+            Bytes::File(f) => f.bytes(),
+            Bytes::Owned(_, v) => Some(v.as_slice()),
+        }
+    }
+
+    /// All bytes as a slice, or an error naming the file when it could not be mapped.
+    pub fn require_slice(&self) -> Result<&[u8]> {
+        self.slice().ok_or_else(|| {
+            Error::new(
+                ErrorKind::Unsupported,
+                "cannot memory-map this file (sparse extents must be regular files)",
+            )
+            .with_path(self.path())
+        })
+    }
+
+    /// Fill `buf` from `offset`; bytes past the end read as zero.
+    pub fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self {
+            Bytes::File(f) => f.read_at(buf, offset),
+            Bytes::Owned(_, v) => {
+                let start = usize::try_from(offset).unwrap_or(usize::MAX).min(v.len());
+                let n = (v.len() - start).min(buf.len());
+                buf[..n].copy_from_slice(&v[start..start + n]);
+                buf[n..].fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Ranges holding data between `start` and `end` (file offsets), from the file system's
+    /// holes; in-memory bytes are all data.
+    pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        match self {
+            Bytes::File(f) => vdisk_raw::data_ranges(f.file(), start, end.min(f.len())),
+            Bytes::Owned(_, v) => {
+                let end = end.min(v.len() as u64);
+                if start < end {
+                    vec![(start, end - start)]
+                } else {
+                    Vec::new()
+                }
+            }
+        }
+    }
+
+    /// Bytes the file takes on disk (allocated blocks); in-memory bytes count their length.
+    pub fn disk_usage(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        match self {
+            Bytes::File(f) => f
+                .file()
+                .metadata()
+                .map(|m| m.blocks().saturating_mul(512))
+                .unwrap_or(0),
+            Bytes::Owned(_, v) => v.len() as u64,
+        }
+    }
+}
+
+/// Where the files of an image come from. Paths given to a store are already resolved and
+/// checked against the descriptor's folder.
+pub trait FileStore: Send + Sync {
+    /// Load the file at `path`.
+    fn load(&self, path: &Path) -> Result<Bytes>;
+
+    /// A name that is the same for every path that reaches the same file (for loop detection).
+    fn identity(&self, path: &Path) -> Result<PathBuf>;
+}
+
+/// Files on the local file system, memory-mapped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FsStore;
+
+impl FileStore for FsStore {
+    fn load(&self, path: &Path) -> Result<Bytes> {
+        Ok(Bytes::File(MappedFile::open(path)?))
+    }
+
+    fn identity(&self, path: &Path) -> Result<PathBuf> {
+        std::fs::canonicalize(path).map_err(|e| Error::io("cannot open", e).with_path(path))
+    }
+}
+
+/// Files held in memory by name (for tests and fuzzing: a whole image without touching disk).
+#[derive(Debug, Default, Clone)]
+pub struct MemStore {
+    files: HashMap<PathBuf, Arc<Vec<u8>>>,
+}
+
+impl MemStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a file.
+    pub fn insert(&mut self, path: impl Into<PathBuf>, bytes: Vec<u8>) {
+        self.files.insert(path.into(), Arc::new(bytes));
+    }
+}
+
+impl FileStore for MemStore {
+    fn load(&self, path: &Path) -> Result<Bytes> {
+        match self.files.get(path) {
+            Some(v) => Ok(Bytes::Owned(path.to_path_buf(), Arc::clone(v))),
+            None => Err(Error::new(ErrorKind::NotFound, "no such file").with_path(path)),
+        }
+    }
+
+    fn identity(&self, path: &Path) -> Result<PathBuf> {
+        Ok(path.to_path_buf())
+    }
+}

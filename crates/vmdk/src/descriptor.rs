@@ -1,0 +1,418 @@
+//! The text descriptor: which files hold the disk, and the chain and geometry keys.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use vdisk_core::{Error, Result};
+
+use crate::header::MAX_DESCRIPTOR_BYTES;
+
+/// `parentCID` of an image without a parent.
+pub const NO_PARENT_CID: u32 = 0xffff_ffff;
+
+/// Upper bound on extent lines: a 64 TiB disk split in 2 GiB extents has 32 Ki; qemu-img
+/// aborts far below this bound. Each line costs well under 100 bytes of memory.
+const MAX_EXTENTS: usize = 1 << 20;
+
+/// Access mode of an extent line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read-write.
+    Rw,
+    /// Read-only.
+    RdOnly,
+    /// Not accessible: counts toward the size, reads as zero.
+    NoAccess,
+}
+
+impl Access {
+    /// The keyword as written in descriptors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Access::Rw => "RW",
+            Access::RdOnly => "RDONLY",
+            Access::NoAccess => "NOACCESS",
+        }
+    }
+}
+
+/// Type of an extent line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtentType {
+    /// Hosted sparse extent (KDMV).
+    Sparse,
+    /// Flat (raw) data in a file, from an offset.
+    Flat,
+    /// No file: reads as zero.
+    Zero,
+    /// ESX flat extent: read as flat.
+    Vmfs,
+    /// ESX sparse extent (COWD): not supported.
+    VmfsSparse,
+    /// Space-efficient sparse (ESX): not supported.
+    SeSparse,
+    /// Raw device mapping: not supported.
+    VmfsRdm,
+    /// Raw device passthrough: not supported.
+    VmfsRaw,
+}
+
+impl ExtentType {
+    fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "SPARSE" => ExtentType::Sparse,
+            "FLAT" => ExtentType::Flat,
+            "ZERO" => ExtentType::Zero,
+            "VMFS" => ExtentType::Vmfs,
+            "VMFSSPARSE" => ExtentType::VmfsSparse,
+            "SESPARSE" => ExtentType::SeSparse,
+            "VMFSRDM" => ExtentType::VmfsRdm,
+            "VMFSRAW" => ExtentType::VmfsRaw,
+            _ => return None,
+        })
+    }
+
+    /// The keyword as written in descriptors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtentType::Sparse => "SPARSE",
+            ExtentType::Flat => "FLAT",
+            ExtentType::Zero => "ZERO",
+            ExtentType::Vmfs => "VMFS",
+            ExtentType::VmfsSparse => "VMFSSPARSE",
+            ExtentType::SeSparse => "SESPARSE",
+            ExtentType::VmfsRdm => "VMFSRDM",
+            ExtentType::VmfsRaw => "VMFSRAW",
+        }
+    }
+}
+
+/// One extent line: `ACCESS SECTORS TYPE ["FILE" [OFFSET]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtentLine {
+    /// Access mode.
+    pub access: Access,
+    /// Size of the extent in sectors.
+    pub sectors: u64,
+    /// Extent type.
+    pub kind: ExtentType,
+    /// File name as written (relative to the descriptor's folder); `None` for ZERO.
+    pub file: Option<PathBuf>,
+    /// Offset into the file, in sectors (flat extents).
+    pub offset: u64,
+}
+
+/// A parsed descriptor.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Descriptor {
+    /// `version=`.
+    pub version: Option<u32>,
+    /// `CID=`: content ID, changed on every write.
+    pub cid: Option<u32>,
+    /// `parentCID=`: the parent's CID when this link was written; [`NO_PARENT_CID`] for none.
+    pub parent_cid: Option<u32>,
+    /// `createType=`: the subformat.
+    pub create_type: Option<String>,
+    /// `parentFileNameHint=`: the parent's file name, relative to this descriptor's folder.
+    pub parent_hint: Option<PathBuf>,
+    /// Extent lines in order.
+    pub extents: Vec<ExtentLine>,
+    /// `ddb.*` keys in order (adapterType, geometry, …).
+    pub ddb: Vec<(String, String)>,
+}
+
+/// Whether `head` starts like a text descriptor.
+pub(crate) fn looks_like_descriptor(head: &[u8]) -> bool {
+    let trimmed = head
+        .strip_prefix(b"\xef\xbb\xbf")
+        .unwrap_or(head)
+        .trim_ascii_start();
+    trimmed.starts_with(b"# Disk DescriptorFile") || trimmed.starts_with(b"# Disk Descriptor File")
+}
+
+fn unquote(v: &[u8]) -> &[u8] {
+    let v = v.trim_ascii();
+    if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
+        &v[1..v.len() - 1]
+    } else {
+        v
+    }
+}
+
+fn parse_hex_u32(v: &[u8], key: &str, line_no: usize) -> Result<u32> {
+    let s = std::str::from_utf8(unquote(v)).unwrap_or("");
+    u32::from_str_radix(s, 16).map_err(|_| {
+        Error::invalid(format!(
+            "descriptor line {line_no}: {key} is not an 8-digit hex number"
+        ))
+    })
+}
+
+impl Descriptor {
+    /// Parse descriptor text. Parsing stops at the first NUL byte (an embedded descriptor is
+    /// padded with zeros). Unknown keys are kept out; malformed extent lines are errors that
+    /// name the line.
+    pub fn parse(text: &[u8]) -> Result<Self> {
+        if text.len() as u64 > MAX_DESCRIPTOR_BYTES {
+            return Err(Error::unsupported(format!(
+                "descriptor of {} bytes is too large (at most {MAX_DESCRIPTOR_BYTES})",
+                text.len()
+            )));
+        }
+        let text = match text.iter().position(|&b| b == 0) {
+            Some(n) => &text[..n],
+            None => text,
+        };
+        let mut d = Descriptor::default();
+        for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
+            let line_no = i + 1;
+            let line = raw.trim_ascii();
+            if line.is_empty() || line[0] == b'#' {
+                continue;
+            }
+            if let Some(ext) = parse_extent_line(line, line_no)? {
+                if d.extents.len() >= MAX_EXTENTS {
+                    return Err(Error::unsupported(format!(
+                        "descriptor has more than {MAX_EXTENTS} extents"
+                    )));
+                }
+                d.extents.push(ext);
+                continue;
+            }
+            let Some(eq) = line.iter().position(|&b| b == b'=') else {
+                return Err(Error::invalid(format!(
+                    "descriptor line {line_no} is neither a key=value pair nor an extent"
+                )));
+            };
+            let key = line[..eq].trim_ascii();
+            let value = &line[eq + 1..];
+            match key {
+                b"version" => {
+                    d.version = std::str::from_utf8(unquote(value))
+                        .ok()
+                        .and_then(|s| s.parse().ok())
+                }
+                b"CID" => d.cid = Some(parse_hex_u32(value, "CID", line_no)?),
+                b"parentCID" => d.parent_cid = Some(parse_hex_u32(value, "parentCID", line_no)?),
+                b"createType" => {
+                    d.create_type = Some(String::from_utf8_lossy(unquote(value)).into_owned())
+                }
+                b"parentFileNameHint" => {
+                    let v = unquote(value);
+                    if !v.is_empty() {
+                        d.parent_hint = Some(PathBuf::from(OsStr::from_bytes(v)));
+                    }
+                }
+                k if k.starts_with(b"ddb.") => {
+                    if d.ddb.len() < 4096 {
+                        d.ddb.push((
+                            String::from_utf8_lossy(k).into_owned(),
+                            String::from_utf8_lossy(unquote(value)).into_owned(),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        if d.extents.is_empty() {
+            return Err(Error::invalid("descriptor lists no extents"));
+        }
+        Ok(d)
+    }
+
+    /// Whether the descriptor names a parent (a delta link).
+    pub fn has_parent(&self) -> bool {
+        self.parent_hint.is_some()
+    }
+
+    /// The value of a `ddb.` key.
+    pub fn ddb(&self, key: &str) -> Option<&str> {
+        self.ddb
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Total size of the extents in sectors, or an error when it overflows.
+    pub fn total_sectors(&self) -> Result<u64> {
+        self.extents
+            .iter()
+            .try_fold(0u64, |acc, e| acc.checked_add(e.sectors))
+            .filter(|&s| s <= (u64::MAX >> 10))
+            .ok_or_else(|| Error::invalid("extent sizes add up past the largest possible disk"))
+    }
+}
+
+/// Parse an extent line, or return `None` when the line does not start with an access word.
+fn parse_extent_line(line: &[u8], line_no: usize) -> Result<Option<ExtentLine>> {
+    let (word, rest) = split_word(line);
+    let access = match word {
+        b"RW" => Access::Rw,
+        b"RDONLY" => Access::RdOnly,
+        b"NOACCESS" => Access::NoAccess,
+        _ => return Ok(None),
+    };
+    let bad = |what: &str| Error::invalid(format!("descriptor line {line_no}: {what}"));
+    let (sectors, rest) = split_word(rest);
+    let sectors = std::str::from_utf8(sectors)
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .ok_or_else(|| bad("extent size is not a number of sectors"))?;
+    let (kind_word, rest) = split_word(rest);
+    let kind = std::str::from_utf8(kind_word)
+        .ok()
+        .and_then(ExtentType::parse)
+        .ok_or_else(|| {
+            bad(&format!(
+                "unknown extent type \"{}\"",
+                String::from_utf8_lossy(kind_word)
+            ))
+        })?;
+    let rest = rest.trim_ascii_start();
+    let (file, rest) = if let Some(after) = rest.strip_prefix(b"\"") {
+        let end = after
+            .iter()
+            .position(|&b| b == b'"')
+            .ok_or_else(|| bad("extent file name has no closing quote"))?;
+        (Some(&after[..end]), &after[end + 1..])
+    } else if rest.is_empty() {
+        (None, rest)
+    } else {
+        let (w, r) = split_word(rest);
+        (Some(w), r)
+    };
+    let (offset_word, rest) = split_word(rest);
+    let offset = if offset_word.is_empty() {
+        0
+    } else {
+        std::str::from_utf8(offset_word)
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .ok_or_else(|| bad("extent offset is not a number of sectors"))?
+    };
+    if !rest.trim_ascii().is_empty() {
+        return Err(bad("extra words after the extent"));
+    }
+    let file = match (kind, file) {
+        (ExtentType::Zero, _) => None,
+        (_, Some(f)) if !f.is_empty() => Some(PathBuf::from(OsStr::from_bytes(f))),
+        _ => return Err(bad("extent has no file name")),
+    };
+    Ok(Some(ExtentLine {
+        access,
+        sectors,
+        kind,
+        file,
+        offset,
+    }))
+}
+
+fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
+    let s = s.trim_ascii_start();
+    let end = s
+        .iter()
+        .position(|b| b.is_ascii_whitespace())
+        .unwrap_or(s.len());
+    (&s[..end], &s[end..])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const QEMU_LINK: &str = "# Disk DescriptorFile\n\
+        version=1\n\
+        CID=7a3f1c22\n\
+        parentCID=1b2c3d4e\n\
+        createType=\"monolithicSparse\"\n\
+        parentFileNameHint=\"base.vmdk\"\n\
+        \n\
+        # Extent description\n\
+        RW 2097152 SPARSE \"link.vmdk\"\n\
+        \n\
+        # The Disk Data Base\n\
+        #DDB\n\
+        \n\
+        ddb.virtualHWVersion = \"4\"\n\
+        ddb.geometry.cylinders = \"2080\"\n\
+        ddb.adapterType = \"ide\"\n";
+
+    #[test]
+    fn parses_a_qemu_link_descriptor() {
+        let d = Descriptor::parse(QEMU_LINK.as_bytes()).unwrap();
+        assert_eq!(d.version, Some(1));
+        assert_eq!(d.cid, Some(0x7a3f1c22));
+        assert_eq!(d.parent_cid, Some(0x1b2c3d4e));
+        assert_eq!(d.create_type.as_deref(), Some("monolithicSparse"));
+        assert_eq!(d.parent_hint, Some(PathBuf::from("base.vmdk")));
+        assert_eq!(
+            d.extents,
+            vec![ExtentLine {
+                access: Access::Rw,
+                sectors: 2097152,
+                kind: ExtentType::Sparse,
+                file: Some("link.vmdk".into()),
+                offset: 0
+            }]
+        );
+        assert_eq!(d.ddb("ddb.adapterType"), Some("ide"));
+        assert_eq!(d.total_sectors().unwrap(), 2097152);
+    }
+
+    #[test]
+    fn parses_every_access_and_type_with_offsets_and_spaces() {
+        let text = b"# Disk DescriptorFile\r\nCID=fffffffe\r\nparentCID=ffffffff\r\n\
+            RW 100 FLAT \"my disk-f001.vmdk\" 7\r\n\
+            RDONLY 200 VMFS \"b.vmdk\"\r\n\
+            NOACCESS 300 ZERO\r\n\
+            RW 400 SPARSE \"c.vmdk\"\r\n";
+        let d = Descriptor::parse(text).unwrap();
+        assert_eq!(d.extents.len(), 4);
+        assert_eq!(d.extents[0].file, Some(PathBuf::from("my disk-f001.vmdk")));
+        assert_eq!(d.extents[0].offset, 7);
+        assert_eq!(d.extents[1].access, Access::RdOnly);
+        assert_eq!(d.extents[1].kind, ExtentType::Vmfs);
+        assert_eq!(d.extents[2].access, Access::NoAccess);
+        assert_eq!(d.extents[2].file, None);
+        assert_eq!(d.total_sectors().unwrap(), 1000);
+        assert!(!d.has_parent());
+    }
+
+    #[test]
+    fn bad_lines_name_their_number() {
+        let e = Descriptor::parse(b"# Disk DescriptorFile\nRW x SPARSE \"a\"\n").unwrap_err();
+        assert!(e.to_string().contains("line 2"), "{e}");
+        for bad in [
+            &b"RW 10 BOGUS \"a\""[..],
+            b"RW 10 SPARSE \"a",
+            b"RW 10 SPARSE",
+            b"RW 10 FLAT \"a\" x",
+            b"RW 10 FLAT \"a\" 1 2",
+            b"garbage line",
+            b"CID=xyz\nRW 1 ZERO",
+            b"# no extents\nCID=1",
+        ] {
+            assert!(
+                Descriptor::parse(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_errors() {
+        let d = Descriptor::parse(b"RW 18446744073709551615 ZERO\nRW 18446744073709551615 ZERO\n")
+            .unwrap();
+        assert!(d.total_sectors().is_err());
+    }
+
+    #[test]
+    fn text_stops_at_nul_padding() {
+        let mut t = QEMU_LINK.as_bytes().to_vec();
+        t.extend_from_slice(&[0; 100]);
+        t.extend_from_slice(b"garbage");
+        assert!(Descriptor::parse(&t).is_ok());
+    }
+}

@@ -1,0 +1,56 @@
+//! Entry points shared by the cargo-fuzz targets in `fuzz/` and the corpus replay tests.
+//! Each takes arbitrary bytes and must return without panicking, whatever they are.
+
+use std::path::Path;
+
+use vdisk_core::DiskImage;
+
+use crate::{Descriptor, Marker, MemStore, OpenOptions, SparseHeader, VmdkImage};
+
+/// Parse and validate a sparse header.
+pub fn sparse_header(data: &[u8]) {
+    if let Ok(h) = SparseHeader::parse(data) {
+        let _ = h.validate(data.len() as u64);
+        let _ = h.gd_entries();
+        assert_eq!(SparseHeader::parse(&h.to_bytes()).ok(), Some(h));
+    }
+}
+
+/// Parse a descriptor.
+pub fn descriptor(data: &[u8]) {
+    if let Ok(d) = Descriptor::parse(data) {
+        let _ = d.total_sectors();
+    }
+}
+
+/// Parse every sector of `data` as a stream marker.
+pub fn stream_markers(data: &[u8]) {
+    for chunk in data.chunks(512) {
+        let _ = Marker::parse(chunk);
+    }
+}
+
+/// Open `data` as a one-file image held in memory and read all of it, and its map.
+pub fn open_and_read(data: &[u8]) {
+    let mut store = MemStore::new();
+    let name = Path::new("fuzz.vmdk");
+    store.insert(name, data.to_vec());
+    let Ok(img) = VmdkImage::open_with(&store, name, &OpenOptions::default()) else {
+        return;
+    };
+    let _ = crate::check::check(&img);
+    let size = img.size();
+    // Read at most 64 MiB of a hostile image in 1 MiB windows; a 200-byte input can declare
+    // terabytes, and reading those would be a hang, not a finding.
+    let limit = size.min(64 << 20);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0;
+    while off < limit {
+        let n = (limit - off).min(buf.len() as u64) as usize;
+        if img.read_at(&mut buf[..n], off).is_err() {
+            break;
+        }
+        off += n as u64;
+    }
+    let _ = img.allocation(0, limit);
+}

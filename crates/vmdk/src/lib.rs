@@ -1,0 +1,40 @@
+//! vdisk-vmdk: reading VMDK images.
+//!
+//! - [`SparseHeader`]: the hosted sparse extent header (`KDMV`), parsed and validated;
+//! - [`Descriptor`]: the text descriptor (extent lines, CIDs, ddb keys);
+//! - [`Marker`]: streamOptimized markers (grain, GT, GD, footer, end of stream);
+//! - [`SparseExtent`]: grain directory and tables of one sparse extent, with the redundant
+//!   directory as a fallback and compressed grains;
+//! - [`VmdkImage`]: a whole image (descriptor + extents) and its chain of parents, as a
+//!   [`vdisk_core::DiskImage`];
+//! - [`check`]: metadata consistency checks.
+//!
+//! Everything read from a file is checked before use: offsets against the file length, counts
+//! against what the file could hold, arithmetic with overflow checks.
+
+mod bytes;
+pub mod check;
+mod descriptor;
+#[doc(hidden)]
+pub mod fuzzing;
+mod header;
+mod image;
+mod marker;
+mod paths;
+mod sparse;
+
+pub use bytes::{Bytes, FileStore, FsStore, MemStore};
+pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
+pub use header::{HeaderFlags, SparseHeader, GD_AT_END, SPARSE_MAGIC};
+pub use image::{ExtentInfo, Layer, LayerExtent, OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
+pub use marker::{Marker, MarkerType};
+pub use paths::resolve_relative;
+pub use sparse::{GrainEntry, SparseExtent};
+
+/// Whether `head` (the first bytes of a file) looks like a VMDK: a sparse header magic, the
+/// older COWD magic, or a text descriptor.
+pub fn probe(head: &[u8]) -> bool {
+    head.starts_with(b"KDMV")
+        || head.starts_with(b"COWD")
+        || descriptor::looks_like_descriptor(head)
+}

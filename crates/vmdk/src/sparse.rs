@@ -1,0 +1,438 @@
+//! One hosted sparse extent: header, grain directory, grain tables and grains.
+
+use std::cell::RefCell;
+
+use byteorder::{ByteOrder, LittleEndian as LE};
+use flate2::{Decompress, FlushDecompress, Status};
+use vdisk_core::{Error, Result, SECTOR};
+
+use crate::bytes::Bytes;
+use crate::header::{SparseHeader, GD_AT_END};
+use crate::marker::{Marker, MarkerType};
+
+/// Directory slot whose table lies outside the file (and has no usable redundant copy).
+const BAD_TABLE: u32 = u32::MAX;
+/// Bytes at the end of a VMware streamOptimized file: footer marker, footer, end-of-stream.
+const FOOTER_TAIL: u64 = 3 * SECTOR;
+
+/// What a grain table entry says about one grain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GrainEntry {
+    /// Not allocated: zero, or the parent's data in a delta link.
+    Unallocated,
+    /// A zeroed grain (entry 1 with the zeroed-grain flag): reads as zero, masks the parent.
+    Zero,
+    /// Grain data at this byte offset of the file (for compressed extents: the grain marker,
+    /// or the deflate stream when there are no markers).
+    Data(u64),
+    /// An entry that points outside the file or into its header: raw entry value.
+    Invalid(u32),
+    /// The grain's table itself lies outside the file.
+    BadTable,
+}
+
+/// A run of the extent as the read path sees it.
+#[derive(Debug)]
+pub(crate) enum Run<'a> {
+    /// Stored bytes, possibly shorter than the run (a grain cut off by the end of the file):
+    /// the rest reads as zero.
+    Slice(&'a [u8]),
+    /// A compressed grain: (grain index, offset of the run inside the grain).
+    Compressed(u64, u64),
+    /// Reads as zero, masking any parent.
+    Zero,
+    /// Not stored here.
+    Unallocated,
+}
+
+/// A hosted sparse extent (monolithicSparse, a twoGbMaxExtentSparse piece, streamOptimized).
+#[derive(Debug)]
+pub struct SparseExtent {
+    bytes: Bytes,
+    header: SparseHeader,
+    /// Sector of the grain directory in use (resolved through the footer).
+    gd_offset: u64,
+    /// Sector of each grain table, 0 for none, [`BAD_TABLE`] for one outside the file.
+    tables: Vec<u32>,
+    /// The other directory's table for each slot, when it differs and is usable: entries
+    /// that are damaged in one copy are read from the other.
+    alternates: Vec<u32>,
+    /// Grains may not start before this byte (the header and the declared metadata).
+    data_start: u64,
+    /// Problems met while opening that did not stop the open (for `check`).
+    pub(crate) open_notes: Vec<String>,
+}
+
+impl SparseExtent {
+    /// Parse and validate a sparse extent held in `bytes`.
+    pub fn open(bytes: Bytes) -> Result<Self> {
+        let path = bytes.path().to_path_buf();
+        Self::open_inner(bytes).map_err(|e| e.with_path(path))
+    }
+
+    fn open_inner(bytes: Bytes) -> Result<Self> {
+        let data = bytes.require_slice()?;
+        let len = data.len() as u64;
+        let mut header = SparseHeader::parse(data)?;
+        header.validate(len)?;
+        let mut notes = Vec::new();
+        if header.gd_offset == GD_AT_END {
+            header = read_footer(data, &header)?;
+        }
+        let gtes = u64::from(header.gtes_per_gt);
+        let n = header.gd_entries();
+        // n <= MAX_GD_ENTRIES, so these products cannot overflow.
+        let table_bytes = gtes * 4;
+        let load = |sector: u64| -> Option<Vec<u32>> {
+            let start = sector.checked_mul(SECTOR)?;
+            let end = start.checked_add(n * 4)?;
+            if sector == 0 || end > len {
+                return None;
+            }
+            let raw = &data[start as usize..end as usize];
+            Some(
+                raw.chunks_exact(4)
+                    .map(|c| {
+                        let t = LE::read_u32(c);
+                        let ok = u64::from(t) * SECTOR + table_bytes <= len;
+                        match t {
+                            0 => 0,
+                            _ if ok => t,
+                            _ => BAD_TABLE,
+                        }
+                    })
+                    .collect(),
+            )
+        };
+        let primary = load(header.gd_offset);
+        let redundant = if header.flags.redundant_gd() && header.rgd_offset != GD_AT_END {
+            load(header.rgd_offset)
+        } else {
+            None
+        };
+        let (tables, alternates) = match (primary, redundant) {
+            (Some(p), Some(r)) => {
+                let mut tables = p;
+                let mut alternates = vec![0u32; tables.len()];
+                for (i, (t, &rt)) in tables.iter_mut().zip(&r).enumerate() {
+                    let r_usable = rt != 0 && rt != BAD_TABLE;
+                    if (*t == 0 || *t == BAD_TABLE) && r_usable {
+                        notes.push(format!(
+                            "grain directory entry {i} is {}; using the redundant directory's table",
+                            if *t == 0 { "empty" } else { "outside the file" }
+                        ));
+                        *t = rt;
+                    } else if r_usable && rt != *t {
+                        alternates[i] = rt;
+                    }
+                }
+                (tables, alternates)
+            }
+            (Some(p), None) => {
+                let n = p.len();
+                (p, vec![0; n])
+            }
+            (None, Some(r)) => {
+                notes.push(
+                    "grain directory lies outside the file; using the redundant directory".into(),
+                );
+                let n = r.len();
+                (r, vec![0; n])
+            }
+            (None, None) => {
+                return Err(Error::corrupt(format!(
+                    "grain directory (sector {}, {n} entries) lies outside the file",
+                    header.gd_offset
+                )))
+            }
+        };
+        let data_start = header.overhead.max(1) * SECTOR;
+        let gd_offset = header.gd_offset;
+        Ok(SparseExtent {
+            bytes,
+            header,
+            gd_offset,
+            tables,
+            alternates,
+            data_start,
+            open_notes: notes,
+        })
+    }
+
+    /// The header in use (for streamOptimized images with the directory at the end: the
+    /// footer's copy).
+    pub fn header(&self) -> &SparseHeader {
+        &self.header
+    }
+
+    /// The file's bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// Sector of the grain directory in use.
+    pub fn gd_offset(&self) -> u64 {
+        self.gd_offset
+    }
+
+    /// Capacity in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.header.capacity * SECTOR
+    }
+
+    /// Grain size in bytes.
+    pub fn grain_bytes(&self) -> u64 {
+        self.header.grain_bytes()
+    }
+
+    /// Number of grain directory slots.
+    pub fn directory_len(&self) -> usize {
+        self.tables.len()
+    }
+
+    /// The sector of grain table `slot` (0 for none), or `None` if it lies outside the file.
+    pub fn table_sector(&self, slot: usize) -> Option<u32> {
+        match self.tables.get(slot) {
+            Some(&BAD_TABLE) => None,
+            Some(&t) => Some(t),
+            None => Some(0),
+        }
+    }
+
+    /// The embedded descriptor's bytes, if the header declares one.
+    pub fn embedded_descriptor(&self) -> Option<&[u8]> {
+        let h = &self.header;
+        if h.descriptor_offset == 0 || h.descriptor_size == 0 {
+            return None;
+        }
+        // Validated against the file length by SparseHeader::validate.
+        let data = self.bytes.slice()?;
+        let start = (h.descriptor_offset * SECTOR) as usize;
+        let end = start + (h.descriptor_size * SECTOR) as usize;
+        data.get(start..end)
+    }
+
+    fn entry_at(&self, table: u32, index: u64) -> u32 {
+        let data = self.bytes.slice().unwrap_or(&[]);
+        // Table bounds were checked at open: table * 512 + gtes * 4 <= file length.
+        let pos = (u64::from(table) * SECTOR + index * 4) as usize;
+        LE::read_u32(&data[pos..pos + 4])
+    }
+
+    fn classify(&self, raw: u32) -> GrainEntry {
+        match raw {
+            0 => GrainEntry::Unallocated,
+            1 if self.header.flags.zeroed_grains() => GrainEntry::Zero,
+            _ => {
+                let off = u64::from(raw) * SECTOR;
+                if off < self.data_start || off >= self.bytes.len() {
+                    GrainEntry::Invalid(raw)
+                } else {
+                    GrainEntry::Data(off)
+                }
+            }
+        }
+    }
+
+    /// Look up grain `grain` (index from the start of the extent).
+    pub fn grain(&self, grain: u64) -> GrainEntry {
+        let gtes = u64::from(self.header.gtes_per_gt);
+        let slot = grain / gtes;
+        let Some(&table) = self.tables.get(slot as usize) else {
+            return GrainEntry::Unallocated;
+        };
+        match table {
+            0 => GrainEntry::Unallocated,
+            BAD_TABLE => GrainEntry::BadTable,
+            t => {
+                let first = self.classify(self.entry_at(t, grain % gtes));
+                if let GrainEntry::Invalid(_) = first {
+                    let alt = self.alternates[slot as usize];
+                    if alt != 0 {
+                        let second = self.classify(self.entry_at(alt, grain % gtes));
+                        if !matches!(second, GrainEntry::Invalid(_)) {
+                            return second;
+                        }
+                    }
+                }
+                first
+            }
+        }
+    }
+
+    /// The run of the extent at byte `offset` (inside the capacity), at most `max` bytes long.
+    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<(u64, Run<'_>)> {
+        let gb = self.grain_bytes();
+        let grain = offset / gb;
+        let within = offset % gb;
+        let gtes = u64::from(self.header.gtes_per_gt);
+        let slot = (grain / gtes) as usize;
+        if self.tables.get(slot).copied().unwrap_or(0) == 0 {
+            // A whole table's span is unallocated at once.
+            let span_end = (grain / gtes + 1) * gtes * gb;
+            return Ok(((span_end - offset).min(max), Run::Unallocated));
+        }
+        let len = (gb - within).min(max);
+        let run = match self.grain(grain) {
+            GrainEntry::Unallocated => Run::Unallocated,
+            GrainEntry::Zero => Run::Zero,
+            GrainEntry::Data(pos) if self.header.flags.compressed() => {
+                let _ = pos;
+                Run::Compressed(grain, within)
+            }
+            GrainEntry::Data(pos) => {
+                let data = self.bytes.slice().unwrap_or(&[]);
+                let start = (pos + within).min(data.len() as u64) as usize;
+                let end = (pos + within + len).min(data.len() as u64) as usize;
+                Run::Slice(&data[start..end])
+            }
+            GrainEntry::Invalid(raw) => {
+                return Err(Error::corrupt(format!(
+                    "grain {grain} points to sector {raw}, {}",
+                    if u64::from(raw) * SECTOR >= self.bytes.len() {
+                        "past the end of the file"
+                    } else {
+                        "inside the header or metadata"
+                    }
+                ))
+                .with_path(self.bytes.path()))
+            }
+            GrainEntry::BadTable => {
+                return Err(
+                    Error::corrupt(format!("grain table {slot} lies outside the file"))
+                        .with_path(self.bytes.path()),
+                )
+            }
+        };
+        Ok((len, run))
+    }
+
+    /// Inflate compressed grain `grain` and copy `dst.len()` bytes from `within` into `dst`.
+    pub(crate) fn read_compressed(&self, grain: u64, within: u64, dst: &mut [u8]) -> Result<()> {
+        let gb = self.grain_bytes() as usize;
+        let GrainEntry::Data(pos) = self.grain(grain) else {
+            return Err(Error::corrupt(format!("grain {grain} is not stored")));
+        };
+        let whole = within == 0 && dst.len() == gb;
+        if whole {
+            return self.inflate(grain, pos, dst);
+        }
+        thread_local! {
+            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        SCRATCH.with(|s| {
+            let mut s = s.borrow_mut();
+            s.resize(gb, 0);
+            self.inflate(grain, pos, &mut s)?;
+            let w = within as usize;
+            dst.copy_from_slice(&s[w..w + dst.len()]);
+            Ok(())
+        })
+    }
+
+    /// Where grain `grain`'s compressed bytes are: (offset, length, marker lba if any).
+    pub(crate) fn compressed_span(&self, pos: u64) -> Result<(usize, usize, Option<u64>)> {
+        let data = self.bytes.slice().unwrap_or(&[]);
+        let p = pos as usize; // pos < file length, checked by classify
+        if self.header.flags.markers() {
+            let m =
+                Marker::parse(&data[p..]).map_err(|e| e.with_path(self.bytes.path()).at(pos))?;
+            match m {
+                Marker::Grain { lba, size } => {
+                    let start = p + Marker::GRAIN_HEADER;
+                    let size = size as usize;
+                    if size > data.len() - start.min(data.len()) {
+                        return Err(Error::corrupt(format!(
+                            "compressed grain of {size} bytes runs past the end of the file"
+                        ))
+                        .with_path(self.bytes.path())
+                        .at(pos));
+                    }
+                    Ok((start, size, Some(lba)))
+                }
+                Marker::Meta { .. } => Err(Error::corrupt(
+                    "grain table points at a metadata marker instead of a grain",
+                )
+                .with_path(self.bytes.path())
+                .at(pos)),
+            }
+        } else {
+            Ok((p, data.len() - p, None))
+        }
+    }
+
+    fn inflate(&self, grain: u64, pos: u64, out: &mut [u8]) -> Result<()> {
+        let data = self.bytes.slice().unwrap_or(&[]);
+        let (start, size, _) = self.compressed_span(pos)?;
+        let input = &data[start..start + size];
+        let fail = |what: &str| {
+            Error::corrupt(format!("compressed grain {grain} {what}"))
+                .with_path(self.bytes.path())
+                .at(pos)
+        };
+        let mut z = Decompress::new(true);
+        let status = z
+            .decompress(input, out, FlushDecompress::Finish)
+            .map_err(|e| fail(&format!("does not inflate: {e}")))?;
+        let produced = z.total_out() as usize;
+        if status != Status::StreamEnd {
+            if produced == out.len() {
+                let mut probe = [0u8; 1];
+                let consumed = z.total_in() as usize;
+                let more = z
+                    .decompress(&input[consumed..], &mut probe, FlushDecompress::Finish)
+                    .map(|_| z.total_out() as usize > produced)
+                    .unwrap_or(true);
+                if more {
+                    return Err(fail("inflates past the grain size"));
+                }
+            } else {
+                return Err(fail("is truncated"));
+            }
+        }
+        out[produced..].fill(0);
+        Ok(())
+    }
+}
+
+/// Read the footer of a streamOptimized file whose header says the directory is at the end.
+fn read_footer(data: &[u8], header: &SparseHeader) -> Result<SparseHeader> {
+    let len = data.len() as u64;
+    let missing = || {
+        Error::corrupt(
+            "streamOptimized image has no footer where its header says the grain directory is (truncated?)",
+        )
+    };
+    if len < FOOTER_TAIL + SECTOR {
+        return Err(missing());
+    }
+    let marker_at = (len - FOOTER_TAIL) as usize;
+    match Marker::parse(&data[marker_at..marker_at + 512]) {
+        Ok(Marker::Meta {
+            kind: MarkerType::Footer,
+            ..
+        }) => {}
+        _ => return Err(missing().at(marker_at as u64)),
+    }
+    let footer_at = marker_at + 512;
+    let footer = SparseHeader::parse(&data[footer_at..footer_at + 512])
+        .map_err(|e| Error::corrupt(format!("footer: {}", e.message())).at(footer_at as u64))?;
+    footer
+        .validate(len)
+        .map_err(|e| Error::corrupt(format!("footer: {}", e.message())).at(footer_at as u64))?;
+    if footer.gd_offset == GD_AT_END {
+        return Err(
+            Error::corrupt("footer does not say where the grain directory is").at(footer_at as u64),
+        );
+    }
+    if footer.capacity != header.capacity
+        || footer.grain_size != header.grain_size
+        || footer.gtes_per_gt != header.gtes_per_gt
+    {
+        return Err(
+            Error::corrupt("footer disagrees with the header on capacity or grain layout")
+                .at(footer_at as u64),
+        );
+    }
+    Ok(footer)
+}

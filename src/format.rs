@@ -1,0 +1,113 @@
+use std::path::Path;
+
+use vdisk_core::{DiskImage, Error, ErrorKind, Extent, Result};
+use vdisk_raw::RawImage;
+use vdisk_vmdk::{FsStore, VmdkImage};
+
+/// An image format vdisk reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// A raw image: the file is the disk.
+    Raw,
+    /// A VMDK: a descriptor or a sparse extent, with its chain.
+    Vmdk,
+}
+
+impl std::str::FromStr for Format {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "raw" => Ok(Format::Raw),
+            "vmdk" => Ok(Format::Vmdk),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown format \"{s}\" (raw or vmdk)"),
+            )),
+        }
+    }
+}
+
+/// How [`open_with`] opens an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Force a format instead of detecting it (`-f`).
+    pub format: Option<Format>,
+    /// VMDK options: outside paths, chain depth, CID checks.
+    pub vmdk: vdisk_vmdk::OpenOptions,
+}
+
+/// An open image of any format.
+#[derive(Debug)]
+pub enum Image {
+    /// A raw image.
+    Raw(RawImage),
+    /// A VMDK image with its chain.
+    Vmdk(VmdkImage),
+}
+
+impl DiskImage for Image {
+    fn size(&self) -> u64 {
+        match self {
+            Image::Raw(i) => i.size(),
+            Image::Vmdk(i) => i.size(),
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+        match self {
+            Image::Raw(i) => i.read_at(buf, offset),
+            Image::Vmdk(i) => i.read_at(buf, offset),
+        }
+    }
+    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+        match self {
+            Image::Raw(i) => i.allocation(offset, length),
+            Image::Vmdk(i) => i.allocation(offset, length),
+        }
+    }
+    fn format_name(&self) -> &'static str {
+        match self {
+            Image::Raw(i) => i.format_name(),
+            Image::Vmdk(i) => i.format_name(),
+        }
+    }
+}
+
+/// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
+/// descriptor text makes a VMDK; anything else is raw.
+pub fn detect(path: &Path) -> Result<Format> {
+    use std::io::Read;
+    let mut head = [0u8; 512];
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Error::io("cannot read", e).with_path(path)),
+        }
+    }
+    Ok(if vdisk_vmdk::probe(&head[..n]) {
+        Format::Vmdk
+    } else {
+        Format::Raw
+    })
+}
+
+/// Open the image at `path`, detecting its format, with default options.
+pub fn open(path: &Path) -> Result<Image> {
+    open_with(path, &OpenOptions::default())
+}
+
+/// Open the image at `path` with `opts`.
+pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Image> {
+    let format = match opts.format {
+        Some(f) => f,
+        None => detect(path)?,
+    };
+    Ok(match format {
+        Format::Raw => Image::Raw(RawImage::open(path)?),
+        Format::Vmdk => Image::Vmdk(VmdkImage::open_with(&FsStore, path, &opts.vmdk)?),
+    })
+}
