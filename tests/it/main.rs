@@ -1,1 +1,11 @@
+//! Integration tests: the built `vdisk` binary against images made by qemu-img and qemu-io
+//! (the independent reference), hostile inputs, and the fuzz corpora replayed.
+//!
+//! One test binary (`cargo test --test it`), a module per area.
 
+mod beyond;
+mod common;
+mod corpus;
+mod hostile;
+mod interop;
+mod stream_spec;

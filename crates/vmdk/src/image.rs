@@ -433,11 +433,10 @@ fn bare_descriptor(path: &Path, sectors: u64) -> Descriptor {
     }
 }
 
+/// The folder descriptor paths resolve against: empty for a bare file name, so resolved
+/// names stay as short as the user typed them (`a.vmdk`, not `./a.vmdk`).
 fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
+    path.parent().unwrap_or(Path::new(""))
 }
 
 /// A VMDK image with its chain of parents: `layers()[0]` is the image that was opened, each

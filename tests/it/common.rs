@@ -1,0 +1,183 @@
+//! Helpers shared by the integration tests.
+
+#![allow(dead_code)]
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `vdisk` binary built for these tests.
+pub fn vdisk_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vdisk"))
+}
+
+/// What one run of a command did.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code (`None` when killed by a signal).
+    pub code: Option<i32>,
+    /// Signal that ended it, if any.
+    pub signal: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    /// Peak resident memory of the process, in bytes (from wait4's rusage).
+    pub max_rss: u64,
+}
+
+impl Run {
+    /// Panic with everything known unless the exit code is `code`.
+    pub fn expect_code(&self, code: i32, what: &str) -> &Self {
+        assert_eq!(self.code, Some(code), "{what}: {self:#?}");
+        self
+    }
+}
+
+/// Run `cmd` to completion, measuring time and peak RSS. Panics if it cannot start.
+pub fn run(mut cmd: Command) -> Run {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut out, &mut s).ok();
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        std::io::Read::read_to_end(&mut err, &mut s).ok();
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain data that wait4 fills; we reap our own child exactly once and
+    // never call Child::wait on it.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid, "wait4 failed");
+    let elapsed = start.elapsed();
+    let status = std::process::ExitStatus::from_raw(status);
+    std::mem::forget(child);
+    Run {
+        code: status.code(),
+        signal: status.signal(),
+        stdout: String::from_utf8_lossy(&t_out.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
+        elapsed,
+        max_rss: usage.ru_maxrss as u64 * 1024,
+    }
+}
+
+/// Run `vdisk ARGS` in `dir`.
+pub fn vdisk_in(dir: &Path, args: &[&str]) -> Run {
+    let mut c = Command::new(vdisk_bin());
+    c.args(args).current_dir(dir);
+    run(c)
+}
+
+/// Run a tool that must succeed (qemu-img, qemu-io), returning its stdout.
+pub fn tool(dir: &Path, prog: &str, args: &[&str]) -> String {
+    let mut c = Command::new(prog);
+    c.args(args).current_dir(dir);
+    let r = run(c);
+    assert_eq!(r.code, Some(0), "{prog} {args:?} failed: {}", r.stderr);
+    r.stdout
+}
+
+/// `qemu-img ARGS` in `dir`, which must succeed.
+pub fn qemu_img(dir: &Path, args: &[&str]) -> String {
+    tool(dir, "qemu-img", args)
+}
+
+/// `qemu-io -f FMT FILE -c CMD …` in `dir`, which must succeed.
+pub fn qemu_io(dir: &Path, fmt: &str, file: &str, cmds: &[&str]) -> String {
+    let mut args = vec!["-f", fmt, file];
+    for c in cmds {
+        args.push("-c");
+        args.push(c);
+    }
+    let out = tool(dir, "qemu-io", &args);
+    assert!(!out.contains("failed"), "qemu-io {args:?}: {out}");
+    out
+}
+
+/// Compare two files byte for byte, skipping ranges that are holes in both. Panics with the
+/// first differing offset.
+pub fn assert_same_bytes(a: &Path, b: &Path) {
+    use std::os::unix::fs::FileExt;
+    let fa = std::fs::File::open(a).unwrap();
+    let fb = std::fs::File::open(b).unwrap();
+    let la = fa.metadata().unwrap().len();
+    let lb = fb.metadata().unwrap().len();
+    assert_eq!(
+        la,
+        lb,
+        "{} and {} differ in length",
+        a.display(),
+        b.display()
+    );
+    let data_a = vdisk::raw::data_ranges(&fa, 0, la);
+    let data_b = vdisk::raw::data_ranges(&fb, 0, lb);
+    // Compare every range that holds data in either file; elsewhere both read as zero.
+    let mut ranges: Vec<(u64, u64)> = data_a.into_iter().chain(data_b).collect();
+    ranges.sort();
+    let mut ba = vec![0u8; 1 << 20];
+    let mut bb = vec![0u8; 1 << 20];
+    for (start, len) in ranges {
+        let mut off = start;
+        while off < start + len {
+            let n = (start + len - off).min(1 << 20) as usize;
+            fa.read_exact_at(&mut ba[..n], off).unwrap();
+            fb.read_exact_at(&mut bb[..n], off).unwrap();
+            if ba[..n] != bb[..n] {
+                let i = ba[..n]
+                    .iter()
+                    .zip(&bb[..n])
+                    .position(|(x, y)| x != y)
+                    .unwrap();
+                panic!(
+                    "{} and {} differ at byte {}",
+                    a.display(),
+                    b.display(),
+                    off + i as u64
+                );
+            }
+            off += n as u64;
+        }
+    }
+}
+
+/// Fail clearly when the reference tools are missing (CI installs them; see .ci/run).
+pub fn require_qemu() {
+    for t in ["qemu-img", "qemu-io"] {
+        let ok = Command::new(t)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        assert!(
+            matches!(ok, Ok(s) if s.success()),
+            "{t} is not installed: install qemu-utils (bash .ci/run does)"
+        );
+    }
+}
+
+/// A deterministic pseudo-random byte pattern (xorshift), for image contents.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
