@@ -1,16 +1,119 @@
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 
-use serde_json::{json, Value};
+use serde::Serialize;
 use vdisk::size::human;
-use vdisk::{for_each_extent, Allocation, DiskImage, Image, Result};
+use vdisk::vmdk::{ExtentInfo, Layer};
+use vdisk::{for_each_extent, Allocation, DiskImage, Error, Image, Result};
 
-use super::{print_json, Status};
+use super::Status;
 use crate::Ctx;
 
-fn cid(c: Option<u32>) -> Value {
-    match c {
-        Some(c) => json!(format!("{c:08x}")),
-        None => Value::Null,
+/// What `info --json` prints. Typed (not a `serde_json::Value` tree) so that an image with
+/// hundreds of thousands of extents prints in a stream with little memory.
+#[derive(Serialize)]
+struct Info<'a> {
+    path: &'a Path,
+    format: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subformat: Option<&'a str>,
+    virtual_size: u64,
+    allocated: u64,
+    disk_usage: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    grain_size: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unclean_shutdown: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cid: Option<Cid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parent_cid: Option<Cid>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    chain: Vec<LayerInfo<'a>>,
+}
+
+/// A CID, printed as 8 hex digits; `null` when the descriptor has none.
+#[derive(Clone, Copy)]
+struct Cid(Option<u32>);
+
+impl Serialize for Cid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Some(c) => s.serialize_str(&format!("{c:08x}")),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+impl std::fmt::Display for Cid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(c) => write!(f, "{c:08x}"),
+            None => f.write_str("-"),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct LayerInfo<'a> {
+    path: &'a Path,
+    create_type: Option<&'a str>,
+    cid: Cid,
+    parent_cid: Cid,
+    parent_hint: Option<&'a Path>,
+    virtual_size: u64,
+    disk_usage: u64,
+    version: Option<u32>,
+    flags: Option<String>,
+    grain_size: Option<u64>,
+    unclean_shutdown: bool,
+    embedded_descriptor: bool,
+    adapter_type: Option<&'a str>,
+    extents: Vec<ExtentDoc>,
+}
+
+#[derive(Serialize)]
+struct ExtentDoc {
+    access: &'static str,
+    sectors: u64,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    file: Option<PathBuf>,
+    offset: u64,
+}
+
+impl From<ExtentInfo> for ExtentDoc {
+    fn from(e: ExtentInfo) -> Self {
+        ExtentDoc {
+            access: e.access,
+            sectors: e.sectors,
+            kind: e.kind,
+            file: e.file,
+            offset: e.offset,
+        }
+    }
+}
+
+fn layer_info(l: &Layer) -> LayerInfo<'_> {
+    let d = l.descriptor();
+    let h = l.first_sparse().map(|s| *s.header());
+    LayerInfo {
+        path: l.path(),
+        create_type: d.create_type.as_deref(),
+        cid: Cid(d.cid),
+        parent_cid: Cid(d.parent_cid),
+        parent_hint: d.parent_hint.as_deref(),
+        virtual_size: l.size(),
+        disk_usage: l.disk_usage(),
+        version: h.map(|h| h.version),
+        flags: h.map(|h| format!("{:#x}", h.flags.0)),
+        grain_size: h.map(|h| h.grain_bytes()),
+        unclean_shutdown: l.unclean_shutdown(),
+        embedded_descriptor: l.embedded_descriptor(),
+        adapter_type: d.ddb("ddb.adapterType"),
+        extents: l.extent_infos().into_iter().map(ExtentDoc::from).collect(),
     }
 }
 
@@ -23,136 +126,108 @@ pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
         }
         Ok(())
     })?;
-    let mut doc = json!({
-        "path": path,
-        "format": img.format_name(),
-        "virtual_size": img.size(),
-        "allocated": allocated,
-    });
+    let mut info = Info {
+        path,
+        format: img.format_name(),
+        subformat: None,
+        virtual_size: img.size(),
+        allocated,
+        disk_usage: 0,
+        grain_size: None,
+        version: None,
+        unclean_shutdown: None,
+        cid: None,
+        parent_cid: None,
+        chain: Vec::new(),
+    };
     match &img {
-        Image::Raw(r) => {
-            doc["disk_usage"] = json!(r.disk_usage());
-        }
+        Image::Raw(r) => info.disk_usage = r.disk_usage(),
         Image::Vmdk(v) => {
-            let top = &v.layers()[0];
-            let d = top.descriptor();
-            let sparse = top.first_sparse().map(|s| *s.header());
-            doc["subformat"] = json!(d.create_type);
-            doc["disk_usage"] = json!(v.layers().iter().map(|l| l.disk_usage()).sum::<u64>());
-            doc["grain_size"] = json!(sparse.map(|h| h.grain_bytes()));
-            doc["version"] = json!(sparse.map(|h| h.version));
-            doc["unclean_shutdown"] = json!(v.layers().iter().any(|l| l.unclean_shutdown()));
-            doc["cid"] = cid(d.cid);
-            doc["parent_cid"] = cid(d.parent_cid);
-            let chain: Vec<Value> = v
-                .layers()
-                .iter()
-                .map(|l| {
-                    let d = l.descriptor();
-                    let h = l.first_sparse().map(|s| *s.header());
-                    json!({
-                        "path": l.path(),
-                        "create_type": d.create_type,
-                        "cid": cid(d.cid),
-                        "parent_cid": cid(d.parent_cid),
-                        "parent_hint": d.parent_hint,
-                        "virtual_size": l.size(),
-                        "disk_usage": l.disk_usage(),
-                        "version": h.map(|h| h.version),
-                        "flags": h.map(|h| format!("{:#x}", h.flags.0)),
-                        "grain_size": h.map(|h| h.grain_bytes()),
-                        "unclean_shutdown": l.unclean_shutdown(),
-                        "embedded_descriptor": l.embedded_descriptor(),
-                        "adapter_type": d.ddb("ddb.adapterType"),
-                        "extents": l.extent_infos().iter().map(|e| json!({
-                            "access": e.access,
-                            "sectors": e.sectors,
-                            "type": e.kind,
-                            "file": e.file,
-                            "offset": e.offset,
-                        })).collect::<Vec<_>>(),
-                    })
-                })
-                .collect();
-            doc["chain"] = Value::Array(chain);
+            info.chain = v.layers().iter().map(layer_info).collect();
+            let top = &info.chain[0];
+            info.subformat = top.create_type;
+            info.disk_usage = info.chain.iter().map(|l| l.disk_usage).sum();
+            info.grain_size = top.grain_size;
+            info.version = top.version;
+            info.unclean_shutdown = Some(info.chain.iter().any(|l| l.unclean_shutdown));
+            info.cid = Some(top.cid);
+            info.parent_cid = Some(top.parent_cid);
         }
     }
+    let out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(out);
+    let io = |e: std::io::Error| Error::io("writing output", e);
     if json_out {
-        print_json(&doc)?;
+        serde_json::to_writer_pretty(&mut out, &info).map_err(|e| io(e.into()))?;
+        writeln!(out).map_err(io)?;
     } else {
-        print_text(&doc);
+        print_text(&mut out, &info).map_err(io)?;
     }
+    out.flush().map_err(io)?;
     Ok(0)
 }
 
-fn print_text(doc: &Value) {
-    let s = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".into(),
-        other => other.to_string(),
+fn print_text(out: &mut impl Write, i: &Info<'_>) -> std::io::Result<()> {
+    let bytes = |n: u64| format!("{} ({n} bytes)", human(n));
+    writeln!(out, "image: {}", i.path.display())?;
+    match i.subformat {
+        Some(sub) => writeln!(out, "format: {} ({sub})", i.format)?,
+        None => writeln!(out, "format: {}", i.format)?,
+    }
+    writeln!(out, "virtual size: {}", bytes(i.virtual_size))?;
+    writeln!(out, "allocated: {}", bytes(i.allocated))?;
+    writeln!(out, "disk usage: {}", bytes(i.disk_usage))?;
+    if i.chain.is_empty() {
+        return Ok(());
+    }
+    if let Some(g) = i.grain_size {
+        writeln!(out, "grain size: {}", human(g))?;
+    }
+    let opt = |v: Option<u32>| v.map_or("-".to_string(), |v| v.to_string());
+    writeln!(out, "header version: {}", opt(i.version))?;
+    let yes = if i.unclean_shutdown == Some(true) {
+        "yes"
+    } else {
+        "no"
     };
-    let bytes = |v: &Value| {
-        let n = v.as_u64().unwrap_or(0);
-        format!("{} ({n} bytes)", human(n))
-    };
-    println!("image: {}", s(&doc["path"]));
-    match doc.get("subformat") {
-        Some(sub) => println!("format: {} ({})", s(&doc["format"]), s(sub)),
-        None => println!("format: {}", s(&doc["format"])),
-    }
-    println!("virtual size: {}", bytes(&doc["virtual_size"]));
-    println!("allocated: {}", bytes(&doc["allocated"]));
-    println!("disk usage: {}", bytes(&doc["disk_usage"]));
-    if doc.get("chain").is_none() {
-        return;
-    }
-    if let Some(g) = doc["grain_size"].as_u64() {
-        println!("grain size: {}", human(g));
-    }
-    println!("header version: {}", s(&doc["version"]));
-    println!(
-        "unclean shutdown: {}",
-        if doc["unclean_shutdown"].as_bool() == Some(true) {
-            "yes"
-        } else {
-            "no"
+    writeln!(out, "unclean shutdown: {yes}")?;
+    writeln!(out, "CID: {}", i.cid.unwrap_or(Cid(None)))?;
+    writeln!(out, "parent CID: {}", i.parent_cid.unwrap_or(Cid(None)))?;
+    writeln!(out, "chain: {} file(s)", i.chain.len())?;
+    for (n, l) in i.chain.iter().enumerate() {
+        writeln!(
+            out,
+            "  [{n}] {} ({}, CID {}, parent CID {}, version {}, {})",
+            l.path.display(),
+            l.create_type.unwrap_or("-"),
+            l.cid,
+            l.parent_cid,
+            opt(l.version),
+            human(l.virtual_size),
+        )?;
+        if let Some(hint) = l.parent_hint {
+            writeln!(out, "      parent: {}", hint.display())?;
         }
-    );
-    println!("CID: {}", s(&doc["cid"]));
-    println!("parent CID: {}", s(&doc["parent_cid"]));
-    let chain = doc["chain"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-    println!("chain: {} file(s)", chain.len());
-    for (i, l) in chain.iter().enumerate() {
-        println!(
-            "  [{i}] {} ({}, CID {}, parent CID {}, version {}, {})",
-            s(&l["path"]),
-            s(&l["create_type"]),
-            s(&l["cid"]),
-            s(&l["parent_cid"]),
-            s(&l["version"]),
-            human(l["virtual_size"].as_u64().unwrap_or(0)),
-        );
-        if let Some(hint) = l["parent_hint"].as_str() {
-            println!("      parent: {hint}");
+        if l.unclean_shutdown {
+            writeln!(out, "      uncleanShutdown is set")?;
         }
-        if l["unclean_shutdown"].as_bool() == Some(true) {
-            println!("      uncleanShutdown is set");
-        }
-        for e in l["extents"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
-            let file = e["file"]
-                .as_str()
-                .map(|f| format!(" \"{f}\""))
+        for e in &l.extents {
+            let file = e
+                .file
+                .as_ref()
+                .map(|f| format!(" \"{}\"", f.display()))
                 .unwrap_or_default();
-            let off = match e["offset"].as_u64() {
-                Some(0) | None => String::new(),
-                Some(o) => format!(" {o}"),
+            let off = if e.offset == 0 {
+                String::new()
+            } else {
+                format!(" {}", e.offset)
             };
-            println!(
+            writeln!(
+                out,
                 "      {} {} {}{file}{off}",
-                s(&e["access"]),
-                e["sectors"],
-                s(&e["type"])
-            );
+                e.access, e.sectors, e.kind
+            )?;
         }
     }
+    Ok(())
 }

@@ -4,6 +4,7 @@
 //! One test binary (`cargo test --test it`), a module per area.
 
 mod beyond;
+mod cli;
 mod common;
 mod corpus;
 mod hostile;

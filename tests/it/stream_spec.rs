@@ -49,7 +49,7 @@ fn meta_marker(out: &mut Vec<u8>, value: u64, kind: u32) {
 }
 
 /// Build the stream for `disk` (its length a multiple of 512); all-zero grains are left out.
-pub fn vmware_stream(disk: &[u8]) -> Vec<u8> {
+pub(crate) fn vmware_stream(disk: &[u8]) -> Vec<u8> {
     let capacity = disk.len() as u64 / 512;
     let grains = disk.len().div_ceil(GRAIN);
     let tables = grains.div_ceil(GTES);

@@ -86,6 +86,12 @@ impl Bytes {
         }
     }
 
+    /// Whether the file certainly has no holes (its allocated blocks cover its length), so
+    /// that all of it can be reported as data without asking the file system range by range.
+    pub fn is_dense(&self) -> bool {
+        self.disk_usage() >= self.len()
+    }
+
     /// Bytes the file takes on disk (allocated blocks); in-memory bytes count their length.
     pub fn disk_usage(&self) -> u64 {
         use std::os::unix::fs::MetadataExt;

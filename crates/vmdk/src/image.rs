@@ -45,7 +45,12 @@ impl Default for OpenOptions {
 #[derive(Debug)]
 enum Storage {
     Sparse(Arc<SparseExtent>),
-    Flat { file: Arc<Bytes>, offset: u64 },
+    /// `dense`: the file has no holes, so its allocation needs no `SEEK_DATA` calls.
+    Flat {
+        file: Arc<Bytes>,
+        offset: u64,
+        dense: bool,
+    },
     Zero,
 }
 
@@ -75,7 +80,7 @@ impl LayerExtent {
     /// The flat file and its byte offset, if this is a flat extent.
     pub fn flat(&self) -> Option<(&Bytes, u64)> {
         match &self.storage {
-            Storage::Flat { file, offset } => Some((file, *offset)),
+            Storage::Flat { file, offset, .. } => Some((file, *offset)),
             _ => None,
         }
     }
@@ -189,6 +194,7 @@ impl Layer {
         let size = descriptor.total_sectors()? * SECTOR;
         let dir = parent_dir(path);
         let mut opened: HashMap<PathBuf, Storage> = HashMap::new();
+        let mut identities: HashMap<PathBuf, PathBuf> = HashMap::new();
         let mut extents = Vec::with_capacity(descriptor.extents.len());
         let mut start = 0u64;
         for line in &descriptor.extents {
@@ -198,8 +204,8 @@ impl Layer {
                 (_, ExtentType::Sparse | ExtentType::Flat | ExtentType::Vmfs) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
                     let p = resolve_relative(dir, name, opts.allow_outside_paths, "extent file")?;
-                    let storage =
-                        open_extent(store, &p, line, &mut opened).map_err(|e| e.with_path(&p))?;
+                    let storage = open_extent(store, &p, line, &mut opened, &mut identities)
+                        .map_err(|e| e.with_path(&p))?;
                     (Some(p), storage)
                 }
                 (_, other) => {
@@ -319,7 +325,9 @@ impl Layer {
         let max = max.min(ext.len - within);
         Ok(match &ext.storage {
             Storage::Zero => (max, LayerRun::Zero),
-            Storage::Flat { file, offset: base } => {
+            Storage::Flat {
+                file, offset: base, ..
+            } => {
                 let pos = base.saturating_add(within);
                 match file.slice() {
                     Some(data) => {
@@ -349,7 +357,12 @@ impl Layer {
     /// The allocation of the run at `offset` (at most `max` bytes) in this layer alone.
     fn allocation_at(&self, offset: u64, max: u64) -> Result<(u64, Allocation)> {
         if let Some(ext) = self.extents.get(self.extent_index(offset)) {
-            if let Storage::Flat { file, offset: base } = &ext.storage {
+            if let Storage::Flat {
+                file,
+                offset: base,
+                dense: false,
+            } = &ext.storage
+            {
                 let within = offset - ext.start;
                 let max = max.min(ext.len - within);
                 let pos = base.saturating_add(within);
@@ -376,13 +389,23 @@ fn open_extent(
     path: &Path,
     line: &ExtentLine,
     opened: &mut HashMap<PathBuf, Storage>,
+    identities: &mut HashMap<PathBuf, PathBuf>,
 ) -> Result<Storage> {
-    let id = store.identity(path)?;
+    // Descriptors may name one file many times; ask the file system once per name.
+    let id = match identities.get(path) {
+        Some(id) => id.clone(),
+        None => {
+            let id = store.identity(path)?;
+            identities.insert(path.to_path_buf(), id.clone());
+            id
+        }
+    };
     if let Some(s) = opened.get(&id) {
         return Ok(match s {
             Storage::Sparse(x) if line.kind == ExtentType::Sparse => Storage::Sparse(Arc::clone(x)),
-            Storage::Flat { file, .. } if line.kind != ExtentType::Sparse => Storage::Flat {
+            Storage::Flat { file, dense, .. } if line.kind != ExtentType::Sparse => Storage::Flat {
                 file: Arc::clone(file),
+                dense: *dense,
                 offset: line
                     .offset
                     .checked_mul(SECTOR)
@@ -403,16 +426,23 @@ fn open_extent(
             .offset
             .checked_mul(SECTOR)
             .ok_or_else(|| Error::invalid("extent offset is out of range"))?;
+        let dense = bytes.is_dense();
         Storage::Flat {
             file: Arc::new(bytes),
             offset,
+            dense,
         }
     };
     let copy = match &storage {
         Storage::Sparse(s) => Storage::Sparse(Arc::clone(s)),
-        Storage::Flat { file, offset } => Storage::Flat {
+        Storage::Flat {
+            file,
+            offset,
+            dense,
+        } => Storage::Flat {
             file: Arc::clone(file),
             offset: *offset,
+            dense: *dense,
         },
         Storage::Zero => Storage::Zero,
     };
