@@ -1,17 +1,20 @@
-//! Whole-image conversion.
+//! Whole-image conversion: any readable image to raw or to any VMDK subformat.
 
 use std::path::Path;
 
 use rayon::prelude::*;
 use vdisk_core::{Allocation, DiskImage, Result};
 use vdisk_raw::SparseWriter;
+use vdisk_vmdk::writer::{self, ImageSink, Subformat, WriteOptions};
 
 use crate::{for_each_extent, Throttle};
 
-/// Bytes read and written by one task: large enough to amortise a task, small enough to keep
-/// two per thread in flight with little memory, and a multiple of every grain size qemu or
-/// VMware writes, so compressed grains inflate straight into the buffer.
-const CHUNK: u64 = 4 << 20;
+/// Bytes read by one task: large enough to amortise a task, small enough to keep a batch per
+/// thread in flight with little memory, and a multiple of every grain size qemu or VMware
+/// writes, so compressed grains inflate straight into the buffer.
+pub const CHUNK: u64 = 4 << 20;
+/// Chunks read in parallel before they are handed to the output.
+const BATCH: usize = 16;
 
 /// Options of a conversion.
 #[derive(Default)]
@@ -20,8 +23,10 @@ pub struct ConvertOptions<'a> {
     pub overwrite: bool,
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Called with the bytes of virtual disk done so far, from any thread.
+    /// Called with bytes of virtual disk done, from any thread.
     pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Options of VMDK outputs (adapter type).
+    pub vmdk: WriteOptions,
 }
 
 /// What a conversion did.
@@ -33,59 +38,168 @@ pub struct ConvertStats {
     pub bytes_read: u64,
 }
 
-/// Write `img` as a raw image at `dst`: holes where the source reads as zero, nothing at `dst`
-/// until the whole image is written and synced.
-///
-/// Only ranges the source's allocation map says hold data are read; they are read in parallel
-/// chunks (inflating compressed grains in parallel) and written with positional writes.
+/// The output of a conversion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A sparse raw file.
+    Raw,
+    /// A VMDK of this subformat.
+    Vmdk(Subformat),
+}
+
+/// A raw output: holes where the data is zero.
+struct RawSink(SparseWriter);
+
+impl ImageSink for RawSink {
+    fn block_size(&self) -> u64 {
+        CHUNK
+    }
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        // Positional writes of distinct ranges: let the threads write side by side.
+        blocks
+            .par_iter()
+            .try_for_each(|&(off, data)| self.0.write_at(data, off))
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.0.commit()
+    }
+}
+
+/// Create the output `target` of `size` bytes at `dst`.
+pub fn create_sink(
+    dst: &Path,
+    size: u64,
+    target: Target,
+    opts: &ConvertOptions<'_>,
+) -> Result<Box<dyn ImageSink>> {
+    Ok(match target {
+        Target::Raw => Box::new(RawSink(SparseWriter::create(dst, size, opts.overwrite)?)),
+        Target::Vmdk(sub) => {
+            let wopts = WriteOptions {
+                overwrite: opts.overwrite,
+                ..opts.vmdk.clone()
+            };
+            writer::create(dst, size, sub, &wopts)?
+        }
+    })
+}
+
+/// Convert `img` to `target` at `dst`. Nothing appears at `dst` until the whole image is
+/// written and synced.
+pub fn convert(
+    img: &dyn DiskImage,
+    dst: &Path,
+    target: Target,
+    opts: &ConvertOptions<'_>,
+) -> Result<ConvertStats> {
+    let sink = create_sink(dst, img.size(), target, opts)?;
+    copy_into(img, sink, opts)
+}
+
+/// Write `img` as a raw image at `dst` (see [`convert`]).
 pub fn to_raw(img: &dyn DiskImage, dst: &Path, opts: &ConvertOptions<'_>) -> Result<ConvertStats> {
+    convert(img, dst, Target::Raw, opts)
+}
+
+/// Copy every range of `img` that holds data into `sink`, then finish it.
+///
+/// Only ranges the allocation map says hold data are read, rounded out to the sink's blocks.
+/// Chunks are read in parallel (inflating compressed grains in parallel); while the sink
+/// stores one batch, the next is read.
+pub fn copy_into(
+    img: &dyn DiskImage,
+    mut sink: Box<dyn ImageSink>,
+    opts: &ConvertOptions<'_>,
+) -> Result<ConvertStats> {
     let size = img.size();
-    let writer = SparseWriter::create(dst, size, opts.overwrite)?;
-    let mut chunks: Vec<(u64, u64)> = Vec::new();
+    let bs = sink.block_size();
     let mut bytes_read = 0u64;
-    let flush = |chunks: &mut Vec<(u64, u64)>| -> Result<()> {
-        chunks.par_iter().try_for_each_init(
-            || vec![0u8; CHUNK as usize],
-            |buf, &(off, len)| -> Result<()> {
-                let buf = &mut buf[..len as usize];
+    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut batch: Vec<(u64, u64)> = Vec::new();
+
+    let read = |batch: &[(u64, u64)]| -> Result<Vec<(u64, Vec<u8>)>> {
+        batch
+            .par_iter()
+            .map(|&(off, len)| {
                 if let Some(t) = opts.throttle {
                     t.take(len);
                 }
-                img.read_at(buf, off)?;
-                writer.write_at(buf, off)?;
+                let mut buf = vec![0u8; len as usize];
+                img.read_at(&mut buf, off)?;
                 if let Some(p) = opts.progress {
                     p(len);
                 }
-                Ok(())
-            },
-        )?;
-        chunks.clear();
-        Ok(())
+                Ok((off, buf))
+            })
+            .collect()
     };
-    for_each_extent(img, |e| {
-        if let Some(p) = opts.progress {
-            if e.allocation != Allocation::Data {
-                p(e.length);
+    let store = |sink: &mut Box<dyn ImageSink>, chunks: &[(u64, Vec<u8>)]| -> Result<()> {
+        let mut blocks: Vec<(u64, &[u8])> = Vec::new();
+        for (off, buf) in chunks {
+            for (i, piece) in buf.chunks(bs as usize).enumerate() {
+                blocks.push((off + i as u64 * bs, piece));
             }
         }
+        sink.put(&blocks)
+    };
+    // Read batch n+1 while batch n is stored.
+    let step = |batch: &mut Vec<(u64, u64)>,
+                pending: &mut Vec<(u64, Vec<u8>)>,
+                sink: &mut Box<dyn ImageSink>|
+     -> Result<()> {
+        let (stored, fresh) = rayon::join(|| store(sink, pending), || read(batch));
+        stored?;
+        *pending = fresh?;
+        batch.clear();
+        Ok(())
+    };
+    // Cut a range into chunks that never cross a CHUNK boundary of the disk.
+    let queue = |(start, end): (u64, u64),
+                 batch: &mut Vec<(u64, u64)>,
+                 pending: &mut Vec<(u64, Vec<u8>)>,
+                 sink: &mut Box<dyn ImageSink>|
+     -> Result<()> {
+        let mut off = start;
+        while off < end {
+            let stop = ((off / CHUNK) + 1).saturating_mul(CHUNK).min(end);
+            batch.push((off, stop - off));
+            off = stop;
+            if batch.len() >= BATCH {
+                step(batch, pending, sink)?;
+            }
+        }
+        Ok(())
+    };
+
+    // The map is walked once, front to back; ranges are queued as soon as they are known, so
+    // memory does not grow with the number of extents.
+    let mut current: Option<(u64, u64)> = None;
+    for_each_extent(img, |e| {
         if e.allocation != Allocation::Data {
+            if let Some(p) = opts.progress {
+                p(e.length);
+            }
             return Ok(());
         }
         bytes_read += e.length;
-        // Split on CHUNK boundaries of the disk, so grains are never split between tasks.
-        let mut off = e.start;
-        while off < e.end() {
-            let next = ((off / CHUNK) + 1) * CHUNK;
-            let end = next.min(e.end());
-            chunks.push((off, end - off));
-            off = end;
-        }
-        if chunks.len() >= 256 {
-            flush(&mut chunks)?;
+        // Round out to whole blocks of the output, joining ranges that share a block.
+        let start = e.start / bs * bs;
+        let end = e.end().div_ceil(bs).saturating_mul(bs).min(size);
+        match &mut current {
+            Some(cur) if cur.1 >= start => cur.1 = cur.1.max(end),
+            _ => {
+                if let Some(done) = current.replace((start, end)) {
+                    queue(done, &mut batch, &mut pending, &mut sink)?;
+                }
+            }
         }
         Ok(())
     })?;
-    flush(&mut chunks)?;
-    writer.commit()?;
+    if let Some(done) = current {
+        queue(done, &mut batch, &mut pending, &mut sink)?;
+    }
+    step(&mut batch, &mut pending, &mut sink)?;
+    store(&mut sink, &pending)?;
+    sink.finish()?;
     Ok(ConvertStats { size, bytes_read })
 }

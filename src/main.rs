@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use vdisk::vmdk::writer::Adapter;
 use vdisk::{Error, Format, OpenOptions};
 
 /// Read, compare and chain virtual-disk images (VMDK and raw).
@@ -61,16 +62,24 @@ enum Command {
     },
     /// Convert an image to another format.
     Convert {
-        /// Source image.
+        /// Source image; `-` reads a streamOptimized VMDK from standard input.
         src: PathBuf,
         /// Destination file.
         dst: PathBuf,
         /// Output format.
         #[arg(short = 'O', value_name = "raw|vmdk", default_value = "raw")]
         output_format: Format,
-        /// VMDK subformat of the output.
+        /// VMDK subformat of the output: monolithicSparse (default), monolithicFlat,
+        /// twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized.
         #[arg(long)]
         subformat: Option<String>,
+        /// Adapter type recorded in a VMDK output (it sets the geometry).
+        #[arg(
+            long,
+            value_name = "ide|lsilogic|buslogic|pvscsi",
+            default_value = "ide"
+        )]
+        adapter: Adapter,
         /// Replace an existing destination.
         #[arg(long)]
         force: bool,
@@ -148,9 +157,18 @@ fn main() -> ExitCode {
             dst,
             output_format,
             subformat,
+            adapter,
             force,
         } => {
-            let r = cmd::convert::run(&ctx, &src, &dst, output_format, subformat.as_deref(), force);
+            let r = cmd::convert::run(
+                &ctx,
+                &src,
+                &dst,
+                output_format,
+                subformat.as_deref(),
+                adapter,
+                force,
+            );
             (r, src)
         }
     };

@@ -108,10 +108,38 @@ impl SparseWriter {
 
     /// Make the output durable and visible: fsync the data, rename it to the destination, and
     /// fsync the folder so the rename survives a crash.
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
+        self.seal()?.commit()
+    }
+
+    /// Fsync and close the file, still under its temporary name, to be renamed later with
+    /// [`SealedFile::commit`] (an image of many files renames them all at the end without
+    /// holding a descriptor open for each).
+    pub fn seal(mut self) -> Result<SealedFile> {
         self.file
             .sync_all()
             .map_err(|e| Error::io("cannot sync", e).with_path(&self.tmp))?;
+        self.committed = true; // the SealedFile owns the temporary name from here
+        Ok(SealedFile {
+            tmp: std::mem::take(&mut self.tmp),
+            dst: std::mem::take(&mut self.dst),
+            committed: false,
+        })
+    }
+}
+
+/// A complete, synced output file under its temporary name.
+/// Dropping it without [`SealedFile::commit`] removes it.
+#[derive(Debug)]
+pub struct SealedFile {
+    tmp: PathBuf,
+    dst: PathBuf,
+    committed: bool,
+}
+
+impl SealedFile {
+    /// Rename the file into place and fsync the folder so the rename survives a crash.
+    pub fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.dst)
             .map_err(|e| Error::io("cannot rename into place", e).with_path(&self.dst))?;
         self.committed = true;
@@ -123,6 +151,14 @@ impl SparseWriter {
             let _ = d.sync_all();
         }
         Ok(())
+    }
+}
+
+impl Drop for SealedFile {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 

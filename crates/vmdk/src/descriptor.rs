@@ -221,6 +221,44 @@ impl Descriptor {
         Ok(d)
     }
 
+    /// The descriptor as text, in the layout VMware and qemu-img write (the inverse of
+    /// [`Descriptor::parse`] for everything it keeps).
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut t = String::from("# Disk DescriptorFile\n");
+        let _ = writeln!(t, "version={}", self.version.unwrap_or(1));
+        if let Some(cid) = self.cid {
+            let _ = writeln!(t, "CID={cid:08x}");
+        }
+        let _ = writeln!(
+            t,
+            "parentCID={:08x}",
+            self.parent_cid.unwrap_or(NO_PARENT_CID)
+        );
+        if let Some(ct) = &self.create_type {
+            let _ = writeln!(t, "createType=\"{ct}\"");
+        }
+        if let Some(hint) = &self.parent_hint {
+            let _ = writeln!(t, "parentFileNameHint=\"{}\"", hint.display());
+        }
+        t.push_str("\n# Extent description\n");
+        for e in &self.extents {
+            let _ = write!(t, "{} {} {}", e.access.as_str(), e.sectors, e.kind.as_str());
+            if let Some(f) = &e.file {
+                let _ = write!(t, " \"{}\"", f.display());
+                if e.kind != ExtentType::Sparse {
+                    let _ = write!(t, " {}", e.offset);
+                }
+            }
+            t.push('\n');
+        }
+        t.push_str("\n# The Disk Data Base\n#DDB\n\n");
+        for (k, v) in &self.ddb {
+            let _ = writeln!(t, "{k} = \"{v}\"");
+        }
+        t
+    }
+
     /// Whether the descriptor names a parent (a delta link).
     pub fn has_parent(&self) -> bool {
         self.parent_hint.is_some()

@@ -7,7 +7,8 @@
 //!   directory as a fallback and compressed grains;
 //! - [`VmdkImage`]: a whole image (descriptor + extents) and its chain of parents, as a
 //!   [`vdisk_core::DiskImage`];
-//! - [`check`]: metadata consistency checks.
+//! - [`check`]: metadata consistency checks;
+//! - [`writer`]: writing every subformat, and delta links.
 //!
 //! Everything read from a file is checked before use: offsets against the file length, counts
 //! against what the file could hold, arithmetic with overflow checks.
@@ -22,6 +23,7 @@ mod image;
 mod marker;
 mod paths;
 mod sparse;
+pub mod writer;
 
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};

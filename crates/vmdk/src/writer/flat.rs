@@ -1,0 +1,109 @@
+//! monolithicFlat and twoGbMaxExtentFlat: a descriptor and flat files that are sparse files,
+//! holes wherever the disk is zero.
+
+use vdisk_core::{Result, SECTOR};
+use vdisk_raw::SparseWriter;
+
+use super::{
+    extent_line, new_descriptor, ImageSink, OutputFiles, Subformat, WriteOptions, SPLIT_SECTORS,
+};
+use crate::descriptor::{Descriptor, ExtentType};
+
+/// Blocks handed to flat outputs: large, since they are copied as they are.
+const FLAT_BLOCK: u64 = 4 << 20;
+
+pub(crate) struct FlatImage {
+    files: OutputFiles,
+    descriptor: Descriptor,
+    /// Sectors per file (the last may be shorter).
+    per_file: u64,
+    current: Option<(u64, SparseWriter)>,
+    done: u64,
+}
+
+impl FlatImage {
+    pub(crate) fn create(
+        files: OutputFiles,
+        sectors: u64,
+        subformat: Subformat,
+        opts: &WriteOptions,
+    ) -> Result<Self> {
+        let per_file = if subformat == Subformat::TwoGbMaxExtentFlat {
+            SPLIT_SECTORS
+        } else {
+            sectors.max(1)
+        };
+        let count = sectors.div_ceil(per_file).max(1);
+        let extents = (0..count)
+            .map(|i| {
+                let len = sectors.saturating_sub(i * per_file).min(per_file);
+                let name = if subformat == Subformat::TwoGbMaxExtentFlat {
+                    files.extent_name(&format!("-f{:03}", i + 1))
+                } else {
+                    files.extent_name("-flat")
+                };
+                extent_line(len, ExtentType::Flat, name)
+            })
+            .collect();
+        let descriptor = new_descriptor(subformat.name(), extents, sectors, opts.adapter, None);
+        drop(files.open(None, 0)?); // refuse an existing destination before writing anything
+        Ok(FlatImage {
+            files,
+            descriptor,
+            per_file,
+            current: None,
+            done: 0,
+        })
+    }
+
+    fn advance_to(&mut self, index: u64) -> Result<()> {
+        while self.done < index {
+            let file = match self.current.take() {
+                Some((i, f)) if i == self.done => f,
+                other => {
+                    self.current = other;
+                    self.open(self.done)?
+                }
+            };
+            self.files.keep(file)?;
+            self.done += 1;
+        }
+        Ok(())
+    }
+
+    fn open(&self, index: u64) -> Result<SparseWriter> {
+        let line = &self.descriptor.extents[index as usize];
+        self.files.open(line.file.as_deref(), line.sectors * SECTOR)
+    }
+}
+
+impl ImageSink for FlatImage {
+    fn block_size(&self) -> u64 {
+        FLAT_BLOCK
+    }
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        let per_file_bytes = self.per_file * SECTOR;
+        for &(off, data) in blocks {
+            // Blocks are 4 MiB aligned and 2 GiB is a multiple of that: no block straddles files.
+            let index = off / per_file_bytes;
+            self.advance_to(index)?;
+            if !matches!(&self.current, Some((i, _)) if *i == index) {
+                let f = self.open(index)?;
+                self.current = Some((index, f));
+            }
+            if let Some((_, f)) = &self.current {
+                f.write_at(data, off - index * per_file_bytes)?;
+            }
+        }
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut me = *self;
+        let count = me.descriptor.extents.len() as u64;
+        me.advance_to(count)?;
+        let text = me.descriptor.render();
+        let main = me.files.open(None, text.len() as u64)?;
+        main.write_raw(text.as_bytes(), 0)?;
+        me.files.commit(main)
+    }
+}

@@ -1,0 +1,293 @@
+//! Writing VMDK images: every hosted subformat, and delta links.
+//!
+//! An output is an [`ImageSink`]: the caller hands it the disk's blocks in increasing order
+//! and then calls [`ImageSink::finish`]. Every file is written under a temporary name
+//! ([`vdisk_raw::partial_path`]) and renamed into place only when all of them are complete,
+//! extents first and the descriptor (the name the user gave) last, so the destination never
+//! names a partial image.
+
+mod flat;
+mod sparse;
+mod stream;
+
+use std::path::{Path, PathBuf};
+
+use vdisk_core::{Error, ErrorKind, Result, SECTOR};
+use vdisk_raw::{SealedFile, SparseWriter};
+
+use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
+
+pub(crate) use sparse::SparseExtentWriter;
+
+/// Grain size of every sparse output: 64 KiB, what qemu-img and VMware write.
+pub const GRAIN_SECTORS: u64 = 128;
+/// Largest extent of the split subformats: 2 GiB.
+pub const SPLIT_SECTORS: u64 = 0x40_0000;
+
+/// A VMDK subformat vdisk writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subformat {
+    /// One sparse file with an embedded descriptor.
+    MonolithicSparse,
+    /// A descriptor and one flat file.
+    MonolithicFlat,
+    /// A descriptor and sparse extents of at most 2 GiB.
+    TwoGbMaxExtentSparse,
+    /// A descriptor and flat extents of at most 2 GiB.
+    TwoGbMaxExtentFlat,
+    /// One compressed sparse file laid out for streaming, the way VMware writes it.
+    StreamOptimized,
+}
+
+impl Subformat {
+    /// The `createType` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Subformat::MonolithicSparse => "monolithicSparse",
+            Subformat::MonolithicFlat => "monolithicFlat",
+            Subformat::TwoGbMaxExtentSparse => "twoGbMaxExtentSparse",
+            Subformat::TwoGbMaxExtentFlat => "twoGbMaxExtentFlat",
+            Subformat::StreamOptimized => "streamOptimized",
+        }
+    }
+
+    /// All subformats, in the order the docs list them.
+    pub const ALL: [Subformat; 5] = [
+        Subformat::MonolithicSparse,
+        Subformat::MonolithicFlat,
+        Subformat::TwoGbMaxExtentSparse,
+        Subformat::TwoGbMaxExtentFlat,
+        Subformat::StreamOptimized,
+    ];
+}
+
+impl std::str::FromStr for Subformat {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Subformat::ALL
+            .into_iter()
+            .find(|f| f.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!("unknown subformat \"{s}\" (monolithicSparse, monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized)"),
+                )
+            })
+    }
+}
+
+/// The virtual disk controller recorded in `ddb.adapterType` (it decides the geometry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Adapter {
+    /// IDE: 16 heads, 63 sectors per track.
+    #[default]
+    Ide,
+    /// LSI Logic SCSI.
+    LsiLogic,
+    /// BusLogic SCSI.
+    BusLogic,
+    /// VMware paravirtual SCSI.
+    Pvscsi,
+}
+
+impl Adapter {
+    /// The `ddb.adapterType` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            Adapter::Ide => "ide",
+            Adapter::LsiLogic => "lsilogic",
+            Adapter::BusLogic => "buslogic",
+            Adapter::Pvscsi => "pvscsi",
+        }
+    }
+}
+
+impl std::str::FromStr for Adapter {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "ide" => Ok(Adapter::Ide),
+            "lsilogic" => Ok(Adapter::LsiLogic),
+            "buslogic" => Ok(Adapter::BusLogic),
+            "pvscsi" => Ok(Adapter::Pvscsi),
+            _ => Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("unknown adapter \"{s}\" (ide, lsilogic, buslogic, pvscsi)"),
+            )),
+        }
+    }
+}
+
+/// How to write an image.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    /// Replace an existing destination (and its extent files).
+    pub overwrite: bool,
+    /// The adapter type for the descriptor.
+    pub adapter: Adapter,
+}
+
+/// A fresh content ID: random, and never one of the reserved all-ones values.
+pub fn new_cid() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS; mixing in the time keeps two CIDs made in one process
+    // apart.
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    let cid = h.finish() as u32;
+    if cid >= 0xffff_fffe {
+        0x1234_5678
+    } else {
+        cid
+    }
+}
+
+/// The `ddb.` keys of a new image of `sectors` sectors: hardware version, geometry and adapter,
+/// with the geometry convention qemu-img and VMware use (IDE 16×63, SCSI 255×63, cylinders
+/// capped at 16383 for IDE and 65535 otherwise).
+pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
+    let (heads, secs, max_cyl) = match adapter {
+        Adapter::Ide => (16u64, 63u64, 16383u64),
+        _ => (255, 63, 65535),
+    };
+    let cylinders = (sectors / (heads * secs)).min(max_cyl);
+    vec![
+        ("ddb.virtualHWVersion".into(), "4".into()),
+        ("ddb.geometry.cylinders".into(), cylinders.to_string()),
+        ("ddb.geometry.heads".into(), heads.to_string()),
+        ("ddb.geometry.sectors".into(), secs.to_string()),
+        ("ddb.adapterType".into(), adapter.name().into()),
+    ]
+}
+
+/// Where a written image's blocks go. Blocks come in increasing offset order.
+pub trait ImageSink: Send {
+    /// The block size `put` expects (the grain size, or a larger chunk for flat outputs).
+    fn block_size(&self) -> u64;
+
+    /// Store blocks: `(offset, bytes)` with `offset` a multiple of [`ImageSink::block_size`]
+    /// and `bytes` a whole block (shorter only at the end of the disk). All-zero blocks may be
+    /// passed; sparse outputs store nothing for them.
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()>;
+
+    /// Write the metadata, sync every file and rename them into place.
+    fn finish(self: Box<Self>) -> Result<()>;
+}
+
+/// Start writing a VMDK of `size` bytes at `dst` in `subformat`.
+///
+/// The size is rounded up to whole sectors. Existing files at `dst`, or at the extent names
+/// derived from it, are refused unless `opts.overwrite` is set.
+pub fn create(
+    dst: &Path,
+    size: u64,
+    subformat: Subformat,
+    opts: &WriteOptions,
+) -> Result<Box<dyn ImageSink>> {
+    let sectors = size.div_ceil(SECTOR);
+    let files = OutputFiles::new(dst, opts.overwrite);
+    Ok(match subformat {
+        Subformat::MonolithicSparse => {
+            Box::new(sparse::MonolithicSparse::create(files, sectors, opts)?)
+        }
+        Subformat::TwoGbMaxExtentSparse => {
+            Box::new(sparse::SplitSparse::create(files, sectors, opts)?)
+        }
+        Subformat::MonolithicFlat | Subformat::TwoGbMaxExtentFlat => {
+            Box::new(flat::FlatImage::create(files, sectors, subformat, opts)?)
+        }
+        Subformat::StreamOptimized => Box::new(stream::StreamImage::create(files, sectors, opts)?),
+    })
+}
+
+/// The files of one output image: created under temporary names, renamed together.
+pub(crate) struct OutputFiles {
+    dst: PathBuf,
+    overwrite: bool,
+    /// Extent files, complete and synced, renamed before the descriptor.
+    pending: Vec<SealedFile>,
+}
+
+impl OutputFiles {
+    pub(crate) fn new(dst: &Path, overwrite: bool) -> Self {
+        OutputFiles {
+            dst: dst.to_path_buf(),
+            overwrite,
+            pending: Vec::new(),
+        }
+    }
+
+    /// The destination path the user named.
+    pub(crate) fn dst(&self) -> &Path {
+        &self.dst
+    }
+
+    /// The file name of an extent beside the destination: `NAME{suffix}.vmdk`.
+    pub(crate) fn extent_name(&self, suffix: &str) -> PathBuf {
+        let stem = self.dst.file_stem().unwrap_or_default().to_string_lossy();
+        PathBuf::from(format!("{stem}{suffix}.vmdk"))
+    }
+
+    /// Open a file beside the destination (`name` relative to its folder, or the destination
+    /// itself when `None`) for writing, `size` bytes long.
+    pub(crate) fn open(&self, name: Option<&Path>, size: u64) -> Result<SparseWriter> {
+        let path = match name {
+            Some(n) => self.dst.with_file_name(n),
+            None => self.dst.clone(),
+        };
+        SparseWriter::create(&path, size, self.overwrite)
+    }
+
+    /// Seal a finished extent file (sync, close) to rename with the rest.
+    pub(crate) fn keep(&mut self, file: SparseWriter) -> Result<()> {
+        self.pending.push(file.seal()?);
+        Ok(())
+    }
+
+    /// Rename the extents, then `main` (the destination) into place.
+    pub(crate) fn commit(self, main: SparseWriter) -> Result<()> {
+        for f in self.pending {
+            f.commit()?;
+        }
+        main.commit()
+    }
+}
+
+/// A descriptor for a new image.
+pub(crate) fn new_descriptor(
+    subformat: &str,
+    extents: Vec<ExtentLine>,
+    sectors: u64,
+    adapter: Adapter,
+    parent: Option<(u32, PathBuf)>,
+) -> Descriptor {
+    let (parent_cid, parent_hint) = match parent {
+        Some((cid, hint)) => (cid, Some(hint)),
+        None => (NO_PARENT_CID, None),
+    };
+    Descriptor {
+        version: Some(1),
+        cid: Some(new_cid()),
+        parent_cid: Some(parent_cid),
+        create_type: Some(subformat.to_string()),
+        parent_hint,
+        extents,
+        ddb: ddb_for(sectors, adapter),
+    }
+}
+
+/// An extent line of a written image.
+pub(crate) fn extent_line(sectors: u64, kind: ExtentType, file: PathBuf) -> ExtentLine {
+    ExtentLine {
+        access: Access::Rw,
+        sectors,
+        kind,
+        file: Some(file),
+        offset: 0,
+    }
+}

@@ -1,0 +1,334 @@
+//! Hosted sparse extents: monolithicSparse, the pieces of twoGbMaxExtentSparse, delta links.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use vdisk_core::{is_zero, Error, Result, SECTOR};
+use vdisk_raw::SparseWriter;
+
+use super::{
+    extent_line, new_descriptor, ImageSink, OutputFiles, WriteOptions, GRAIN_SECTORS, SPLIT_SECTORS,
+};
+use crate::descriptor::{Descriptor, ExtentType};
+use crate::header::{HeaderFlags, SparseHeader};
+
+const GTES: u64 = 512;
+/// Sectors of one grain table (512 entries of 4 bytes).
+const GT_SECTORS: u64 = GTES * 4 / SECTOR;
+/// Sectors reserved for an embedded descriptor, as qemu-img and VMware reserve.
+const DESCRIPTOR_SECTORS: u64 = 20;
+/// Grain data is gathered and written in pieces of this size.
+const STAGING: usize = 8 << 20;
+
+/// Writes one sparse extent in the layout qemu-img and VMware use: header, embedded
+/// descriptor, redundant directory and tables, directory and tables (all tables reserved up
+/// front, as holes until used), then grains appended in the order they come.
+pub(crate) struct SparseExtentWriter {
+    file: SparseWriter,
+    header: SparseHeader,
+    descriptor: Option<String>,
+    gt_base: u64,
+    rgt_base: u64,
+    gd_entries: u64,
+    next_sector: u64,
+    /// Grain tables that hold entries, by directory slot (the rest stay zero).
+    tables: BTreeMap<u64, Vec<u32>>,
+    staging: Vec<u8>,
+    staging_sector: u64,
+}
+
+impl SparseExtentWriter {
+    /// Start an extent of `capacity` sectors in `file`. `descriptor` is embedded when given;
+    /// `zeroed_grains` allows [`SparseExtentWriter::put_zero`] (version 2 with flag 0x4).
+    pub(crate) fn create(
+        file: SparseWriter,
+        capacity: u64,
+        descriptor: Option<String>,
+        zeroed_grains: bool,
+    ) -> Result<Self> {
+        let grains = capacity.div_ceil(GRAIN_SECTORS);
+        let gd_entries = grains.div_ceil(GTES);
+        let gd_sectors = (gd_entries * 4).div_ceil(SECTOR);
+        let desc_sectors = match &descriptor {
+            Some(d) => DESCRIPTOR_SECTORS.max((d.len() as u64).div_ceil(SECTOR)),
+            None => 0,
+        };
+        let rgd = 1 + desc_sectors;
+        let rgt_base = rgd + gd_sectors;
+        let gd = rgt_base + gd_entries * GT_SECTORS;
+        let gt_base = gd + gd_sectors;
+        let overhead = (gt_base + gd_entries * GT_SECTORS).div_ceil(GRAIN_SECTORS) * GRAIN_SECTORS;
+        if overhead > u64::from(u32::MAX) {
+            return Err(Error::unsupported("disk too large for one sparse extent"));
+        }
+        let mut flags = HeaderFlags::NEWLINE_TEST | HeaderFlags::REDUNDANT_GD;
+        if zeroed_grains {
+            flags |= HeaderFlags::ZEROED_GRAINS;
+        }
+        let header = SparseHeader {
+            version: if zeroed_grains { 2 } else { 1 },
+            flags: HeaderFlags(flags),
+            capacity,
+            grain_size: GRAIN_SECTORS,
+            descriptor_offset: if descriptor.is_some() { 1 } else { 0 },
+            descriptor_size: desc_sectors,
+            gtes_per_gt: GTES as u32,
+            rgd_offset: rgd,
+            gd_offset: gd,
+            overhead,
+            unclean_shutdown: false,
+            newline_bytes: *b"\n \r\n",
+            compress_algorithm: 0,
+        };
+        Ok(SparseExtentWriter {
+            file,
+            header,
+            descriptor,
+            gt_base,
+            rgt_base,
+            gd_entries,
+            next_sector: overhead,
+            tables: BTreeMap::new(),
+            staging: Vec::new(),
+            staging_sector: overhead,
+        })
+    }
+
+    fn set_entry(&mut self, grain: u64, value: u32) -> Result<()> {
+        if grain >= self.header.capacity.div_ceil(GRAIN_SECTORS) {
+            return Err(Error::invalid(format!(
+                "grain {grain} is past the end of the extent"
+            )));
+        }
+        let table = self
+            .tables
+            .entry(grain / GTES)
+            .or_insert_with(|| vec![0; GTES as usize]);
+        table[(grain % GTES) as usize] = value;
+        Ok(())
+    }
+
+    /// Store `data` (at most one grain; shorter is padded with zeros) as grain `grain`.
+    pub(crate) fn put_grain(&mut self, grain: u64, data: &[u8]) -> Result<()> {
+        let sector = self.next_sector;
+        let end = sector + GRAIN_SECTORS;
+        if end > u64::from(u32::MAX) {
+            return Err(Error::unsupported(
+                "sparse extent holds more than 2 TiB of grains (32-bit sector offsets)",
+            ));
+        }
+        self.set_entry(grain, sector as u32)?;
+        let gb = (GRAIN_SECTORS * SECTOR) as usize;
+        let at = self.staging.len();
+        self.staging.resize(at + gb, 0);
+        self.staging[at..at + data.len().min(gb)].copy_from_slice(&data[..data.len().min(gb)]);
+        self.next_sector = end;
+        if self.staging.len() >= STAGING {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Record grain `grain` as a zeroed grain (reads as zero, masks the parent).
+    pub(crate) fn put_zero(&mut self, grain: u64) -> Result<()> {
+        if !self.header.flags.zeroed_grains() {
+            return Err(Error::invalid(
+                "this extent was not created with zeroed grains",
+            ));
+        }
+        self.set_entry(grain, 1)
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.staging.is_empty() {
+            // write_at leaves all-zero 4 KiB blocks inside grains as holes.
+            self.file
+                .write_at(&self.staging, self.staging_sector * SECTOR)?;
+            self.staging.clear();
+        }
+        self.staging_sector = self.next_sector;
+        Ok(())
+    }
+
+    /// Write tables, directories, descriptor and header; return the complete file, synced
+    /// by the caller's commit.
+    pub(crate) fn finish(mut self) -> Result<SparseWriter> {
+        self.flush()?;
+        let table_bytes = |t: &[u32]| t.iter().flat_map(|e| e.to_le_bytes()).collect::<Vec<u8>>();
+        for (slot, table) in &self.tables {
+            let bytes = table_bytes(table);
+            self.file
+                .write_raw(&bytes, (self.gt_base + slot * GT_SECTORS) * SECTOR)?;
+            self.file
+                .write_raw(&bytes, (self.rgt_base + slot * GT_SECTORS) * SECTOR)?;
+        }
+        // Every directory entry points at its reserved table, as qemu-img and VMware expect.
+        let dir = |base: u64| {
+            (0..self.gd_entries)
+                .map(|i| (base + i * GT_SECTORS) as u32)
+                .collect::<Vec<u32>>()
+        };
+        self.file.write_raw(
+            &table_bytes(&dir(self.gt_base)),
+            self.header.gd_offset * SECTOR,
+        )?;
+        self.file.write_raw(
+            &table_bytes(&dir(self.rgt_base)),
+            self.header.rgd_offset * SECTOR,
+        )?;
+        if let Some(d) = &self.descriptor {
+            self.file.write_raw(d.as_bytes(), SECTOR)?;
+        }
+        self.file.write_raw(&self.header.to_bytes(), 0)?;
+        self.file
+            .file()
+            .set_len(self.next_sector * SECTOR)
+            .map_err(|e| Error::io("cannot size", e))?;
+        Ok(self.file)
+    }
+}
+
+/// Split `blocks` of 64 KiB into grain writes on `ext` (which starts at disk sector
+/// `first_sector`), leaving all-zero grains unallocated.
+fn put_blocks(
+    ext: &mut SparseExtentWriter,
+    first_sector: u64,
+    blocks: &[(u64, &[u8])],
+) -> Result<()> {
+    for &(off, data) in blocks {
+        if !is_zero(data) {
+            ext.put_grain((off / SECTOR - first_sector) / GRAIN_SECTORS, data)?;
+        }
+    }
+    Ok(())
+}
+
+/// monolithicSparse: one file, descriptor embedded.
+pub(crate) struct MonolithicSparse {
+    files: OutputFiles,
+    extent: SparseExtentWriter,
+}
+
+impl MonolithicSparse {
+    pub(crate) fn create(files: OutputFiles, sectors: u64, opts: &WriteOptions) -> Result<Self> {
+        let name = PathBuf::from(files.dst().file_name().unwrap_or_default());
+        let d = new_descriptor(
+            "monolithicSparse",
+            vec![extent_line(sectors, ExtentType::Sparse, name)],
+            sectors,
+            opts.adapter,
+            None,
+        );
+        let file = files.open(None, 0)?;
+        let extent = SparseExtentWriter::create(file, sectors, Some(d.render()), false)?;
+        Ok(MonolithicSparse { files, extent })
+    }
+}
+
+impl ImageSink for MonolithicSparse {
+    fn block_size(&self) -> u64 {
+        GRAIN_SECTORS * SECTOR
+    }
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        put_blocks(&mut self.extent, 0, blocks)
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        let me = *self;
+        let file = me.extent.finish()?;
+        me.files.commit(file)
+    }
+}
+
+/// twoGbMaxExtentSparse: a descriptor file and sparse extents of at most 2 GiB, written one
+/// at a time (only one is open at once, however large the disk).
+pub(crate) struct SplitSparse {
+    files: OutputFiles,
+    descriptor: Descriptor,
+    sectors: u64,
+    /// The extent being written and its index.
+    current: Option<(u64, SparseExtentWriter)>,
+    /// Extents before this index are finished.
+    done: u64,
+}
+
+impl SplitSparse {
+    pub(crate) fn create(files: OutputFiles, sectors: u64, opts: &WriteOptions) -> Result<Self> {
+        let count = sectors.div_ceil(SPLIT_SECTORS).max(1);
+        let extents = (0..count)
+            .map(|i| {
+                let len = (sectors - i * SPLIT_SECTORS).min(SPLIT_SECTORS);
+                extent_line(
+                    len,
+                    ExtentType::Sparse,
+                    files.extent_name(&format!("-s{:03}", i + 1)),
+                )
+            })
+            .collect();
+        let descriptor =
+            new_descriptor("twoGbMaxExtentSparse", extents, sectors, opts.adapter, None);
+        // Refuse an existing destination before writing anything.
+        drop(files.open(None, 0)?);
+        Ok(SplitSparse {
+            files,
+            descriptor,
+            sectors,
+            current: None,
+            done: 0,
+        })
+    }
+
+    /// Finish extents up to (not including) `index`, creating empty ones where no data came.
+    fn advance_to(&mut self, index: u64) -> Result<()> {
+        while self.done < index {
+            let ext = match self.current.take() {
+                Some((i, ext)) if i == self.done => ext,
+                other => {
+                    self.current = other;
+                    self.open(self.done)?
+                }
+            };
+            let file = ext.finish()?;
+            self.files.keep(file)?;
+            self.done += 1;
+        }
+        Ok(())
+    }
+
+    fn open(&self, index: u64) -> Result<SparseExtentWriter> {
+        let line = &self.descriptor.extents[index as usize];
+        let file = self.files.open(line.file.as_deref(), 0)?;
+        SparseExtentWriter::create(file, line.sectors, None, false)
+    }
+}
+
+impl ImageSink for SplitSparse {
+    fn block_size(&self) -> u64 {
+        GRAIN_SECTORS * SECTOR
+    }
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        for &(off, data) in blocks {
+            if is_zero(data) {
+                continue;
+            }
+            let index = off / SECTOR / SPLIT_SECTORS;
+            self.advance_to(index)?;
+            if !matches!(&self.current, Some((i, _)) if *i == index) {
+                let ext = self.open(index)?;
+                self.current = Some((index, ext));
+            }
+            if let Some((_, ext)) = &mut self.current {
+                put_blocks(ext, index * SPLIT_SECTORS, &[(off, data)])?;
+            }
+        }
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        let mut me = *self;
+        let count = me.sectors.div_ceil(SPLIT_SECTORS).max(1);
+        me.advance_to(count)?;
+        let text = me.descriptor.render();
+        let main = me.files.open(None, text.len() as u64)?;
+        main.write_raw(text.as_bytes(), 0)?;
+        me.files.commit(main)
+    }
+}
