@@ -14,6 +14,7 @@
 
 pub mod convert;
 mod format;
+pub mod merge;
 mod throttle;
 
 pub use format::{detect, open, open_with, Format, Image, OpenOptions};

@@ -60,6 +60,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Collapse a delta chain into one image (or, with --base, into one link above BASE).
+    Merge {
+        /// The top of the chain.
+        image: PathBuf,
+        /// Output file.
+        #[arg(short = 'o', value_name = "OUT")]
+        out: PathBuf,
+        /// Keep this link of the chain (and those below it) and write one link above it.
+        #[arg(long, value_name = "LINK")]
+        base: Option<PathBuf>,
+        /// VMDK subformat of the output (monolithicSparse by default; links are always
+        /// monolithicSparse).
+        #[arg(long)]
+        subformat: Option<String>,
+        /// Adapter type recorded in the output.
+        #[arg(
+            long,
+            value_name = "ide|lsilogic|buslogic|pvscsi",
+            default_value = "ide"
+        )]
+        adapter: Adapter,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
+    },
     /// Convert an image to another format.
     Convert {
         /// Source image; `-` reads a streamOptimized VMDK from standard input.
@@ -152,6 +177,25 @@ fn main() -> ExitCode {
         Command::Info { image, json } => (cmd::info::run(&ctx, &image, json), image),
         Command::Map { image, json } => (cmd::map::run(&ctx, &image, json), image),
         Command::Check { image, json } => (cmd::check::run(&ctx, &image, json), image),
+        Command::Merge {
+            image,
+            out,
+            base,
+            subformat,
+            adapter,
+            force,
+        } => {
+            let r = cmd::merge::run(
+                &ctx,
+                &image,
+                &out,
+                base.as_deref(),
+                subformat.as_deref(),
+                adapter,
+                force,
+            );
+            (r, image)
+        }
         Command::Convert {
             src,
             dst,

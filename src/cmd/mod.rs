@@ -4,6 +4,7 @@ pub mod check;
 pub mod convert;
 pub mod info;
 pub mod map;
+pub mod merge;
 pub mod stdin;
 
 use vdisk::Result;

@@ -23,6 +23,7 @@ mod image;
 mod marker;
 mod paths;
 mod sparse;
+mod stream_reader;
 pub mod writer;
 
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};
@@ -32,6 +33,7 @@ pub use image::{ExtentInfo, Layer, LayerExtent, OpenOptions, VmdkImage, MAX_CHAI
 pub use marker::{Marker, MarkerType};
 pub use paths::resolve_relative;
 pub use sparse::{GrainEntry, SparseExtent};
+pub use stream_reader::StreamReader;
 
 /// Whether `head` (the first bytes of a file) looks like a VMDK: a sparse header magic, the
 /// older COWD magic, or a text descriptor.

@@ -1,6 +1,7 @@
 //! One hosted sparse extent: header, grain directory, grain tables and grains.
 
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Decompress, FlushDecompress, Status};
@@ -61,7 +62,12 @@ pub struct SparseExtent {
     data_start: u64,
     /// Problems met while opening that did not stop the open (for `check`).
     pub(crate) open_notes: Vec<String>,
+    /// Unique among the extents of this process: the key of the per-thread inflated grain.
+    id: u64,
 }
+
+/// Source of [`SparseExtent`] ids.
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 
 impl SparseExtent {
     /// Parse and validate a sparse extent held in `bytes`.
@@ -156,6 +162,7 @@ impl SparseExtent {
             alternates,
             data_start,
             open_notes: notes,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
         })
     }
 
@@ -317,13 +324,21 @@ impl SparseExtent {
         if whole {
             return self.inflate(grain, pos, dst);
         }
+        // The last grain inflated on this thread, keyed by (extent id, grain): reading a grain
+        // in pieces inflates it once, not once per piece (a 128 MiB grain read in 1 MiB pieces
+        // would be inflated 128 times).
         thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+            static SCRATCH: RefCell<(Option<(u64, u64)>, Vec<u8>)> =
+                const { RefCell::new((None, Vec::new())) };
         }
         SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            s.resize(gb, 0);
-            self.inflate(grain, pos, &mut s)?;
+            let (key, s) = &mut *s.borrow_mut();
+            if *key != Some((self.id, grain)) {
+                *key = None;
+                s.resize(gb, 0);
+                self.inflate(grain, pos, s)?;
+                *key = Some((self.id, grain));
+            }
             let w = within as usize;
             dst.copy_from_slice(&s[w..w + dst.len()]);
             Ok(())
@@ -364,35 +379,39 @@ impl SparseExtent {
     fn inflate(&self, grain: u64, pos: u64, out: &mut [u8]) -> Result<()> {
         let data = self.bytes.slice().unwrap_or(&[]);
         let (start, size, _) = self.compressed_span(pos)?;
-        let input = &data[start..start + size];
-        let fail = |what: &str| {
+        inflate_grain(&data[start..start + size], out).map_err(|what| {
             Error::corrupt(format!("compressed grain {grain} {what}"))
                 .with_path(self.bytes.path())
                 .at(pos)
-        };
-        let mut z = Decompress::new(true);
-        let status = z
-            .decompress(input, out, FlushDecompress::Finish)
-            .map_err(|e| fail(&format!("does not inflate: {e}")))?;
-        let produced = z.total_out() as usize;
-        if status != Status::StreamEnd {
-            if produced == out.len() {
-                let mut probe = [0u8; 1];
-                let consumed = z.total_in() as usize;
-                let more = z
-                    .decompress(&input[consumed..], &mut probe, FlushDecompress::Finish)
-                    .map(|_| z.total_out() as usize > produced)
-                    .unwrap_or(true);
-                if more {
-                    return Err(fail("inflates past the grain size"));
-                }
-            } else {
-                return Err(fail("is truncated"));
-            }
-        }
-        out[produced..].fill(0);
-        Ok(())
+        })
     }
+}
+
+/// Inflate one zlib-compressed grain into `out` (one grain long); a stream that ends early
+/// leaves the rest zero. Fails, with what went wrong, on a bad stream, one that is cut short,
+/// or one that inflates to more than `out` holds.
+pub(crate) fn inflate_grain(input: &[u8], out: &mut [u8]) -> std::result::Result<(), String> {
+    let mut z = Decompress::new(true);
+    let status = z
+        .decompress(input, out, FlushDecompress::Finish)
+        .map_err(|e| format!("does not inflate: {e}"))?;
+    let produced = z.total_out() as usize;
+    if status != Status::StreamEnd {
+        if produced < out.len() {
+            return Err("is truncated".into());
+        }
+        let mut probe = [0u8; 1];
+        let consumed = z.total_in() as usize;
+        let more = z
+            .decompress(&input[consumed..], &mut probe, FlushDecompress::Finish)
+            .map(|_| z.total_out() as usize > produced)
+            .unwrap_or(true);
+        if more {
+            return Err("inflates past the grain size".into());
+        }
+    }
+    out[produced..].fill(0);
+    Ok(())
 }
 
 /// Read the footer of a streamOptimized file whose header says the directory is at the end.

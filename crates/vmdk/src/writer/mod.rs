@@ -7,6 +7,7 @@
 //! names a partial image.
 
 mod flat;
+mod link;
 mod sparse;
 mod stream;
 
@@ -17,6 +18,7 @@ use vdisk_raw::{SealedFile, SparseWriter};
 
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 
+pub use link::{write_delta_link, LinkStats};
 pub(crate) use sparse::SparseExtentWriter;
 
 /// Grain size of every sparse output: 64 KiB, what qemu-img and VMware write.

@@ -1,0 +1,83 @@
+//! Collapsing delta-link chains (`vdisk merge IMAGE -o OUT [--base LINK]`).
+
+use std::path::Path;
+
+use vdisk_core::{Allocation, DiskImage, Error, ErrorKind, Result};
+use vdisk_vmdk::writer::{write_delta_link, Subformat, WriteOptions};
+use vdisk_vmdk::{FileStore, FsStore, VmdkImage};
+
+use crate::convert::{convert, ConvertOptions, ConvertStats, Target};
+use crate::{OpenOptions, MAP_WINDOW};
+
+/// Collapse the chain of the VMDK at `path` into `out`.
+///
+/// Without `base`, `out` is a standalone image (no parent) of `subformat` that reads like the
+/// chain. With `base`, the links above `base` (a file of the chain) become one
+/// monolithicSparse link at `out` whose parent is `base`; `base` and the links below it are
+/// not touched.
+pub fn merge_chain(
+    path: &Path,
+    out: &Path,
+    base: Option<&Path>,
+    subformat: Subformat,
+    open: &OpenOptions,
+    opts: &ConvertOptions<'_>,
+) -> Result<ConvertStats> {
+    let img = VmdkImage::open_with(&FsStore, path, &open.vmdk)?;
+    let Some(base) = base else {
+        return convert(&img, out, Target::Vmdk(subformat), opts);
+    };
+    if subformat != Subformat::MonolithicSparse {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "with --base the output is a delta link, which vdisk writes as monolithicSparse",
+        )
+        .with_path(out));
+    }
+    let want = FsStore.identity(base)?;
+    let depth = img
+        .layers()
+        .iter()
+        .position(|l| FsStore.identity(l.path()).is_ok_and(|id| id == want))
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("is not a link of the chain of {}", path.display()),
+            )
+            .with_path(base)
+        })?;
+    if depth == 0 {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "is the image itself: there are no links above it to merge",
+        )
+        .with_path(base));
+    }
+    // Every range any link above the base stores (data or zeroed grains).
+    let mut changed: Vec<(u64, u64)> = Vec::new();
+    for d in 0..depth {
+        let size = img.layers()[d].size().min(img.size());
+        let mut off = 0;
+        while off < size {
+            let len = (size - off).min(MAP_WINDOW);
+            for e in img.layer_allocation(d, off, len)? {
+                if e.allocation != Allocation::Unallocated {
+                    changed.push((e.start, e.length));
+                }
+            }
+            off += len;
+        }
+    }
+    changed.sort_unstable();
+    let parent_path = img.layers()[depth].path().to_path_buf();
+    let parent = VmdkImage::open_with(&FsStore, &parent_path, &open.vmdk)?;
+    let wopts = WriteOptions {
+        overwrite: opts.overwrite,
+        ..opts.vmdk.clone()
+    };
+    let stats = write_delta_link(&parent_path, &parent, &img, &changed, out, &wopts)?;
+    Ok(ConvertStats {
+        size: img.size(),
+        bytes_read: stats.bytes_read,
+    })
+}
