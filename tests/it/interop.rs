@@ -16,7 +16,7 @@ const SUBFORMATS: [&str; 5] = [
 
 /// A raw source mixing random data, a zero run written as data, holes, a grain-unaligned
 /// write, and an odd tail: 5 MiB + 1.5 KiB, not a whole number of 64 KiB grains.
-fn mixed_source(dir: &Path, name: &str) -> PathBuf {
+pub(crate) fn mixed_source(dir: &Path, name: &str) -> PathBuf {
     let size: u64 = (5 << 20) + 1536;
     let path = dir.join(name);
     let f = std::fs::File::create(&path).unwrap();

@@ -9,4 +9,6 @@ mod common;
 mod corpus;
 mod hostile;
 mod interop;
+mod roundtrip;
 mod stream_spec;
+mod write;
