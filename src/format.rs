@@ -70,6 +70,18 @@ impl DiskImage for Image {
             Image::Vmdk(i) => i.format_name(),
         }
     }
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        match self {
+            Image::Raw(i) => i.mapped(offset, len),
+            Image::Vmdk(i) => i.mapped(offset, len),
+        }
+    }
+    fn release(&self, offset: u64, len: u64) {
+        match self {
+            Image::Raw(i) => i.release(offset, len),
+            Image::Vmdk(i) => i.release(offset, len),
+        }
+    }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or

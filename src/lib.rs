@@ -14,15 +14,20 @@
 
 pub mod convert;
 mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod merge;
-mod throttle;
+pub mod output;
 
 pub use format::{detect, open, open_with, Format, Image, OpenOptions};
-pub use throttle::Throttle;
-pub use vdisk_core::{size, Allocation, DiskImage, Error, ErrorKind, Extent, Result};
+pub use vdisk_core::{size, Allocation, DiskImage, Error, ErrorKind, Extent, Result, Throttle};
 
+/// vdisk-bitmap: changed-block maps.
+pub use vdisk_bitmap as bitmap;
 /// vdisk-core: image traits, extents, errors.
 pub use vdisk_core as core;
+/// vdisk-diff: the compare and hash engine.
+pub use vdisk_diff as diff;
 /// vdisk-raw: raw images and the sparse writer.
 pub use vdisk_raw as raw;
 /// vdisk-vmdk: VMDK images.

@@ -60,10 +60,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Collapse a delta chain into one image (or, with --base, into one link above BASE).
+    /// Union changed-block bitmaps, or collapse a delta chain into one image (or, with
+    /// --base, into one link above BASE).
     Merge {
-        /// The top of the chain.
-        image: PathBuf,
+        /// Bitmaps to union, or the one image at the top of a chain.
+        #[arg(required = true, value_name = "BITMAP...|IMAGE")]
+        inputs: Vec<PathBuf>,
         /// Output file.
         #[arg(short = 'o', value_name = "OUT")]
         out: PathBuf,
@@ -85,6 +87,45 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Find the blocks that changed between two disk states (exit 1 when they differ).
+    Diff {
+        /// The old state: an image, or a manifest written by `vdisk hash`.
+        old: PathBuf,
+        /// The new state.
+        new: PathBuf,
+        /// Block size: 512, 4K, 64K (default), 1M, …
+        #[arg(long, value_parser = parse_granularity)]
+        granularity: Option<u64>,
+        /// Write the changed blocks as a bitmap.
+        #[arg(long, value_name = "OUT")]
+        bitmap: Option<PathBuf>,
+        /// Write a VMDK delta link on OLD holding the changed blocks (reads as NEW).
+        #[arg(long, value_name = "OUT.vmdk")]
+        delta: Option<PathBuf>,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+        /// Replace existing output files.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Hash every block of an image into a manifest (for a later `diff MANIFEST NEW`).
+    Hash {
+        /// The image.
+        image: PathBuf,
+        /// Manifest to write.
+        #[arg(short = 'o', value_name = "MANIFEST")]
+        out: PathBuf,
+        /// Block size: 512, 4K, 64K (default), 1M, …
+        #[arg(long, value_parser = parse_granularity, default_value = "64K")]
+        granularity: u64,
+        /// Replace an existing manifest.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Changed-block bitmaps.
+    #[command(subcommand)]
+    Bitmap(BitmapCommand),
     /// Convert an image to another format.
     Convert {
         /// Source image; `-` reads a streamOptimized VMDK from standard input.
@@ -109,6 +150,44 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum BitmapCommand {
+    /// Show a bitmap's size, granularity and changed extents.
+    Show {
+        /// The bitmap.
+        bitmap: PathBuf,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a bitmap from a JSON extent list (vdisk's, VMware's changedArea, Hyper-V's ranges).
+    Import {
+        /// The extent list.
+        extents: PathBuf,
+        /// Size of the disk in bytes (suffixes allowed).
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// Block size: 512, 4K, 64K (default), 1M, …
+        #[arg(long, value_parser = parse_granularity, default_value = "64K")]
+        granularity: u64,
+        /// Bitmap to write.
+        #[arg(short = 'o', value_name = "OUT")]
+        out: PathBuf,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+fn parse_granularity(s: &str) -> Result<u64, String> {
+    match vdisk::size::parse(s) {
+        Some(g) if g >= 512 && g.is_power_of_two() => Ok(g),
+        _ => Err(format!(
+            "\"{s}\" is not a power of two of at least 512 (512, 4K, 64K, 1M)"
+        )),
+    }
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
@@ -178,24 +257,67 @@ fn main() -> ExitCode {
         Command::Map { image, json } => (cmd::map::run(&ctx, &image, json), image),
         Command::Check { image, json } => (cmd::check::run(&ctx, &image, json), image),
         Command::Merge {
-            image,
+            inputs,
             out,
             base,
             subformat,
             adapter,
             force,
         } => {
+            let first = inputs[0].clone();
             let r = cmd::merge::run(
                 &ctx,
-                &image,
+                &inputs,
                 &out,
                 base.as_deref(),
                 subformat.as_deref(),
                 adapter,
                 force,
             );
-            (r, image)
+            (r, first)
         }
+        Command::Diff {
+            old,
+            new,
+            granularity,
+            bitmap,
+            delta,
+            json,
+            force,
+        } => {
+            let args = cmd::diff::DiffArgs {
+                old: &old,
+                new: &new,
+                granularity,
+                bitmap: bitmap.as_deref(),
+                delta: delta.as_deref(),
+                json,
+                force,
+            };
+            (cmd::diff::run(&ctx, args), new.clone())
+        }
+        Command::Hash {
+            image,
+            out,
+            granularity,
+            force,
+        } => (
+            cmd::hash::run(&ctx, &image, &out, granularity, force),
+            image,
+        ),
+        Command::Bitmap(BitmapCommand::Show { bitmap, json }) => {
+            (cmd::bitmap::show(&ctx, &bitmap, json), bitmap)
+        }
+        Command::Bitmap(BitmapCommand::Import {
+            extents,
+            size,
+            granularity,
+            out,
+            force,
+        }) => (
+            cmd::bitmap::import(&ctx, &extents, size, granularity, &out, force),
+            extents,
+        ),
         Command::Convert {
             src,
             dst,

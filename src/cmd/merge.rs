@@ -11,13 +11,29 @@ use crate::Ctx;
 
 pub fn run(
     ctx: &Ctx,
-    image: &Path,
+    inputs: &[std::path::PathBuf],
     out: &Path,
     base: Option<&Path>,
     subformat: Option<&str>,
     adapter: Adapter,
     force: bool,
 ) -> Result<Status> {
+    if super::diff::starts_with(&inputs[0], &vdisk::bitmap::MAGIC)? {
+        if base.is_some() || subformat.is_some() {
+            return Err(vdisk::Error::new(
+                vdisk::ErrorKind::InvalidArgument,
+                "--base and --subformat apply to merging a chain, not bitmaps",
+            ));
+        }
+        return super::bitmap::merge(ctx, inputs, out, force);
+    }
+    let [image] = inputs else {
+        return Err(vdisk::Error::new(
+            vdisk::ErrorKind::InvalidArgument,
+            "merge takes several bitmaps, or one image",
+        )
+        .with_path(&inputs[1]));
+    };
     let subformat = match subformat {
         Some(s) => s.parse::<Subformat>().map_err(|e| e.with_path(out))?,
         None => Subformat::MonolithicSparse,

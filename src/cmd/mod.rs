@@ -1,7 +1,10 @@
 //! One module per command: parse nothing, call the library, print.
 
+pub mod bitmap;
 pub mod check;
 pub mod convert;
+pub mod diff;
+pub mod hash;
 pub mod info;
 pub mod map;
 pub mod merge;

@@ -7,6 +7,7 @@ mod beyond;
 mod cli;
 mod common;
 mod corpus;
+mod diff;
 mod hostile;
 mod interop;
 mod roundtrip;

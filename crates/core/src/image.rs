@@ -25,6 +25,20 @@ pub trait DiskImage: Send + Sync {
 
     /// Short format name: `"raw"`, `"vmdk"`.
     fn format_name(&self) -> &'static str;
+
+    /// The disk's bytes at `offset` as a slice of a memory map, when the image can hand them
+    /// out without copying (a mapped raw image). Compare engines use it to avoid a copy.
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let _ = (offset, len);
+        None
+    }
+
+    /// Hint that the range will not be read again soon: a mapped image drops those pages from
+    /// its resident set (the page cache keeps them), so a scan's memory does not grow with
+    /// the image.
+    fn release(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
 }
 
 /// Check that `len` bytes at `offset` lie inside a disk of `size` bytes.
@@ -51,6 +65,12 @@ impl<T: DiskImage + ?Sized> DiskImage for Box<T> {
     fn format_name(&self) -> &'static str {
         (**self).format_name()
     }
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        (**self).mapped(offset, len)
+    }
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
+    }
 }
 
 impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
@@ -65,6 +85,12 @@ impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
     }
     fn format_name(&self) -> &'static str {
         (**self).format_name()
+    }
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        (**self).mapped(offset, len)
+    }
+    fn release(&self, offset: u64, len: u64) {
+        (**self).release(offset, len)
     }
 }
 

@@ -82,6 +82,31 @@ impl MappedFile {
         }
     }
 
+    /// Drop the pages of `len` bytes at `offset` from this process's resident set (the page
+    /// cache keeps them); a no-op for unmapped files.
+    pub fn release(&self, offset: u64, len: u64) {
+        if let Some(m) = &self.map {
+            let start = offset.min(self.len);
+            let end = offset.saturating_add(len).min(self.len);
+            // madvise wants page-aligned starts; shrink the range inward to whole pages.
+            let page = 4096;
+            let s = start.next_multiple_of(page);
+            let e = end / page * page;
+            if e > s {
+                // SAFETY: MADV_DONTNEED on a private read-only file mapping only drops this
+                // process's page-table entries; later reads fault the same file pages back in,
+                // so no live slice sees different contents.
+                let _ = unsafe {
+                    m.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        s as usize,
+                        (e - s) as usize,
+                    )
+                };
+            }
+        }
+    }
+
     /// Hint that the whole file will be read front to back.
     pub fn advise_sequential(&self) {
         if let Some(m) = &self.map {

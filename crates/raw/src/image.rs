@@ -79,6 +79,16 @@ impl DiskImage for RawImage {
     fn format_name(&self) -> &'static str {
         "raw"
     }
+
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let bytes = self.file.bytes()?;
+        let end = offset.checked_add(len)?;
+        bytes.get(usize::try_from(offset).ok()?..usize::try_from(end).ok()?)
+    }
+
+    fn release(&self, offset: u64, len: u64) {
+        self.file.release(offset, len)
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,187 @@
+//! Walking the changed blocks of a map as maximal runs, or as byte extents.
+
+use std::iter::FusedIterator;
+
+use crate::ChangeMap;
+
+/// Iterator over the maximal runs of changed blocks, as `(first_block, block_count)` in
+/// increasing order; made by [`ChangeMap::runs`].
+#[derive(Clone, Debug)]
+pub struct Runs<'a> {
+    words: &'a [u64],
+    block_count: u64,
+    /// The next block to look at.
+    pos: u64,
+}
+
+impl Runs<'_> {
+    /// The first block at or after `self.pos` whose bit equals `want`, or `block_count`.
+    fn next_with(&self, want: bool) -> u64 {
+        let mut wi = (self.pos / 64) as usize;
+        // Looking for ones means looking at the word, for zeros at its complement; bits below
+        // `pos` in the first word are masked off either way.
+        let flip = if want { 0 } else { !0 };
+        let mut w = match self.words.get(wi) {
+            Some(&w) => (w ^ flip) & (!0u64 << (self.pos % 64)),
+            None => return self.block_count,
+        };
+        // Whole words with nothing to find are skipped without looking at their bits: this is
+        // what makes a sparse map of millions of blocks fast to walk.
+        while w == 0 {
+            wi += 1;
+            match self.words.get(wi) {
+                Some(&next) => w = next ^ flip,
+                None => return self.block_count,
+            }
+        }
+        // Bits past the last block are zero, so when looking for a zero the tail of the last
+        // word ends a run, and the `min` keeps it at `block_count`.
+        (wi as u64 * 64 + u64::from(w.trailing_zeros())).min(self.block_count)
+    }
+}
+
+impl Iterator for Runs<'_> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        if self.pos >= self.block_count {
+            return None;
+        }
+        let first = self.next_with(true);
+        if first >= self.block_count {
+            self.pos = self.block_count;
+            return None;
+        }
+        self.pos = first;
+        let end = self.next_with(false);
+        self.pos = end;
+        Some((first, end - first))
+    }
+}
+
+impl FusedIterator for Runs<'_> {}
+
+/// Iterator over the changed byte ranges of a map, as `(start, length)` in increasing order,
+/// adjacent blocks joined and the last range clipped to the disk size; made by
+/// [`ChangeMap::extents`].
+#[derive(Clone, Debug)]
+pub struct Extents<'a> {
+    runs: Runs<'a>,
+    granularity: u64,
+    size: u64,
+}
+
+impl Iterator for Extents<'_> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        let (first, count) = self.runs.next()?;
+        // A run starts at a block below block_count, so before `size`: no overflow. Its end
+        // can pass u64::MAX when the granularity is huge, hence the saturation.
+        let start = first * self.granularity;
+        let end = (first + count)
+            .saturating_mul(self.granularity)
+            .min(self.size);
+        Some((start, end - start))
+    }
+}
+
+impl FusedIterator for Extents<'_> {}
+
+impl ChangeMap {
+    /// The maximal runs of changed blocks, as `(first_block, block_count)`, in order.
+    /// Zero words are skipped whole, so walking a sparse map costs little more than reading it.
+    pub fn runs(&self) -> Runs<'_> {
+        Runs {
+            words: &self.words,
+            block_count: self.block_count,
+            pos: 0,
+        }
+    }
+
+    /// The changed byte ranges, as `(start, length)`, in order, adjacent blocks joined, the
+    /// last one clipped to the disk size.
+    pub fn extents(&self) -> Extents<'_> {
+        Extents {
+            runs: self.runs(),
+            granularity: self.granularity,
+            size: self.size,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ChangeMap;
+
+    fn map(blocks: u64, set: &[u64]) -> ChangeMap {
+        let mut m = ChangeMap::new(blocks * 512, 512).unwrap();
+        for &b in set {
+            m.set(b);
+        }
+        m
+    }
+
+    #[test]
+    fn runs_of_an_empty_map() {
+        assert_eq!(map(0, &[]).runs().count(), 0);
+        assert_eq!(map(1000, &[]).runs().count(), 0);
+    }
+
+    #[test]
+    fn runs_cross_word_boundaries() {
+        let mut m = map(300, &[0, 1, 5]);
+        m.set_blocks(62, 66); // 62, 63 | 64, 65
+        m.set_blocks(127, 129); // 127 | 128
+        m.set_blocks(190, 300); // to the very end, through a partial last word
+        let runs: Vec<_> = m.runs().collect();
+        assert_eq!(runs, [(0, 2), (5, 1), (62, 4), (127, 2), (190, 110)]);
+    }
+
+    #[test]
+    fn run_ending_exactly_at_a_word_end() {
+        let mut m = map(128, &[]);
+        m.set_blocks(60, 128);
+        assert_eq!(m.runs().collect::<Vec<_>>(), [(60, 68)]);
+        let full = {
+            let mut m = map(192, &[]);
+            m.set_blocks(0, 192);
+            m
+        };
+        assert_eq!(full.runs().collect::<Vec<_>>(), [(0, 192)]);
+    }
+
+    #[test]
+    fn runs_skip_long_zero_stretches() {
+        let m = map(100_000, &[3, 99_999]);
+        assert_eq!(m.runs().collect::<Vec<_>>(), [(3, 1), (99_999, 1)]);
+    }
+
+    #[test]
+    fn runs_is_fused() {
+        let m = map(10, &[9]);
+        let mut r = m.runs();
+        assert_eq!(r.next(), Some((9, 1)));
+        assert_eq!(r.next(), None);
+        assert_eq!(r.next(), None);
+    }
+
+    #[test]
+    fn extents_join_and_clip() {
+        let mut m = ChangeMap::new(10 * 4096 + 100, 4096).unwrap();
+        m.set_blocks(1, 3);
+        m.set_blocks(9, 11);
+        assert_eq!(
+            m.extents().collect::<Vec<_>>(),
+            [(4096, 8192), (9 * 4096, 4096 + 100)]
+        );
+    }
+
+    #[test]
+    fn extents_do_not_overflow_with_huge_granularity() {
+        let mut m = ChangeMap::new(u64::MAX, 1 << 63).unwrap();
+        m.set_blocks(0, 2);
+        assert_eq!(m.extents().collect::<Vec<_>>(), [(0, u64::MAX)]);
+        assert_eq!(m.changed_bytes(), u64::MAX);
+    }
+}
