@@ -7,14 +7,15 @@ use vdisk_vmdk::writer::{write_delta_link, Subformat, WriteOptions};
 use vdisk_vmdk::{FileStore, FsStore, VmdkImage};
 
 use crate::convert::{convert, ConvertOptions, ConvertStats, Target};
-use crate::{OpenOptions, MAP_WINDOW};
+use crate::OpenOptions;
+use vdisk_core::MAP_WINDOW;
 
 /// Collapse the chain of the VMDK at `path` into `out`.
 ///
 /// Without `base`, `out` is a standalone image (no parent) of `subformat` that reads like the
 /// chain. With `base`, the links above `base` (a file of the chain) become one
 /// monolithicSparse link at `out` whose parent is `base`; `base` and the links below it are
-/// not touched.
+/// not touched (the link may also be twoGbMaxExtentSparse).
 pub fn merge_chain(
     path: &Path,
     out: &Path,
@@ -27,10 +28,13 @@ pub fn merge_chain(
     let Some(base) = base else {
         return convert(&img, out, Target::Vmdk(subformat), opts);
     };
-    if subformat != Subformat::MonolithicSparse {
+    if !matches!(
+        subformat,
+        Subformat::MonolithicSparse | Subformat::TwoGbMaxExtentSparse
+    ) {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            "with --base the output is a delta link, which vdisk writes as monolithicSparse",
+            "with --base the output is a delta link: monolithicSparse or twoGbMaxExtentSparse",
         )
         .with_path(out));
     }
@@ -75,7 +79,16 @@ pub fn merge_chain(
         overwrite: opts.overwrite,
         ..opts.vmdk.clone()
     };
-    let stats = write_delta_link(&parent_path, &parent, &img, &changed, out, &wopts)?;
+    let stats = write_delta_link(
+        &parent_path,
+        &parent,
+        &img,
+        &changed,
+        out,
+        subformat,
+        &wopts,
+        None,
+    )?;
     Ok(ConvertStats {
         size: img.size(),
         bytes_read: stats.bytes_read,

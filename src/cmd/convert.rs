@@ -81,6 +81,7 @@ pub fn run(
     let vmdk = WriteOptions {
         overwrite: force,
         adapter,
+        cid: None,
     };
     if src == Path::new("-") {
         return super::stdin::convert(ctx, dst, target, vmdk);

@@ -5,7 +5,7 @@ use vdisk::bitmap::ChangeMap;
 use vdisk::diff::{diff, diff_manifest, is_manifest, DiffReport, Manifest, ScanOptions};
 use vdisk::raw::MappedFile;
 use vdisk::size::human;
-use vdisk::vmdk::writer::{write_delta_link, WriteOptions};
+use vdisk::vmdk::writer::{write_delta_link, Subformat, WriteOptions};
 use vdisk::vmdk::{FsStore, VmdkImage};
 use vdisk::{DiskImage, Error, ErrorKind, Result};
 
@@ -113,7 +113,16 @@ pub fn run(ctx: &Ctx, a: DiffArgs<'_>) -> Result<Status> {
             overwrite: a.force,
             ..Default::default()
         };
-        write_delta_link(a.old, &old, &new, &changed, path, &opts)?;
+        write_delta_link(
+            a.old,
+            &old,
+            &new,
+            &changed,
+            path,
+            Subformat::MonolithicSparse,
+            &opts,
+            None,
+        )?;
     }
     print_result(&map, old_size, a.json)?;
     Ok(u8::from(!map.is_empty() || old_size != map.size()))

@@ -47,6 +47,7 @@ pub fn run(
         vmdk: WriteOptions {
             overwrite: force,
             adapter,
+            cid: None,
         },
     };
     let stats = merge_chain(image, out, base, subformat, &ctx.open, &opts)?;

@@ -103,7 +103,9 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
         &new_img,
         &changes,
         &dir.join("link.vmdk"),
+        Subformat::MonolithicSparse,
         &WriteOptions::default(),
+        None,
     )
     .unwrap();
     assert_eq!(stats.zeroed_grains, 4);

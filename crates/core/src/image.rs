@@ -109,3 +109,37 @@ mod tests {
         assert!(check_range(u64::MAX, u64::MAX, 1).is_err());
     }
 }
+
+/// Window in which whole-disk walks ask for allocation maps: a hostile image can describe one
+/// extent per 512-byte grain, so maps are never asked for all at once.
+pub const MAP_WINDOW: u64 = 1 << 30;
+
+/// Walk the allocation map of `img` from start to end in [`MAP_WINDOW`] windows, joining runs
+/// across window edges, and hand each run to `f`.
+pub fn for_each_extent(img: &dyn DiskImage, mut f: impl FnMut(Extent) -> Result<()>) -> Result<()> {
+    let size = img.size();
+    let mut pending: Option<Extent> = None;
+    let mut off = 0;
+    while off < size {
+        let len = (size - off).min(MAP_WINDOW);
+        for e in img.allocation(off, len)? {
+            match &mut pending {
+                Some(p)
+                    if p.end() == e.start && p.allocation == e.allocation && p.depth == e.depth =>
+                {
+                    p.length += e.length
+                }
+                _ => {
+                    if let Some(p) = pending.replace(e) {
+                        f(p)?;
+                    }
+                }
+            }
+        }
+        off += len;
+    }
+    if let Some(p) = pending {
+        f(p)?;
+    }
+    Ok(())
+}

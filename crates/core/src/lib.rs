@@ -18,7 +18,7 @@ mod zero;
 
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{coalesce, Allocation, Extent};
-pub use image::{check_range, DiskImage};
+pub use image::{check_range, for_each_extent, DiskImage, MAP_WINDOW};
 pub use throttle::Throttle;
 pub use zero::is_zero;
 

@@ -58,14 +58,31 @@ impl Report<'_> {
         });
     }
     /// Report the first few of `items`, then a count of the rest.
-    fn errors(&mut self, items: Vec<String>, what: &str) {
-        let n = items.len();
-        for m in items.into_iter().take(MAX_EXAMPLES) {
+    fn errors(&mut self, items: Examples, what: &str) {
+        let n = items.total;
+        for m in items.shown {
             self.error(m);
         }
-        if n > MAX_EXAMPLES {
-            self.error(format!("… and {} more {what}", n - MAX_EXAMPLES));
+        if n > MAX_EXAMPLES as u64 {
+            self.error(format!("… and {} more {what}", n - MAX_EXAMPLES as u64));
         }
+    }
+}
+
+/// Findings of one kind: the first [`MAX_EXAMPLES`] messages and a count. A hostile file can
+/// hold hundreds of millions of bad pointers; only the shown ones are ever formatted or kept.
+#[derive(Default)]
+struct Examples {
+    shown: Vec<String>,
+    total: u64,
+}
+
+impl Examples {
+    fn push(&mut self, message: impl FnOnce() -> String) {
+        if self.shown.len() < MAX_EXAMPLES {
+            self.shown.push(message());
+        }
+        self.total += 1;
     }
 }
 
@@ -107,7 +124,52 @@ pub fn check(img: &VmdkImage) -> Vec<Finding> {
 struct Region {
     start: u64,
     end: u64,
-    what: String,
+    what: What,
+}
+
+/// What a [`Region`] holds; a directory can name millions of tables, so names are formatted
+/// only for the findings that are shown.
+#[derive(Debug, Clone, Copy)]
+enum What {
+    Header,
+    Descriptor,
+    Directory(&'static str),
+    Table(usize, &'static str),
+}
+
+impl std::fmt::Display for What {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            What::Header => f.write_str("the header"),
+            What::Descriptor => f.write_str("the embedded descriptor"),
+            What::Directory(name) => write!(f, "the {name}"),
+            What::Table(i, name) => write!(f, "grain table {i} of the {name}"),
+        }
+    }
+}
+
+/// For each prefix of `regions` (sorted by start), the index of the region that ends last.
+fn furthest_reaching(regions: &[Region]) -> Vec<usize> {
+    let mut best = 0;
+    regions
+        .iter()
+        .enumerate()
+        .map(|(i, g)| {
+            if g.end > regions[best].end {
+                best = i;
+            }
+            best
+        })
+        .collect()
+}
+
+/// A region that the sector at byte `at` overlaps, if any (`regions` sorted by start, `widest`
+/// from [`furthest_reaching`]). A search, not a scan: it runs once per grain, and a hostile
+/// directory can name millions of tables.
+fn region_at<'a>(regions: &'a [Region], widest: &[usize], at: u64) -> Option<&'a Region> {
+    let before = regions.partition_point(|g| g.start < at.saturating_add(SECTOR));
+    let g = &regions[*widest.get(before.checked_sub(1)?)?];
+    (g.end > at).then_some(g)
 }
 
 fn read_dir(data: &[u8], sector: u64, n: u64) -> Option<Vec<u32>> {
@@ -134,13 +196,13 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
     let mut regions = vec![Region {
         start: 0,
         end: SECTOR,
-        what: "the header".into(),
+        what: What::Header,
     }];
     if h.descriptor_offset != 0 && h.descriptor_size != 0 {
         regions.push(Region {
             start: h.descriptor_offset * SECTOR,
             end: (h.descriptor_offset + h.descriptor_size) * SECTOR,
-            what: "the embedded descriptor".into(),
+            what: What::Descriptor,
         });
     }
     let primary = read_dir(data, sparse.gd_offset(), n);
@@ -157,11 +219,11 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
             regions.push(Region {
                 start: sector * SECTOR,
                 end: sector * SECTOR + n * 4,
-                what: format!("the {name}"),
+                what: What::Directory(name),
             });
         }
     }
-    let mut past_end = Vec::new();
+    let mut past_end = Examples::default();
     for (dir, name) in [
         (&primary, "grain directory"),
         (&redundant, "redundant grain directory"),
@@ -173,14 +235,14 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
             }
             let start = u64::from(t) * SECTOR;
             if start + table_bytes > len {
-                past_end.push(format!(
+                past_end.push(|| format!(
                     "{name} entry {i}: grain table at sector {t} lies past the end of the file ({len} bytes)"
                 ));
             } else {
                 regions.push(Region {
                     start,
                     end: start + table_bytes,
-                    what: format!("grain table {i} of the {name}"),
+                    what: What::Table(i, name),
                 });
             }
         }
@@ -189,39 +251,50 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
 
     // Overlapping metadata regions (a table over the header, two tables sharing sectors).
     regions.sort_by_key(|g| (g.start, g.end));
-    let mut overlaps = Vec::new();
+    let mut overlaps = Examples::default();
     let mut reach: Option<&Region> = None;
     for g in &regions {
         if let Some(prev) = reach {
             if g.start < prev.end {
-                overlaps.push(format!("{} overlaps {}", g.what, prev.what));
+                overlaps.push(|| format!("{} overlaps {}", g.what, prev.what));
             }
         }
-        if reach.is_none_or(|p| g.end > p.end) {
+        if reach.map_or(true, |p| g.end > p.end) {
             reach = Some(g);
         }
     }
     r.errors(overlaps, "overlapping tables");
+    let widest = furthest_reaching(&regions);
+
+    // Slots that share a table were reported above as overlapping tables; walking the shared
+    // table again for each of them would only repeat its findings, and a hostile directory of
+    // 32 Mi slots naming one table would cost 16 Gi grain visits. So each table is walked once,
+    // and the walks cost at most one visit per byte of the file.
 
     // Primary and redundant copies must agree.
     if let (Some(p), Some(q)) = (&primary, &redundant) {
-        let mut disagree = Vec::new();
+        let mut disagree = Examples::default();
+        let mut compared = HashSet::new();
         for (i, (&a, &b)) in p.iter().zip(q).enumerate() {
             if (a == 0) != (b == 0) {
-                disagree.push(format!(
+                disagree.push(|| {
+                    format!(
                     "grain directory and redundant directory disagree at entry {i} ({a} vs {b})"
-                ));
-            } else if a != 0 {
+                )
+                });
+            } else if a != 0 && compared.insert(a) {
                 let ta = read_dir(data, u64::from(a), gtes);
                 let tb = read_dir(data, u64::from(b), gtes);
                 if let (Some(ta), Some(tb)) = (ta, tb) {
                     let ca = ta.iter().map(|&e| e != 0);
                     let first = ca.zip(tb.iter().map(|&e| e != 0)).position(|(x, y)| x != y);
                     if let Some(j) = first {
-                        disagree.push(format!(
-                            "grain table {i} and its redundant copy disagree on grain {}",
-                            i as u64 * gtes + j as u64
-                        ));
+                        disagree.push(|| {
+                            format!(
+                                "grain table {i} and its redundant copy disagree on grain {}",
+                                i as u64 * gtes + j as u64
+                            )
+                        });
                     }
                 }
             }
@@ -231,10 +304,12 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
 
     // Every grain pointer: inside the file, outside metadata; compressed grains well-formed.
     let capacity_grains = h.capacity.div_ceil(h.grain_size);
-    let mut bad = Vec::new();
+    let mut bad = Examples::default();
     let mut slot_grains = 0u64;
+    let mut walked = HashSet::new();
     for slot in 0..sparse.directory_len() {
-        if sparse.table_sector(slot).unwrap_or(0) == 0 {
+        let table = sparse.table_sector(slot).unwrap_or(0);
+        if table == 0 || !walked.insert(table) {
             continue;
         }
         let first = slot as u64 * gtes;
@@ -244,28 +319,36 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
             match sparse.grain(g) {
                 GrainEntry::Invalid(raw) => {
                     let at = u64::from(raw) * SECTOR;
-                    bad.push(if at >= len {
-                        format!("grain {g}: offset {at} is past the end of the file ({len} bytes)")
-                    } else {
-                        format!("grain {g}: offset {at} lies inside the header")
+                    bad.push(|| {
+                        if at >= len {
+                            format!(
+                                "grain {g}: offset {at} is past the end of the file ({len} bytes)"
+                            )
+                        } else {
+                            format!("grain {g}: offset {at} lies inside the header")
+                        }
                     });
                 }
                 GrainEntry::Data(at) => {
-                    if let Some(m) = regions.iter().find(|m| at < m.end && at + SECTOR > m.start) {
-                        bad.push(format!("grain {g}: offset {at} lies inside {}", m.what));
+                    if let Some(m) = region_at(&regions, &widest, at) {
+                        bad.push(|| format!("grain {g}: offset {at} lies inside {}", m.what));
                     } else if h.flags.compressed() {
                         match sparse.compressed_span(at) {
-                            Err(e) => bad.push(format!("grain {g}: {}", e.message())),
-                            Ok((_, _, Some(lba))) if lba != g * h.grain_size => bad.push(format!(
-                                "grain {g}: marker says sector {lba}, the table says sector {}",
-                                g * h.grain_size
-                            )),
+                            Err(e) => bad.push(|| format!("grain {g}: {}", e.message())),
+                            Ok((_, _, Some(lba))) if lba != g * h.grain_size => bad.push(|| {
+                                format!(
+                                    "grain {g}: marker says sector {lba}, the table says sector {}",
+                                    g * h.grain_size
+                                )
+                            }),
                             Ok(_) => {}
                         }
                     } else if at + sparse.grain_bytes() > len {
-                        bad.push(format!(
+                        bad.push(|| {
+                            format!(
                             "grain {g}: offset {at} runs past the end of the file ({len} bytes)"
-                        ));
+                        )
+                        });
                     }
                 }
                 GrainEntry::Unallocated | GrainEntry::Zero | GrainEntry::BadTable => {}

@@ -8,13 +8,15 @@
 //! - [`VmdkImage`]: a whole image (descriptor + extents) and its chain of parents, as a
 //!   [`vdisk_core::DiskImage`];
 //! - [`check`]: metadata consistency checks;
-//! - [`writer`]: writing every subformat, and delta links.
+//! - [`writer`]: writing every subformat, and delta links;
+//! - [`convert`]: copying any image into a raw file or a VMDK of any subformat.
 //!
 //! Everything read from a file is checked before use: offsets against the file length, counts
 //! against what the file could hold, arithmetic with overflow checks.
 
 mod bytes;
 pub mod check;
+pub mod convert;
 mod descriptor;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -327,9 +327,9 @@ impl SparseExtent {
         // The last grain inflated on this thread, keyed by (extent id, grain): reading a grain
         // in pieces inflates it once, not once per piece (a 128 MiB grain read in 1 MiB pieces
         // would be inflated 128 times).
+        type Inflated = (Option<(u64, u64)>, Vec<u8>);
         thread_local! {
-            static SCRATCH: RefCell<(Option<(u64, u64)>, Vec<u8>)> =
-                const { RefCell::new((None, Vec::new())) };
+            static SCRATCH: RefCell<Inflated> = const { RefCell::new((None, Vec::new())) };
         }
         SCRATCH.with(|s| {
             let (key, s) = &mut *s.borrow_mut();

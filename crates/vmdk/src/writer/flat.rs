@@ -45,7 +45,7 @@ impl FlatImage {
                 extent_line(len, ExtentType::Flat, name)
             })
             .collect();
-        let descriptor = new_descriptor(subformat.name(), extents, sectors, opts.adapter, None);
+        let descriptor = new_descriptor(subformat.name(), extents, sectors, opts, None);
         drop(files.open(None, 0)?); // refuse an existing destination before writing anything
         Ok(FlatImage {
             files,

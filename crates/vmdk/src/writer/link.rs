@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use vdisk_core::{is_zero, DiskImage, Error, Result, SECTOR};
 
-use super::{
-    extent_line, new_descriptor, OutputFiles, SparseExtentWriter, WriteOptions, GRAIN_SECTORS,
-};
-use crate::descriptor::ExtentType;
+use super::{OutputFiles, SparseImage, Subformat, WriteOptions, GRAIN_SECTORS};
 use crate::VmdkImage;
 
 /// What writing a link did.
@@ -49,10 +46,11 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Write a monolithicSparse delta link at `dst` on the VMDK `parent` (opened from
-/// `parent_path`), holding every grain of `new` that touches a range of `changed`
-/// (`(start, length)` in bytes, sorted). The link reads as `new` wherever `changed` covers
-/// every difference between `new` and the parent.
+/// Write a delta link at `dst` (monolithicSparse, or twoGbMaxExtentSparse with a separate
+/// descriptor) on the VMDK `parent` (opened from `parent_path`), holding every grain of `new`
+/// that touches a range of `changed` (`(start, length)` in bytes, sorted). The link reads as
+/// `new` wherever `changed` covers every difference between `new` and the parent.
+/// `on_grain` sees every grain read from `new` (index, bytes), e.g. to hash it on the way.
 ///
 /// A changed grain that is all zero is left out when the parent reads as zero there too, and
 /// written as a zeroed grain otherwise. The link's size is `new`'s size.
@@ -62,8 +60,21 @@ pub fn write_delta_link(
     new: &dyn DiskImage,
     changed: &[(u64, u64)],
     dst: &Path,
+    subformat: Subformat,
     opts: &WriteOptions,
+    on_grain: Option<&(dyn Fn(u64, &[u8]) + Sync)>,
 ) -> Result<LinkStats> {
+    let split = match subformat {
+        Subformat::MonolithicSparse => false,
+        Subformat::TwoGbMaxExtentSparse => true,
+        other => {
+            return Err(Error::new(
+                vdisk_core::ErrorKind::InvalidArgument,
+                format!("delta links are sparse: {} cannot be one", other.name()),
+            )
+            .with_path(dst))
+        }
+    };
     let parent_cid = parent.layers()[0]
         .descriptor()
         .cid
@@ -71,21 +82,8 @@ pub fn write_delta_link(
     let hint = parent_hint(dst, parent_path)?;
     let size = new.size();
     let sectors = size.div_ceil(SECTOR);
-    let name = PathBuf::from(dst.file_name().unwrap_or_default());
-    let descriptor = new_descriptor(
-        "monolithicSparse",
-        vec![extent_line(sectors, ExtentType::Sparse, name)],
-        sectors,
-        opts.adapter,
-        Some((parent_cid, hint)),
-    );
     let files = OutputFiles::new(dst, opts.overwrite);
-    let mut ext = SparseExtentWriter::create(
-        files.open(None, 0)?,
-        sectors,
-        Some(descriptor.render()),
-        true,
-    )?;
+    let mut out = SparseImage::create(files, sectors, split, opts, Some((parent_cid, hint)))?;
 
     let gb = GRAIN_SECTORS * SECTOR;
     let grains = changed.iter().flat_map(|&(start, len)| {
@@ -97,7 +95,7 @@ pub fn write_delta_link(
     let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
     let mut last: Option<u64> = None;
     let flush =
-        |batch: &mut Vec<u64>, ext: &mut SparseExtentWriter, stats: &mut LinkStats| -> Result<()> {
+        |batch: &mut Vec<u64>, ext: &mut SparseImage, stats: &mut LinkStats| -> Result<()> {
             let read: Vec<(u64, Vec<u8>, bool)> = batch
                 .par_iter()
                 .map(|&g| {
@@ -105,6 +103,9 @@ pub fn write_delta_link(
                     let len = gb.min(size - off);
                     let mut buf = vec![0u8; len as usize];
                     new.read_at(&mut buf, off)?;
+                    if let Some(f) = on_grain {
+                        f(g, &buf);
+                    }
                     let mask = if is_zero(&buf) {
                         !parent_reads_zero(parent, off, len)?
                     } else {
@@ -134,12 +135,11 @@ pub fn write_delta_link(
         last = Some(g);
         batch.push(g);
         if batch.len() == BATCH {
-            flush(&mut batch, &mut ext, &mut stats)?;
+            flush(&mut batch, &mut out, &mut stats)?;
         }
     }
-    flush(&mut batch, &mut ext, &mut stats)?;
-    let file = ext.finish()?;
-    files.commit(file)?;
+    flush(&mut batch, &mut out, &mut stats)?;
+    out.finish_image()?;
     Ok(stats)
 }
 

@@ -19,7 +19,7 @@ use vdisk_raw::{SealedFile, SparseWriter};
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 
 pub use link::{write_delta_link, LinkStats};
-pub(crate) use sparse::SparseExtentWriter;
+pub(crate) use sparse::SparseImage;
 
 /// Grain size of every sparse output: 64 KiB, what qemu-img and VMware write.
 pub const GRAIN_SECTORS: u64 = 128;
@@ -127,6 +127,9 @@ pub struct WriteOptions {
     pub overwrite: bool,
     /// The adapter type for the descriptor.
     pub adapter: Adapter,
+    /// The content ID to give the image instead of a fresh one (a synthetic full that takes
+    /// the place of a link keeps the link's CID, so the links above it stay valid).
+    pub cid: Option<u32>,
 }
 
 /// A fresh content ID: random, and never one of the reserved all-ones values.
@@ -195,10 +198,10 @@ pub fn create(
     let files = OutputFiles::new(dst, opts.overwrite);
     Ok(match subformat {
         Subformat::MonolithicSparse => {
-            Box::new(sparse::MonolithicSparse::create(files, sectors, opts)?)
+            Box::new(SparseImage::create(files, sectors, false, opts, None)?)
         }
         Subformat::TwoGbMaxExtentSparse => {
-            Box::new(sparse::SplitSparse::create(files, sectors, opts)?)
+            Box::new(SparseImage::create(files, sectors, true, opts, None)?)
         }
         Subformat::MonolithicFlat | Subformat::TwoGbMaxExtentFlat => {
             Box::new(flat::FlatImage::create(files, sectors, subformat, opts)?)
@@ -265,7 +268,7 @@ pub(crate) fn new_descriptor(
     subformat: &str,
     extents: Vec<ExtentLine>,
     sectors: u64,
-    adapter: Adapter,
+    opts: &WriteOptions,
     parent: Option<(u32, PathBuf)>,
 ) -> Descriptor {
     let (parent_cid, parent_hint) = match parent {
@@ -274,12 +277,12 @@ pub(crate) fn new_descriptor(
     };
     Descriptor {
         version: Some(1),
-        cid: Some(new_cid()),
+        cid: Some(opts.cid.unwrap_or_else(new_cid)),
         parent_cid: Some(parent_cid),
         create_type: Some(subformat.to_string()),
         parent_hint,
         extents,
-        ddb: ddb_for(sectors, adapter),
+        ddb: ddb_for(sectors, opts.adapter),
     }
 }
 

@@ -188,90 +188,62 @@ impl SparseExtentWriter {
     }
 }
 
-/// Split `blocks` of 64 KiB into grain writes on `ext` (which starts at disk sector
-/// `first_sector`), leaving all-zero grains unallocated.
-fn put_blocks(
-    ext: &mut SparseExtentWriter,
-    first_sector: u64,
-    blocks: &[(u64, &[u8])],
-) -> Result<()> {
-    for &(off, data) in blocks {
-        if !is_zero(data) {
-            ext.put_grain((off / SECTOR - first_sector) / GRAIN_SECTORS, data)?;
-        }
-    }
-    Ok(())
-}
+/// Grains per extent of the split subformat.
+const GRAINS_PER_SPLIT: u64 = SPLIT_SECTORS / GRAIN_SECTORS;
 
-/// monolithicSparse: one file, descriptor embedded.
-pub(crate) struct MonolithicSparse {
-    files: OutputFiles,
-    extent: SparseExtentWriter,
-}
-
-impl MonolithicSparse {
-    pub(crate) fn create(files: OutputFiles, sectors: u64, opts: &WriteOptions) -> Result<Self> {
-        let name = PathBuf::from(files.dst().file_name().unwrap_or_default());
-        let d = new_descriptor(
-            "monolithicSparse",
-            vec![extent_line(sectors, ExtentType::Sparse, name)],
-            sectors,
-            opts.adapter,
-            None,
-        );
-        let file = files.open(None, 0)?;
-        let extent = SparseExtentWriter::create(file, sectors, Some(d.render()), false)?;
-        Ok(MonolithicSparse { files, extent })
-    }
-}
-
-impl ImageSink for MonolithicSparse {
-    fn block_size(&self) -> u64 {
-        GRAIN_SECTORS * SECTOR
-    }
-    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
-        put_blocks(&mut self.extent, 0, blocks)
-    }
-    fn finish(self: Box<Self>) -> Result<()> {
-        let me = *self;
-        let file = me.extent.finish()?;
-        me.files.commit(file)
-    }
-}
-
-/// twoGbMaxExtentSparse: a descriptor file and sparse extents of at most 2 GiB, written one
-/// at a time (only one is open at once, however large the disk).
-pub(crate) struct SplitSparse {
+/// A sparse VMDK being written: one file with the descriptor embedded (monolithicSparse), or a
+/// descriptor file and extents of at most 2 GiB (twoGbMaxExtentSparse), written one at a time
+/// so only one is open however large the disk. Optionally a delta link (parent CID and hint,
+/// zeroed grains allowed).
+pub(crate) struct SparseImage {
     files: OutputFiles,
     descriptor: Descriptor,
-    sectors: u64,
+    split: bool,
+    zeroed: bool,
     /// The extent being written and its index.
     current: Option<(u64, SparseExtentWriter)>,
     /// Extents before this index are finished.
     done: u64,
 }
 
-impl SplitSparse {
-    pub(crate) fn create(files: OutputFiles, sectors: u64, opts: &WriteOptions) -> Result<Self> {
-        let count = sectors.div_ceil(SPLIT_SECTORS).max(1);
-        let extents = (0..count)
-            .map(|i| {
-                let len = (sectors - i * SPLIT_SECTORS).min(SPLIT_SECTORS);
-                extent_line(
-                    len,
-                    ExtentType::Sparse,
-                    files.extent_name(&format!("-s{:03}", i + 1)),
-                )
-            })
-            .collect();
-        let descriptor =
-            new_descriptor("twoGbMaxExtentSparse", extents, sectors, opts.adapter, None);
+impl SparseImage {
+    /// Start writing a sparse image of `sectors` at the destination of `files`.
+    pub(crate) fn create(
+        files: OutputFiles,
+        sectors: u64,
+        split: bool,
+        opts: &WriteOptions,
+        parent: Option<(u32, PathBuf)>,
+    ) -> Result<Self> {
+        let zeroed = parent.is_some();
+        let (create_type, extents) = if split {
+            let count = sectors.div_ceil(SPLIT_SECTORS).max(1);
+            let extents = (0..count)
+                .map(|i| {
+                    let len = sectors.saturating_sub(i * SPLIT_SECTORS).min(SPLIT_SECTORS);
+                    extent_line(
+                        len,
+                        ExtentType::Sparse,
+                        files.extent_name(&format!("-s{:03}", i + 1)),
+                    )
+                })
+                .collect();
+            ("twoGbMaxExtentSparse", extents)
+        } else {
+            let name = PathBuf::from(files.dst().file_name().unwrap_or_default());
+            (
+                "monolithicSparse",
+                vec![extent_line(sectors, ExtentType::Sparse, name)],
+            )
+        };
+        let descriptor = new_descriptor(create_type, extents, sectors, opts, parent);
         // Refuse an existing destination before writing anything.
         drop(files.open(None, 0)?);
-        Ok(SplitSparse {
+        Ok(SparseImage {
             files,
             descriptor,
-            sectors,
+            split,
+            zeroed,
             current: None,
             done: 0,
         })
@@ -296,39 +268,92 @@ impl SplitSparse {
 
     fn open(&self, index: u64) -> Result<SparseExtentWriter> {
         let line = &self.descriptor.extents[index as usize];
-        let file = self.files.open(line.file.as_deref(), 0)?;
-        SparseExtentWriter::create(file, line.sectors, None, false)
+        if self.split {
+            let file = self.files.open(line.file.as_deref(), 0)?;
+            SparseExtentWriter::create(file, line.sectors, None, self.zeroed)
+        } else {
+            let file = self.files.open(None, 0)?;
+            SparseExtentWriter::create(
+                file,
+                line.sectors,
+                Some(self.descriptor.render()),
+                self.zeroed,
+            )
+        }
+    }
+
+    /// The extent writer for disk grain `grain` and the grain's index inside it.
+    fn extent_for(&mut self, grain: u64) -> Result<(&mut SparseExtentWriter, u64)> {
+        let (index, local) = if self.split {
+            (grain / GRAINS_PER_SPLIT, grain % GRAINS_PER_SPLIT)
+        } else {
+            (0, grain)
+        };
+        if index >= self.descriptor.extents.len() as u64 {
+            return Err(Error::invalid(format!(
+                "grain {grain} is past the end of the image"
+            )));
+        }
+        if index < self.done {
+            return Err(Error::invalid("grains must be written in increasing order"));
+        }
+        self.advance_to(index)?;
+        if !matches!(&self.current, Some((i, _)) if *i == index) {
+            let ext = self.open(index)?;
+            self.current = Some((index, ext));
+        }
+        match &mut self.current {
+            Some((_, ext)) => Ok((ext, local)),
+            None => Err(Error::invalid("no extent open")),
+        }
+    }
+
+    /// Store `data` as disk grain `grain` (grains in increasing order).
+    pub(crate) fn put_grain(&mut self, grain: u64, data: &[u8]) -> Result<()> {
+        let (ext, local) = self.extent_for(grain)?;
+        ext.put_grain(local, data)
+    }
+
+    /// Store disk grain `grain` as a zeroed grain (links only).
+    pub(crate) fn put_zero(&mut self, grain: u64) -> Result<()> {
+        let (ext, local) = self.extent_for(grain)?;
+        ext.put_zero(local)
+    }
+
+    /// Finish every extent, write the descriptor (split images), rename everything into place.
+    pub(crate) fn finish_image(mut self) -> Result<()> {
+        let count = self.descriptor.extents.len() as u64;
+        if !self.split {
+            // The one extent is the destination itself.
+            let ext = match self.current.take() {
+                Some((_, ext)) => ext,
+                None => self.open(0)?,
+            };
+            let file = ext.finish()?;
+            return self.files.commit(file);
+        }
+        self.advance_to(count)?;
+        let text = self.descriptor.render();
+        let main = self.files.open(None, text.len() as u64)?;
+        main.write_raw(text.as_bytes(), 0)?;
+        self.files.commit(main)
     }
 }
 
-impl ImageSink for SplitSparse {
+impl ImageSink for SparseImage {
     fn block_size(&self) -> u64 {
         GRAIN_SECTORS * SECTOR
     }
     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        let gb = GRAIN_SECTORS * SECTOR;
         for &(off, data) in blocks {
-            if is_zero(data) {
-                continue;
-            }
-            let index = off / SECTOR / SPLIT_SECTORS;
-            self.advance_to(index)?;
-            if !matches!(&self.current, Some((i, _)) if *i == index) {
-                let ext = self.open(index)?;
-                self.current = Some((index, ext));
-            }
-            if let Some((_, ext)) = &mut self.current {
-                put_blocks(ext, index * SPLIT_SECTORS, &[(off, data)])?;
+            if !is_zero(data) {
+                self.put_grain(off / gb, data)?;
             }
         }
         Ok(())
     }
     fn finish(self: Box<Self>) -> Result<()> {
-        let mut me = *self;
-        let count = me.sectors.div_ceil(SPLIT_SECTORS).max(1);
-        me.advance_to(count)?;
-        let text = me.descriptor.render();
-        let main = me.files.open(None, text.len() as u64)?;
-        main.write_raw(text.as_bytes(), 0)?;
-        me.files.commit(main)
+        (*self).finish_image()
     }
 }

@@ -65,7 +65,7 @@ impl StreamImage {
             "streamOptimized",
             vec![extent_line(sectors, ExtentType::Sparse, name)],
             sectors,
-            opts.adapter,
+            opts,
             None,
         );
         let text = d.render();

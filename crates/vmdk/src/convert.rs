@@ -2,12 +2,10 @@
 
 use std::path::Path;
 
+use crate::writer::{self, ImageSink, Subformat, WriteOptions};
 use rayon::prelude::*;
-use vdisk_core::{Allocation, DiskImage, Result};
+use vdisk_core::{for_each_extent, Allocation, DiskImage, Result, Throttle};
 use vdisk_raw::SparseWriter;
-use vdisk_vmdk::writer::{self, ImageSink, Subformat, WriteOptions};
-
-use crate::{for_each_extent, Throttle};
 
 /// Bytes read by one task: large enough to amortise a task, small enough to keep a batch per
 /// thread in flight with little memory, and a multiple of every grain size qemu or VMware
