@@ -27,6 +27,8 @@ pub use vdisk_vmdk::convert;
 
 /// vdisk-bitmap: changed-block maps.
 pub use vdisk_bitmap as bitmap;
+/// vdisk-chain: backup repositories.
+pub use vdisk_chain as chain;
 /// vdisk-core: image traits, extents, errors.
 pub use vdisk_core as core;
 /// vdisk-diff: the compare and hash engine.

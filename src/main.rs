@@ -126,6 +126,63 @@ enum Command {
     /// Changed-block bitmaps.
     #[command(subcommand)]
     Bitmap(BitmapCommand),
+    /// Back up an image into a repository: a full point first, incremental points after.
+    Backup {
+        /// The disk to back up.
+        src: PathBuf,
+        /// The repository folder (created on the first backup).
+        repo: PathBuf,
+        /// Changed blocks from the hypervisor (a bitmap from `vdisk bitmap import`), trusted
+        /// as a superset of the changes; without it, changes are found by hashing.
+        #[arg(long, value_name = "BITMAP")]
+        changed: Option<PathBuf>,
+        /// Back up a source that was not closed cleanly, or that is not the repository's disk.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Write a restore point as a disk image (the newest by default).
+    Restore {
+        /// The repository.
+        repo: PathBuf,
+        /// The image to write.
+        dst: PathBuf,
+        /// The point to restore.
+        #[arg(long, value_name = "N")]
+        point: Option<u64>,
+        /// Output format.
+        #[arg(short = 'O', value_name = "raw|vmdk", default_value = "raw")]
+        output_format: Format,
+        /// Replace an existing destination.
+        #[arg(long)]
+        force: bool,
+    },
+    /// List a repository's restore points.
+    List {
+        /// The repository.
+        repo: PathBuf,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a repository's points against the hashes kept at backup time (exit 1 if damaged).
+    Verify {
+        /// The repository.
+        repo: PathBuf,
+        /// Check this point and those it depends on (all points by default).
+        #[arg(long, value_name = "N")]
+        point: Option<u64>,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fold the oldest points into the base so that N remain.
+    Prune {
+        /// The repository.
+        repo: PathBuf,
+        /// Points to keep.
+        #[arg(long, value_name = "N")]
+        keep: usize,
+    },
     /// Convert an image to another format.
     Convert {
         /// Source image; `-` reads a streamOptimized VMDK from standard input.
@@ -305,6 +362,30 @@ fn main() -> ExitCode {
             cmd::hash::run(&ctx, &image, &out, granularity, force),
             image,
         ),
+        Command::Backup {
+            src,
+            repo,
+            changed,
+            force,
+        } => (
+            cmd::repo::backup(&ctx, &src, &repo, changed.as_deref(), force),
+            repo,
+        ),
+        Command::Restore {
+            repo,
+            dst,
+            point,
+            output_format,
+            force,
+        } => (
+            cmd::repo::restore(&ctx, &repo, &dst, point, output_format, force),
+            repo,
+        ),
+        Command::List { repo, json } => (cmd::repo::list(&ctx, &repo, json), repo),
+        Command::Verify { repo, point, json } => {
+            (cmd::repo::verify(&ctx, &repo, point, json), repo)
+        }
+        Command::Prune { repo, keep } => (cmd::repo::prune(&ctx, &repo, keep), repo),
         Command::Bitmap(BitmapCommand::Show { bitmap, json }) => {
             (cmd::bitmap::show(&ctx, &bitmap, json), bitmap)
         }

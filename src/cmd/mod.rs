@@ -8,6 +8,7 @@ pub mod hash;
 pub mod info;
 pub mod map;
 pub mod merge;
+pub mod repo;
 pub mod stdin;
 
 use vdisk::Result;

@@ -64,5 +64,7 @@ mod tests {
         assert_eq!(human(65536), "64 KiB");
         assert_eq!(human(3 << 30), "3 GiB");
         assert_eq!(human(1000), "1000 B");
+        assert_eq!(human(1536), "1.5 KiB");
+        assert_eq!(human((3 << 30) + (1 << 29)), "3.5 GiB");
     }
 }

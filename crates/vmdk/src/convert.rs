@@ -104,9 +104,9 @@ pub fn to_raw(img: &dyn DiskImage, dst: &Path, opts: &ConvertOptions<'_>) -> Res
 /// Only ranges the allocation map says hold data are read, rounded out to the sink's blocks.
 /// Chunks are read in parallel (inflating compressed grains in parallel); while the sink
 /// stores one batch, the next is read.
-pub fn copy_into(
+pub fn copy_into<'s>(
     img: &dyn DiskImage,
-    mut sink: Box<dyn ImageSink>,
+    mut sink: Box<dyn ImageSink + 's>,
     opts: &ConvertOptions<'_>,
 ) -> Result<ConvertStats> {
     let size = img.size();
@@ -131,7 +131,7 @@ pub fn copy_into(
             })
             .collect()
     };
-    let store = |sink: &mut Box<dyn ImageSink>, chunks: &[(u64, Vec<u8>)]| -> Result<()> {
+    let store = |sink: &mut Box<dyn ImageSink + 's>, chunks: &[(u64, Vec<u8>)]| -> Result<()> {
         let mut blocks: Vec<(u64, &[u8])> = Vec::new();
         for (off, buf) in chunks {
             for (i, piece) in buf.chunks(bs as usize).enumerate() {
@@ -143,7 +143,7 @@ pub fn copy_into(
     // Read batch n+1 while batch n is stored.
     let step = |batch: &mut Vec<(u64, u64)>,
                 pending: &mut Vec<(u64, Vec<u8>)>,
-                sink: &mut Box<dyn ImageSink>|
+                sink: &mut Box<dyn ImageSink + 's>|
      -> Result<()> {
         let (stored, fresh) = rayon::join(|| store(sink, pending), || read(batch));
         stored?;
@@ -155,7 +155,7 @@ pub fn copy_into(
     let queue = |(start, end): (u64, u64),
                  batch: &mut Vec<(u64, u64)>,
                  pending: &mut Vec<(u64, Vec<u8>)>,
-                 sink: &mut Box<dyn ImageSink>|
+                 sink: &mut Box<dyn ImageSink + 's>|
      -> Result<()> {
         let mut off = start;
         while off < end {

@@ -553,7 +553,25 @@ impl VmdkImage {
         &self.layers
     }
 
-    fn read_layer(&self, depth: usize, buf: &mut [u8], offset: u64) -> Result<()> {
+    /// Read what link `depth` itself stores at `offset`, without falling through to its
+    /// parents: unallocated ranges read as zero. (Verifying a backup reads each link's own
+    /// grains once this way.)
+    pub fn read_layer_only(&self, depth: usize, buf: &mut [u8], offset: u64) -> Result<()> {
+        let layer = self
+            .layers
+            .get(depth)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no such layer"))?;
+        check_range(layer.size, offset, buf.len() as u64)?;
+        self.read_layer(depth, buf, offset, false)
+    }
+
+    fn read_layer(
+        &self,
+        depth: usize,
+        buf: &mut [u8],
+        offset: u64,
+        fall_through: bool,
+    ) -> Result<()> {
         let layer = &self.layers[depth];
         let mut pos = 0usize;
         while pos < buf.len() {
@@ -576,8 +594,8 @@ impl VmdkImage {
                 }
                 LayerRun::File(file, at) => file.read_at(dst, at)?,
                 LayerRun::Zero => dst.fill(0),
-                LayerRun::Unallocated if depth + 1 < self.layers.len() => {
-                    self.read_layer(depth + 1, dst, off)?
+                LayerRun::Unallocated if fall_through && depth + 1 < self.layers.len() => {
+                    self.read_layer(depth + 1, dst, off, true)?
                 }
                 LayerRun::Unallocated => dst.fill(0),
             }
@@ -669,7 +687,7 @@ impl DiskImage for VmdkImage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(self.size(), offset, buf.len() as u64)
             .map_err(|e| e.with_path(&self.layers[0].path))?;
-        self.read_layer(0, buf, offset)
+        self.read_layer(0, buf, offset, true)
     }
 
     fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
