@@ -628,23 +628,27 @@ impl Repository {
         new_base.changed_bytes = stored.changed_bytes();
         new_base.files = file_checks(&self.dir, &full_name)?;
 
+        // Every kept point above the base gets a new descriptor naming its parent's new name
+        // (the base is now the synthetic full). Their data files stay as they are; the old
+        // descriptors stay valid until the metadata switch, so a run killed before it leaves
+        // every old point whole.
+        let mut parent_name = full_name.clone();
         let mut points = vec![new_base];
-        // The point above the base gets a new descriptor naming the synthetic full; its data
-        // files stay as they are.
-        if let Some(child) = meta.points.get(fold + 1) {
-            let old = std::fs::read(self.path(&child.image))
-                .map_err(|e| Error::io("cannot read", e).with_path(self.path(&child.image)))?;
-            let mut d =
-                Descriptor::parse(&old).map_err(|e| e.with_path(self.path(&child.image)))?;
-            d.parent_hint = Some(PathBuf::from(&full_name));
+        for child in meta.points.iter().skip(fold + 1) {
+            let old_path = self.path(&child.image);
+            let old = std::fs::read(&old_path)
+                .map_err(|e| Error::io("cannot read", e).with_path(&old_path))?;
+            let mut d = Descriptor::parse(&old).map_err(|e| e.with_path(&old_path))?;
+            d.parent_hint = Some(PathBuf::from(&parent_name));
             let name = format!("point-{:06}.g{generation}.vmdk", child.point);
             vdisk_raw_write(&self.path(&name), d.render().as_bytes())?;
             let mut c = child.clone();
+            c.files.retain(|f| f.name != child.image);
+            c.files.insert(0, file_checks(&self.dir, &name)?.remove(0));
             c.image = name.clone();
-            c.files = file_checks(&self.dir, &name)?;
+            parent_name = name;
             points.push(c);
         }
-        points.extend(meta.points.iter().skip(fold + 2).cloned());
         let mut next = meta.clone();
         next.points = points;
         next.generation = generation + 1;

@@ -1,0 +1,477 @@
+//! Backup repositories, with qemu-img as the independent reader of every point.
+
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::common::*;
+
+const MIB: u64 = 1 << 20;
+
+/// A 128 MiB source disk: 24 MiB of data in a few runs, the rest holes.
+fn make_source(dir: &Path) -> Vec<u8> {
+    let mut disk = vec![0u8; 128 << 20];
+    for (i, at) in [0u64, 20, 64, 100].iter().enumerate() {
+        let at = (at * MIB) as usize;
+        disk[at..at + (6 << 20)].copy_from_slice(&pattern(200 + i as u64, 6 << 20));
+    }
+    write_disk(dir, "disk.raw", &disk);
+    disk
+}
+
+fn write_disk(dir: &Path, name: &str, disk: &[u8]) {
+    let f = std::fs::File::create(dir.join(name)).unwrap();
+    f.set_len(disk.len() as u64).unwrap();
+    for (i, c) in disk.chunks(1 << 16).enumerate() {
+        if c.iter().any(|&b| b != 0) {
+            f.write_all_at(c, (i << 16) as u64).unwrap();
+        }
+    }
+}
+
+fn ok(dir: &Path, args: &[&str]) -> Run {
+    let r = vdisk_in(dir, args);
+    r.expect_code(0, &args.join(" "));
+    r
+}
+
+fn list(dir: &Path) -> Vec<Value> {
+    let r = ok(dir, &["list", "--json", "repo"]);
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    v["points"].as_array().unwrap().clone()
+}
+
+/// Every point restores to its disk, and qemu-img opens its image as that disk.
+fn check_points(dir: &Path, versions: &[(u64, Vec<u8>)]) {
+    for (n, disk) in versions {
+        std::fs::write(dir.join("want.raw"), disk).unwrap();
+        let out = format!("restored-{n}.raw");
+        ok(
+            dir,
+            &[
+                "restore",
+                "repo",
+                &out,
+                "--point",
+                &n.to_string(),
+                "--force",
+            ],
+        );
+        assert_same_bytes(&dir.join("want.raw"), &dir.join(&out));
+        let image = list(dir).iter().find(|p| p["point"] == *n).unwrap()["image"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let mut c = Command::new("qemu-img");
+        c.args(["compare", &format!("repo/{image}"), "want.raw"])
+            .current_dir(dir);
+        let r = run(c);
+        assert_eq!(
+            r.code,
+            Some(0),
+            "point {n}: qemu-img compare: {}{}",
+            r.stdout,
+            r.stderr
+        );
+        std::fs::remove_file(dir.join(out)).unwrap();
+    }
+}
+
+fn point_bytes(dir: &Path, n: u64) -> u64 {
+    std::fs::read_dir(dir.join("repo"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("point-{n:06}"))
+        })
+        .map(|e| e.metadata().unwrap().len())
+        .sum()
+}
+
+#[test]
+fn full_hash_and_cbt_incrementals_restore_every_point() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut disk = make_source(dir);
+    let mut versions = Vec::new();
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((1, disk.clone()));
+
+    // 1 % of the disk changes (1.28 MiB in 20 places), found by hashing.
+    for i in 0..20u64 {
+        let at = (i * 6 * MIB + 12345) as usize;
+        disk[at..at + 65536].copy_from_slice(&pattern(300 + i, 65536));
+    }
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((2, disk.clone()));
+    let inc = point_bytes(dir, 2);
+    assert!(
+        inc <= 2 * 1_342_177 + (1 << 20),
+        "1 % incremental takes {inc} bytes"
+    );
+
+    // Data that becomes zero is masked, not stored as data.
+    disk[(20 * MIB) as usize..(21 * MIB) as usize].fill(0);
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((3, disk.clone()));
+    assert!(
+        point_bytes(dir, 3) < 512 << 10,
+        "zeroed data took {} bytes",
+        point_bytes(dir, 3)
+    );
+
+    // CBT: the hypervisor's list, with a false positive (a range that did not change).
+    disk[(90 * MIB) as usize..(90 * MIB) as usize + 4096].copy_from_slice(&pattern(400, 4096));
+    write_disk(dir, "disk.raw", &disk);
+    std::fs::write(
+        dir.join("cbt.json"),
+        format!(
+            r#"{{"changedArea":[{{"start":{},"length":4096}},{{"start":{},"length":65536}}]}}"#,
+            90 * MIB,
+            2 * MIB
+        ),
+    )
+    .unwrap();
+    ok(
+        dir,
+        &[
+            "bitmap", "import", "cbt.json", "--size", "128M", "-o", "cbt.bm",
+        ],
+    );
+    ok(dir, &["backup", "disk.raw", "repo", "--changed", "cbt.bm"]);
+    versions.push((4, disk.clone()));
+
+    let points = list(dir);
+    assert_eq!(points.len(), 4);
+    assert_eq!(points[0]["kind"], "full");
+    assert!(points[1..].iter().all(|p| p["kind"] == "incremental"));
+    assert_eq!(
+        points[3]["changed_bytes"],
+        2 * 65536,
+        "the CBT point stores the listed grains"
+    );
+    check_points(dir, &versions);
+    ok(dir, &["verify", "repo"]);
+
+    // A source whose size changed: grown, then shrunk.
+    disk.resize((160 << 20) + 4096, 0);
+    let len = disk.len();
+    disk[len - 100..].fill(7);
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((5, disk.clone()));
+    disk.truncate(100 << 20);
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((6, disk.clone()));
+    check_points(dir, &versions);
+    ok(dir, &["verify", "repo"]);
+}
+
+#[test]
+fn verify_finds_a_flipped_byte_anywhere_and_names_the_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut disk = make_source(dir);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    disk[(70 * MIB) as usize] ^= 1;
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    disk[(30 * MIB) as usize] ^= 1;
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    let repo = dir.join("repo");
+    let pristine: Vec<(String, Vec<u8>)> = std::fs::read_dir(&repo)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    // Flip one byte in each file: in the middle, in the first sector, in the last one.
+    let mut cases = 0;
+    for (name, bytes) in &pristine {
+        for at in [7, bytes.len() / 2, bytes.len() - 3] {
+            let mut b = bytes.clone();
+            b[at] ^= 0x10;
+            std::fs::write(repo.join(name), &b).unwrap();
+            let r = vdisk_in(dir, &["verify", "--json", "repo"]);
+            if name == "vdisk-repo.json" {
+                assert_eq!(r.code, Some(2), "{name}@{at}: {r:#?}");
+                assert!(r.stderr.contains("vdisk-repo.json"), "{}", r.stderr);
+            } else {
+                assert_eq!(r.code, Some(1), "{name}@{at} was not found: {r:#?}");
+                let v: Value = serde_json::from_str(&r.stdout).unwrap();
+                let n: u64 = name["point-".len()
+                    ..name
+                        .find(|c: char| c == '.' || c == '-')
+                        .map(|_| "point-".len() + 6)
+                        .unwrap()]
+                    .parse()
+                    .unwrap();
+                let p = v["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|p| p["point"] == n)
+                    .unwrap()
+                    .clone();
+                assert_eq!(p["status"], "damaged", "{name}@{at}: {v}");
+                // Every later point depends on it.
+                for later in v["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter(|p| p["point"].as_u64().unwrap() > n)
+                {
+                    assert_ne!(later["status"], "ok", "{name}@{at}: {v}");
+                }
+            }
+            std::fs::write(repo.join(name), bytes).unwrap();
+            cases += 1;
+        }
+    }
+    assert!(cases >= 30, "{cases}");
+    ok(dir, &["verify", "repo"]);
+}
+
+#[test]
+fn prune_keeps_numbers_and_content_and_returns_space() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut disk = make_source(dir);
+    let mut versions = Vec::new();
+    for round in 0..5u64 {
+        if round > 0 {
+            let at = (round * 7 * MIB) as usize;
+            disk[at..at + (2 << 20)].copy_from_slice(&pattern(500 + round, 2 << 20));
+            write_disk(dir, "disk.raw", &disk);
+        }
+        ok(dir, &["backup", "disk.raw", "repo"]);
+        versions.push((round + 1, disk.clone()));
+    }
+    let usage = |dir: &Path| -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::read_dir(dir.join("repo"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+            .sum()
+    };
+    let before = usage(dir);
+    ok(dir, &["prune", "repo", "--keep", "2"]);
+    let points = list(dir);
+    assert_eq!(
+        points
+            .iter()
+            .map(|p| p["point"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    assert_eq!(points[0]["kind"], "full");
+    ok(dir, &["verify", "repo"]);
+    check_points(dir, &versions[3..]);
+    assert!(usage(dir) <= before, "{} > {before}", usage(dir));
+    // Later backups and prunes go on from there.
+    disk[5] ^= 0xff;
+    write_disk(dir, "disk.raw", &disk);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((6, disk.clone()));
+    ok(dir, &["prune", "repo", "--keep", "1"]);
+    check_points(dir, &versions[5..]);
+    ok(dir, &["verify", "repo"]);
+    let r = vdisk_in(dir, &["restore", "repo", "x.raw", "--point", "4"]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("no point 4"), "{}", r.stderr);
+}
+
+/// Start `vdisk ARGS` slowed by --io-limit, SIGKILL it after `ms`, and wait.
+fn kill_after(dir: &Path, args: &[&str], ms: u64) {
+    let mut c = Command::new(vdisk_bin());
+    c.args(["--io-limit", "20M"]).args(args).current_dir(dir);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    let _ = child.kill();
+    child.wait().unwrap();
+}
+
+#[test]
+fn kill_9_at_any_instant_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut disk = make_source(dir);
+    let mut versions = vec![];
+    // A killed first backup leaves a repository that the next run completes.
+    kill_after(dir, &["backup", "disk.raw", "repo"], 300);
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    versions.push((1, disk.clone()));
+    ok(dir, &["verify", "repo"]);
+    for (round, ms) in [50u64, 200, 400, 700, 1000].into_iter().enumerate() {
+        let at = ((round as u64 + 1) * 9 * MIB) as usize;
+        disk[at..at + (4 << 20)].copy_from_slice(&pattern(600 + round as u64, 4 << 20));
+        write_disk(dir, "disk.raw", &disk);
+        let before = list(dir);
+        kill_after(dir, &["backup", "disk.raw", "repo"], ms);
+        // Nothing changed: same points, verify passes, earlier points restore.
+        let after = list(dir);
+        assert!(
+            after.len() == before.len() || after.len() == before.len() + 1,
+            "{ms} ms"
+        );
+        if after.len() > before.len() {
+            // The run finished before the kill: it is a whole point.
+            versions.push((
+                after.last().unwrap()["point"].as_u64().unwrap(),
+                disk.clone(),
+            ));
+        } else {
+            ok(dir, &["backup", "disk.raw", "repo"]);
+            versions.push((
+                list(dir).last().unwrap()["point"].as_u64().unwrap(),
+                disk.clone(),
+            ));
+        }
+        ok(dir, &["verify", "repo"]);
+    }
+    check_points_raw(dir, &versions);
+    // And during prune.
+    for ms in [30u64, 150, 400] {
+        let before = list(dir);
+        kill_after(dir, &["prune", "repo", "--keep", "3"], ms);
+        ok(dir, &["verify", "repo"]);
+        let after = list(dir);
+        assert!(
+            after == before || after.len() == 3,
+            "{ms} ms: {before:?} -> {after:?}"
+        );
+    }
+    ok(dir, &["prune", "repo", "--keep", "3"]);
+    ok(dir, &["verify", "repo"]);
+    let kept: Vec<u64> = list(dir)
+        .iter()
+        .map(|p| p["point"].as_u64().unwrap())
+        .collect();
+    let kept_versions: Vec<(u64, Vec<u8>)> = versions
+        .into_iter()
+        .filter(|(n, _)| kept.contains(n))
+        .collect();
+    check_points_raw(dir, &kept_versions);
+    // No leftovers from killed runs.
+    for e in std::fs::read_dir(dir.join("repo")).unwrap() {
+        let name = e.unwrap().file_name().to_string_lossy().into_owned();
+        assert!(!name.contains("partial") && name != ".vdisk-lock", "{name}");
+    }
+}
+
+fn check_points_raw(dir: &Path, versions: &[(u64, Vec<u8>)]) {
+    for (n, disk) in versions {
+        std::fs::write(dir.join("want.raw"), disk).unwrap();
+        ok(
+            dir,
+            &[
+                "restore",
+                "repo",
+                "got.raw",
+                "--point",
+                &n.to_string(),
+                "--force",
+            ],
+        );
+        assert_same_bytes(&dir.join("want.raw"), &dir.join("got.raw"));
+    }
+}
+
+#[test]
+fn errors_are_clean() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_source(dir);
+    let one_line = |r: &Run, needle: &str| {
+        assert_eq!(r.code, Some(2), "{r:#?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(
+            r.stderr.starts_with("vdisk: error: ") && r.stderr.contains(needle),
+            "{needle}: {}",
+            r.stderr
+        );
+    };
+    one_line(&vdisk_in(dir, &["list", "nope"]), "no repository here");
+    one_line(&vdisk_in(dir, &["verify", "nope"]), "no repository here");
+    one_line(
+        &vdisk_in(dir, &["restore", "nope", "x.raw"]),
+        "no repository here",
+    );
+    std::fs::create_dir(dir.join("foreign")).unwrap();
+    std::fs::write(dir.join("foreign/notes.txt"), "mine").unwrap();
+    one_line(
+        &vdisk_in(dir, &["backup", "disk.raw", "foreign"]),
+        "not a vdisk repository",
+    );
+    one_line(
+        &vdisk_in(dir, &["list", "foreign"]),
+        "not a vdisk repository",
+    );
+    assert_eq!(std::fs::read_dir(dir.join("foreign")).unwrap().count(), 1);
+
+    ok(dir, &["backup", "disk.raw", "repo"]);
+    one_line(
+        &vdisk_in(dir, &["restore", "repo", "x.raw", "--point", "9"]),
+        "no point 9",
+    );
+    // Another disk is refused unless forced.
+    std::fs::copy(dir.join("disk.raw"), dir.join("other.raw")).unwrap();
+    one_line(&vdisk_in(dir, &["backup", "other.raw", "repo"]), "--force");
+    ok(dir, &["backup", "other.raw", "repo", "--force"]);
+    // A source that was not closed cleanly is refused unless forced, saying why.
+    qemu_img(dir, &["create", "-q", "-f", "vmdk", "dirty.vmdk", "8M"]);
+    qemu_io(dir, "vmdk", "dirty.vmdk", &["write -P 1 0 1M"]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("dirty.vmdk"))
+        .unwrap();
+    f.write_all_at(&[1], 72).unwrap();
+    one_line(
+        &vdisk_in(dir, &["backup", "dirty.vmdk", "repo2"]),
+        "uncleanShutdown",
+    );
+    ok(dir, &["backup", "dirty.vmdk", "repo2", "--force"]);
+    // A live lock refuses a second writer; a stale one is cleared.
+    std::fs::write(dir.join("repo/.vdisk-lock"), "1\n").unwrap();
+    one_line(
+        &vdisk_in(dir, &["backup", "disk.raw", "repo", "--force"]),
+        "in use by process 1",
+    );
+    std::fs::write(dir.join("repo/.vdisk-lock"), "999999999\n").unwrap();
+    ok(dir, &["backup", "disk.raw", "repo", "--force"]);
+    ok(dir, &["verify", "repo"]);
+}
+
+#[test]
+fn io_limit_paces_the_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    make_source(dir);
+    // 24 MiB of data at 8 MiB/s: about 3 s, never much less.
+    let r = vdisk_in(dir, &["--io-limit", "8M", "backup", "disk.raw", "repo"]);
+    r.expect_code(0, "backup");
+    assert!(r.elapsed >= Duration::from_millis(2600), "{:?}", r.elapsed);
+    assert!(
+        r.stderr.contains("read 24.0 MiB") || r.stderr.contains("read 24 MiB"),
+        "{}",
+        r.stderr
+    );
+}
