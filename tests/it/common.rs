@@ -24,6 +24,9 @@ pub struct Run {
     pub elapsed: Duration,
     /// Peak resident memory of the process, in bytes (from wait4's rusage).
     pub max_rss: u64,
+    /// CPU time (user + system) the process used: unlike wall time, it does not grow when
+    /// the machine is busy with other work.
+    pub cpu: Duration,
 }
 
 impl Run {
@@ -72,6 +75,8 @@ pub fn run(mut cmd: Command) -> Run {
         stderr: String::from_utf8_lossy(&t_err.join().unwrap()).into_owned(),
         elapsed,
         max_rss: usage.ru_maxrss as u64 * 1024,
+        cpu: Duration::from_secs(usage.ru_utime.tv_sec as u64 + usage.ru_stime.tv_sec as u64)
+            + Duration::from_micros(usage.ru_utime.tv_usec as u64 + usage.ru_stime.tv_usec as u64),
     }
 }
 

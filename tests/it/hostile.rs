@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use crate::common::*;
 
-/// "Well under a second" is the goal; the bound leaves room for a loaded CI machine.
-const TIME_LIMIT: Duration = Duration::from_secs(1);
+/// "Well under a second": held as CPU time, which a machine busy with other tests does not
+/// inflate; wall time only has to show there was no hang.
+const CPU_LIMIT: Duration = Duration::from_secs(1);
+const WALL_LIMIT: Duration = Duration::from_secs(10);
 const RSS_LIMIT: u64 = 1 << 30;
 
 /// Run info, map, check and convert on `img` (a file name in `dir`) and hold them to the rules.
@@ -31,7 +33,8 @@ fn survive(dir: &Path, img: &str, case: &str) {
                 r.stderr
             );
         }
-        assert!(r.elapsed < TIME_LIMIT, "{what} took {:?}", r.elapsed);
+        assert!(r.cpu < CPU_LIMIT, "{what} used {:?} of CPU", r.cpu);
+        assert!(r.elapsed < WALL_LIMIT, "{what} took {:?}", r.elapsed);
         assert!(r.max_rss < RSS_LIMIT, "{what} used {} bytes", r.max_rss);
     }
     let _ = std::fs::remove_file(dir.join("out.raw"));

@@ -54,8 +54,20 @@ impl RawHeader {
 }
 
 impl ChangeMap {
-    /// The on-disk form: header, bitmap words and a CRC-32 (layout in the crate source,
-    /// `ondisk.rs`). [`decode`](Self::decode) reads it back.
+    /// The on-disk form, which [`decode`](Self::decode) reads back. All integers are little
+    /// endian:
+    ///
+    /// ```text
+    /// offset  size  field
+    ///      0     8  magic "VDBITMAP"
+    ///      8     4  version, u32 = 1
+    ///     12     4  flags, u32 = 0
+    ///     16     8  size: disk bytes, u64
+    ///     24     8  granularity: bytes per block, u64
+    ///     32     8  block_count = ceil(size / granularity), u64
+    ///     40   8*n  n = ceil(block_count / 64) words, u64; bit i of word i/64 is block i
+    ///  40+8n     4  CRC-32 (IEEE) of every byte before it, u32
+    /// ```
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER_LEN + 8 * self.words.len() + CRC_LEN);
         out.extend_from_slice(&MAGIC);
@@ -64,8 +76,11 @@ impl ChangeMap {
         out.extend_from_slice(&self.size.to_le_bytes());
         out.extend_from_slice(&self.granularity.to_le_bytes());
         out.extend_from_slice(&self.block_count.to_le_bytes());
-        for w in &self.words {
-            out.extend_from_slice(&w.to_le_bytes());
+        // Sized once and filled chunk by chunk: a push per word would check the capacity
+        // each time and keep LLVM from turning the loop into a plain copy.
+        out.resize(HEADER_LEN + 8 * self.words.len(), 0);
+        for (chunk, w) in out[HEADER_LEN..].chunks_exact_mut(8).zip(&self.words) {
+            chunk.copy_from_slice(&w.to_le_bytes());
         }
         let crc = crc32fast::hash(&out);
         out.extend_from_slice(&crc.to_le_bytes());

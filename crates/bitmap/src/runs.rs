@@ -10,52 +10,46 @@ use crate::ChangeMap;
 pub struct Runs<'a> {
     words: &'a [u64],
     block_count: u64,
-    /// The next block to look at.
-    pos: u64,
-}
-
-impl Runs<'_> {
-    /// The first block at or after `self.pos` whose bit equals `want`, or `block_count`.
-    fn next_with(&self, want: bool) -> u64 {
-        let mut wi = (self.pos / 64) as usize;
-        // Looking for ones means looking at the word, for zeros at its complement; bits below
-        // `pos` in the first word are masked off either way.
-        let flip = if want { 0 } else { !0 };
-        let mut w = match self.words.get(wi) {
-            Some(&w) => (w ^ flip) & (!0u64 << (self.pos % 64)),
-            None => return self.block_count,
-        };
-        // Whole words with nothing to find are skipped without looking at their bits: this is
-        // what makes a sparse map of millions of blocks fast to walk.
-        while w == 0 {
-            wi += 1;
-            match self.words.get(wi) {
-                Some(&next) => w = next ^ flip,
-                None => return self.block_count,
-            }
-        }
-        // Bits past the last block are zero, so when looking for a zero the tail of the last
-        // word ends a run, and the `min` keeps it at `block_count`.
-        (wi as u64 * 64 + u64::from(w.trailing_zeros())).min(self.block_count)
-    }
+    /// Index of the word being walked (`words.len()` when done).
+    index: usize,
+    /// The bits of that word not yet reported: those of runs already returned are cleared.
+    rest: u64,
 }
 
 impl Iterator for Runs<'_> {
     type Item = (u64, u64);
 
     fn next(&mut self) -> Option<(u64, u64)> {
-        if self.pos >= self.block_count {
-            return None;
+        // Whole zero words are skipped without looking at their bits: this is what makes a
+        // sparse map of millions of blocks fast to walk.
+        while self.rest == 0 {
+            self.index += 1;
+            self.rest = *self.words.get(self.index)?;
         }
-        let first = self.next_with(true);
-        if first >= self.block_count {
-            self.pos = self.block_count;
-            return None;
+        let base = self.index as u64 * 64;
+        let tz = self.rest.trailing_zeros();
+        let first = base + u64::from(tz);
+        // The zeros of the word from the run's first bit up: the lowest one ends the run.
+        let zeros = !self.rest & (!0u64 << tz);
+        if zeros != 0 {
+            let end = zeros.trailing_zeros();
+            self.rest &= !0u64 << end;
+            return Some((first, base + u64::from(end) - first));
         }
-        self.pos = first;
-        let end = self.next_with(false);
-        self.pos = end;
-        Some((first, end - first))
+        // The run reaches the end of the word: follow it through all-ones words.
+        loop {
+            self.index += 1;
+            let Some(&w) = self.words.get(self.index) else {
+                self.rest = 0;
+                return Some((first, self.block_count - first));
+            };
+            if w != !0 {
+                // Bits past the last block are zero, so a run never ends past block_count.
+                let end = (!w).trailing_zeros();
+                self.rest = w & (!0u64 << end);
+                return Some((first, self.index as u64 * 64 + u64::from(end) - first));
+            }
+        }
     }
 }
 
@@ -95,7 +89,8 @@ impl ChangeMap {
         Runs {
             words: &self.words,
             block_count: self.block_count,
-            pos: 0,
+            index: 0,
+            rest: self.words.first().copied().unwrap_or(0),
         }
     }
 

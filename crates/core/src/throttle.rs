@@ -5,12 +5,18 @@ use std::time::{Duration, Instant};
 ///
 /// Each caller asks for its bytes before reading them; the throttle books them on a shared
 /// timeline and sleeps the caller until the booking falls due. With no rate it does nothing.
+/// Callers read in pieces of at most [`Throttle::quantum`] bytes, so that no second of a run
+/// reads much more than the rate (a 4 MiB read booked at once would burst).
 #[derive(Debug)]
 pub struct Throttle {
     rate: Option<u64>,
     /// When the bytes booked so far may all have been read.
     next: Mutex<Option<Instant>>,
 }
+
+/// Unused time that may be spent in a burst: small, so that any one-second window stays
+/// within a few percent of the rate.
+const CREDIT: Duration = Duration::from_millis(20);
 
 impl Throttle {
     /// A throttle of `rate` bytes per second; `None` for no limit.
@@ -21,6 +27,20 @@ impl Throttle {
         }
     }
 
+    /// The rate, if limited.
+    pub fn rate(&self) -> Option<u64> {
+        self.rate
+    }
+
+    /// The largest piece to ask for at once: 1/64 of a second's worth (at least 4 KiB), or
+    /// unlimited without a rate.
+    pub fn quantum(&self) -> u64 {
+        match self.rate {
+            Some(r) => (r / 64).max(4096),
+            None => u64::MAX,
+        }
+    }
+
     /// Wait until `bytes` more may be read.
     pub fn take(&self, bytes: u64) {
         let Some(rate) = self.rate else { return };
@@ -28,10 +48,9 @@ impl Throttle {
         let due = {
             let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
-            // Unused time does not pile up into a burst: at most 100 ms of credit.
             let start = match *next {
-                Some(t) if t + Duration::from_millis(100) > now => t,
-                _ => now.checked_sub(Duration::from_millis(100)).unwrap_or(now),
+                Some(t) if t + CREDIT > now => t,
+                _ => now.checked_sub(CREDIT).unwrap_or(now),
             };
             let due = start + cost;
             *next = Some(due);
@@ -42,29 +61,81 @@ impl Throttle {
             std::thread::sleep(due - now);
         }
     }
+
+    /// Run `f(offset, len)` over `len` bytes in pieces of at most [`Throttle::quantum`],
+    /// taking each piece from the throttle first.
+    pub fn paced<E>(
+        &self,
+        len: u64,
+        mut f: impl FnMut(u64, u64) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let q = self.quantum();
+        let mut off = 0;
+        while off < len {
+            let n = (len - off).min(q);
+            self.take(n);
+            f(off, n)?;
+            off += n;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
-    fn unlimited_never_sleeps_and_limited_paces() {
+    fn unlimited_never_sleeps() {
         let t = Throttle::new(None);
         let start = Instant::now();
         t.take(u64::MAX);
         assert!(start.elapsed() < Duration::from_millis(50));
+        assert_eq!(t.quantum(), u64::MAX);
+    }
 
-        let t = Throttle::new(Some(10 << 20));
+    /// Two threads reading as fast as the throttle lets them for 3.5 s: every one-second
+    /// window holds at most 10 % more than the rate, and the run as a whole gets the rate.
+    #[test]
+    fn any_second_stays_within_ten_percent_of_the_rate() {
+        let rate = 8u64 << 20;
+        let t = Arc::new(Throttle::new(Some(rate)));
         let start = Instant::now();
-        for _ in 0..5 {
-            t.take(1 << 20);
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let (t, log) = (Arc::clone(&t), Arc::clone(&log));
+                std::thread::spawn(move || {
+                    while start.elapsed() < Duration::from_millis(3500) {
+                        let n = t.quantum();
+                        t.take(n);
+                        log.lock().unwrap().push((start.elapsed(), n));
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().unwrap();
         }
-        // 5 MiB at 10 MiB/s is 0.5 s, minus at most 100 ms of initial credit.
+        let mut log = log.lock().unwrap().clone();
+        log.sort();
+        let total: u64 = log.iter().map(|e| e.1).sum();
+        let secs = log.last().unwrap().0.as_secs_f64();
         assert!(
-            start.elapsed() >= Duration::from_millis(380),
-            "{:?}",
-            start.elapsed()
+            total as f64 >= rate as f64 * secs * 0.9,
+            "{total} bytes in {secs} s"
         );
+        for (i, &(t0, _)) in log.iter().enumerate() {
+            let in_window: u64 = log[i..]
+                .iter()
+                .take_while(|e| e.0 < t0 + Duration::from_secs(1))
+                .map(|e| e.1)
+                .sum();
+            assert!(
+                in_window as f64 <= rate as f64 * 1.1,
+                "{in_window} bytes in the second from {t0:?}"
+            );
+        }
     }
 }

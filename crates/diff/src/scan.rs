@@ -126,27 +126,35 @@ fn tasks(lists: &[Vec<(u64, u64)>], start: u64, end: u64, g: u64) -> Vec<(u64, u
     out
 }
 
-/// `len` bytes of `img` at `off`: straight from its memory map when it has one, otherwise
-/// read into `buf`. Bytes past the image's end read as zero.
+/// `len` bytes of `img` at `off`: straight from its memory map when it has one (`true`: the
+/// caller paces the reads as it touches the pages), otherwise read into `buf` in paced
+/// pieces (`false`). Bytes past the image's end read as zero.
 fn bytes_at<'a>(
     img: &'a dyn DiskImage,
     off: u64,
     len: u64,
     buf: &'a mut Vec<u8>,
-) -> Result<&'a [u8]> {
+    opts: &ScanOptions<'_>,
+) -> Result<(&'a [u8], bool)> {
     let size = img.size();
     if off + len <= size {
         if let Some(s) = img.mapped(off, len) {
-            return Ok(s);
+            return Ok((s, true));
         }
     }
     buf.clear();
     buf.resize(len as usize, 0);
     let avail = size.saturating_sub(off).min(len);
     if avail > 0 {
-        img.read_at(&mut buf[..avail as usize], off)?;
+        let dst = &mut buf[..avail as usize];
+        match opts.throttle {
+            Some(t) => t.paced(avail, |o, n| {
+                img.read_at(&mut dst[o as usize..(o + n) as usize], off + o)
+            })?,
+            None => img.read_at(dst, off)?,
+        }
     }
-    Ok(&buf[..])
+    Ok((&buf[..], false))
 }
 
 /// Compare `old` and `new` block by block. The result covers `new`'s size: blocks past the
@@ -180,18 +188,23 @@ pub fn diff(
                 |(a, b), &(s, e)| -> Result<Vec<u64>> {
                     let len = e - s;
                     let old_has = old.size() > s;
-                    opts.take(len * (1 + u64::from(old_has)));
-                    let nb = bytes_at(new, s, len, a)?;
-                    let ob = if old_has {
-                        Some(bytes_at(old, s, len, b)?)
+                    let (nb, n_mapped) = bytes_at(new, s, len, a, opts)?;
+                    let (ob, o_mapped) = if old_has {
+                        let (o, m) = bytes_at(old, s, len, b, opts)?;
+                        (Some(o), m)
                     } else {
-                        None
+                        (None, false)
                     };
+                    let mapped_sides = u64::from(n_mapped) + u64::from(o_mapped);
                     read.fetch_add(len * (1 + u64::from(old_has)), Ordering::Relaxed);
                     let mut out = Vec::new();
                     let mut off = 0usize;
                     while off < len as usize {
                         let stop = (off + g as usize).min(len as usize);
+                        // Pages are read as they are compared: pace block by block.
+                        if mapped_sides > 0 {
+                            opts.take((stop - off) as u64 * mapped_sides);
+                        }
                         let differs = match ob {
                             Some(ob) => nb[off..stop] != ob[off..stop],
                             None => !is_zero(&nb[off..stop]),
@@ -247,12 +260,16 @@ fn digest_window(
             |buf, &(s, e)| -> Result<(u64, Vec<(u128, bool)>)> {
                 let len = e - s;
                 opts.take(len);
-                let data = bytes_at(img, s, len, buf)?;
+                let (data, mapped) = bytes_at(img, s, len, buf, opts)?;
                 read.fetch_add(len, Ordering::Relaxed);
                 let mut v = Vec::with_capacity(len.div_ceil(g) as usize);
                 let mut off = 0usize;
                 while off < len as usize {
                     let stop = (off + g as usize).min(len as usize);
+                    if mapped {
+                        // Pages are read as they are hashed: pace block by block.
+                        opts.take((stop - off) as u64);
+                    }
                     let block = &data[off..stop];
                     let b = (s + off as u64) / g;
                     v.push(match cut(b) {

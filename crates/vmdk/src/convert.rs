@@ -119,11 +119,14 @@ pub fn copy_into<'s>(
         batch
             .par_iter()
             .map(|&(off, len)| {
-                if let Some(t) = opts.throttle {
-                    t.take(len);
-                }
                 let mut buf = vec![0u8; len as usize];
-                img.read_at(&mut buf, off)?;
+                match opts.throttle {
+                    // Read in small paced pieces, so no second reads much more than the rate.
+                    Some(t) => t.paced(len, |o, n| {
+                        img.read_at(&mut buf[o as usize..(o + n) as usize], off + o)
+                    })?,
+                    None => img.read_at(&mut buf, off)?,
+                }
                 if let Some(p) = opts.progress {
                     p(len);
                 }
