@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use vdisk_core::{Allocation, DiskImage, Error, ErrorKind, Result};
-use vdisk_vmdk::writer::{write_delta_link, Subformat, WriteOptions};
+use vdisk_vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk_vmdk::{FileStore, FsStore, VmdkImage};
 
 use crate::convert::{convert, ConvertOptions, ConvertStats, Target};
@@ -80,14 +80,16 @@ pub fn merge_chain(
         ..opts.vmdk.clone()
     };
     let stats = write_delta_link(
-        &parent_path,
-        &parent,
+        &LinkTarget {
+            parent_path: &parent_path,
+            parent: &parent,
+            subformat,
+            opts: &wopts,
+            on_grain: None,
+        },
         &img,
         &changed,
         out,
-        subformat,
-        &wopts,
-        None,
     )?;
     Ok(ConvertStats {
         size: img.size(),

@@ -5,7 +5,7 @@ use vdisk::bitmap::ChangeMap;
 use vdisk::diff::{diff, diff_manifest, is_manifest, DiffReport, Manifest, ScanOptions};
 use vdisk::raw::MappedFile;
 use vdisk::size::human;
-use vdisk::vmdk::writer::{write_delta_link, Subformat, WriteOptions};
+use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk::vmdk::{FsStore, VmdkImage};
 use vdisk::{DiskImage, Error, ErrorKind, Result};
 
@@ -114,14 +114,16 @@ pub fn run(ctx: &Ctx, a: DiffArgs<'_>) -> Result<Status> {
             ..Default::default()
         };
         write_delta_link(
-            a.old,
-            &old,
+            &LinkTarget {
+                parent_path: a.old,
+                parent: &old,
+                subformat: Subformat::MonolithicSparse,
+                opts: &opts,
+                on_grain: None,
+            },
             &new,
             &changed,
             path,
-            Subformat::MonolithicSparse,
-            &opts,
-            None,
         )?;
     }
     print_result(&map, old_size, a.json)?;

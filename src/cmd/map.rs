@@ -18,8 +18,8 @@ pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
     } else {
         writeln!(
             out,
-            "{:>20} {:>20}  {:<5} {:<5} {}",
-            "start", "length", "data", "zero", "depth"
+            "{:>20} {:>20}  {:<5} {:<5} depth",
+            "start", "length", "data", "zero"
         )
         .map_err(io)?;
     }

@@ -213,13 +213,8 @@ fn verify_finds_a_flipped_byte_anywhere_and_names_the_point() {
             } else {
                 assert_eq!(r.code, Some(1), "{name}@{at} was not found: {r:#?}");
                 let v: Value = serde_json::from_str(&r.stdout).unwrap();
-                let n: u64 = name["point-".len()
-                    ..name
-                        .find(|c: char| c == '.' || c == '-')
-                        .map(|_| "point-".len() + 6)
-                        .unwrap()]
-                    .parse()
-                    .unwrap();
+                // point-NNNNNN…: the number is the six digits after the prefix.
+                let n: u64 = name["point-".len()..][..6].parse().unwrap();
                 let p = v["points"]
                     .as_array()
                     .unwrap()

@@ -105,7 +105,7 @@ fn raw_images_map_their_holes_and_convert_sparse() {
         .filter(|e| e["data"] == true)
         .map(|e| e["length"].as_u64().unwrap())
         .sum();
-    assert!(data >= 1 << 20 && data < 8 << 20, "{data}");
+    assert!((1 << 20..8 << 20).contains(&data), "{data}");
     vdisk_in(dir, &["convert", "disk.raw", "copy.raw"]).expect_code(0, "convert");
     assert_same_bytes(&dir.join("disk.raw"), &dir.join("copy.raw"));
     use std::os::unix::fs::MetadataExt;

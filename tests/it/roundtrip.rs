@@ -6,7 +6,7 @@ use std::path::Path;
 
 use proptest::prelude::*;
 use vdisk::convert::{convert, ConvertOptions, Target};
-use vdisk::vmdk::writer::{write_delta_link, Subformat, WriteOptions};
+use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk::vmdk::VmdkImage;
 use vdisk::DiskImage;
 
@@ -98,14 +98,16 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
     let parent = VmdkImage::open(&dir.join("parent.vmdk")).unwrap();
     let new_img = vdisk::open(&dir.join("new.raw")).unwrap();
     let stats = write_delta_link(
-        &dir.join("parent.vmdk"),
-        &parent,
+        &LinkTarget {
+            parent_path: &dir.join("parent.vmdk"),
+            parent: &parent,
+            subformat: Subformat::MonolithicSparse,
+            opts: &WriteOptions::default(),
+            on_grain: None,
+        },
         &new_img,
         &changes,
         &dir.join("link.vmdk"),
-        Subformat::MonolithicSparse,
-        &WriteOptions::default(),
-        None,
     )
     .unwrap();
     assert_eq!(stats.zeroed_grains, 4);

@@ -26,7 +26,7 @@ use vdisk_bitmap::ChangeMap;
 use vdisk_core::{Allocation, DiskImage, Error, ErrorKind, Result, Throttle, MAP_WINDOW};
 use vdisk_diff::{block_hash, diff_manifest, Manifest, ManifestWriter, ScanOptions};
 use vdisk_vmdk::convert::{convert, copy_into, ConvertOptions, ConvertStats, Target};
-use vdisk_vmdk::writer::{self, write_delta_link, ImageSink, Subformat, WriteOptions};
+use vdisk_vmdk::writer::{self, write_delta_link, ImageSink, LinkTarget, Subformat, WriteOptions};
 use vdisk_vmdk::{Descriptor, FsStore, OpenOptions, SparseHeader, VmdkImage};
 
 pub use lock::{RepoLock, LOCK_FILE};
@@ -425,14 +425,16 @@ impl Repository {
         let parent_path = self.path(&prev.image);
         let parent = VmdkImage::open_with(&FsStore, &parent_path, &OpenOptions::default())?;
         let stats = write_delta_link(
-            &parent_path,
-            &parent,
+            &LinkTarget {
+                parent_path: &parent_path,
+                parent: &parent,
+                subformat: POINT_FORMAT,
+                opts: &WriteOptions::default(),
+                on_grain: Some(&on_grain),
+            },
             src,
             &extents,
             &self.path(image),
-            POINT_FORMAT,
-            &WriteOptions::default(),
-            Some(&on_grain),
         )?;
         read += stats.bytes_read;
         for (g, h) in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {

@@ -94,22 +94,6 @@ impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn range_checks_overflow_and_end() {
-        assert!(check_range(100, 0, 100).is_ok());
-        assert!(check_range(100, 100, 0).is_ok());
-        assert_eq!(
-            check_range(100, 1, 100).unwrap_err().kind(),
-            ErrorKind::OutOfBounds
-        );
-        assert!(check_range(u64::MAX, u64::MAX, 1).is_err());
-    }
-}
-
 /// Window in which whole-disk walks ask for allocation maps: a hostile image can describe one
 /// extent per 512-byte grain, so maps are never asked for all at once.
 pub const MAP_WINDOW: u64 = 1 << 30;
@@ -142,4 +126,20 @@ pub fn for_each_extent(img: &dyn DiskImage, mut f: impl FnMut(Extent) -> Result<
         f(p)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_checks_overflow_and_end() {
+        assert!(check_range(100, 0, 100).is_ok());
+        assert!(check_range(100, 100, 0).is_ok());
+        assert_eq!(
+            check_range(100, 1, 100).unwrap_err().kind(),
+            ErrorKind::OutOfBounds
+        );
+        assert!(check_range(u64::MAX, u64::MAX, 1).is_err());
+    }
 }

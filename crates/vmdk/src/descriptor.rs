@@ -204,13 +204,12 @@ impl Descriptor {
                         d.parent_hint = Some(PathBuf::from(OsStr::from_bytes(v)));
                     }
                 }
-                k if k.starts_with(b"ddb.") => {
-                    if d.ddb.len() < 4096 {
-                        d.ddb.push((
-                            String::from_utf8_lossy(k).into_owned(),
-                            String::from_utf8_lossy(unquote(value)).into_owned(),
-                        ));
-                    }
+                // At most 4096 keys are kept: enough for any real descriptor.
+                k if k.starts_with(b"ddb.") && d.ddb.len() < 4096 => {
+                    d.ddb.push((
+                        String::from_utf8_lossy(k).into_owned(),
+                        String::from_utf8_lossy(unquote(value)).into_owned(),
+                    ));
                 }
                 _ => {}
             }

@@ -9,6 +9,24 @@ use vdisk_core::{is_zero, DiskImage, Error, Result, SECTOR};
 use super::{OutputFiles, SparseImage, Subformat, WriteOptions, GRAIN_SECTORS};
 use crate::VmdkImage;
 
+/// Called with every grain a link writer reads from the new image: (grain index, bytes).
+pub type GrainHook<'a> = dyn Fn(u64, &[u8]) + Sync + 'a;
+
+/// Where and how a delta link is written: its parent and its format.
+#[derive(Clone, Copy)]
+pub struct LinkTarget<'a> {
+    /// The parent's file (the link names it in parentFileNameHint).
+    pub parent_path: &'a Path,
+    /// The parent, opened.
+    pub parent: &'a VmdkImage,
+    /// monolithicSparse or twoGbMaxExtentSparse.
+    pub subformat: Subformat,
+    /// Overwrite, adapter, CID.
+    pub opts: &'a WriteOptions,
+    /// Sees every grain read, e.g. to hash it on the way.
+    pub on_grain: Option<&'a GrainHook<'a>>,
+}
+
 /// What writing a link did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LinkStats {
@@ -47,23 +65,25 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
 }
 
 /// Write a delta link at `dst` (monolithicSparse, or twoGbMaxExtentSparse with a separate
-/// descriptor) on the VMDK `parent` (opened from `parent_path`), holding every grain of `new`
-/// that touches a range of `changed` (`(start, length)` in bytes, sorted). The link reads as
-/// `new` wherever `changed` covers every difference between `new` and the parent.
-/// `on_grain` sees every grain read from `new` (index, bytes), e.g. to hash it on the way.
+/// descriptor) on `link.parent`, holding every grain of `new` that touches a range of
+/// `changed` (`(start, length)` in bytes, sorted). The link reads as `new` wherever `changed`
+/// covers every difference between `new` and the parent.
 ///
 /// A changed grain that is all zero is left out when the parent reads as zero there too, and
 /// written as a zeroed grain otherwise. The link's size is `new`'s size.
 pub fn write_delta_link(
-    parent_path: &Path,
-    parent: &VmdkImage,
+    link: &LinkTarget<'_>,
     new: &dyn DiskImage,
     changed: &[(u64, u64)],
     dst: &Path,
-    subformat: Subformat,
-    opts: &WriteOptions,
-    on_grain: Option<&(dyn Fn(u64, &[u8]) + Sync)>,
 ) -> Result<LinkStats> {
+    let LinkTarget {
+        parent_path,
+        parent,
+        subformat,
+        opts,
+        on_grain,
+    } = *link;
     let split = match subformat {
         Subformat::MonolithicSparse => false,
         Subformat::TwoGbMaxExtentSparse => true,
