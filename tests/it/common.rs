@@ -80,6 +80,63 @@ pub fn run(mut cmd: Command) -> Run {
     }
 }
 
+/// The wrapper that measures children's memory: Linux records the RSS of the process that
+/// spawned a program as the program's own peak (at exec), so the test binary, which holds
+/// large buffers, cannot measure its children directly. A small Python process runs the
+/// commands instead and reports each one's exit, peak RSS, CPU and wall time (os.wait4).
+const MEASURE: &str = r#"
+import json, os, sys, tempfile, time
+res = []
+for args in json.loads(sys.argv[1]):
+    with tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e:
+        t = time.monotonic()
+        pid = os.posix_spawn(args[0], args, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_DUP2, o.fileno(), 1), (os.POSIX_SPAWN_DUP2, e.fileno(), 2)])
+        _, status, ru = os.wait4(pid, 0)
+        wall = time.monotonic() - t
+        o.seek(0); e.seek(0)
+        res.append({"status": status, "rss": ru.ru_maxrss * 1024, "cpu": ru.ru_utime + ru.ru_stime,
+                    "wall": wall, "out": o.read().decode("utf-8", "replace"),
+                    "err": e.read().decode("utf-8", "replace")})
+print(json.dumps(res))
+"#;
+
+/// Run several `vdisk ARGS` in `dir` through the measuring wrapper: each `Run`'s `max_rss`
+/// and `cpu` are that vdisk process's own.
+pub fn vdisk_measured(dir: &Path, commands: &[Vec<&str>]) -> Vec<Run> {
+    let bin = vdisk_bin();
+    let bin = bin.to_str().unwrap();
+    let list: Vec<Vec<&str>> = commands
+        .iter()
+        .map(|a| std::iter::once(bin).chain(a.iter().copied()).collect())
+        .collect();
+    let mut c = Command::new("python3");
+    c.arg("-c")
+        .arg(MEASURE)
+        .arg(serde_json::to_string(&list).unwrap())
+        .current_dir(dir);
+    let r = run(c);
+    assert_eq!(r.code, Some(0), "measuring wrapper failed: {}", r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let status = std::process::ExitStatus::from_raw(m["status"].as_i64().unwrap() as i32);
+            Run {
+                code: status.code(),
+                signal: status.signal(),
+                stdout: m["out"].as_str().unwrap().to_string(),
+                stderr: m["err"].as_str().unwrap().to_string(),
+                elapsed: Duration::from_secs_f64(m["wall"].as_f64().unwrap()),
+                max_rss: m["rss"].as_u64().unwrap(),
+                cpu: Duration::from_secs_f64(m["cpu"].as_f64().unwrap()),
+            }
+        })
+        .collect()
+}
+
 /// Run `vdisk ARGS` in `dir`.
 pub fn vdisk_in(dir: &Path, args: &[&str]) -> Run {
     let mut c = Command::new(vdisk_bin());

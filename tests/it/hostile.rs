@@ -13,31 +13,73 @@ const CPU_LIMIT: Duration = Duration::from_secs(1);
 const WALL_LIMIT: Duration = Duration::from_secs(10);
 const RSS_LIMIT: u64 = 1 << 30;
 
-/// Run info, map, check and convert on `img` (a file name in `dir`) and hold them to the rules.
-fn survive(dir: &Path, img: &str, case: &str) {
-    for cmd in ["info", "map", "check", "convert"] {
-        let mut args = vec![cmd, img];
-        if cmd == "convert" {
-            args.extend(["out.raw", "--force"]);
-        }
-        let r = vdisk_in(dir, &args);
-        let what = format!("{case}: vdisk {}", args.join(" "));
-        assert_eq!(r.signal, None, "{what} died: {r:#?}");
-        assert!(matches!(r.code, Some(0..=2)), "{what}: {r:#?}");
-        assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
-        if r.code == Some(2) {
-            assert_eq!(r.stderr.lines().count(), 1, "{what}: {}", r.stderr);
-            assert!(
-                r.stderr.starts_with("vdisk: error: "),
-                "{what}: {}",
-                r.stderr
-            );
-        }
-        assert!(r.cpu < CPU_LIMIT, "{what} used {:?} of CPU", r.cpu);
-        assert!(r.elapsed < WALL_LIMIT, "{what} took {:?}", r.elapsed);
-        assert!(r.max_rss < RSS_LIMIT, "{what} used {} bytes", r.max_rss);
+/// Run info, map, check and convert on every case (name, bytes) and hold them to the rules.
+/// The cases are written as files in `dir` and run in two batches side by side.
+fn survive_all(dir: &Path, cases: &[(String, Vec<u8>)]) {
+    let names: Vec<String> = (0..cases.len()).map(|i| format!("case{i}.vmdk")).collect();
+    let outs: Vec<String> = (0..cases.len()).map(|i| format!("case{i}.raw")).collect();
+    for (name, (_, bytes)) in names.iter().zip(cases) {
+        put(dir, name, bytes);
     }
-    let _ = std::fs::remove_file(dir.join("out.raw"));
+    let commands: Vec<(usize, Vec<&str>)> = (0..cases.len())
+        .flat_map(|i| {
+            let (img, out) = (names[i].as_str(), outs[i].as_str());
+            [
+                vec!["info", img],
+                vec!["map", img],
+                vec!["check", img],
+                vec!["convert", img, out, "--force"],
+            ]
+            .into_iter()
+            .map(move |a| (i, a))
+        })
+        .collect();
+    let half = commands.len().div_ceil(2);
+    std::thread::scope(|scope| {
+        for part in commands.chunks(half.max(1)) {
+            scope.spawn(move || {
+                let args: Vec<Vec<&str>> = part.iter().map(|c| c.1.clone()).collect();
+                for ((i, args), r) in part.iter().zip(vdisk_measured(dir, &args)) {
+                    check_run(&format!("{}: vdisk {}", cases[*i].0, args.join(" ")), &r);
+                }
+            });
+        }
+    });
+    for (n, o) in names.iter().zip(&outs) {
+        let _ = std::fs::remove_file(dir.join(n));
+        let _ = std::fs::remove_file(dir.join(o));
+    }
+}
+
+/// Run info, map, check and convert on `img` (a file name in `dir`).
+fn survive(dir: &Path, img: &str, case: &str) {
+    let bytes = std::fs::read(dir.join(img)).unwrap_or_default();
+    if dir.join(img).is_dir() {
+        let commands: Vec<Vec<&str>> =
+            vec![vec!["info", img], vec!["map", img], vec!["check", img]];
+        for (args, r) in commands.iter().zip(vdisk_measured(dir, &commands)) {
+            check_run(&format!("{case}: vdisk {}", args.join(" ")), &r);
+        }
+        return;
+    }
+    survive_all(dir, &[(case.to_string(), bytes)]);
+}
+
+fn check_run(what: &str, r: &Run) {
+    assert_eq!(r.signal, None, "{what} died: {r:#?}");
+    assert!(matches!(r.code, Some(0..=2)), "{what}: {r:#?}");
+    assert!(!r.stderr.contains("panicked"), "{what}: {}", r.stderr);
+    if r.code == Some(2) {
+        assert_eq!(r.stderr.lines().count(), 1, "{what}: {}", r.stderr);
+        assert!(
+            r.stderr.starts_with("vdisk: error: "),
+            "{what}: {}",
+            r.stderr
+        );
+    }
+    assert!(r.cpu < CPU_LIMIT, "{what} used {:?} of CPU", r.cpu);
+    assert!(r.elapsed < WALL_LIMIT, "{what} took {:?}", r.elapsed);
+    assert!(r.max_rss < RSS_LIMIT, "{what} used {} bytes", r.max_rss);
 }
 
 fn put(dir: &Path, name: &str, bytes: &[u8]) {
@@ -214,10 +256,7 @@ fn tables_and_grains_pointing_past_the_end_or_into_metadata() {
         let b = patch(&sparse, gd + 4, &((gd / 512) as u32).to_le_bytes());
         cases.push((format!("table 1 -> the directory ({v})"), b));
     }
-    for (case, bytes) in cases {
-        put(dir, "p.vmdk", &bytes);
-        survive(dir, "p.vmdk", &case);
-    }
+    survive_all(dir, &cases);
 }
 
 /// A grain whose deflate stream inflates to more than a grain: zeros compress 1000 to 1, so
@@ -296,10 +335,11 @@ fn descriptors_of_200000_lines() {
             format!("{head}RW 8 ZERO\nddb.x = \"{}\"\n", "y".repeat(6_000_000)),
         ),
     ];
-    for (case, text) in variants {
-        put(dir, "big.vmdk", text.as_bytes());
-        survive(dir, "big.vmdk", case);
-    }
+    let cases: Vec<(String, Vec<u8>)> = variants
+        .into_iter()
+        .map(|(c, t)| (c.to_string(), t.into_bytes()))
+        .collect();
+    survive_all(dir, &cases);
     // The 200,000 ZERO extents still make a disk of the right size.
     put(
         dir,

@@ -22,7 +22,8 @@ pub fn parse(text: &str) -> Option<u64> {
     n.checked_mul(1u64 << shift)
 }
 
-/// Print a size with the largest binary unit that divides it (`64 KiB`, `2 GiB`, `1000 B`).
+/// Print a size with the largest binary unit that divides it (`64 KiB`, `2 GiB`, `1000 B`),
+/// or else to one decimal (`1.5 KiB`).
 pub fn human(bytes: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (name, shift) in UNITS {
@@ -30,11 +31,10 @@ pub fn human(bytes: u64) -> String {
             return format!("{} {name}", bytes >> shift);
         }
     }
-    if bytes >= 1 << 20 {
-        return format!(
-            "{:.1} MiB ({bytes} bytes)",
-            bytes as f64 / (1u64 << 20) as f64
-        );
+    for (name, shift) in UNITS {
+        if bytes >= 1 << shift {
+            return format!("{:.1} {name}", bytes as f64 / (1u64 << shift) as f64);
+        }
     }
     format!("{bytes} B")
 }
@@ -65,6 +65,7 @@ mod tests {
         assert_eq!(human(3 << 30), "3 GiB");
         assert_eq!(human(1000), "1000 B");
         assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human((3 << 30) + (1 << 29)), "3.5 GiB");
+        assert_eq!(human((3 << 30) + (1 << 29)), "3584 MiB");
+        assert_eq!(human((3 << 30) + (1 << 29) + 1), "3.5 GiB");
     }
 }
