@@ -126,12 +126,11 @@ impl RepoMeta {
         let (body, tail) = bytes.split_at(body_end);
         let tail = std::str::from_utf8(tail)
             .map_err(|_| Error::corrupt("repository metadata checksum line is not text"))?;
-        let stored = tail
-            .trim_end()
-            .strip_prefix("crc32 ")
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .ok_or_else(|| Error::corrupt("repository metadata has no checksum line"))?;
-        if crc32fast::hash(body) != stored {
+        // Compared as text, exactly as written: any changed byte of the line is damage.
+        if tail != format!("crc32 {:08x}\n", crc32fast::hash(body)) {
+            if !tail.starts_with("crc32 ") {
+                return Err(Error::corrupt("repository metadata has no checksum line"));
+            }
             return Err(Error::corrupt(
                 "repository metadata checksum does not match (damaged)",
             ));

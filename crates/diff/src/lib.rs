@@ -11,6 +11,8 @@
 //! hashed straight from memory maps where the image has them, and the window's mapped pages
 //! are released before the next one, so resident memory stays flat however large the disk.
 
+#[doc(hidden)]
+pub mod fuzzing;
 mod manifest;
 mod scan;
 

@@ -106,6 +106,23 @@ impl SparseWriter {
             .map_err(|e| Error::io("cannot write", e).with_path(&self.tmp).at(offset))
     }
 
+    /// Start writing `len` bytes at `offset` back to disk now, without waiting: the final
+    /// fsync then has little left to do, instead of flushing the whole image at once.
+    pub fn start_writeback(&self, offset: u64, len: u64) {
+        use std::os::unix::io::AsRawFd;
+        let (Ok(off), Ok(n)) = (
+            libc::off64_t::try_from(offset),
+            libc::off64_t::try_from(len),
+        ) else {
+            return;
+        };
+        // SAFETY: sync_file_range only schedules writeback of our own file's pages; failure
+        // (an unsupported file system) is harmless, the final fsync covers everything.
+        let _ = unsafe {
+            libc::sync_file_range(self.file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE)
+        };
+    }
+
     /// Make the output durable and visible: fsync the data, rename it to the destination, and
     /// fsync the folder so the rename survives a crash.
     pub fn commit(self) -> Result<()> {

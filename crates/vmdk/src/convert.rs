@@ -50,13 +50,21 @@ struct RawSink(SparseWriter);
 
 impl ImageSink for RawSink {
     fn block_size(&self) -> u64 {
-        CHUNK
+        // Data ranges are rounded out to file-system blocks only: no more is read than the
+        // source's map says holds data.
+        4096
+    }
+    fn takes_runs(&self) -> bool {
+        true
     }
     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
-        // Positional writes of distinct ranges: let the threads write side by side.
-        blocks
-            .par_iter()
-            .try_for_each(|&(off, data)| self.0.write_at(data, off))
+        // Positional writes of distinct ranges: let the threads write side by side, and start
+        // writeback right away so the final fsync has little left to do.
+        blocks.par_iter().try_for_each(|&(off, data)| {
+            self.0.write_at(data, off)?;
+            self.0.start_writeback(off, data.len() as u64);
+            Ok(())
+        })
     }
     fn finish(self: Box<Self>) -> Result<()> {
         self.0.commit()
@@ -115,11 +123,19 @@ pub fn copy_into<'s>(
     let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut batch: Vec<(u64, u64)> = Vec::new();
 
+    // Chunk buffers are reused: fresh 4 MiB buffers would each cost a thousand page faults.
+    let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
     let read = |batch: &[(u64, u64)]| -> Result<Vec<(u64, Vec<u8>)>> {
         batch
             .par_iter()
             .map(|&(off, len)| {
-                let mut buf = vec![0u8; len as usize];
+                let mut buf = pool
+                    .lock()
+                    .ok()
+                    .and_then(|mut p| p.pop())
+                    .unwrap_or_default();
+                buf.clear();
+                buf.resize(len as usize, 0);
                 match opts.throttle {
                     // Read in small paced pieces, so no second reads much more than the rate.
                     Some(t) => t.paced(len, |o, n| {
@@ -134,9 +150,14 @@ pub fn copy_into<'s>(
             })
             .collect()
     };
+    let runs = sink.takes_runs();
     let store = |sink: &mut Box<dyn ImageSink + 's>, chunks: &[(u64, Vec<u8>)]| -> Result<()> {
         let mut blocks: Vec<(u64, &[u8])> = Vec::new();
         for (off, buf) in chunks {
+            if runs {
+                blocks.push((*off, buf));
+                continue;
+            }
             for (i, piece) in buf.chunks(bs as usize).enumerate() {
                 blocks.push((off + i as u64 * bs, piece));
             }
@@ -150,6 +171,9 @@ pub fn copy_into<'s>(
      -> Result<()> {
         let (stored, fresh) = rayon::join(|| store(sink, pending), || read(batch));
         stored?;
+        if let Ok(mut p) = pool.lock() {
+            p.extend(pending.drain(..).map(|(_, buf)| buf));
+        }
         *pending = fresh?;
         batch.clear();
         Ok(())

@@ -113,7 +113,6 @@ pub struct Layer {
 
 /// A run of a layer, for the read path.
 enum LayerRun<'a> {
-    Slice(&'a [u8]),
     Compressed(&'a SparseExtent, u64, u64),
     File(&'a Bytes, u64),
     Zero,
@@ -327,24 +326,14 @@ impl Layer {
             Storage::Zero => (max, LayerRun::Zero),
             Storage::Flat {
                 file, offset: base, ..
-            } => {
-                let pos = base.saturating_add(within);
-                match file.slice() {
-                    Some(data) => {
-                        let start = pos.min(data.len() as u64) as usize;
-                        let end = pos.saturating_add(max).min(data.len() as u64) as usize;
-                        (max, LayerRun::Slice(&data[start..end]))
-                    }
-                    None => (max, LayerRun::File(file, pos)),
-                }
-            }
+            } => (max, LayerRun::File(file, base.saturating_add(within))),
             Storage::Sparse(s) => {
                 if within >= s.capacity() {
                     return Ok((max, LayerRun::Unallocated));
                 }
                 let (len, run) = s.run_at(within, max.min(s.capacity() - within))?;
                 let run = match run {
-                    Run::Slice(b) => LayerRun::Slice(b),
+                    Run::Stored(pos) => LayerRun::File(s.bytes(), pos),
                     Run::Compressed(g, w) => LayerRun::Compressed(s, g, w),
                     Run::Zero => LayerRun::Zero,
                     Run::Unallocated => LayerRun::Unallocated,
@@ -376,7 +365,7 @@ impl Layer {
         }
         let (len, run) = self.run_at(offset, max)?;
         let alloc = match run {
-            LayerRun::Slice(_) | LayerRun::Compressed(..) | LayerRun::File(..) => Allocation::Data,
+            LayerRun::Compressed(..) | LayerRun::File(..) => Allocation::Data,
             LayerRun::Zero => Allocation::Zero,
             LayerRun::Unallocated => Allocation::Unallocated,
         };
@@ -585,10 +574,6 @@ impl VmdkImage {
             let len = len.clamp(1, want) as usize;
             let dst = &mut buf[pos..pos + len];
             match run {
-                LayerRun::Slice(s) => {
-                    dst[..s.len()].copy_from_slice(s);
-                    dst[s.len()..].fill(0);
-                }
                 LayerRun::Compressed(ext, grain, within) => {
                     ext.read_compressed(grain, within, dst)?
                 }

@@ -34,10 +34,10 @@ pub enum GrainEntry {
 
 /// A run of the extent as the read path sees it.
 #[derive(Debug)]
-pub(crate) enum Run<'a> {
-    /// Stored bytes, possibly shorter than the run (a grain cut off by the end of the file):
-    /// the rest reads as zero.
-    Slice(&'a [u8]),
+pub(crate) enum Run {
+    /// Stored bytes at this offset of the file (bytes past the end of a cut-off file read
+    /// as zero).
+    Stored(u64),
     /// A compressed grain: (grain index, offset of the run inside the grain).
     Compressed(u64, u64),
     /// Reads as zero, masking any parent.
@@ -268,7 +268,7 @@ impl SparseExtent {
     }
 
     /// The run of the extent at byte `offset` (inside the capacity), at most `max` bytes long.
-    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<(u64, Run<'_>)> {
+    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<(u64, Run)> {
         let gb = self.grain_bytes();
         let grain = offset / gb;
         let within = offset % gb;
@@ -283,16 +283,8 @@ impl SparseExtent {
         let run = match self.grain(grain) {
             GrainEntry::Unallocated => Run::Unallocated,
             GrainEntry::Zero => Run::Zero,
-            GrainEntry::Data(pos) if self.header.flags.compressed() => {
-                let _ = pos;
-                Run::Compressed(grain, within)
-            }
-            GrainEntry::Data(pos) => {
-                let data = self.bytes.slice().unwrap_or(&[]);
-                let start = (pos + within).min(data.len() as u64) as usize;
-                let end = (pos + within + len).min(data.len() as u64) as usize;
-                Run::Slice(&data[start..end])
-            }
+            GrainEntry::Data(_) if self.header.flags.compressed() => Run::Compressed(grain, within),
+            GrainEntry::Data(pos) => Run::Stored(pos + within),
             GrainEntry::Invalid(raw) => {
                 return Err(Error::corrupt(format!(
                     "grain {grain} points to sector {raw}, {}",

@@ -9,8 +9,8 @@ use super::{
 };
 use crate::descriptor::{Descriptor, ExtentType};
 
-/// Blocks handed to flat outputs: large, since they are copied as they are.
-const FLAT_BLOCK: u64 = 4 << 20;
+/// Data ranges are rounded out to file-system blocks: holes stay holes.
+const FLAT_BLOCK: u64 = 4096;
 
 pub(crate) struct FlatImage {
     files: OutputFiles,
@@ -81,10 +81,14 @@ impl ImageSink for FlatImage {
     fn block_size(&self) -> u64 {
         FLAT_BLOCK
     }
+    fn takes_runs(&self) -> bool {
+        true
+    }
     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
         let per_file_bytes = self.per_file * SECTOR;
         for &(off, data) in blocks {
-            // Blocks are 4 MiB aligned and 2 GiB is a multiple of that: no block straddles files.
+            // Runs never cross a 4 MiB boundary of the disk (the copy is cut there), and 2 GiB
+            // is a multiple of that: no run straddles two files.
             let index = off / per_file_bytes;
             self.advance_to(index)?;
             if !matches!(&self.current, Some((i, _)) if *i == index) {
@@ -92,7 +96,9 @@ impl ImageSink for FlatImage {
                 self.current = Some((index, f));
             }
             if let Some((_, f)) = &self.current {
-                f.write_at(data, off - index * per_file_bytes)?;
+                let at = off - index * per_file_bytes;
+                f.write_at(data, at)?;
+                f.start_writeback(at, data.len() as u64);
             }
         }
         Ok(())

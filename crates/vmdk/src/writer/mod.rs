@@ -172,8 +172,15 @@ pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
 
 /// Where a written image's blocks go. Blocks come in increasing offset order.
 pub trait ImageSink: Send {
-    /// The block size `put` expects (the grain size, or a larger chunk for flat outputs).
+    /// The block size `put` expects: data ranges are rounded out to it (the grain size of
+    /// sparse outputs; 4 KiB for raw and flat ones).
     fn block_size(&self) -> u64;
+
+    /// Whether `put` takes runs of any number of whole blocks at once (raw and flat outputs,
+    /// which copy bytes as they are); otherwise each block comes on its own.
+    fn takes_runs(&self) -> bool {
+        false
+    }
 
     /// Store blocks: `(offset, bytes)` with `offset` a multiple of [`ImageSink::block_size`]
     /// and `bytes` a whole block (shorter only at the end of the disk). All-zero blocks may be

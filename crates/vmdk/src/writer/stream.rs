@@ -111,6 +111,8 @@ impl StreamImage {
     fn flush(&mut self) -> Result<()> {
         if !self.staging.is_empty() {
             self.file.write_raw(&self.staging, self.pos)?;
+            self.file
+                .start_writeback(self.pos, self.staging.len() as u64);
             self.pos += self.staging.len() as u64;
             self.staging.clear();
         }

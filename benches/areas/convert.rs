@@ -1,0 +1,38 @@
+//! Whole-image conversion to a sparse raw file.
+
+use std::path::Path;
+
+use criterion::{Criterion, Throughput};
+use vdisk::convert::{to_raw, ConvertOptions};
+use vdisk::DiskImage;
+
+use super::fixtures::Fixtures;
+
+pub fn bench(c: &mut Criterion, fx: &Fixtures) {
+    let mut g = c.benchmark_group("convert/to_raw");
+    for (name, src) in [
+        ("monolithicSparse", &fx.sparse),
+        ("streamOptimized", &fx.stream),
+    ] {
+        let img = vdisk::open(src).expect("open image");
+        let dst = fx.dir().join(format!("out-{name}.raw"));
+        g.throughput(Throughput::Bytes(img.size()));
+        g.bench_function(name, |b| b.iter(|| convert(&img, &dst)));
+        // The output matches the raw the VMDKs were made from.
+        let want = std::fs::read(&fx.raw).expect("read source");
+        let have = std::fs::read(&dst).expect("read output");
+        assert!(
+            want == have,
+            "{name}: converted output differs from the source"
+        );
+    }
+    g.finish();
+}
+
+fn convert(img: &dyn DiskImage, dst: &Path) {
+    let opts = ConvertOptions {
+        overwrite: true,
+        ..ConvertOptions::default()
+    };
+    to_raw(img, dst, &opts).expect("convert");
+}
