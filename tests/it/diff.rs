@@ -168,6 +168,36 @@ fn vmdk_against_stream_optimized_is_exact() {
             "granularity {gs}"
         );
     }
+    // Flat extents are compared straight from their memory maps.
+    qemu_img(
+        dir,
+        &[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "old.raw",
+            "oldflat.vmdk",
+        ],
+    );
+    qemu_img(
+        dir,
+        &[
+            "convert",
+            "-O",
+            "vmdk",
+            "-o",
+            "subformat=twoGbMaxExtentFlat",
+            "new.raw",
+            "newflat.vmdk",
+        ],
+    );
+    let (_, v) = diff_json(
+        dir,
+        &["--granularity", "4K", "oldflat.vmdk", "newflat.vmdk"],
+    );
+    assert_eq!(extents_of(&v), expected_extents(&old, &new, 4096));
 }
 
 #[test]

@@ -685,4 +685,49 @@ impl DiskImage for VmdkImage {
     fn format_name(&self) -> &'static str {
         "vmdk"
     }
+
+    /// A range inside one flat extent of an image without parents is handed out straight from
+    /// the extent file's memory map.
+    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+        let [layer] = self.layers.as_slice() else {
+            return None;
+        };
+        let ext = layer.extents.get(layer.extent_index(offset))?;
+        let Storage::Flat {
+            file, offset: base, ..
+        } = &ext.storage
+        else {
+            return None;
+        };
+        let within = offset.checked_sub(ext.start)?;
+        if within.checked_add(len)? > ext.len {
+            return None;
+        }
+        let start = usize::try_from(base.checked_add(within)?).ok()?;
+        file.slice()?
+            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    }
+
+    fn release(&self, offset: u64, len: u64) {
+        let [layer] = self.layers.as_slice() else {
+            return;
+        };
+        let mut off = offset;
+        let end = offset.saturating_add(len).min(layer.size);
+        while off < end {
+            let Some(ext) = layer.extents.get(layer.extent_index(off)) else {
+                return;
+            };
+            let stop = end.min(ext.start + ext.len);
+            if let Storage::Flat {
+                file, offset: base, ..
+            } = &ext.storage
+            {
+                if let Bytes::File(f) = &**file {
+                    f.release(base.saturating_add(off - ext.start), stop - off);
+                }
+            }
+            off = stop;
+        }
+    }
 }
