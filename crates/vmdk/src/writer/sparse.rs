@@ -141,9 +141,11 @@ impl SparseExtentWriter {
 
     fn flush(&mut self) -> Result<()> {
         if !self.staging.is_empty() {
-            // write_at leaves all-zero 4 KiB blocks inside grains as holes.
-            self.file
-                .write_at(&self.staging, self.staging_sector * SECTOR)?;
+            // write_at leaves all-zero 4 KiB blocks inside grains as holes; writeback starts
+            // now so the final fsync has little left to do.
+            let at = self.staging_sector * SECTOR;
+            self.file.write_at(&self.staging, at)?;
+            self.file.start_writeback(at, self.staging.len() as u64);
             self.staging.clear();
         }
         self.staging_sector = self.next_sector;

@@ -34,15 +34,36 @@ pub(crate) struct StreamImage {
 }
 
 /// Compress one grain (padded to a whole grain, as VMware compresses the last one too).
+///
+/// Data that does not compress (already compressed or encrypted) is stored in deflate's
+/// uncompressed blocks: searching it for matches would cost half the CPU of a typical disk
+/// and gain nothing. A sample of the grain decides.
 fn deflate(data: &[u8]) -> Vec<u8> {
     let gb = (GRAIN_SECTORS * SECTOR) as usize;
-    let mut z = ZlibEncoder::new(Vec::with_capacity(gb / 2), Compression::default());
+    let level = if incompressible(data) {
+        Compression::none()
+    } else {
+        Compression::default()
+    };
+    let mut z = ZlibEncoder::new(Vec::with_capacity(gb / 2), level);
     // Writing into a Vec cannot fail.
     let _ = z.write_all(data);
     if data.len() < gb {
         let _ = z.write_all(&vec![0u8; gb - data.len()]);
     }
     z.finish().unwrap_or_default()
+}
+
+/// Whether a fast compression of the grain's first 4 KiB saves less than 3 %.
+fn incompressible(data: &[u8]) -> bool {
+    let sample = &data[..data.len().min(4096)];
+    if sample.len() < 4096 {
+        return false;
+    }
+    let mut z = ZlibEncoder::new(Vec::with_capacity(4200), Compression::fast());
+    let _ = z.write_all(sample);
+    let n = z.finish().map(|v| v.len()).unwrap_or(0);
+    n * 100 > sample.len() * 97
 }
 
 fn pad_to_sector(v: &mut Vec<u8>) {
