@@ -82,6 +82,12 @@ impl DiskImage for Image {
             Image::Vmdk(i) => i.release(offset, len),
         }
     }
+    fn populate(&self, offset: u64, len: u64) {
+        match self {
+            Image::Raw(i) => i.populate(offset, len),
+            Image::Vmdk(i) => i.populate(offset, len),
+        }
+    }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or

@@ -33,6 +33,12 @@ pub trait DiskImage: Send + Sync {
         None
     }
 
+    /// Hint that the range is about to be read through [`DiskImage::mapped`]: a mapped image
+    /// maps its pages in one call instead of faulting them in one by one.
+    fn populate(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// Hint that the range will not be read again soon: a mapped image drops those pages from
     /// its resident set (the page cache keeps them), so a scan's memory does not grow with
     /// the image.
@@ -71,6 +77,9 @@ impl<T: DiskImage + ?Sized> DiskImage for Box<T> {
     fn release(&self, offset: u64, len: u64) {
         (**self).release(offset, len)
     }
+    fn populate(&self, offset: u64, len: u64) {
+        (**self).populate(offset, len)
+    }
 }
 
 impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
@@ -91,6 +100,9 @@ impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
     }
     fn release(&self, offset: u64, len: u64) {
         (**self).release(offset, len)
+    }
+    fn populate(&self, offset: u64, len: u64) {
+        (**self).populate(offset, len)
     }
 }
 

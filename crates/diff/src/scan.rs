@@ -139,6 +139,7 @@ fn bytes_at<'a>(
     let size = img.size();
     if off + len <= size {
         if let Some(s) = img.mapped(off, len) {
+            img.populate(off, len);
             return Ok((s, true));
         }
     }

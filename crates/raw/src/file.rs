@@ -110,6 +110,25 @@ impl MappedFile {
         }
     }
 
+    /// Map the pages of `len` bytes at `offset` in one call (MADV_POPULATE_READ) rather than
+    /// one page fault at a time as they are touched; a no-op for unmapped files or kernels
+    /// without it.
+    pub fn populate(&self, offset: u64, len: u64) {
+        if let Some(m) = &self.map {
+            let start = offset.min(self.len);
+            let end = offset.saturating_add(len).min(self.len);
+            let page = 4096;
+            let s = start / page * page;
+            if end > s {
+                let _ = m.advise_range(
+                    memmap2::Advice::PopulateRead,
+                    s as usize,
+                    (end - s) as usize,
+                );
+            }
+        }
+    }
+
     /// Hint that the whole file will be read front to back.
     pub fn advise_sequential(&self) {
         if let Some(m) = &self.map {

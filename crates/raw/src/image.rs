@@ -89,6 +89,10 @@ impl DiskImage for RawImage {
     fn release(&self, offset: u64, len: u64) {
         self.file.release(offset, len)
     }
+
+    fn populate(&self, offset: u64, len: u64) {
+        self.file.populate(offset, len)
+    }
 }
 
 #[cfg(test)]
