@@ -101,7 +101,7 @@ impl<'a> Manifest<'a> {
     /// The hash of block `block`, or `None` past the end.
     pub fn hash(&self, block: u64) -> Option<u128> {
         let at = usize::try_from(block).ok()?.checked_mul(16)?;
-        let b = self.hashes.get(at..at + 16)?;
+        let b = self.hashes.get(at..at.checked_add(16)?)?;
         Some(u128::from_le_bytes(b.try_into().ok()?))
     }
 }
