@@ -65,17 +65,7 @@ fn check_points(dir: &Path, versions: &[(u64, Vec<u8>)]) {
             .as_str()
             .unwrap()
             .to_string();
-        let mut c = Command::new("qemu-img");
-        c.args(["compare", &format!("repo/{image}"), "want.raw"])
-            .current_dir(dir);
-        let r = run(c);
-        assert_eq!(
-            r.code,
-            Some(0),
-            "point {n}: qemu-img compare: {}{}",
-            r.stdout,
-            r.stderr
-        );
+        qemu_img(dir, &["compare", &format!("repo/{image}"), "want.raw"]);
         std::fs::remove_file(dir.join(out)).unwrap();
     }
 }

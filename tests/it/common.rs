@@ -149,7 +149,13 @@ pub fn tool(dir: &Path, prog: &str, args: &[&str]) -> String {
     let mut c = Command::new(prog);
     c.args(args).current_dir(dir);
     let r = run(c);
-    assert_eq!(r.code, Some(0), "{prog} {args:?} failed: {}", r.stderr);
+    assert_eq!(
+        r.code,
+        Some(0),
+        "{prog} {args:?} failed: {}{}",
+        r.stdout,
+        r.stderr
+    );
     r.stdout
 }
 

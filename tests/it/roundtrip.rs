@@ -112,12 +112,8 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
     .unwrap();
     assert_eq!(stats.zeroed_grains, 4);
     assert_eq!(stats.data_grains, 1 + 5); // 300 KiB at 6 MiB covers 5 grains
-    let mut c = std::process::Command::new("qemu-img");
-    c.args(["compare", "link.vmdk", "new.raw"]).current_dir(dir);
-    assert_eq!(run(c).code, Some(0), "qemu-img compare link.vmdk new.raw");
-    let mut c = std::process::Command::new("qemu-img");
-    c.args(["check", "link.vmdk"]).current_dir(dir);
-    assert_eq!(run(c).code, Some(0), "qemu-img check link.vmdk");
+    qemu_img(dir, &["compare", "link.vmdk", "new.raw"]);
+    qemu_img(dir, &["check", "link.vmdk"]);
     let info = qemu_img(dir, &["info", "link.vmdk"]);
     assert!(info.contains("backing file: parent.vmdk"), "{info}");
     // Changed data plus metadata: 6 grains, a header area of 64 KiB, tables.

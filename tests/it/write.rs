@@ -18,19 +18,6 @@ const SUBFORMATS: [&str; 5] = [
     "streamOptimized",
 ];
 
-fn qemu_ok(dir: &Path, args: &[&str]) {
-    let mut c = Command::new("qemu-img");
-    c.args(args).current_dir(dir);
-    let r = run(c);
-    assert_eq!(
-        r.code,
-        Some(0),
-        "qemu-img {args:?}: {}{}",
-        r.stdout,
-        r.stderr
-    );
-}
-
 /// Bytes on disk of every file in `dir` whose name starts with `stem`.
 fn usage(dir: &Path, stem: &str) -> u64 {
     std::fs::read_dir(dir)
@@ -112,8 +99,8 @@ fn every_subformat_passes_qemu_check_and_compare() {
                 ],
             )
             .expect_code(0, &format!("{src} -> {sf}"));
-            qemu_ok(dir, &["check", &out]);
-            qemu_ok(dir, &["compare", src, &out]);
+            qemu_img(dir, &["check", &out]);
+            qemu_img(dir, &["compare", src, &out]);
             // And vdisk reads its own output back the same.
             vdisk_in(dir, &["convert", &out, "back.raw", "--force"]).expect_code(0, "read back");
             qemu_img(dir, &["convert", "-O", "raw", src, "want.raw"]);
@@ -158,7 +145,7 @@ fn seven_mib_of_data_in_300_mib_stays_small_on_disk() {
         // 7 MiB of data touches 7 MiB + 7 partial grains (an unaligned 1 MiB run straddles
         // 17 grains): at most 7.5 MiB, plus metadata.
         assert!(used <= 8 << 20, "{sf}: {used} bytes on disk");
-        qemu_ok(dir, &["compare", "src.raw", &out]);
+        qemu_img(dir, &["compare", "src.raw", &out]);
     }
 }
 
@@ -205,8 +192,8 @@ fn merge_collapses_a_qemu_chain_whole_or_above_a_base() {
     );
 
     vdisk_in(dir, &["merge", "top.vmdk", "-o", "whole.vmdk"]).expect_code(0, "merge");
-    qemu_ok(dir, &["check", "whole.vmdk"]);
-    qemu_ok(dir, &["compare", "top.vmdk", "whole.vmdk"]);
+    qemu_img(dir, &["check", "whole.vmdk"]);
+    qemu_img(dir, &["compare", "top.vmdk", "whole.vmdk"]);
     let info: Value =
         serde_json::from_str(&vdisk_in(dir, &["info", "--json", "whole.vmdk"]).stdout).unwrap();
     assert_eq!(info["chain"].as_array().unwrap().len(), 1, "no parent");
@@ -225,8 +212,8 @@ fn merge_collapses_a_qemu_chain_whole_or_above_a_base() {
         ],
     )
     .expect_code(0, "merge --base");
-    qemu_ok(dir, &["check", "above.vmdk"]);
-    qemu_ok(dir, &["compare", "top.vmdk", "above.vmdk"]);
+    qemu_img(dir, &["check", "above.vmdk"]);
+    qemu_img(dir, &["compare", "top.vmdk", "above.vmdk"]);
     let info: Value =
         serde_json::from_str(&vdisk_in(dir, &["info", "--json", "above.vmdk"]).stdout).unwrap();
     let chain = info["chain"].as_array().unwrap();
@@ -303,7 +290,7 @@ fn existing_outputs_are_refused_without_force() {
         ],
     )
     .expect_code(0, "forced");
-    qemu_ok(dir, &["compare", "src.raw", "split.vmdk"]);
+    qemu_img(dir, &["compare", "src.raw", "split.vmdk"]);
     // A symbolic link at the destination is replaced, never written through.
     std::fs::write(dir.join("victim"), b"untouched").unwrap();
     std::os::unix::fs::symlink("victim", dir.join("link.vmdk")).unwrap();
@@ -429,7 +416,7 @@ fn streams_are_read_from_standard_input() {
             c.args(["-c", &cmdline]).current_dir(dir);
             let r = run(c);
             assert_eq!(r.code, Some(0), "{cmdline}: {}", r.stderr);
-            qemu_ok(dir, &["compare", want, out]);
+            qemu_img(dir, &["compare", want, out]);
         }
     }
     // A truncated stream is a one-line error, and leaves no output.
