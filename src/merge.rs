@@ -2,13 +2,12 @@
 
 use std::path::Path;
 
-use vdisk_core::{Allocation, DiskImage, Error, ErrorKind, Result};
+use vdisk_core::{DiskImage, Error, ErrorKind, Result};
 use vdisk_vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk_vmdk::{FileStore, FsStore, VmdkImage};
 
 use crate::convert::{convert, ConvertOptions, ConvertStats, Target};
 use crate::OpenOptions;
-use vdisk_core::MAP_WINDOW;
 
 /// Collapse the chain of the VMDK at `path` into `out`.
 ///
@@ -60,17 +59,10 @@ pub fn merge_chain(
     // Every range any link above the base stores (data or zeroed grains).
     let mut changed: Vec<(u64, u64)> = Vec::new();
     for d in 0..depth {
-        let size = img.layers()[d].size().min(img.size());
-        let mut off = 0;
-        while off < size {
-            let len = (size - off).min(MAP_WINDOW);
-            for e in img.layer_allocation(d, off, len)? {
-                if e.allocation != Allocation::Unallocated {
-                    changed.push((e.start, e.length));
-                }
-            }
-            off += len;
-        }
+        img.for_each_stored(d, |e| {
+            changed.push((e.start, e.length));
+            Ok(())
+        })?;
     }
     changed.sort_unstable();
     let parent_path = img.layers()[depth].path().to_path_buf();

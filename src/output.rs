@@ -7,12 +7,7 @@ use std::path::Path;
 use vdisk_core::{Error, Result};
 use vdisk_raw::SparseWriter;
 
-/// Write `bytes` to `path` atomically; an existing file is refused unless `overwrite`.
-pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
-    let w = SparseWriter::create(path, 0, overwrite)?;
-    w.write_raw(bytes, 0)?;
-    w.commit()
-}
+pub use vdisk_raw::write_file;
 
 /// Write `path` atomically through a buffered stream filled by `fill`.
 pub fn write_stream<T>(

@@ -23,7 +23,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{Allocation, DiskImage, Error, ErrorKind, Result, Throttle, MAP_WINDOW};
+use vdisk_core::{DiskImage, Error, ErrorKind, Result, Throttle};
 use vdisk_diff::{block_hash, diff_manifest, Manifest, ManifestWriter, ScanOptions};
 use vdisk_vmdk::convert::{convert, copy_into, ConvertOptions, ConvertStats, Target};
 use vdisk_vmdk::writer::{self, write_delta_link, ImageSink, LinkTarget, Subformat, WriteOptions};
@@ -225,7 +225,7 @@ impl Repository {
 
     /// Switch the metadata: written under a temporary name, synced, renamed.
     fn commit(&mut self, meta: RepoMeta) -> Result<()> {
-        vdisk_raw_write(&self.path(META_FILE), &meta.encode())?;
+        replace_file(&self.path(META_FILE), &meta.encode())?;
         self.meta = Some(meta);
         self.clean_up()
     }
@@ -304,11 +304,11 @@ impl Repository {
             }
         };
         let manifest = manifest_bytes(size, &hashes)?;
-        vdisk_raw_write(&self.path(&hashes_name), &manifest)?;
+        replace_file(&self.path(&hashes_name), &manifest)?;
         let point_img =
             VmdkImage::open_with(&FsStore, &self.path(&image), &OpenOptions::default())?;
         let stored = stored_map(&point_img)?;
-        vdisk_raw_write(&self.path(&stored_name), &stored.encode())?;
+        replace_file(&self.path(&stored_name), &stored.encode())?;
         let files = file_checks(&self.dir, &image)?;
         let cid = point_img.layers()[0].descriptor().cid.unwrap_or(0);
         let bytes_written = files
@@ -621,7 +621,7 @@ impl Repository {
             VmdkImage::open_with(&FsStore, &self.path(&full_name), &OpenOptions::default())?;
         let stored = stored_map(&full_img)?;
         let stored_name = format!("point-{:06}.g{generation}.stored", base.point);
-        vdisk_raw_write(&self.path(&stored_name), &stored.encode())?;
+        replace_file(&self.path(&stored_name), &stored.encode())?;
         let mut new_base = base.clone();
         new_base.image = full_name.clone();
         new_base.kind = PointKind::Full;
@@ -643,7 +643,7 @@ impl Repository {
             let mut d = Descriptor::parse(&old).map_err(|e| e.with_path(&old_path))?;
             d.parent_hint = Some(PathBuf::from(&parent_name));
             let name = format!("point-{:06}.g{generation}.vmdk", child.point);
-            vdisk_raw_write(&self.path(&name), d.render().as_bytes())?;
+            replace_file(&self.path(&name), d.render().as_bytes())?;
             let mut c = child.clone();
             c.files.retain(|f| f.name != child.image);
             c.files.insert(0, file_checks(&self.dir, &name)?.remove(0));
@@ -729,18 +729,8 @@ fn manifest_bytes(size: u64, hashes: &[u128]) -> Result<Vec<u8>> {
 
 /// The grains a point's own files store (data or zeroed).
 fn stored_map(img: &VmdkImage) -> Result<ChangeMap> {
-    let size = img.layers()[0].size();
-    let mut map = ChangeMap::new(size, GRAIN)?;
-    let mut off = 0;
-    while off < size {
-        let len = (size - off).min(MAP_WINDOW);
-        for e in img.layer_allocation(0, off, len)? {
-            if e.allocation != Allocation::Unallocated {
-                map.mark_bytes(e.start, e.length)?;
-            }
-        }
-        off += len;
-    }
+    let mut map = ChangeMap::new(img.layers()[0].size(), GRAIN)?;
+    img.for_each_stored(0, |e| map.mark_bytes(e.start, e.length))?;
     Ok(map)
 }
 
@@ -791,9 +781,7 @@ fn read_prefix(path: &Path, n: u64) -> Result<Vec<u8>> {
     Ok(buf)
 }
 
-fn vdisk_raw_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    // Names are fresh per run, so an existing file is a leftover of a killed run: replace it.
-    let w = vdisk_raw::SparseWriter::create(path, 0, true)?;
-    w.write_raw(bytes, 0)?;
-    w.commit()
+/// Names are fresh per run, so an existing file is a leftover of a killed run: replace it.
+fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    vdisk_raw::write_file(path, bytes, true)
 }

@@ -15,4 +15,4 @@ mod writer;
 pub use file::MappedFile;
 pub use holes::data_ranges;
 pub use image::RawImage;
-pub use writer::{partial_path, SealedFile, SparseWriter};
+pub use writer::{partial_path, write_file, SealedFile, SparseWriter};

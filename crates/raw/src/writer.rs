@@ -18,6 +18,14 @@ pub fn partial_path(dst: &Path) -> PathBuf {
     dst.with_file_name(name)
 }
 
+/// Write a small file (a bitmap, a manifest, metadata) atomically: under its temporary name,
+/// synced, then renamed into place. An existing file is refused unless `overwrite`.
+pub fn write_file(path: &Path, bytes: &[u8], overwrite: bool) -> Result<()> {
+    let w = SparseWriter::create(path, 0, overwrite)?;
+    w.write_raw(bytes, 0)?;
+    w.commit()
+}
+
 /// Writes an image file that leaves holes wherever the data is zero.
 ///
 /// Data goes to [`partial_path`] of the destination; [`SparseWriter::commit`] fsyncs it and

@@ -628,6 +628,32 @@ impl VmdkImage {
         Ok(())
     }
 
+    /// Hand `f` every range that link `depth` itself stores (data or zeroed grains), walking
+    /// its map in [`vdisk_core::MAP_WINDOW`] windows up to the smaller of its size and the
+    /// image's.
+    pub fn for_each_stored(
+        &self,
+        depth: usize,
+        mut f: impl FnMut(Extent) -> Result<()>,
+    ) -> Result<()> {
+        let layer = self
+            .layers
+            .get(depth)
+            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no such layer"))?;
+        let size = layer.size.min(self.size());
+        let mut off = 0;
+        while off < size {
+            let len = (size - off).min(vdisk_core::MAP_WINDOW);
+            for e in self.layer_allocation(depth, off, len)? {
+                if e.allocation != Allocation::Unallocated {
+                    f(e)?;
+                }
+            }
+            off += len;
+        }
+        Ok(())
+    }
+
     /// The allocation map of one layer alone (not falling through to parents).
     pub fn layer_allocation(&self, depth: usize, offset: u64, length: u64) -> Result<Vec<Extent>> {
         let layer = self
