@@ -93,24 +93,24 @@ impl DiskImage for Image {
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
 /// descriptor text makes a VMDK; anything else is raw.
 pub fn detect(path: &Path) -> Result<Format> {
-    use std::io::Read;
-    let mut head = [0u8; 512];
-    let mut f =
-        std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(Error::io("cannot read", e).with_path(path)),
-        }
-    }
-    Ok(if vdisk_vmdk::probe(&head[..n]) {
+    let head = read_head(path, 512)?;
+    Ok(if vdisk_vmdk::probe(&head) {
         Format::Vmdk
     } else {
         Format::Raw
     })
+}
+
+/// The first `n` bytes of the file at `path` (fewer if it is shorter): enough to tell what
+/// kind of file it is.
+pub fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
+    let mut head = Vec::with_capacity(n);
+    f.take(n as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| Error::io("cannot read", e).with_path(path))?;
+    Ok(head)
 }
 
 /// Open the image at `path`, detecting its format, with default options.

@@ -18,7 +18,7 @@ pub mod fuzzing;
 pub mod merge;
 pub mod output;
 
-pub use format::{detect, open, open_with, Format, Image, OpenOptions};
+pub use format::{detect, open, open_with, read_head, Format, Image, OpenOptions};
 pub use vdisk_core::{
     for_each_extent, size, Allocation, DiskImage, Error, ErrorKind, Extent, Result, Throttle,
     MAP_WINDOW,

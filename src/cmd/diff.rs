@@ -24,23 +24,6 @@ pub struct DiffArgs<'a> {
     pub force: bool,
 }
 
-/// Whether the file at `path` starts with `magic`.
-pub fn starts_with(path: &Path, magic: &[u8]) -> Result<bool> {
-    use std::io::Read;
-    let mut f =
-        std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
-    let mut head = vec![0u8; magic.len()];
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(Error::io("cannot read", e).with_path(path)),
-        }
-    }
-    Ok(head[..n] == *magic)
-}
-
 pub fn run(ctx: &Ctx, a: DiffArgs<'_>) -> Result<Status> {
     let new = vdisk::open_with(a.new, &ctx.open)?;
     let progress = Progress::new(ctx, new.size());
@@ -50,7 +33,8 @@ pub fn run(ctx: &Ctx, a: DiffArgs<'_>) -> Result<Status> {
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
-    let manifest_file = if starts_with(a.old, vdisk::diff::MANIFEST_MAGIC)? {
+    let manifest_file = if is_manifest(&vdisk::read_head(a.old, vdisk::diff::MANIFEST_MAGIC.len())?)
+    {
         Some(MappedFile::open(a.old)?)
     } else {
         None
@@ -85,7 +69,6 @@ pub fn run(ctx: &Ctx, a: DiffArgs<'_>) -> Result<Status> {
             (report, m.size())
         }
         None => {
-            let _ = is_manifest;
             let old = vdisk::open_with(a.old, &ctx.open)?;
             let report = diff(&old, &new, &scan(a.granularity.unwrap_or(64 << 10)))?;
             (report, old.size())

@@ -18,7 +18,7 @@ pub fn run(
     adapter: Adapter,
     force: bool,
 ) -> Result<Status> {
-    if super::diff::starts_with(&inputs[0], &vdisk::bitmap::MAGIC)? {
+    if vdisk::read_head(&inputs[0], vdisk::bitmap::MAGIC.len())? == vdisk::bitmap::MAGIC {
         if base.is_some() || subformat.is_some() {
             return Err(vdisk::Error::new(
                 vdisk::ErrorKind::InvalidArgument,
