@@ -5,7 +5,8 @@ use vdisk_core::{Result, SECTOR};
 use vdisk_raw::SparseWriter;
 
 use super::{
-    extent_line, new_descriptor, ImageSink, OutputFiles, Subformat, WriteOptions, SPLIT_SECTORS,
+    extent_line, new_descriptor, ExtentCursor, ImageSink, OutputFiles, Subformat, WriteOptions,
+    SPLIT_SECTORS,
 };
 use crate::descriptor::{Descriptor, ExtentType};
 
@@ -17,8 +18,7 @@ pub(crate) struct FlatImage {
     descriptor: Descriptor,
     /// Sectors per file (the last may be shorter).
     per_file: u64,
-    current: Option<(u64, SparseWriter)>,
-    done: u64,
+    files_written: ExtentCursor<SparseWriter>,
 }
 
 impl FlatImage {
@@ -51,29 +51,14 @@ impl FlatImage {
             files,
             descriptor,
             per_file,
-            current: None,
-            done: 0,
+            files_written: ExtentCursor::new(),
         })
     }
 
-    fn advance_to(&mut self, index: u64) -> Result<()> {
-        while self.done < index {
-            let file = match self.current.take() {
-                Some((i, f)) if i == self.done => f,
-                other => {
-                    self.current = other;
-                    self.open(self.done)?
-                }
-            };
-            self.files.keep(file)?;
-            self.done += 1;
-        }
-        Ok(())
-    }
-
-    fn open(&self, index: u64) -> Result<SparseWriter> {
-        let line = &self.descriptor.extents[index as usize];
-        self.files.open(line.file.as_deref(), line.sectors * SECTOR)
+    /// Create flat file `index` of `descriptor`, full size, all holes.
+    fn open(descriptor: &Descriptor, files: &OutputFiles, index: u64) -> Result<SparseWriter> {
+        let line = &descriptor.extents[index as usize];
+        files.open(line.file.as_deref(), line.sectors * SECTOR)
     }
 }
 
@@ -90,23 +75,26 @@ impl ImageSink for FlatImage {
             // Runs never cross a 4 MiB boundary of the disk (the copy is cut there), and 2 GiB
             // is a multiple of that: no run straddles two files.
             let index = off / per_file_bytes;
-            self.advance_to(index)?;
-            if !matches!(&self.current, Some((i, _)) if *i == index) {
-                let f = self.open(index)?;
-                self.current = Some((index, f));
-            }
-            if let Some((_, f)) = &self.current {
-                let at = off - index * per_file_bytes;
-                f.write_at(data, at)?;
-                f.start_writeback(at, data.len() as u64);
-            }
+            let descriptor = &self.descriptor;
+            let f = self
+                .files_written
+                .get(index, &mut self.files, &|files, i| {
+                    Self::open(descriptor, files, i)
+                })?;
+            let at = off - index * per_file_bytes;
+            f.write_at(data, at)?;
+            f.start_writeback(at, data.len() as u64);
         }
         Ok(())
     }
     fn finish(self: Box<Self>) -> Result<()> {
         let mut me = *self;
         let count = me.descriptor.extents.len() as u64;
-        me.advance_to(count)?;
+        let descriptor = &me.descriptor;
+        me.files_written
+            .finish_before(count, &mut me.files, &|files, i| {
+                Self::open(descriptor, files, i)
+            })?;
         let text = me.descriptor.render();
         let main = me.files.open(None, text.len() as u64)?;
         main.write_raw(text.as_bytes(), 0)?;

@@ -303,3 +303,84 @@ pub(crate) fn extent_line(sectors: u64, kind: ExtentType, file: PathBuf) -> Exte
         offset: 0,
     }
 }
+
+/// An extent file being written; finishing it yields the file to seal.
+pub(crate) trait ExtentFile: Sized {
+    /// Write what is left (tables, header) and hand back the file.
+    fn finish_file(self) -> Result<SparseWriter>;
+}
+
+impl ExtentFile for SparseWriter {
+    fn finish_file(self) -> Result<SparseWriter> {
+        Ok(self)
+    }
+}
+
+/// The extent files of an image, written one at a time in disk order: only the current one
+/// is open; earlier ones are finished and sealed, later ones not yet created. An image of any
+/// size holds one file descriptor at a time.
+pub(crate) struct ExtentCursor<W> {
+    /// The extent being written and its index.
+    current: Option<(u64, W)>,
+    /// Extents before this index are finished.
+    done: u64,
+}
+
+impl<W: ExtentFile> ExtentCursor<W> {
+    pub(crate) fn new() -> Self {
+        ExtentCursor {
+            current: None,
+            done: 0,
+        }
+    }
+
+    /// Finish and seal into `files` every extent before `end`; `open` creates those that got
+    /// no data, so they exist (empty) too.
+    pub(crate) fn finish_before(
+        &mut self,
+        end: u64,
+        files: &mut OutputFiles,
+        open: &dyn Fn(&OutputFiles, u64) -> Result<W>,
+    ) -> Result<()> {
+        while self.done < end {
+            let w = match self.current.take() {
+                Some((i, w)) if i == self.done => w,
+                other => {
+                    self.current = other;
+                    open(files, self.done)?
+                }
+            };
+            files.keep(w.finish_file()?)?;
+            self.done += 1;
+        }
+        Ok(())
+    }
+
+    /// The writer of extent `index` (extents come in increasing order), finishing those
+    /// before it.
+    pub(crate) fn get(
+        &mut self,
+        index: u64,
+        files: &mut OutputFiles,
+        open: &dyn Fn(&OutputFiles, u64) -> Result<W>,
+    ) -> Result<&mut W> {
+        if index < self.done {
+            return Err(Error::invalid(
+                "extents must be written in increasing order",
+            ));
+        }
+        self.finish_before(index, files, open)?;
+        if !matches!(&self.current, Some((i, _)) if *i == index) {
+            self.current = Some((index, open(files, index)?));
+        }
+        match &mut self.current {
+            Some((_, w)) => Ok(w),
+            None => Err(Error::invalid("no extent open")),
+        }
+    }
+
+    /// The open extent, if any, taken out of the cursor.
+    pub(crate) fn take(&mut self) -> Option<W> {
+        self.current.take().map(|(_, w)| w)
+    }
+}

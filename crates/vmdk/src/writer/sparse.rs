@@ -7,7 +7,8 @@ use vdisk_core::{is_zero, Error, Result, SECTOR};
 use vdisk_raw::SparseWriter;
 
 use super::{
-    extent_line, new_descriptor, ImageSink, OutputFiles, WriteOptions, GRAIN_SECTORS, SPLIT_SECTORS,
+    extent_line, new_descriptor, ExtentCursor, ExtentFile, ImageSink, OutputFiles, WriteOptions,
+    GRAIN_SECTORS, SPLIT_SECTORS,
 };
 use crate::descriptor::{Descriptor, ExtentType};
 use crate::header::{HeaderFlags, SparseHeader};
@@ -199,13 +200,8 @@ const GRAINS_PER_SPLIT: u64 = SPLIT_SECTORS / GRAIN_SECTORS;
 /// zeroed grains allowed).
 pub(crate) struct SparseImage {
     files: OutputFiles,
-    descriptor: Descriptor,
-    split: bool,
-    zeroed: bool,
-    /// The extent being written and its index.
-    current: Option<(u64, SparseExtentWriter)>,
-    /// Extents before this index are finished.
-    done: u64,
+    spec: ExtentSpec,
+    extents: ExtentCursor<SparseExtentWriter>,
 }
 
 impl SparseImage {
@@ -243,71 +239,32 @@ impl SparseImage {
         drop(files.open(None, 0)?);
         Ok(SparseImage {
             files,
-            descriptor,
-            split,
-            zeroed,
-            current: None,
-            done: 0,
+            spec: ExtentSpec {
+                descriptor,
+                split,
+                zeroed,
+            },
+            extents: ExtentCursor::new(),
         })
-    }
-
-    /// Finish extents up to (not including) `index`, creating empty ones where no data came.
-    fn advance_to(&mut self, index: u64) -> Result<()> {
-        while self.done < index {
-            let ext = match self.current.take() {
-                Some((i, ext)) if i == self.done => ext,
-                other => {
-                    self.current = other;
-                    self.open(self.done)?
-                }
-            };
-            let file = ext.finish()?;
-            self.files.keep(file)?;
-            self.done += 1;
-        }
-        Ok(())
-    }
-
-    fn open(&self, index: u64) -> Result<SparseExtentWriter> {
-        let line = &self.descriptor.extents[index as usize];
-        if self.split {
-            let file = self.files.open(line.file.as_deref(), 0)?;
-            SparseExtentWriter::create(file, line.sectors, None, self.zeroed)
-        } else {
-            let file = self.files.open(None, 0)?;
-            SparseExtentWriter::create(
-                file,
-                line.sectors,
-                Some(self.descriptor.render()),
-                self.zeroed,
-            )
-        }
     }
 
     /// The extent writer for disk grain `grain` and the grain's index inside it.
     fn extent_for(&mut self, grain: u64) -> Result<(&mut SparseExtentWriter, u64)> {
-        let (index, local) = if self.split {
+        let (index, local) = if self.spec.split {
             (grain / GRAINS_PER_SPLIT, grain % GRAINS_PER_SPLIT)
         } else {
             (0, grain)
         };
-        if index >= self.descriptor.extents.len() as u64 {
+        if index >= self.spec.descriptor.extents.len() as u64 {
             return Err(Error::invalid(format!(
                 "grain {grain} is past the end of the image"
             )));
         }
-        if index < self.done {
-            return Err(Error::invalid("grains must be written in increasing order"));
-        }
-        self.advance_to(index)?;
-        if !matches!(&self.current, Some((i, _)) if *i == index) {
-            let ext = self.open(index)?;
-            self.current = Some((index, ext));
-        }
-        match &mut self.current {
-            Some((_, ext)) => Ok((ext, local)),
-            None => Err(Error::invalid("no extent open")),
-        }
+        let spec = &self.spec;
+        let ext = self
+            .extents
+            .get(index, &mut self.files, &|files, i| spec.open(files, i))?;
+        Ok((ext, local))
     }
 
     /// Store `data` as disk grain `grain` (grains in increasing order).
@@ -323,22 +280,60 @@ impl SparseImage {
     }
 
     /// Finish every extent, write the descriptor (split images), rename everything into place.
-    pub(crate) fn finish_image(mut self) -> Result<()> {
-        let count = self.descriptor.extents.len() as u64;
-        if !self.split {
+    pub(crate) fn finish_image(self) -> Result<()> {
+        let SparseImage {
+            mut files,
+            spec,
+            mut extents,
+        } = self;
+        if !spec.split {
             // The one extent is the destination itself.
-            let ext = match self.current.take() {
-                Some((_, ext)) => ext,
-                None => self.open(0)?,
+            let ext = match extents.take() {
+                Some(ext) => ext,
+                None => spec.open(&files, 0)?,
             };
-            let file = ext.finish()?;
-            return self.files.commit(file);
+            return files.commit(ext.finish()?);
         }
-        self.advance_to(count)?;
-        let text = self.descriptor.render();
-        let main = self.files.open(None, text.len() as u64)?;
+        let count = spec.descriptor.extents.len() as u64;
+        extents.finish_before(count, &mut files, &|files, i| spec.open(files, i))?;
+        let text = spec.descriptor.render();
+        let main = files.open(None, text.len() as u64)?;
         main.write_raw(text.as_bytes(), 0)?;
-        self.files.commit(main)
+        files.commit(main)
+    }
+}
+
+/// What a [`SparseImage`]'s extents are made from: the descriptor, split or not, link or not.
+struct ExtentSpec {
+    descriptor: Descriptor,
+    split: bool,
+    /// A delta link: zeroed grains allowed.
+    zeroed: bool,
+}
+
+impl ExtentSpec {
+    /// Create extent `index`: a piece of a split image, or the one file with the descriptor
+    /// embedded.
+    fn open(&self, files: &OutputFiles, index: u64) -> Result<SparseExtentWriter> {
+        let line = &self.descriptor.extents[index as usize];
+        if self.split {
+            let file = files.open(line.file.as_deref(), 0)?;
+            SparseExtentWriter::create(file, line.sectors, None, self.zeroed)
+        } else {
+            let file = files.open(None, 0)?;
+            SparseExtentWriter::create(
+                file,
+                line.sectors,
+                Some(self.descriptor.render()),
+                self.zeroed,
+            )
+        }
+    }
+}
+
+impl ExtentFile for SparseExtentWriter {
+    fn finish_file(self) -> Result<SparseWriter> {
+        self.finish()
     }
 }
 
