@@ -24,9 +24,12 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::{DiskImage, Error, ErrorKind, Result, Throttle};
-use vdisk_diff::{block_hash, diff_manifest, Manifest, ManifestWriter, ScanOptions};
+use vdisk_diff::{block_hash, diff_manifest_each, Manifest, ManifestWriter, ScanOptions};
 use vdisk_vmdk::convert::{convert, copy_into, ConvertOptions, ConvertStats, Target};
-use vdisk_vmdk::writer::{self, write_delta_link, ImageSink, LinkTarget, Subformat, WriteOptions};
+use vdisk_vmdk::writer::{
+    self, write_delta_link, write_delta_link_from, ImageSink, LinkStats, LinkTarget, Subformat,
+    WriteOptions,
+};
 use vdisk_vmdk::{Descriptor, FsStore, OpenOptions, SparseHeader, VmdkImage};
 
 pub use lock::{RepoLock, LOCK_FILE};
@@ -381,27 +384,6 @@ impl Repository {
             Error::unsupported("cannot map the manifest").with_path(self.path(&prev.hashes))
         })?;
         let old = Manifest::decode(bytes).map_err(|e| e.with_path(self.path(&prev.hashes)))?;
-        let mut read = 0u64;
-        let changed = match &opts.changed {
-            Some(cbt) => {
-                // Trusted as a superset; blocks the old hashes cannot speak for are added: the
-                // new area of a grown disk and the blocks across either end.
-                let mut map = cbt.resample(GRAIN)?.resize(size)?;
-                let edge = prev.size.min(size) / GRAIN;
-                map.set_blocks(edge, size.div_ceil(GRAIN));
-                map
-            }
-            None => {
-                let scan = ScanOptions {
-                    granularity: GRAIN,
-                    throttle: opts.throttle,
-                    progress: opts.progress,
-                };
-                let report = diff_manifest(&old, src, &scan)?;
-                read += report.bytes_read;
-                report.map
-            }
-        };
         // The new point's hashes: the old ones, with every grain the link reads replaced.
         let mut hashes = zero_hashes(size);
         for (b, h) in hashes.iter_mut().enumerate() {
@@ -421,22 +403,36 @@ impl Repository {
             let h = block_hash(data);
             fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));
         };
-        let extents: Vec<(u64, u64)> = changed.extents().collect();
         let parent_path = self.path(&prev.image);
         let parent = VmdkImage::open_with(&FsStore, &parent_path, &OpenOptions::default())?;
-        let stats = write_delta_link(
-            &LinkTarget {
-                parent_path: &parent_path,
-                parent: &parent,
-                subformat: POINT_FORMAT,
-                opts: &WriteOptions::default(),
-                on_grain: Some(&on_grain),
-            },
-            src,
-            &extents,
-            &self.path(image),
-        )?;
-        read += stats.bytes_read;
+        let target = LinkTarget {
+            parent_path: &parent_path,
+            parent: &parent,
+            subformat: POINT_FORMAT,
+            opts: &WriteOptions::default(),
+            on_grain: Some(&on_grain),
+        };
+        let dst = self.path(image);
+        let (scanned, stats) = match &opts.changed {
+            Some(cbt) => {
+                // Trusted as a superset; blocks the old hashes cannot speak for are added: the
+                // new area of a grown disk and the blocks across either end.
+                let mut map = cbt.resample(GRAIN)?.resize(size)?;
+                let edge = prev.size.min(size) / GRAIN;
+                map.set_blocks(edge, size.div_ceil(GRAIN));
+                let extents: Vec<(u64, u64)> = map.extents().collect();
+                (0, write_delta_link(&target, src, &extents, &dst)?)
+            }
+            None => {
+                let scan = ScanOptions {
+                    granularity: GRAIN,
+                    throttle: opts.throttle,
+                    progress: opts.progress,
+                };
+                hash_and_link(&old, src, &scan, &target, &dst)?
+            }
+        };
+        let read = scanned + stats.bytes_read;
         for (g, h) in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {
             if let Some(slot) = hashes.get_mut(g as usize) {
                 *slot = h;
@@ -674,6 +670,45 @@ impl Repository {
             })
             .unwrap_or(0)
     }
+}
+
+/// Hash `src` against the previous point's manifest and write the link of what changed, at
+/// the same time: the scan hands each window's changed grains (its granularity is the
+/// link's grain) to a writer thread, so the link's writes and their writeback overlap the
+/// hashing instead of following it. Returns the bytes the scan read and what the writer did.
+fn hash_and_link(
+    old: &Manifest<'_>,
+    src: &dyn DiskImage,
+    scan: &ScanOptions<'_>,
+    target: &LinkTarget<'_>,
+    dst: &Path,
+) -> Result<(u64, LinkStats)> {
+    // A few windows of changes in flight: the scan runs ahead of the writer by at most that.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u64>>>(4);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || write_delta_link_from(target, src, rx, dst));
+        let mut writer_gone = false;
+        let scanned = diff_manifest_each(old, src, scan, &mut |grains| {
+            tx.send(Ok(grains)).map_err(|_| {
+                writer_gone = true;
+                Error::new(ErrorKind::Io, "the link writer stopped")
+            })
+        });
+        if scanned.is_err() && !writer_gone {
+            // Tell the writer to drop its partial link rather than finish it.
+            let _ = tx.send(Err(Error::new(ErrorKind::Io, "the scan failed")));
+        }
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        match (scanned, written) {
+            (Ok(report), Ok(stats)) => Ok((report.bytes_read, stats)),
+            // A scan stopped by the writer: the writer's error says why.
+            (Err(_), Err(e)) if writer_gone => Err(e),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        }
+    })
 }
 
 /// Wraps a point's sink: hashes every grain on its way in (in parallel), for the manifest.

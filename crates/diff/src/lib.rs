@@ -17,7 +17,7 @@ mod manifest;
 mod scan;
 
 pub use manifest::{is_manifest, Manifest, ManifestWriter, MANIFEST_MAGIC};
-pub use scan::{diff, diff_manifest, hash_image, DiffReport, ScanOptions};
+pub use scan::{diff, diff_manifest, diff_manifest_each, hash_image, DiffReport, ScanOptions};
 
 /// The block hash: XXH3-128 (with run-time AVX2/SSE2 selection).
 pub fn block_hash(data: &[u8]) -> u128 {

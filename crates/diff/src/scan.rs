@@ -341,6 +341,19 @@ pub fn diff_manifest(
     new: &dyn DiskImage,
     opts: &ScanOptions<'_>,
 ) -> Result<DiffReport> {
+    diff_manifest_each(manifest, new, opts, &mut |_| Ok(()))
+}
+
+/// [`diff_manifest`], handing the changed blocks of each window (ascending block indices at
+/// the manifest's granularity) to `on_window` as soon as the window is done, so that a
+/// consumer (a link writer in another thread) can work while the scan goes on. An error
+/// from `on_window` stops the scan.
+pub fn diff_manifest_each(
+    manifest: &Manifest<'_>,
+    new: &dyn DiskImage,
+    opts: &ScanOptions<'_>,
+    on_window: &mut dyn FnMut(Vec<u64>) -> Result<()>,
+) -> Result<DiffReport> {
     let g = manifest.granularity();
     let opts = ScanOptions {
         granularity: g,
@@ -362,6 +375,7 @@ pub fn diff_manifest(
     while start < size {
         let end = (start + opts.window()).min(size);
         let digests = digest_window(new, start, end, &opts, &read, &cut, &zero)?;
+        let mut found = Vec::new();
         for (i, (h, rest_zero)) in digests.into_iter().enumerate() {
             let b = start / g + i as u64;
             let (o, n) = (old_len(b), new_len(b));
@@ -374,8 +388,10 @@ pub fn diff_manifest(
             };
             if changed {
                 map.set(b);
+                found.push(b);
             }
         }
+        on_window(found)?;
         opts.tick(end - start);
         start = end;
     }

@@ -77,6 +77,31 @@ pub fn write_delta_link(
     changed: &[(u64, u64)],
     dst: &Path,
 ) -> Result<LinkStats> {
+    let gb = GRAIN_SECTORS * SECTOR;
+    let size = new.size();
+    let mut grains = changed.iter().flat_map(|&(start, len)| {
+        let first = start / gb;
+        let end = start.saturating_add(len).min(size).div_ceil(gb);
+        first..end.max(first)
+    });
+    let groups = std::iter::from_fn(move || {
+        let group: Vec<u64> = grains.by_ref().take(BATCH).collect();
+        (!group.is_empty()).then_some(Ok(group))
+    });
+    write_delta_link_from(link, new, groups, dst)
+}
+
+/// [`write_delta_link`] fed with grain indices as they are found, in groups (for example one
+/// group per window of a scan that is still running in another thread). Grains must come in
+/// ascending order across groups; repeats are skipped. Each group is written before the next
+/// is waited for, so writing overlaps with whatever produces the groups. An `Err` from
+/// `groups` stops the writer: the partial link is removed and the error returned.
+pub fn write_delta_link_from(
+    link: &LinkTarget<'_>,
+    new: &dyn DiskImage,
+    groups: impl IntoIterator<Item = Result<Vec<u64>>>,
+    dst: &Path,
+) -> Result<LinkStats> {
     let LinkTarget {
         parent_path,
         parent,
@@ -106,38 +131,50 @@ pub fn write_delta_link(
     let mut out = SparseImage::create(files, sectors, split, opts, Some((parent_cid, hint)))?;
 
     let gb = GRAIN_SECTORS * SECTOR;
-    let grains = changed.iter().flat_map(|&(start, len)| {
-        let first = start / gb;
-        let end = start.saturating_add(len).min(size).div_ceil(gb);
-        first..end.max(first)
-    });
+    let grain_count = size.div_ceil(gb);
     let mut stats = LinkStats::default();
     let mut batch: Vec<u64> = Vec::with_capacity(BATCH);
+    // Buffers for sources that cannot lend their bytes (kept across batches); a mapped source
+    // (a raw disk) hands out slices of its map instead, with no copy.
+    let mut bufs: Vec<Vec<u8>> = Vec::new();
     let mut last: Option<u64> = None;
-    let flush =
+    let grain_range = |g: u64| {
+        let off = g * gb;
+        (off, gb.min(size - off))
+    };
+    let mut flush =
         |batch: &mut Vec<u64>, ext: &mut SparseImage, stats: &mut LinkStats| -> Result<()> {
-            let read: Vec<(u64, Vec<u8>, bool)> = batch
+            if bufs.len() < batch.len() {
+                bufs.resize_with(batch.len(), Vec::new);
+            }
+            // Per grain: (all zero, must mask the parent).
+            let kinds: Vec<(bool, bool)> = batch
                 .par_iter()
-                .map(|&g| {
-                    let off = g * gb;
-                    let len = gb.min(size - off);
-                    let mut buf = vec![0u8; len as usize];
-                    new.read_at(&mut buf, off)?;
-                    if let Some(f) = on_grain {
-                        f(g, &buf);
-                    }
-                    let mask = if is_zero(&buf) {
-                        !parent_reads_zero(parent, off, len)?
-                    } else {
-                        false
+                .zip(bufs.par_iter_mut())
+                .map(|(&g, buf)| {
+                    let (off, len) = grain_range(g);
+                    let data = match new.mapped(off, len) {
+                        Some(d) => d,
+                        None => {
+                            buf.resize(len as usize, 0);
+                            new.read_at(buf, off)?;
+                            &buf[..]
+                        }
                     };
-                    Ok((g, buf, mask))
+                    if let Some(f) = on_grain {
+                        f(g, data);
+                    }
+                    let zero = is_zero(data);
+                    let mask = zero && !parent_reads_zero(parent, off, len)?;
+                    Ok((zero, mask))
                 })
                 .collect::<Result<_>>()?;
-            for (g, buf, mask) in read {
-                stats.bytes_read += buf.len() as u64;
-                if !is_zero(&buf) {
-                    ext.put_grain(g, &buf)?;
+            for ((&g, buf), (zero, mask)) in batch.iter().zip(&bufs).zip(kinds) {
+                let (off, len) = grain_range(g);
+                stats.bytes_read += len;
+                if !zero {
+                    let data = new.mapped(off, len).unwrap_or(&buf[..]);
+                    ext.put_grain(g, data)?;
                     stats.data_grains += 1;
                 } else if mask {
                     ext.put_zero(g)?;
@@ -147,18 +184,21 @@ pub fn write_delta_link(
             batch.clear();
             Ok(())
         };
-    for g in grains {
-        // Ranges may share a grain; grains come in order because ranges are sorted.
-        if last.is_some_and(|l| g <= l) {
-            continue;
+    for group in groups {
+        for g in group? {
+            // Ranges may share a grain, and grains past the end are not the disk's.
+            if last.is_some_and(|l| g <= l) || g >= grain_count {
+                continue;
+            }
+            last = Some(g);
+            batch.push(g);
+            if batch.len() == BATCH {
+                flush(&mut batch, &mut out, &mut stats)?;
+            }
         }
-        last = Some(g);
-        batch.push(g);
-        if batch.len() == BATCH {
-            flush(&mut batch, &mut out, &mut stats)?;
-        }
+        // Write what this group brought before waiting for the next one.
+        flush(&mut batch, &mut out, &mut stats)?;
     }
-    flush(&mut batch, &mut out, &mut stats)?;
     out.finish_image()?;
     Ok(stats)
 }

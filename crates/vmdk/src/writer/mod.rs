@@ -18,7 +18,7 @@ use vdisk_raw::{SealedFile, SparseWriter};
 
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 
-pub use link::{write_delta_link, GrainHook, LinkStats, LinkTarget};
+pub use link::{write_delta_link, write_delta_link_from, GrainHook, LinkStats, LinkTarget};
 pub(crate) use sparse::SparseImage;
 
 /// Grain size of every sparse output: 64 KiB, what qemu-img and VMware write.

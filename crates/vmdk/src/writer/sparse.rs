@@ -121,8 +121,8 @@ impl SparseExtentWriter {
         self.set_entry(grain, sector as u32)?;
         let gb = (GRAIN_SECTORS * SECTOR) as usize;
         let at = self.staging.len();
+        self.staging.extend_from_slice(&data[..data.len().min(gb)]);
         self.staging.resize(at + gb, 0);
-        self.staging[at..at + data.len().min(gb)].copy_from_slice(&data[..data.len().min(gb)]);
         self.next_sector = end;
         if self.staging.len() >= STAGING {
             self.flush()?;
