@@ -18,8 +18,8 @@ const GTES: u64 = 512;
 const GT_SECTORS: u64 = GTES * 4 / SECTOR;
 /// Sectors reserved for an embedded descriptor, as qemu-img and VMware reserve.
 const DESCRIPTOR_SECTORS: u64 = 20;
-/// Grain data is gathered and written in pieces of this size.
-const STAGING: usize = 8 << 20;
+/// Writeback of appended grains is started in pieces of this many bytes.
+const WRITEBACK: u64 = 8 << 20;
 
 /// Writes one sparse extent in the layout qemu-img and VMware use: header, embedded
 /// descriptor, redundant directory and tables, directory and tables (all tables reserved up
@@ -34,8 +34,8 @@ pub(crate) struct SparseExtentWriter {
     next_sector: u64,
     /// Grain tables that hold entries, by directory slot (the rest stay zero).
     tables: BTreeMap<u64, Vec<u32>>,
-    staging: Vec<u8>,
-    staging_sector: u64,
+    /// First sector of the grains written since writeback was last started.
+    unflushed_sector: u64,
 }
 
 impl SparseExtentWriter {
@@ -90,8 +90,7 @@ impl SparseExtentWriter {
             gd_entries,
             next_sector: overhead,
             tables: BTreeMap::new(),
-            staging: Vec::new(),
-            staging_sector: overhead,
+            unflushed_sector: overhead,
         })
     }
 
@@ -120,12 +119,14 @@ impl SparseExtentWriter {
         }
         self.set_entry(grain, sector as u32)?;
         let gb = (GRAIN_SECTORS * SECTOR) as usize;
-        let at = self.staging.len();
-        self.staging.extend_from_slice(&data[..data.len().min(gb)]);
-        self.staging.resize(at + gb, 0);
+        // Written straight from the caller's bytes (often a slice of the source's map): a
+        // grain shorter than a grain reads as zero after its end, as the file's tail does.
+        // write_at leaves all-zero 4 KiB blocks inside grains as holes.
+        self.file
+            .write_at(&data[..data.len().min(gb)], sector * SECTOR)?;
         self.next_sector = end;
-        if self.staging.len() >= STAGING {
-            self.flush()?;
+        if (self.next_sector - self.unflushed_sector) * SECTOR >= WRITEBACK {
+            self.flush();
         }
         Ok(())
     }
@@ -140,23 +141,21 @@ impl SparseExtentWriter {
         self.set_entry(grain, 1)
     }
 
-    fn flush(&mut self) -> Result<()> {
-        if !self.staging.is_empty() {
-            // write_at leaves all-zero 4 KiB blocks inside grains as holes; writeback starts
-            // now so the final fsync has little left to do.
-            let at = self.staging_sector * SECTOR;
-            self.file.write_at(&self.staging, at)?;
-            self.file.start_writeback(at, self.staging.len() as u64);
-            self.staging.clear();
+    /// Start writing back the grains appended since the last call, without waiting: the
+    /// final fsync then has little left to do, instead of flushing the whole image at once.
+    fn flush(&mut self) {
+        let at = self.unflushed_sector * SECTOR;
+        let len = (self.next_sector - self.unflushed_sector) * SECTOR;
+        if len > 0 {
+            self.file.start_writeback(at, len);
         }
-        self.staging_sector = self.next_sector;
-        Ok(())
+        self.unflushed_sector = self.next_sector;
     }
 
     /// Write tables, directories, descriptor and header; return the complete file, synced
     /// by the caller's commit.
     pub(crate) fn finish(mut self) -> Result<SparseWriter> {
-        self.flush()?;
+        self.flush();
         let table_bytes = |t: &[u32]| t.iter().flat_map(|e| e.to_le_bytes()).collect::<Vec<u8>>();
         for (slot, table) in &self.tables {
             let bytes = table_bytes(table);
