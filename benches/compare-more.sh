@@ -232,11 +232,12 @@ echo "== disk space: about $space GiB in WORK at the peak" \
 echo "== free in $WORK: $(df -h --output=avail "$WORK" | tail -1 | tr -d ' ')"
 
 echo "== building vdisk (release)"
-(cd "$REPO_DIR" && cargo build --release --quiet --bin vdisk)
+(cd "$REPO_DIR" && cargo build --release --quiet --bin vdisk --example bare_compare)
 TARGET_DIR=$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps \
     | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
 VDISK="$TARGET_DIR/release/vdisk"
-[[ -x $VDISK ]] || die "built binary not found at $VDISK"
+BARE="$TARGET_DIR/release/examples/bare_compare"
+[[ -x $VDISK && -x $BARE ]] || die "built binaries not found in $TARGET_DIR/release"
 echo "== $VDISK"
 
 # =============================================================================================
@@ -362,7 +363,7 @@ section_diff() {
     cat "$a" "$a2" "$b" >/dev/null # warm: read once before timing
     "$VDISK" -q hash "$a" -o "$m" --force
 
-    local names=(cmp qemu-cmp vdisk vdisk-1pct qemu-cmp-1pct vdisk-hash vdisk-diff-manifest)
+    local names=(cmp qemu-cmp vdisk bare vdisk-1pct qemu-cmp-1pct vdisk-hash vdisk-diff-manifest)
     local i j n t got qoff="" json="$WORK/diff.json" qout="$WORK/qemu-compare.txt"
     echo "== $RUNS runs, alternating"
     for ((i = 1; i <= RUNS; i++)); do
@@ -373,6 +374,7 @@ section_diff() {
                 cmp) t=$(timed /dev/null 0 cmp "$a" "$a2") ;;
                 qemu-cmp) t=$(timed /dev/null 0 qemu-img compare -f raw -F raw "$a" "$a2") ;;
                 vdisk) t=$(timed /dev/null 0 "$VDISK" -q diff "$a" "$a2") ;;
+                bare) t=$(timed /dev/null 0 "$BARE" "$a" "$a2") ;;
                 vdisk-1pct)
                     t=$(timed "$json" 1 "$VDISK" -q diff --json "$a" "$b")
                     got=$(perl -MJSON::PP -0777 -ne 'print decode_json($_)->{changed_blocks}' "$json")
@@ -396,7 +398,7 @@ section_diff() {
     local first_blk
     first_blk=$(head -1 "$WORK/diff-changed.txt")
     declare -A READ=(
-        [cmp]=$((2 * size)) [qemu-cmp]=$((2 * size)) [vdisk]=$((2 * size))
+        [cmp]=$((2 * size)) [qemu-cmp]=$((2 * size)) [vdisk]=$((2 * size)) [bare]=$((2 * size))
         [vdisk-1pct]=$((2 * size)) [qemu-cmp-1pct]=$((2 * qoff))
         [vdisk-hash]=$size [vdisk-diff-manifest]=$size
     )
@@ -404,6 +406,7 @@ section_diff() {
         [cmp]="identical  cmp A A2"
         [qemu-cmp]="identical  qemu-img compare A A2"
         [vdisk]="identical  vdisk diff A A2"
+        [bare]="identical  bare mapped compare (ceiling) (**)"
         [vdisk-1pct]="1% pair    vdisk diff --json A B"
         [qemu-cmp-1pct]="1% pair    qemu-img compare A B (*)"
         [vdisk-hash]="A          vdisk hash A -o M"
@@ -416,13 +419,15 @@ section_diff() {
     header "pair       command" "read         rate          ratio"
     for n in "${names[@]}"; do
         local r=""
-        case $n in cmp|qemu-cmp) r=$(ratio "${MED[diff/$n]}" "${MED[diff/vdisk]}") ;; esac
+        case $n in cmp|qemu-cmp|bare) r=$(ratio "${MED[diff/$n]}" "${MED[diff/vdisk]}") ;; esac
         row "${LABEL[$n]}" "diff/$n" "$(printf '%-9s' "$(gib "${READ[$n]}")")" \
             "$(printf '%11s' "$(rate "${READ[$n]}" "${MED[diff/$n]}")")" "$(printf '%7s' "$r")"
     done
     echo
     echo "(*) qemu-img compare stops at the first difference: offset $qoff (first changed block $first_blk"
     echo "    of $blocks), so it read only 2 x $(mib "$qoff"); its time is not comparable with vdisk's full scan."
+    echo "(**) examples/bare_compare.rs: both files mapped, one thread per core comparing its share in"
+    echo "    64 MiB pieces, nothing else; what this machine's memory allows any mapped compare."
     echo "vdisk diff A B found $(perl -MJSON::PP -0777 -ne 'print decode_json($_)->{changed_blocks}' "$json") changed blocks; $nchg were changed."
 
     if [[ $MASSIF == 1 ]]; then
@@ -506,7 +511,11 @@ section_backup() {
     [[ $got == "$nchg of $blocks blocks"* ]] || check_fail "the CBT bitmap does not hold the $nchg changed blocks"
     cat "$img" >/dev/null
 
-    local names=(incr-hash incr-cbt hash) expect=$((nchg * BLOCK)) got
+    local names=(incr-hash incr-cbt hash floor) expect=$((nchg * BLOCK)) got
+    # The floor of any incremental that keeps the changed bytes durably: writing that many
+    # bytes (from the page cache) to a new file and fsyncing it, in one process.
+    local floor_src="$WORK/bk-floor-src.bin" floor_dst="$WORK/bk-floor.bin"
+    head -c "$expect" /dev/urandom >"$floor_src"
     echo "== $RUNS runs, alternating; each run starts both repositories from a copy (cp -a) of the post-full one"
     for ((i = 1; i <= RUNS; i++)); do
         rm -rf "$repo" "$repo2"
@@ -519,6 +528,10 @@ section_backup() {
                 incr-hash) t=$(timed /dev/null 0 "$VDISK" -q backup "$img" "$repo") ;;
                 incr-cbt) t=$(timed /dev/null 0 "$VDISK" -q backup "$img" "$repo2" --changed "$cbt") ;;
                 hash) t=$(timed /dev/null 0 "$VDISK" -q hash "$img" -o "$manifest" --force) ;;
+                floor)
+                    rm -f "$floor_dst"
+                    sync
+                    t=$(timed /dev/null 0 dd if="$floor_src" of="$floor_dst" bs=4M conv=fsync status=none) ;;
             esac
             record "bk/$n" "$t"
             printf '  run %d %-22s %8.3f s\n' "$i" "$n" "$t"
@@ -529,7 +542,7 @@ section_backup() {
             [[ $got == "2 $expect" ]] || check_fail "$(basename "$r"): points/changed bytes '$got', expected '2 $expect'"
         done
     done
-    rm -rf "$repo2" "$pristine"
+    rm -rf "$repo2" "$pristine" "$floor_src" "$floor_dst"
 
     # Restore point 2 (the hash-based incremental of the last run).
     local point=2 pimg out="$WORK/bk-restore-vdisk.raw" out2="$WORK/bk-restore-qemu.raw" tools
@@ -561,7 +574,7 @@ section_backup() {
     if cmp -s "$out" "$img"; then rcheck+=", and equal to the disk"; else rcheck+=", NOT equal to the disk"; check_fail "restored point differs from the disk"; fi
     rcheck+=" (vdisk $(mib "$(allocated "$out")") allocated, qemu-img $(mib "$(allocated "$out2")") allocated)"
     rm -f "$out" "$out2"
-    summarise bk/full bk/incr-hash bk/incr-cbt bk/hash "${tools[@]/#/bk/restore-}"
+    summarise bk/full bk/incr-hash bk/incr-cbt bk/hash bk/floor "${tools[@]/#/bk/restore-}"
 
     echo
     echo "== backup results: median wall time of $RUNS runs (min-max), warm cache; rate = virtual disk"
@@ -572,6 +585,8 @@ section_backup() {
     row "incremental, hash-based" bk/incr-hash "$(printf '%11s' "$(rate "$size" "${MED[bk/incr-hash]}")")" \
         "$(printf '%7s' "$(ratio "${MED[bk/incr-hash]}" "${MED[bk/incr-cbt]}")") (hash-based / CBT)"
     row "incremental, CBT (--changed)" bk/incr-cbt "$(printf '%11s' "$(rate "$size" "${MED[bk/incr-cbt]}")")"
+    row "floor: dd conv=fsync of $(mib "$expect") (**)" bk/floor "$(printf '%11s' "")" \
+        "$(printf '%7s' "$(ratio "${MED[bk/incr-hash]}" "${MED[bk/floor]}")") (hash-based / floor)"
     row "vdisk hash IMG -o M" bk/hash "$(printf '%11s' "$(rate "$size" "${MED[bk/hash]}")")" \
         "$(printf '%7s' "$(ratio "${MED[bk/hash]}" "${MED[bk/incr-hash]}")") (incremental speed / hash speed)"
     for n in "${tools[@]}"; do
@@ -586,6 +601,8 @@ section_backup() {
     echo "restore output check: $rcheck"
     echo "incremental checks: both repositories got point 2 with $(mib "$expect") changed in every run" \
          "(unless a CHECK FAILED line says otherwise)"
+    echo "(**) writing the changed bytes to a new file and fsyncing it, nothing else: no incremental"
+    echo "     that keeps them durably is faster on this disk, so hash-based / floor bounds the CBT ratio."
     echo
     goal "backup: CBT incremental at least 10x faster than the hash-based one" "$(ratio "${MED[bk/incr-hash]}" "${MED[bk/incr-cbt]}")" \
         ge "$(q "${MED[bk/incr-hash]}" "${MED[bk/incr-cbt]}")" 10
