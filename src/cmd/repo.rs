@@ -50,9 +50,9 @@ pub fn backup(
     if !ctx.quiet {
         let secs = started.elapsed().as_secs_f64();
         eprintln!(
-            "vdisk: point {} ({:?}), {} point(s); read {}, wrote {} in {secs:.2} s ({}/s)",
+            "vdisk: point {} ({}), {} point(s); read {}, wrote {} in {secs:.2} s ({}/s)",
             s.point,
-            s.kind,
+            s.kind.name(),
             s.points,
             human(s.bytes_read),
             human(s.bytes_written),
@@ -111,7 +111,7 @@ pub fn list(_ctx: &Ctx, repo: &Path, json_out: bool) -> Result<Status> {
             "point", "kind", "created", "size", "changed"
         );
         for p in &points {
-            let kind = format!("{:?}", p.kind).to_lowercase();
+            let kind = p.kind.name();
             println!(
                 "{:>6}  {:<12} {:<20} {:>14} {:>14}  {}",
                 p.point,

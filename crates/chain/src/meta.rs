@@ -35,6 +35,16 @@ pub enum PointKind {
     Incremental,
 }
 
+impl PointKind {
+    /// `"full"` or `"incremental"`, as the metadata and `list` spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            PointKind::Full => "full",
+            PointKind::Incremental => "incremental",
+        }
+    }
+}
+
 /// One restore point.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RestorePoint {
