@@ -3,7 +3,8 @@
 //! - `vmdk`: grain-table lookups, and whole-image reads of a monolithicSparse and a
 //!   streamOptimized image through `DiskImage::read_at`;
 //! - `convert`: `vdisk::convert::to_raw` of those images into a sparse raw file;
-//! - `write`: raw -> monolithicSparse and raw -> streamOptimized;
+//! - `write`: raw -> monolithicSparse and raw -> streamOptimized, and a delta link of 10% of
+//!   the grains on a monolithicSparse parent;
 //! - `diff`: diff of two raw images, hashing into a manifest, diff against a manifest;
 //! - `bitmap`: union, runs, encode and decode of maps of a 2 TiB disk.
 //!
@@ -44,6 +45,7 @@ fn main() {
     vmdk::bench(&mut c, &fx);
     convert::bench(&mut c, &fx);
     write::bench(&mut c, &fx);
+    write::bench_delta_link(&mut c, &fx);
     diff::bench(&mut c, &fx);
     c.final_summary();
 }
