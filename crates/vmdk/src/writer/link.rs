@@ -147,18 +147,18 @@ pub fn write_delta_link_from(
             if bufs.len() < batch.len() {
                 bufs.resize_with(batch.len(), Vec::new);
             }
-            // Per grain: (all zero, must mask the parent).
-            let kinds: Vec<(bool, bool)> = batch
+            // Per grain: (lent by the source's map, all zero, must mask the parent).
+            let kinds: Vec<(bool, bool, bool)> = batch
                 .par_iter()
                 .zip(bufs.par_iter_mut())
                 .map(|(&g, buf)| {
                     let (off, len) = grain_range(g);
-                    let data = match new.mapped(off, len) {
-                        Some(d) => d,
+                    let (data, lent) = match new.mapped(off, len) {
+                        Some(d) => (d, true),
                         None => {
                             buf.resize(len as usize, 0);
                             new.read_at(buf, off)?;
-                            &buf[..]
+                            (&buf[..], false)
                         }
                     };
                     if let Some(f) = on_grain {
@@ -166,14 +166,20 @@ pub fn write_delta_link_from(
                     }
                     let zero = is_zero(data);
                     let mask = zero && !parent_reads_zero(parent, off, len)?;
-                    Ok((zero, mask))
+                    Ok((lent, zero, mask))
                 })
                 .collect::<Result<_>>()?;
-            for ((&g, buf), (zero, mask)) in batch.iter().zip(&bufs).zip(kinds) {
+            for ((&g, buf), (lent, zero, mask)) in batch.iter().zip(&bufs).zip(kinds) {
                 let (off, len) = grain_range(g);
                 stats.bytes_read += len;
                 if !zero {
-                    let data = new.mapped(off, len).unwrap_or(&buf[..]);
+                    let data = if lent {
+                        new.mapped(off, len).ok_or_else(|| {
+                            Error::unsupported("the source stopped lending its mapped bytes")
+                        })?
+                    } else {
+                        &buf[..]
+                    };
                     ext.put_grain(g, data)?;
                     stats.data_grains += 1;
                 } else if mask {
