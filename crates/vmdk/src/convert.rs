@@ -120,12 +120,14 @@ pub fn copy_into<'s>(
     let size = img.size();
     let bs = sink.block_size();
     let mut bytes_read = 0u64;
-    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    // (disk offset, chunk length, buffer of CHUNK bytes holding the chunk at its start)
+    let mut pending: Vec<(u64, usize, Vec<u8>)> = Vec::new();
     let mut batch: Vec<(u64, u64)> = Vec::new();
 
-    // Chunk buffers are reused: fresh 4 MiB buffers would each cost a thousand page faults.
+    // Chunk buffers are reused and keep their full length: fresh 4 MiB buffers would each
+    // cost a thousand page faults, and regrowing a shorter one would zero it again.
     let pool: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
-    let read = |batch: &[(u64, u64)]| -> Result<Vec<(u64, Vec<u8>)>> {
+    let read = |batch: &[(u64, u64)]| -> Result<Vec<(u64, usize, Vec<u8>)>> {
         batch
             .par_iter()
             .map(|&(off, len)| {
@@ -133,46 +135,49 @@ pub fn copy_into<'s>(
                     .lock()
                     .ok()
                     .and_then(|mut p| p.pop())
-                    .unwrap_or_default();
-                // read_at fills every byte, so a reused buffer needs no zeroing first.
-                buf.resize(len as usize, 0);
+                    .unwrap_or_else(|| vec![0u8; CHUNK as usize]);
+                // Chunks never cross a CHUNK boundary, so one fits; read_at fills every byte.
+                let n = len as usize;
+                let dst = &mut buf[..n];
                 match opts.throttle {
                     // Read in small paced pieces, so no second reads much more than the rate.
-                    Some(t) => t.paced(len, |o, n| {
-                        img.read_at(&mut buf[o as usize..(o + n) as usize], off + o)
+                    Some(t) => t.paced(len, |o, k| {
+                        img.read_at(&mut dst[o as usize..(o + k) as usize], off + o)
                     })?,
-                    None => img.read_at(&mut buf, off)?,
+                    None => img.read_at(dst, off)?,
                 }
                 if let Some(p) = opts.progress {
                     p(len);
                 }
-                Ok((off, buf))
+                Ok((off, n, buf))
             })
             .collect()
     };
     let runs = sink.takes_runs();
-    let store = |sink: &mut Box<dyn ImageSink + 's>, chunks: &[(u64, Vec<u8>)]| -> Result<()> {
-        let mut blocks: Vec<(u64, &[u8])> = Vec::new();
-        for (off, buf) in chunks {
-            if runs {
-                blocks.push((*off, buf));
-                continue;
+    let store =
+        |sink: &mut Box<dyn ImageSink + 's>, chunks: &[(u64, usize, Vec<u8>)]| -> Result<()> {
+            let mut blocks: Vec<(u64, &[u8])> = Vec::new();
+            for (off, n, buf) in chunks {
+                let buf = &buf[..*n];
+                if runs {
+                    blocks.push((*off, buf));
+                    continue;
+                }
+                for (i, piece) in buf.chunks(bs as usize).enumerate() {
+                    blocks.push((off + i as u64 * bs, piece));
+                }
             }
-            for (i, piece) in buf.chunks(bs as usize).enumerate() {
-                blocks.push((off + i as u64 * bs, piece));
-            }
-        }
-        sink.put(&blocks)
-    };
+            sink.put(&blocks)
+        };
     // Read batch n+1 while batch n is stored.
     let step = |batch: &mut Vec<(u64, u64)>,
-                pending: &mut Vec<(u64, Vec<u8>)>,
+                pending: &mut Vec<(u64, usize, Vec<u8>)>,
                 sink: &mut Box<dyn ImageSink + 's>|
      -> Result<()> {
         let (stored, fresh) = rayon::join(|| store(sink, pending), || read(batch));
         stored?;
         if let Ok(mut p) = pool.lock() {
-            p.extend(pending.drain(..).map(|(_, buf)| buf));
+            p.extend(pending.drain(..).map(|(_, _, buf)| buf));
         }
         *pending = fresh?;
         batch.clear();
@@ -181,7 +186,7 @@ pub fn copy_into<'s>(
     // Cut a range into chunks that never cross a CHUNK boundary of the disk.
     let queue = |(start, end): (u64, u64),
                  batch: &mut Vec<(u64, u64)>,
-                 pending: &mut Vec<(u64, Vec<u8>)>,
+                 pending: &mut Vec<(u64, usize, Vec<u8>)>,
                  sink: &mut Box<dyn ImageSink + 's>|
      -> Result<()> {
         let mut off = start;
