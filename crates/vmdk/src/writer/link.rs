@@ -147,18 +147,20 @@ pub fn write_delta_link_from(
             if bufs.len() < batch.len() {
                 bufs.resize_with(batch.len(), Vec::new);
             }
-            // Per grain: (lent by the source's map, all zero, must mask the parent).
-            let kinds: Vec<(bool, bool, bool)> = batch
+            // Per grain: its bytes when the source's map lends them (otherwise they are in its
+            // buffer), whether they are all zero, whether a zeroed grain must mask the parent.
+            let kinds: Vec<(Option<&[u8]>, bool, bool)> = batch
                 .par_iter()
                 .zip(bufs.par_iter_mut())
                 .map(|(&g, buf)| {
                     let (off, len) = grain_range(g);
-                    let (data, lent) = match new.mapped(off, len) {
-                        Some(d) => (d, true),
+                    let lent = new.mapped(off, len);
+                    let data = match lent {
+                        Some(d) => d,
                         None => {
                             buf.resize(len as usize, 0);
                             new.read_at(buf, off)?;
-                            (&buf[..], false)
+                            &buf[..]
                         }
                     };
                     if let Some(f) = on_grain {
@@ -170,17 +172,9 @@ pub fn write_delta_link_from(
                 })
                 .collect::<Result<_>>()?;
             for ((&g, buf), (lent, zero, mask)) in batch.iter().zip(&bufs).zip(kinds) {
-                let (off, len) = grain_range(g);
-                stats.bytes_read += len;
+                stats.bytes_read += grain_range(g).1;
                 if !zero {
-                    let data = if lent {
-                        new.mapped(off, len).ok_or_else(|| {
-                            Error::unsupported("the source stopped lending its mapped bytes")
-                        })?
-                    } else {
-                        &buf[..]
-                    };
-                    ext.put_grain(g, data)?;
+                    ext.put_grain(g, lent.unwrap_or(buf))?;
                     stats.data_grains += 1;
                 } else if mask {
                     ext.put_zero(g)?;
