@@ -30,7 +30,7 @@ use vdisk_vmdk::writer::{
     self, write_delta_link, write_delta_link_from, ImageSink, LinkStats, LinkTarget, Subformat,
     WriteOptions,
 };
-use vdisk_vmdk::{Descriptor, FsStore, OpenOptions, SparseHeader, VmdkImage};
+use vdisk_vmdk::{Descriptor, SparseHeader, VmdkImage};
 
 pub use lock::{RepoLock, LOCK_FILE};
 pub use meta::{
@@ -223,7 +223,21 @@ impl Repository {
 
     /// Open a point's image (its chain included).
     pub fn open_point(&self, p: &RestorePoint) -> Result<VmdkImage> {
-        VmdkImage::open_with(&FsStore, &self.path(&p.image), &OpenOptions::default())
+        VmdkImage::open(&self.path(&p.image))
+    }
+
+    /// After a point's image is written: open it, write the bitmap of the grains it stores
+    /// as `stored_name`, and take the checksums of its files' metadata.
+    fn record_point(
+        &self,
+        image: &str,
+        stored_name: &str,
+    ) -> Result<(VmdkImage, ChangeMap, Vec<FileCheck>)> {
+        let img = VmdkImage::open(&self.path(image))?;
+        let stored = stored_map(&img)?;
+        replace_file(&self.path(stored_name), &stored.encode())?;
+        let files = file_checks(&self.dir, image)?;
+        Ok((img, stored, files))
     }
 
     /// Switch the metadata: written under a temporary name, synced, renamed.
@@ -308,11 +322,7 @@ impl Repository {
         };
         let manifest = manifest_bytes(size, &hashes)?;
         replace_file(&self.path(&hashes_name), &manifest)?;
-        let point_img =
-            VmdkImage::open_with(&FsStore, &self.path(&image), &OpenOptions::default())?;
-        let stored = stored_map(&point_img)?;
-        replace_file(&self.path(&stored_name), &stored.encode())?;
-        let files = file_checks(&self.dir, &image)?;
+        let (point_img, stored, files) = self.record_point(&image, &stored_name)?;
         let cid = point_img.layers()[0].descriptor().cid.unwrap_or(0);
         let bytes_written = files
             .iter()
@@ -404,7 +414,7 @@ impl Repository {
             fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));
         };
         let parent_path = self.path(&prev.image);
-        let parent = VmdkImage::open_with(&FsStore, &parent_path, &OpenOptions::default())?;
+        let parent = self.open_point(prev)?;
         let target = LinkTarget {
             parent_path: &parent_path,
             parent: &parent,
@@ -613,18 +623,15 @@ impl Repository {
         };
         let sink = writer::create(&self.path(&full_name), img.size(), POINT_FORMAT, &wopts)?;
         copy_into(&img, sink, opts)?;
-        let full_img =
-            VmdkImage::open_with(&FsStore, &self.path(&full_name), &OpenOptions::default())?;
-        let stored = stored_map(&full_img)?;
         let stored_name = format!("point-{:06}.g{generation}.stored", base.point);
-        replace_file(&self.path(&stored_name), &stored.encode())?;
+        let (_, stored, files) = self.record_point(&full_name, &stored_name)?;
         let mut new_base = base.clone();
         new_base.image = full_name.clone();
         new_base.kind = PointKind::Full;
         new_base.parent = None;
         new_base.stored = stored_name;
         new_base.changed_bytes = stored.changed_bytes();
-        new_base.files = file_checks(&self.dir, &full_name)?;
+        new_base.files = files;
 
         // Every kept point above the base gets a new descriptor naming its parent's new name
         // (the base is now the synthetic full). Their data files stay as they are; the old
