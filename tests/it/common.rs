@@ -164,6 +164,25 @@ pub fn qemu_img(dir: &Path, args: &[&str]) -> String {
     tool(dir, "qemu-img", args)
 }
 
+/// `qemu-img convert -f raw -O vmdk -o subformat=SUBFORMAT SRC DST` in `dir`, which must
+/// succeed: a qemu-made VMDK of a raw disk.
+pub fn qemu_to_vmdk(dir: &Path, subformat: &str, src: &str, dst: &str) {
+    qemu_img(
+        dir,
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "vmdk",
+            "-o",
+            &format!("subformat={subformat}"),
+            src,
+            dst,
+        ],
+    );
+}
+
 /// `qemu-io -f FMT FILE -c CMD …` in `dir`, which must succeed.
 pub fn qemu_io(dir: &Path, fmt: &str, file: &str, cmds: &[&str]) -> String {
     let mut args = vec!["-f", fmt, file];

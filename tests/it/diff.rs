@@ -148,18 +148,7 @@ fn vmdk_against_stream_optimized_is_exact() {
     let dir = tmp.path();
     let (old, new) = old_and_new(dir, false);
     qemu_img(dir, &["convert", "-O", "vmdk", "old.raw", "old.vmdk"]);
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "new.raw",
-            "new.vmdk",
-        ],
-    );
+    qemu_to_vmdk(dir, "streamOptimized", "new.raw", "new.vmdk");
     for (g, gs) in [(4096usize, "4K"), (65536, "64K"), (1 << 20, "1M")] {
         let (_, v) = diff_json(dir, &["--granularity", gs, "old.vmdk", "new.vmdk"]);
         assert_eq!(
@@ -169,30 +158,8 @@ fn vmdk_against_stream_optimized_is_exact() {
         );
     }
     // Flat extents are compared straight from their memory maps.
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=monolithicFlat",
-            "old.raw",
-            "oldflat.vmdk",
-        ],
-    );
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=twoGbMaxExtentFlat",
-            "new.raw",
-            "newflat.vmdk",
-        ],
-    );
+    qemu_to_vmdk(dir, "monolithicFlat", "old.raw", "oldflat.vmdk");
+    qemu_to_vmdk(dir, "twoGbMaxExtentFlat", "new.raw", "newflat.vmdk");
     let (_, v) = diff_json(
         dir,
         &["--granularity", "4K", "oldflat.vmdk", "newflat.vmdk"],

@@ -119,20 +119,7 @@ fn sources(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
         ],
     );
     std::fs::write(dir.join("src.raw"), pattern(40, 3 << 20)).unwrap();
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "src.raw",
-            "stream.vmdk",
-        ],
-    );
+    qemu_to_vmdk(dir, "streamOptimized", "src.raw", "stream.vmdk");
     let vmware = crate::stream_spec::vmware_stream(&pattern(41, 1 << 20));
     vec![
         ("sparse", std::fs::read(dir.join("sparse.vmdk")).unwrap()),

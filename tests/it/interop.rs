@@ -48,20 +48,7 @@ fn every_qemu_subformat_converts_like_qemu() {
     let src = mixed_source(dir, "src.raw");
     for sf in SUBFORMATS {
         let img = format!("{sf}.vmdk");
-        qemu_img(
-            dir,
-            &[
-                "convert",
-                "-f",
-                "raw",
-                "-O",
-                "vmdk",
-                "-o",
-                &format!("subformat={sf}"),
-                "src.raw",
-                &img,
-            ],
-        );
+        qemu_to_vmdk(dir, sf, "src.raw", &img);
         let (q, v) = convert_both(dir, &img, sf);
         assert_same_bytes(&q, &v);
         assert_same_bytes(&src, &v);

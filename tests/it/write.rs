@@ -47,20 +47,7 @@ fn every_subformat_passes_qemu_check_and_compare() {
             "qsparse.vmdk",
         ],
     );
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "src.raw",
-            "qstream.vmdk",
-        ],
-    );
+    qemu_to_vmdk(dir, "streamOptimized", "src.raw", "qstream.vmdk");
     qemu_img(
         dir,
         &[
@@ -370,20 +357,7 @@ fn streams_are_read_from_standard_input() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     mixed_source(dir, "src.raw");
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "src.raw",
-            "qemu.vmdk",
-        ],
-    );
+    qemu_to_vmdk(dir, "streamOptimized", "src.raw", "qemu.vmdk");
     vdisk_in(
         dir,
         &[
@@ -444,20 +418,7 @@ fn compressed_size_is_close_to_qemu_img() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     mixed_source(dir, "src.raw");
-    qemu_img(
-        dir,
-        &[
-            "convert",
-            "-f",
-            "raw",
-            "-O",
-            "vmdk",
-            "-o",
-            "subformat=streamOptimized",
-            "src.raw",
-            "q.vmdk",
-        ],
-    );
+    qemu_to_vmdk(dir, "streamOptimized", "src.raw", "q.vmdk");
     vdisk_in(
         dir,
         &[
