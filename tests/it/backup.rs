@@ -422,7 +422,7 @@ fn errors_are_clean() {
     one_line(&vdisk_in(dir, &["backup", "other.raw", "repo"]), "--force");
     ok(dir, &["backup", "other.raw", "repo", "--force"]);
     // A source that was not closed cleanly is refused unless forced, saying why.
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", "dirty.vmdk", "8M"]);
+    qemu_create_vmdk(dir, "dirty.vmdk", "8M", &[]);
     qemu_io(dir, "vmdk", "dirty.vmdk", &["write -P 1 0 1M"]);
     let f = std::fs::OpenOptions::new()
         .write(true)

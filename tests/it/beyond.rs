@@ -82,7 +82,7 @@ fn a_link_naming_itself_or_a_loop_is_an_error_not_a_hang() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", "zzzz.vmdk", "1M"]);
+    qemu_create_vmdk(dir, "zzzz.vmdk", "1M", &[]);
     qemu_img(
         dir,
         &[
@@ -195,7 +195,7 @@ fn a_parent_outside_the_folder_is_refused_unless_allowed() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     std::fs::create_dir(dir.join("vm")).unwrap();
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", "base.vmdk", "1M"]);
+    qemu_create_vmdk(dir, "base.vmdk", "1M", &[]);
     qemu_io(dir, "vmdk", "base.vmdk", &["write -P 0x42 0 64k"]);
     qemu_img(
         &dir.join("vm"),
@@ -230,19 +230,7 @@ fn a_parent_whose_cid_changed_is_refused() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "subformat=monolithicFlat",
-            "base.vmdk",
-            "1M",
-        ],
-    );
+    qemu_create_vmdk(dir, "base.vmdk", "1M", &["subformat=monolithicFlat"]);
     qemu_img(
         dir,
         &[
@@ -294,7 +282,7 @@ fn write_u32(path: &Path, at: u64, v: u32) {
 
 /// A 4 MiB qemu image with data in its first grains, its raw contents, and its directories.
 fn damaged_candidate(dir: &Path, name: &str) -> (std::path::PathBuf, u64, u64) {
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", name, "40M"]);
+    qemu_create_vmdk(dir, name, "40M", &[]);
     qemu_io(
         dir,
         "vmdk",
@@ -399,19 +387,7 @@ fn unclean_shutdown_and_header_version_are_reported() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "zeroed_grain=on",
-            "u.vmdk",
-            "1M",
-        ],
-    );
+    qemu_create_vmdk(dir, "u.vmdk", "1M", &["zeroed_grain=on"]);
     let info = info_json(dir, "u.vmdk");
     assert_eq!(
         (info["unclean_shutdown"].clone(), info["version"].clone()),

@@ -128,7 +128,7 @@ fn a_mostly_empty_64_gib_image_converts_to_an_almost_empty_file() {
     use std::os::unix::fs::FileExt;
     f.write_all_at(&pattern(61, 2 << 20), 40 << 30).unwrap();
     drop(f);
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", "big.vmdk", "64G"]);
+    qemu_create_vmdk(dir, "big.vmdk", "64G", &[]);
     qemu_io(dir, "vmdk", "big.vmdk", &["write -P 0x17 50G 3M"]);
     use std::os::unix::fs::MetadataExt;
     for src in ["big.raw", "big.vmdk"] {

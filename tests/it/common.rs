@@ -183,6 +183,18 @@ pub fn qemu_to_vmdk(dir: &Path, subformat: &str, src: &str, dst: &str) {
     );
 }
 
+/// `qemu-img create -q -f vmdk [-o OPTIONS] NAME SIZE` in `dir`, which must succeed (the
+/// options joined with commas, none when empty).
+pub fn qemu_create_vmdk(dir: &Path, name: &str, size: &str, options: &[&str]) {
+    let joined = options.join(",");
+    let mut args = vec!["create", "-q", "-f", "vmdk"];
+    if !options.is_empty() {
+        args.extend(["-o", &joined]);
+    }
+    args.extend([name, size]);
+    qemu_img(dir, &args);
+}
+
 /// `qemu-io -f FMT FILE -c CMD …` in `dir`, which must succeed.
 pub fn qemu_io(dir: &Path, fmt: &str, file: &str, cmds: &[&str]) -> String {
     let mut args = vec!["-f", fmt, file];

@@ -95,19 +95,7 @@ fn patch(bytes: &[u8], at: usize, value: &[u8]) -> Vec<u8> {
 /// qemu-made sources of hostile variants: a sparse image with data and a stream image.
 fn sources(dir: &Path) -> Vec<(&'static str, Vec<u8>)> {
     require_qemu();
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "zeroed_grain=on",
-            "sparse.vmdk",
-            "3M",
-        ],
-    );
+    qemu_create_vmdk(dir, "sparse.vmdk", "3M", &["zeroed_grain=on"]);
     qemu_io(
         dir,
         "vmdk",

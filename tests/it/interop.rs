@@ -65,19 +65,7 @@ fn zeroed_grains_read_as_zero_and_mask_the_parent() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(
-        dir,
-        &[
-            "create",
-            "-q",
-            "-f",
-            "vmdk",
-            "-o",
-            "zeroed_grain=on",
-            "base.vmdk",
-            "4M",
-        ],
-    );
+    qemu_create_vmdk(dir, "base.vmdk", "4M", &["zeroed_grain=on"]);
     qemu_io(
         dir,
         "vmdk",
@@ -255,19 +243,7 @@ fn writes_straddling_the_2gib_split_read_like_qemu() {
     let size = ((2u64 << 30) + (1 << 20) + 512).to_string();
     for sf in ["twoGbMaxExtentSparse", "twoGbMaxExtentFlat"] {
         let img = format!("{sf}.vmdk");
-        qemu_img(
-            dir,
-            &[
-                "create",
-                "-q",
-                "-f",
-                "vmdk",
-                "-o",
-                &format!("subformat={sf}"),
-                &img,
-                &size,
-            ],
-        );
+        qemu_create_vmdk(dir, &img, &size, &[&format!("subformat={sf}")]);
         qemu_io(
             dir,
             "vmdk",

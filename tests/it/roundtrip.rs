@@ -79,7 +79,7 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", "parent.vmdk", "8M"]);
+    qemu_create_vmdk(dir, "parent.vmdk", "8M", &[]);
     qemu_io(dir, "vmdk", "parent.vmdk", &["write -P 0x11 0 4M"]);
     // The new disk: parent's content with changes, including data that became zero.
     let mut new = vec![0u8; 8 << 20];

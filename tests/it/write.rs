@@ -141,7 +141,7 @@ fn merge_collapses_a_qemu_chain_whole_or_above_a_base() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    qemu_img(dir, &["create", "-q", "-f", "vmdk", "base.vmdk", "4M"]);
+    qemu_create_vmdk(dir, "base.vmdk", "4M", &[]);
     qemu_io(dir, "vmdk", "base.vmdk", &["write -P 0x01 0 4M"]);
     qemu_img(
         dir,
