@@ -27,6 +27,8 @@
 # Exit status: 1 if an output check fails (outputs differ, wrong change count); unmet goals are
 # reported but do not change the exit status.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # die, timing, generators, build
 export LC_ALL=C
 
 RUNS=${RUNS:-5}
@@ -35,10 +37,7 @@ REGEN=${REGEN:-0}
 COMPARE_SRC=${COMPARE_SRC:-/tmp/vdisk-compare/src.raw}
 QEMU_FLUSH=${QEMU_FLUSH:-1}
 MASSIF=${MASSIF:-1}
-BLOCK=65536
 
-BENCH_NAME=compare-more.sh
-die() { echo "$BENCH_NAME: $*" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
 
 SECTIONS=()
@@ -59,13 +58,7 @@ for tool in "${need[@]}"; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
-REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-mkdir -p "$WORK"
-WORK=$(cd "$WORK" && pwd)
-case "$WORK/" in "$REPO_DIR"/*) die "WORK ($WORK) must be outside the repository" ;; esac
-
-# shellcheck source=benches/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+use_work_dir
 
 # --- start ------------------------------------------------------------------------------------
 echo "== compare-more.sh: sections ${SECTIONS[*]}, RUNS=$RUNS, WORK=$WORK, $(nproc) CPUs"

@@ -17,6 +17,8 @@
 # `qemu-img convert` defaults to cache=unsafe and never flushes. The `qemu-img -t writeback`
 # rows flush once at the end (fdatasync), which is the like-for-like comparison.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # die, timing, generators, build
 
 RUNS=${RUNS:-5}
 WORK=${WORK:-/tmp/vdisk-compare}
@@ -26,26 +28,17 @@ SIZE_MIB=2048
 REGION_MIB=32
 STAMP_VERSION="compare.sh source v1 ${SIZE_MIB}M/${REGION_MIB}M"
 
-BENCH_NAME=compare.sh
-die() { echo "$BENCH_NAME: $*" >&2; exit 1; }
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || die "RUNS must be a positive integer (got '$RUNS')"
 for tool in cargo qemu-img qemu-io dd cmp awk truncate; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
 done
 
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-case "$(cd "$(dirname "$WORK")" 2>/dev/null && pwd)/$(basename "$WORK")/" in
-    "$REPO"/*) die "WORK ($WORK) must be outside the repository" ;;
-esac
-
-# shellcheck source=benches/lib.sh
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+use_work_dir
 
 # --- build ------------------------------------------------------------------------------------
 build_vdisk
 
 # --- inputs -----------------------------------------------------------------------------------
-mkdir -p "$WORK"
 SRC="$WORK/src.raw"
 SPARSE="$WORK/sparse.vmdk"
 STREAM="$WORK/stream.vmdk"

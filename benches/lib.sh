@@ -7,6 +7,15 @@ BENCH_NAME=${BENCH_NAME:-${0##*/}}
 die() { echo "$BENCH_NAME: $*" >&2; exit 1; }
 [[ -n ${EPOCHREALTIME:-} ]] || die "needs bash 5 or later (EPOCHREALTIME)"
 BLOCK=${BLOCK:-65536}
+# The repository this folder belongs to.
+REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# use_work_dir: make $WORK (an absolute path from now on) and refuse one inside the repository.
+use_work_dir() {
+    mkdir -p "$WORK"
+    WORK=$(cd "$WORK" && pwd)
+    case "$WORK/" in "$REPO_DIR"/*) die "WORK ($WORK) must be outside the repository" ;; esac
+}
 
 GIB=$((1 << 30))
 mib() { awk -v b="$1" 'BEGIN { printf "%.0f MiB", b / 1048576 }'; }
@@ -162,9 +171,8 @@ random_file() {
 stamp_ok() { [[ $REGEN != 1 && -f $WORK/$1 && $(cat "$WORK/$1") == "$2" ]]; }
 
 # build_vdisk [CARGO ARGS...]: build the release vdisk (and whatever else is asked for) from the
-# repository above this folder; sets REPO_DIR, TARGET_DIR (honours CARGO_TARGET_DIR) and VDISK.
+# repository; sets TARGET_DIR (honours CARGO_TARGET_DIR) and VDISK.
 build_vdisk() {
-    REPO_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
     echo "== building vdisk (release)"
     (cd "$REPO_DIR" && cargo build --release --quiet --bin vdisk "$@")
     TARGET_DIR=$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps \
