@@ -15,23 +15,26 @@
 //! against what the file could hold, arithmetic with overflow checks.
 
 mod bytes;
+mod chain;
 pub mod check;
 pub mod convert;
 mod descriptor;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
-mod image;
+mod layer;
 mod marker;
 mod paths;
+mod read;
 mod sparse;
 mod stream_reader;
 pub mod writer;
 
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};
+pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 pub use header::{HeaderFlags, SparseHeader, GD_AT_END, SPARSE_MAGIC};
-pub use image::{ExtentInfo, Layer, LayerExtent, OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
+pub use layer::{ExtentInfo, Layer, LayerExtent};
 pub use marker::{Marker, MarkerType};
 pub use paths::resolve_relative;
 pub use sparse::{GrainEntry, SparseExtent};

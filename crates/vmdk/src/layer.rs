@@ -1,49 +1,21 @@
-//! A whole VMDK image: one descriptor with its extents (a [`Layer`]), and the chain of
-//! parents below it (a [`VmdkImage`]).
+//! One layer of an image: a descriptor and its extents, without the parent (see
+//! [`crate::VmdkImage`] for the chain).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vdisk_core::{
-    check_range, coalesce, Allocation, DiskImage, Error, ErrorKind, Extent, Result, SECTOR,
-};
+use vdisk_core::{Allocation, Error, Result, SECTOR};
 
-use crate::bytes::{Bytes, FileStore, FsStore};
+use crate::bytes::{Bytes, FileStore};
+use crate::chain::OpenOptions;
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType};
 use crate::paths::resolve_relative;
 use crate::sparse::{Run, SparseExtent};
 
-/// Deepest chain of delta links vdisk follows. VMware allows at most 255 redo logs on one
-/// disk (and recommends far fewer); a deeper chain is damaged or hostile.
-pub const MAX_CHAIN_DEPTH: usize = 256;
-
-/// How to open an image.
-#[derive(Debug, Clone)]
-pub struct OpenOptions {
-    /// Follow extent and parent paths that are absolute or leave the descriptor's folder
-    /// (`--allow-outside-paths`). Off by default: a descriptor from an untrusted source must
-    /// not make vdisk read arbitrary files.
-    pub allow_outside_paths: bool,
-    /// Deepest chain to follow.
-    pub max_depth: usize,
-    /// Refuse a link whose parentCID differs from its parent's CID (as qemu-img does).
-    pub check_parent_cid: bool,
-}
-
-impl Default for OpenOptions {
-    fn default() -> Self {
-        OpenOptions {
-            allow_outside_paths: false,
-            max_depth: MAX_CHAIN_DEPTH,
-            check_parent_cid: true,
-        }
-    }
-}
-
 /// Where one extent's bytes come from.
 #[derive(Debug)]
-enum Storage {
+pub(crate) enum Storage {
     Sparse(Arc<SparseExtent>),
     /// `dense`: the file has no holes, so its allocation needs no `SEEK_DATA` calls.
     Flat {
@@ -65,7 +37,7 @@ pub struct LayerExtent {
     pub len: u64,
     /// The file it reads, resolved against the descriptor's folder.
     pub path: Option<PathBuf>,
-    storage: Storage,
+    pub(crate) storage: Storage,
 }
 
 impl LayerExtent {
@@ -104,15 +76,15 @@ pub struct ExtentInfo {
 /// One image file set: a descriptor and its extents (no parent).
 #[derive(Debug)]
 pub struct Layer {
-    path: PathBuf,
-    descriptor: Descriptor,
+    pub(crate) path: PathBuf,
+    pub(crate) descriptor: Descriptor,
     embedded: bool,
-    extents: Vec<LayerExtent>,
-    size: u64,
+    pub(crate) extents: Vec<LayerExtent>,
+    pub(crate) size: u64,
 }
 
 /// A run of a layer, for the read path.
-enum LayerRun<'a> {
+pub(crate) enum LayerRun<'a> {
     Compressed(&'a SparseExtent, u64, u64),
     File(&'a Bytes, u64),
     Zero,
@@ -312,11 +284,11 @@ impl Layer {
         total
     }
 
-    fn extent_index(&self, offset: u64) -> usize {
+    pub(crate) fn extent_index(&self, offset: u64) -> usize {
         self.extents.partition_point(|e| e.start + e.len <= offset)
     }
 
-    fn run_at(&self, offset: u64, max: u64) -> Result<(u64, LayerRun<'_>)> {
+    pub(crate) fn run_at(&self, offset: u64, max: u64) -> Result<(u64, LayerRun<'_>)> {
         let Some(ext) = self.extents.get(self.extent_index(offset)) else {
             return Ok((max, LayerRun::Unallocated));
         };
@@ -344,7 +316,7 @@ impl Layer {
     }
 
     /// The allocation of the run at `offset` (at most `max` bytes) in this layer alone.
-    fn allocation_at(&self, offset: u64, max: u64) -> Result<(u64, Allocation)> {
+    pub(crate) fn allocation_at(&self, offset: u64, max: u64) -> Result<(u64, Allocation)> {
         if let Some(ext) = self.extents.get(self.extent_index(offset)) {
             if let Storage::Flat {
                 file,
@@ -454,306 +426,6 @@ fn bare_descriptor(path: &Path, sectors: u64) -> Descriptor {
 
 /// The folder descriptor paths resolve against: empty for a bare file name, so resolved
 /// names stay as short as the user typed them (`a.vmdk`, not `./a.vmdk`).
-fn parent_dir(path: &Path) -> &Path {
+pub(crate) fn parent_dir(path: &Path) -> &Path {
     path.parent().unwrap_or(Path::new(""))
-}
-
-/// A VMDK image with its chain of parents: `layers()[0]` is the image that was opened, each
-/// next one the previous one's parent.
-#[derive(Debug)]
-pub struct VmdkImage {
-    layers: Vec<Layer>,
-}
-
-impl VmdkImage {
-    /// Open `path` from the file system with default options.
-    pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(&FsStore, path, &OpenOptions::default())
-    }
-
-    /// Open `path` through `store`, following parents.
-    pub fn open_with(store: &dyn FileStore, path: &Path, opts: &OpenOptions) -> Result<Self> {
-        let mut layers: Vec<Layer> = Vec::new();
-        let mut seen = HashSet::new();
-        let mut current = path.to_path_buf();
-        loop {
-            let id = store.identity(&current)?;
-            if !seen.insert(id) {
-                let child = layers.last().map(|l| l.path.clone()).unwrap_or_default();
-                return Err(Error::new(
-                    ErrorKind::ChainLoop,
-                    format!(
-                        "parent chain loops: \"{}\" is already in the chain",
-                        current.display()
-                    ),
-                )
-                .with_path(child));
-            }
-            if layers.len() >= opts.max_depth {
-                return Err(Error::new(
-                    ErrorKind::ChainTooDeep,
-                    format!(
-                        "chain of delta links is deeper than {} links",
-                        opts.max_depth
-                    ),
-                )
-                .with_path(path));
-            }
-            let layer = Layer::open(store, &current, opts)?;
-            if let Some(child) = layers.last() {
-                let want = child.descriptor.parent_cid;
-                let have = layer.descriptor.cid;
-                if opts.check_parent_cid && want != have {
-                    return Err(Error::new(
-                        ErrorKind::ParentMismatch,
-                        format!(
-                            "parentCID {} does not match the CID {} of parent \"{}\" (the parent changed after the link was made)",
-                            fmt_cid(want),
-                            fmt_cid(have),
-                            layer.path.display()
-                        ),
-                    )
-                    .with_path(&child.path));
-                }
-            }
-            let next = match &layer.descriptor.parent_hint {
-                Some(hint) => Some(
-                    resolve_relative(
-                        parent_dir(&current),
-                        hint,
-                        opts.allow_outside_paths,
-                        "parent",
-                    )
-                    .map_err(|e| e.with_path(&current))?,
-                ),
-                None => None,
-            };
-            layers.push(layer);
-            match next {
-                Some(p) => current = p,
-                None => break,
-            }
-        }
-        Ok(VmdkImage { layers })
-    }
-
-    /// The layers, the opened image first and the base last.
-    pub fn layers(&self) -> &[Layer] {
-        &self.layers
-    }
-
-    /// Read what link `depth` itself stores at `offset`, without falling through to its
-    /// parents: unallocated ranges read as zero. (Verifying a backup reads each link's own
-    /// grains once this way.)
-    pub fn read_layer_only(&self, depth: usize, buf: &mut [u8], offset: u64) -> Result<()> {
-        let layer = self
-            .layers
-            .get(depth)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no such layer"))?;
-        check_range(layer.size, offset, buf.len() as u64)?;
-        self.read_layer(depth, buf, offset, false)
-    }
-
-    fn read_layer(
-        &self,
-        depth: usize,
-        buf: &mut [u8],
-        offset: u64,
-        fall_through: bool,
-    ) -> Result<()> {
-        let layer = &self.layers[depth];
-        let mut pos = 0usize;
-        while pos < buf.len() {
-            let off = offset + pos as u64;
-            let want = (buf.len() - pos) as u64;
-            if off >= layer.size {
-                buf[pos..].fill(0);
-                break;
-            }
-            let (len, run) = layer.run_at(off, want.min(layer.size - off))?;
-            let len = len.clamp(1, want) as usize;
-            let dst = &mut buf[pos..pos + len];
-            match run {
-                LayerRun::Compressed(ext, grain, within) => {
-                    ext.read_compressed(grain, within, dst)?
-                }
-                LayerRun::File(file, at) => file.read_at(dst, at)?,
-                LayerRun::Zero => dst.fill(0),
-                LayerRun::Unallocated if fall_through && depth + 1 < self.layers.len() => {
-                    self.read_layer(depth + 1, dst, off, true)?
-                }
-                LayerRun::Unallocated => dst.fill(0),
-            }
-            pos += len;
-        }
-        Ok(())
-    }
-
-    fn allocation_layer(
-        &self,
-        depth: usize,
-        offset: u64,
-        length: u64,
-        map: &mut Vec<Extent>,
-    ) -> Result<()> {
-        let layer = &self.layers[depth];
-        let end = offset + length;
-        let mut off = offset;
-        while off < end {
-            let (len, alloc) = if off >= layer.size {
-                (end - off, Allocation::Unallocated)
-            } else {
-                layer.allocation_at(off, (end - off).min(layer.size - off))?
-            };
-            let len = len.clamp(1, end - off);
-            if alloc == Allocation::Unallocated && depth + 1 < self.layers.len() {
-                self.allocation_layer(depth + 1, off, len, map)?;
-            } else {
-                coalesce(
-                    map,
-                    Extent {
-                        start: off,
-                        length: len,
-                        allocation: alloc,
-                        depth: if alloc == Allocation::Unallocated {
-                            0
-                        } else {
-                            depth as u32
-                        },
-                    },
-                );
-            }
-            off += len;
-        }
-        Ok(())
-    }
-
-    /// Hand `f` every range that link `depth` itself stores (data or zeroed grains), walking
-    /// its map in [`vdisk_core::MAP_WINDOW`] windows up to the smaller of its size and the
-    /// image's.
-    pub fn for_each_stored(
-        &self,
-        depth: usize,
-        mut f: impl FnMut(Extent) -> Result<()>,
-    ) -> Result<()> {
-        let layer = self
-            .layers
-            .get(depth)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no such layer"))?;
-        let size = layer.size.min(self.size());
-        let mut off = 0;
-        while off < size {
-            let len = (size - off).min(vdisk_core::MAP_WINDOW);
-            for e in self.layer_allocation(depth, off, len)? {
-                if e.allocation != Allocation::Unallocated {
-                    f(e)?;
-                }
-            }
-            off += len;
-        }
-        Ok(())
-    }
-
-    /// The allocation map of one layer alone (not falling through to parents).
-    pub fn layer_allocation(&self, depth: usize, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        let layer = self
-            .layers
-            .get(depth)
-            .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no such layer"))?;
-        check_range(layer.size, offset, length)?;
-        let mut map = Vec::new();
-        let end = offset + length;
-        let mut off = offset;
-        while off < end {
-            let (len, alloc) = layer.allocation_at(off, end - off)?;
-            let len = len.clamp(1, end - off);
-            coalesce(
-                &mut map,
-                Extent {
-                    start: off,
-                    length: len,
-                    allocation: alloc,
-                    depth: depth as u32,
-                },
-            );
-            off += len;
-        }
-        Ok(map)
-    }
-}
-
-/// Print a CID as 8 hex digits (or `none`).
-fn fmt_cid(cid: Option<u32>) -> String {
-    match cid {
-        Some(c) => format!("{c:08x}"),
-        None => "(none)".into(),
-    }
-}
-
-impl DiskImage for VmdkImage {
-    fn size(&self) -> u64 {
-        self.layers[0].size
-    }
-
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(self.size(), offset, buf.len() as u64)
-            .map_err(|e| e.with_path(&self.layers[0].path))?;
-        self.read_layer(0, buf, offset, true)
-    }
-
-    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        check_range(self.size(), offset, length).map_err(|e| e.with_path(&self.layers[0].path))?;
-        let mut map = Vec::new();
-        self.allocation_layer(0, offset, length, &mut map)?;
-        Ok(map)
-    }
-
-    fn format_name(&self) -> &'static str {
-        "vmdk"
-    }
-
-    /// A range inside one flat extent of an image without parents is handed out straight from
-    /// the extent file's memory map.
-    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        let [layer] = self.layers.as_slice() else {
-            return None;
-        };
-        let ext = layer.extents.get(layer.extent_index(offset))?;
-        let Storage::Flat {
-            file, offset: base, ..
-        } = &ext.storage
-        else {
-            return None;
-        };
-        let within = offset.checked_sub(ext.start)?;
-        if within.checked_add(len)? > ext.len {
-            return None;
-        }
-        let start = usize::try_from(base.checked_add(within)?).ok()?;
-        file.slice()?
-            .get(start..start.checked_add(usize::try_from(len).ok()?)?)
-    }
-
-    fn release(&self, offset: u64, len: u64) {
-        let [layer] = self.layers.as_slice() else {
-            return;
-        };
-        let mut off = offset;
-        let end = offset.saturating_add(len).min(layer.size);
-        while off < end {
-            let Some(ext) = layer.extents.get(layer.extent_index(off)) else {
-                return;
-            };
-            let stop = end.min(ext.start + ext.len);
-            if let Storage::Flat {
-                file, offset: base, ..
-            } = &ext.storage
-            {
-                if let Bytes::File(f) = &**file {
-                    f.release(base.saturating_add(off - ext.start), stop - off);
-                }
-            }
-            off = stop;
-        }
-    }
 }
