@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use vdisk_core::{DiskImage, Error, ErrorKind, Extent, Result};
+use vdisk_core::{DiskImage, Error, ErrorKind, Extent, FileId, Result};
 use vdisk_raw::RawImage;
 use vdisk_vmdk::{FsStore, VmdkImage};
 
@@ -88,12 +88,24 @@ impl DiskImage for Image {
             Image::Vmdk(i) => i.populate(offset, len),
         }
     }
+    fn files(&self) -> Vec<FileId> {
+        match self {
+            Image::Raw(i) => i.files(),
+            Image::Vmdk(i) => i.files(),
+        }
+    }
+    fn unclean_shutdown(&self) -> bool {
+        match self {
+            Image::Raw(i) => i.unclean_shutdown(),
+            Image::Vmdk(i) => i.unclean_shutdown(),
+        }
+    }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
 /// descriptor text makes a VMDK; anything else is raw.
-pub fn detect(path: &Path) -> Result<Format> {
-    let head = read_head(path, 512)?;
+pub fn detect(path: impl AsRef<Path>) -> Result<Format> {
+    let head = vdisk_raw::read_head(path.as_ref(), 4096)?;
     Ok(if vdisk_vmdk::probe(&head) {
         Format::Vmdk
     } else {
@@ -101,25 +113,23 @@ pub fn detect(path: &Path) -> Result<Format> {
     })
 }
 
-/// The first `n` bytes of the file at `path` (fewer if it is shorter): enough to tell what
-/// kind of file it is.
-pub fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
-    use std::io::Read;
-    let f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
-    let mut head = Vec::with_capacity(n);
-    f.take(n as u64)
-        .read_to_end(&mut head)
-        .map_err(|e| Error::io("cannot read", e).with_path(path))?;
-    Ok(head)
-}
-
 /// Open the image at `path`, detecting its format, with default options.
-pub fn open(path: &Path) -> Result<Image> {
+///
+/// ```
+/// use vdisk::DiskImage;
+/// let img = vdisk::open("fixtures/chain/top.vmdk")?;
+/// let mut first = [0u8; 512];
+/// img.read_at(&mut first, 0)?;
+/// assert_eq!(img.size(), 256 << 10);
+/// # Ok::<(), vdisk::Error>(())
+/// ```
+pub fn open(path: impl AsRef<Path>) -> Result<Image> {
     open_with(path, &OpenOptions::default())
 }
 
 /// Open the image at `path` with `opts`.
-pub fn open_with(path: &Path, opts: &OpenOptions) -> Result<Image> {
+pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
+    let path = path.as_ref();
     let format = match opts.format {
         Some(f) => f,
         None => detect(path)?,

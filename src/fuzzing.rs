@@ -6,8 +6,7 @@ use std::path::Path;
 use vdisk_core::DiskImage;
 use vdisk_vmdk::writer::Subformat;
 
-use crate::convert::{convert, ConvertOptions, Target};
-use crate::{Format, OpenOptions};
+use crate::{convert_with, ConvertOptions, Format, OpenOptions, OutputPolicy, Target};
 
 /// The writer's inverse: arbitrary bytes describe a disk (size, runs of content) and a
 /// subformat; the disk is written as a raw file, converted, read back, and must be identical.
@@ -40,7 +39,7 @@ pub fn write_roundtrip(data: &[u8], dir: &Path) {
     };
     let dst = dir.join("fuzz-out.vmdk");
     let opts = ConvertOptions {
-        overwrite: true,
+        policy: OutputPolicy::replacing(),
         ..Default::default()
     };
     // Formats are given, not detected: a disk whose first bytes spell a VMDK magic or a
@@ -53,7 +52,7 @@ pub fn write_roundtrip(data: &[u8], dir: &Path) {
         crate::open_with(path, &opts)
     };
     let img = open_as(&src, Format::Raw).expect("a raw file written just now opens");
-    convert(&img, &dst, target, &opts).expect("converting a valid raw image succeeds");
+    convert_with(&img, &dst, target, &opts).expect("converting a valid raw image succeeds");
     let out_format = match target {
         Target::Raw => Format::Raw,
         Target::Vmdk(_) => Format::Vmdk,

@@ -1,39 +1,171 @@
-//! vdisk: read, compare and chain virtual-disk images.
+//! vdisk: read, compare and chain virtual-disk images (VMDK and raw).
 //!
-//! This facade re-exports the crates of the workspace and adds what needs all of them:
-//! format detection ([`open`]) and whole-image operations ([`convert`]).
+//! The common jobs are one call each:
 //!
-//! ```no_run
-//! use vdisk::DiskImage;
-//! let img = vdisk::open("disk.vmdk".as_ref())?;
-//! let mut first_sector = [0u8; 512];
-//! img.read_at(&mut first_sector, 0)?;
-//! println!("{} bytes", img.size());
-//! # Ok::<(), vdisk::Error>(())
 //! ```
+//! # fn main() -> vdisk::Result<()> {
+//! # let dir = tempfile::tempdir().unwrap();
+//! # let d = dir.path();
+//! # std::fs::copy("fixtures/chain/top.vmdk", d.join("top.vmdk")).unwrap();
+//! # std::fs::copy("fixtures/chain/mid.vmdk", d.join("mid.vmdk")).unwrap();
+//! # std::fs::copy("fixtures/chain/base.vmdk", d.join("base.vmdk")).unwrap();
+//! # std::fs::copy("fixtures/chain/base-flat.vmdk", d.join("base-flat.vmdk")).unwrap();
+//! use vdisk::{DiskImage, Target};
+//!
+//! // Open any image: the format is detected from its bytes, a chain is followed.
+//! let old = vdisk::open(d.join("mid.vmdk"))?;
+//! let new = vdisk::open(d.join("top.vmdk"))?;
+//!
+//! // What changed, and a delta link on `old` holding just that.
+//! let changes = vdisk::diff(&old, &new)?;
+//! assert_eq!(changes.map.changed_bytes(), 128 << 10);
+//! vdisk::write_delta(&old, &new, &changes, d.join("delta.vmdk"))?;
+//!
+//! // Convert, hash, back up and restore.
+//! vdisk::convert(&new, d.join("top.raw"), Target::Raw)?;
+//! vdisk::hash(&new, d.join("top.hashes"))?;
+//! let summary = vdisk::backup(d.join("top.vmdk"), d.join("repo"))?;
+//! assert_eq!(summary.point, 1);
+//! vdisk::restore(d.join("repo"), None, d.join("restored.raw"))?;
+//! assert!(vdisk::verify(d.join("repo"))?.iter().all(|p| p.sound()));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Below the facade, each crate of the workspace is re-exported as a module:
+//! [`raw`], [`vmdk`], [`bitmap`], [`diff`](mod@diff), [`chain`]. A glob import
+//! (`use vdisk::*`) brings in the facade and the image traits, and shadows nothing of `std`:
+//!
+//! ```
+//! use vdisk::*;
+//! let _ = core::mem::size_of::<Extent>(); // `core` is still the standard library's
+//! let r: Result<u8, String> = Ok(1);      // vdisk's Result keeps a second parameter
+//! assert_eq!(r, Ok(1));
+//! ```
+//!
+//! The `cli` feature (on by default) builds the `vdisk` command; with
+//! `default-features = false` the library builds without clap and indicatif.
 
+mod convert;
 mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod merge;
-pub mod output;
 
-pub use format::{detect, open, open_with, read_head, Format, Image, OpenOptions};
+use std::path::Path;
+
+pub use convert::{convert, convert_stream, convert_with, create_sink, ConvertOptions, Target};
+pub use format::{detect, open, open_with, Format, Image, OpenOptions};
+pub use vdisk_chain::{BackupOptions, BackupSummary, PointReport, Repository, Source};
 pub use vdisk_core::{
-    for_each_extent, size, Allocation, DiskImage, Error, ErrorKind, Extent, Result, Throttle,
-    MAP_WINDOW,
+    copy_into, for_each_extent, size, Allocation, CopyOptions, CopyStats, DiskImage, Error,
+    ErrorKind, Extent, FileId, Granularity, ImageSink, MemImage, Result, Throttle, MAP_WINDOW,
 };
-pub use vdisk_vmdk::convert;
+pub use vdisk_diff::DiffReport;
+pub use vdisk_raw::{read_head, Existing, OutputPolicy, Protected};
+pub use vdisk_vmdk::writer::{Adapter, LinkStats, Subformat};
 
 /// vdisk-bitmap: changed-block maps.
 pub use vdisk_bitmap as bitmap;
 /// vdisk-chain: backup repositories.
 pub use vdisk_chain as chain;
-/// vdisk-core: image traits, extents, errors.
-pub use vdisk_core as core;
 /// vdisk-diff: the compare and hash engine.
 pub use vdisk_diff as diff;
-/// vdisk-raw: raw images and the sparse writer.
+/// vdisk-raw: raw images, output files and devices.
 pub use vdisk_raw as raw;
 /// vdisk-vmdk: VMDK images.
 pub use vdisk_vmdk as vmdk;
+
+/// Compare two images block by block (64 KiB blocks); see [`diff::diff`] for other block
+/// sizes, a throttle or progress. Only ranges that hold data on either side are read.
+pub fn diff(old: &dyn DiskImage, new: &dyn DiskImage) -> Result<DiffReport> {
+    vdisk_diff::diff(
+        old,
+        new,
+        &vdisk_diff::ScanOptions::new(Granularity::DEFAULT),
+    )
+}
+
+/// Hash every 64 KiB block of `img` into a manifest at `manifest` (refused if it exists), for a
+/// later `diff` that needs only the new image ([`diff::diff_manifest`]). Returns the bytes read.
+pub fn hash(img: &dyn DiskImage, manifest: impl AsRef<Path>) -> Result<u64> {
+    let mut protected = Protected::new();
+    protected.add_image(img);
+    let policy = OutputPolicy::new().protecting(protected);
+    let opts = vdisk_diff::ScanOptions::new(Granularity::DEFAULT);
+    vdisk_raw::write_stream(manifest.as_ref(), &policy, |w| {
+        Ok(vdisk_diff::hash_image(img, w, &opts)?.1)
+    })
+}
+
+/// Write a VMDK delta link at `dst` on `parent` (a VMDK) holding the blocks of `new` that
+/// `changes` lists (a [`DiffReport`] or a [`bitmap::ChangeMap`]): read through the link, the
+/// disk is `new`. An existing `dst` is refused; `dst` is never the parent or one of the
+/// images' files.
+pub fn write_delta(
+    parent: &Image,
+    new: &dyn DiskImage,
+    changes: impl AsRef<vdisk_bitmap::ChangeMap>,
+    dst: impl AsRef<Path>,
+) -> Result<LinkStats> {
+    let dst = dst.as_ref();
+    let Image::Vmdk(vmdk) = parent else {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "the parent of a delta link must be a VMDK (convert it first)",
+        ));
+    };
+    let mut protected = Protected::new();
+    protected.add_image(parent);
+    protected.add_image(new);
+    let opts = vdisk_vmdk::writer::WriteOptions {
+        policy: OutputPolicy::new().protecting(protected),
+        ..Default::default()
+    };
+    vdisk_vmdk::writer::write_delta_link(
+        &vdisk_vmdk::writer::LinkTarget {
+            parent_path: vmdk.layers()[0].path(),
+            parent: vmdk,
+            subformat: Subformat::MonolithicSparse,
+            opts: &opts,
+            on_grain: None,
+        },
+        new,
+        changes.as_ref().extents(),
+        dst,
+    )
+}
+
+/// Back up the image at `src` into the repository at `repo` (created by the first backup):
+/// a full point the first time, an incremental point (found by hashing) after.
+pub fn backup(src: impl AsRef<Path>, repo: impl AsRef<Path>) -> Result<BackupSummary> {
+    let src = src.as_ref();
+    let img = open(src)?;
+    let source = Source::of(src, &img)?;
+    let mut repository = Repository::open_or_create(repo)?;
+    repository.backup(&img, &source, &BackupOptions::default())
+}
+
+/// Restore point `point` (the newest when `None`) of the repository at `repo` as a raw image
+/// at `dst` (refused if it exists). Every stored grain read is checked against the hash kept
+/// at backup time.
+pub fn restore(
+    repo: impl AsRef<Path>,
+    point: Option<u64>,
+    dst: impl AsRef<Path>,
+) -> Result<CopyStats> {
+    let repository = Repository::open(repo)?;
+    let image = repository.checked_point(point)?;
+    let mut protected = Protected::new();
+    protected.add_folder(repository.dir())?;
+    let opts = ConvertOptions {
+        policy: OutputPolicy::new().protecting(protected),
+        ..Default::default()
+    };
+    convert_with(&image, dst, Target::Raw, &opts)
+}
+
+/// Check every point of the repository at `repo` against the hashes kept at backup time.
+pub fn verify(repo: impl AsRef<Path>) -> Result<Vec<PointReport>> {
+    Repository::open(repo)?.verify(None, &vdisk_chain::VerifyOptions::default())
+}

@@ -2,11 +2,11 @@
 
 use std::path::Path;
 
-use vdisk_core::{DiskImage, Error, ErrorKind, Result};
+use vdisk_core::{CopyStats, DiskImage, Error, ErrorKind, Result};
 use vdisk_vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk_vmdk::{FileStore, FsStore, VmdkImage};
 
-use crate::convert::{convert, ConvertOptions, ConvertStats, Target};
+use crate::convert::{convert_with, ConvertOptions, Target};
 use crate::OpenOptions;
 
 /// Collapse the chain of the VMDK at `path` into `out`.
@@ -22,10 +22,10 @@ pub fn merge_chain(
     subformat: Subformat,
     open: &OpenOptions,
     opts: &ConvertOptions<'_>,
-) -> Result<ConvertStats> {
+) -> Result<CopyStats> {
     let img = VmdkImage::open_with(&FsStore, path, &open.vmdk)?;
     let Some(base) = base else {
-        return convert(&img, out, Target::Vmdk(subformat), opts);
+        return convert_with(&img, out, Target::Vmdk(subformat), opts);
     };
     if !matches!(
         subformat,
@@ -67,9 +67,15 @@ pub fn merge_chain(
     changed.sort_unstable();
     let parent_path = img.layers()[depth].path().to_path_buf();
     let parent = VmdkImage::open_with(&FsStore, &parent_path, &open.vmdk)?;
+    let mut protected = (*opts.policy.protected).clone();
+    protected.add_image(&img);
     let wopts = WriteOptions {
-        overwrite: opts.overwrite,
-        ..opts.vmdk.clone()
+        policy: vdisk_raw::OutputPolicy {
+            existing: opts.policy.existing,
+            protected: std::sync::Arc::new(protected),
+        },
+        adapter: opts.adapter,
+        cid: None,
     };
     let stats = write_delta_link(
         &LinkTarget {
@@ -80,10 +86,10 @@ pub fn merge_chain(
             on_grain: None,
         },
         &img,
-        &changed,
+        changed,
         out,
     )?;
-    Ok(ConvertStats {
+    Ok(CopyStats {
         size: img.size(),
         bytes_read: stats.bytes_read,
     })

@@ -3,8 +3,7 @@
 use std::path::Path;
 
 use criterion::{Criterion, Throughput};
-use vdisk::convert::{to_raw, ConvertOptions};
-use vdisk::DiskImage;
+use vdisk::{ConvertOptions, DiskImage, OutputPolicy, Target};
 
 use super::fixtures::Fixtures;
 
@@ -33,8 +32,8 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
 
 fn convert(img: &dyn DiskImage, dst: &Path) {
     let opts = ConvertOptions {
-        overwrite: true,
+        policy: OutputPolicy::replacing(),
         ..ConvertOptions::default()
     };
-    to_raw(img, dst, &opts).expect("convert");
+    vdisk::convert_with(img, dst, Target::Raw, &opts).expect("convert");
 }

@@ -26,7 +26,7 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     }
     drop(f);
     let old = vdisk::open(&fx.raw).expect("open");
-    let opts = ScanOptions::new(64 << 10);
+    let opts = ScanOptions::new(vdisk::Granularity::DEFAULT);
 
     let mut g = c.benchmark_group("diff");
     // Bytes read: both images.

@@ -2,10 +2,9 @@
 //! delta link holding 10% of the grains of a raw disk on top of a monolithicSparse parent.
 
 use criterion::{Criterion, Throughput};
-use vdisk::convert::{convert, ConvertOptions, Target};
 use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk::vmdk::VmdkImage;
-use vdisk::DiskImage;
+use vdisk::{convert_with, ConvertOptions, DiskImage, OutputPolicy, Target};
 
 use super::fixtures::Fixtures;
 
@@ -16,12 +15,12 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     for sub in [Subformat::MonolithicSparse, Subformat::StreamOptimized] {
         let dst = fx.dir().join(format!("out-{}.vmdk", sub.name()));
         let opts = ConvertOptions {
-            overwrite: true,
+            policy: OutputPolicy::replacing(),
             ..ConvertOptions::default()
         };
         // What is written reads back as the source (checked once, before timing, so that the
         // check holds when a filter leaves this benchmark out).
-        convert(&img, &dst, Target::Vmdk(sub), &opts).expect("convert");
+        convert_with(&img, &dst, Target::Vmdk(sub), &opts).expect("convert");
         let back = vdisk::open(&dst).expect("open output");
         let mut a = vec![0u8; img.size() as usize];
         let mut b = vec![0u8; img.size() as usize];
@@ -29,7 +28,7 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
         back.read_at(&mut b, 0).expect("read output");
         assert!(a == b, "{}: output differs from the source", sub.name());
         g.bench_function(sub.name(), |b| {
-            b.iter(|| convert(&img, &dst, Target::Vmdk(sub), &opts).expect("convert"))
+            b.iter(|| convert_with(&img, &dst, Target::Vmdk(sub), &opts).expect("convert"))
         });
     }
     g.finish();
@@ -55,7 +54,7 @@ pub fn bench_delta_link(c: &mut Criterion, fx: &Fixtures) {
     let parent = VmdkImage::open(&fx.sparse).expect("open the parent");
     let dst = fx.dir().join("link.vmdk");
     let wopts = WriteOptions {
-        overwrite: true,
+        policy: OutputPolicy::replacing(),
         ..WriteOptions::default()
     };
     let target = LinkTarget {
@@ -66,7 +65,7 @@ pub fn bench_delta_link(c: &mut Criterion, fx: &Fixtures) {
         on_grain: None,
     };
     // The link reads as the changed disk (checked once, before timing).
-    write_delta_link(&target, &new, &changed, &dst).expect("write the link");
+    write_delta_link(&target, &new, changed.iter().copied(), &dst).expect("write the link");
     let link = VmdkImage::open(&dst).expect("open the link");
     let mut back = vec![0u8; bytes.len()];
     link.read_at(&mut back, 0).expect("read the link");
@@ -77,7 +76,9 @@ pub fn bench_delta_link(c: &mut Criterion, fx: &Fixtures) {
     let mut g = c.benchmark_group("write/delta_link");
     g.throughput(Throughput::Bytes(changed.iter().map(|e| e.1).sum()));
     g.bench_function("10pct_of_64MiB", |b| {
-        b.iter(|| write_delta_link(&target, &new, &changed, &dst).expect("write the link"))
+        b.iter(|| {
+            write_delta_link(&target, &new, changed.iter().copied(), &dst).expect("write the link")
+        })
     });
     g.finish();
 }

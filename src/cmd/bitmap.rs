@@ -1,13 +1,47 @@
-use std::path::Path;
+//! `vdisk bitmap show|import`, and the union of bitmaps behind `vdisk merge BITMAP...`.
+
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use vdisk::bitmap::ChangeMap;
 use vdisk::raw::MappedFile;
 use vdisk::size::human;
-use vdisk::{Error, Result};
+use vdisk::{Error, ErrorKind, Granularity, Protected, Result};
 
-use super::{print_json, Status};
-use crate::Ctx;
+use super::{path_text, policy, print_json, print_text, Ctx, Status};
+
+/// Changed-block bitmaps.
+#[derive(clap::Subcommand, Debug)]
+pub enum Command {
+    /// Show a bitmap's size, granularity and changed extents.
+    Show {
+        /// The bitmap.
+        bitmap: PathBuf,
+        /// One JSON document on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a bitmap from a JSON extent list (vdisk's, VMware's changedArea, Hyper-V's ranges).
+    Import {
+        /// The extent list.
+        extents: PathBuf,
+        /// Size of the disk in bytes (suffixes allowed).
+        #[arg(long, value_parser = crate::parse_size)]
+        size: u64,
+        /// Block size: 512, 4K, 64K (default), 1M, … up to 64M.
+        #[arg(long, default_value = "64K")]
+        granularity: Granularity,
+        /// Bitmap to write.
+        #[arg(short = 'o', value_name = "OUT")]
+        out: PathBuf,
+        /// Replace an existing output.
+        #[arg(long)]
+        force: bool,
+        /// Print a JSON summary on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 /// Read and check a bitmap file.
 pub fn load(path: &Path) -> Result<ChangeMap> {
@@ -18,64 +52,95 @@ pub fn load(path: &Path) -> Result<ChangeMap> {
     ChangeMap::decode(bytes).map_err(|e| e.with_path(path))
 }
 
-pub fn show(_ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
+fn summary(map: &ChangeMap) -> serde_json::Value {
+    json!({
+        "size": map.size(),
+        "granularity": map.granularity(),
+        "changed_blocks": map.count(),
+        "changed_bytes": map.changed_bytes(),
+    })
+}
+
+pub fn run(_ctx: &Ctx, command: Command) -> Result<Status> {
+    match command {
+        Command::Show { bitmap, json } => show(&bitmap, json),
+        Command::Import {
+            extents,
+            size,
+            granularity,
+            out,
+            force,
+            json,
+        } => {
+            let text = std::fs::read(&extents)
+                .map_err(|e| Error::io("cannot read", e).with_path(&extents))?;
+            let map = ChangeMap::from_extents_json(&text, size, granularity.bytes())
+                .map_err(|e| e.with_path(&extents))?;
+            let mut protected = Protected::new();
+            protected.add_path(&extents);
+            vdisk::raw::write_file(&out, &map.encode(), &policy(force, protected))?;
+            if json {
+                let mut v = summary(&map);
+                v["output"] = path_text(&out).into();
+                print_json(&v)?;
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn show(path: &Path, json_out: bool) -> Result<Status> {
     let map = load(path)?;
     if json_out {
         let extents: Vec<_> = map
             .extents()
             .map(|(s, l)| json!({"start": s, "length": l}))
             .collect();
-        print_json(&json!({
-            "size": map.size(),
-            "granularity": map.granularity(),
-            "changed_blocks": map.count(),
-            "changed_bytes": map.changed_bytes(),
-            "extents": extents,
-        }))?;
+        let mut v = summary(&map);
+        v["extents"] = extents.into();
+        print_json(&v)?;
     } else {
-        println!("size: {} ({} bytes)", human(map.size()), map.size());
-        println!("granularity: {}", human(map.granularity()));
-        println!(
-            "changed: {} of {} blocks ({} bytes)",
+        let mut text = format!(
+            "size: {} ({} bytes)\ngranularity: {}\nchanged: {} of {} blocks ({} bytes)\n",
+            human(map.size()),
+            map.size(),
+            human(map.granularity()),
             map.count(),
             map.block_count(),
             map.changed_bytes()
         );
+        // Printed as it goes: a map can list millions of extents.
         for (s, l) in map.extents() {
-            println!("{s:>20} {l:>20}");
+            text.push_str(&format!("{s:>20} {l:>20}\n"));
+            if text.len() > 1 << 20 {
+                print_text(&text)?;
+                text.clear();
+            }
         }
+        print_text(&text)?;
     }
     Ok(0)
 }
 
-pub fn import(
-    _ctx: &Ctx,
-    extents: &Path,
-    size: u64,
-    granularity: u64,
-    out: &Path,
-    force: bool,
-) -> Result<Status> {
-    let text =
-        std::fs::read(extents).map_err(|e| Error::io("cannot read", e).with_path(extents))?;
-    let map =
-        ChangeMap::from_extents_json(&text, size, granularity).map_err(|e| e.with_path(extents))?;
-    vdisk::output::write_file(out, &map.encode(), force)?;
-    Ok(0)
-}
-
 /// `vdisk merge BITMAP... -o OUT`: the union (at the finest granularity among them).
-pub fn merge(_ctx: &Ctx, inputs: &[std::path::PathBuf], out: &Path, force: bool) -> Result<Status> {
+pub fn merge(inputs: &[PathBuf], out: &Path, force: bool, json_out: bool) -> Result<Status> {
     let mut maps = inputs.iter().map(|p| load(p));
     let Some(first) = maps.next() else {
-        return Err(
-            Error::new(vdisk::ErrorKind::InvalidArgument, "no bitmaps to merge").with_path(out),
-        );
+        return Err(Error::new(ErrorKind::InvalidArgument, "no bitmaps to merge").with_path(out));
     };
     let mut acc = first?;
     for m in maps {
         acc = acc.union(&m?).map_err(|e| e.with_path(out))?;
     }
-    vdisk::output::write_file(out, &acc.encode(), force)?;
+    let mut protected = Protected::new();
+    for p in inputs {
+        protected.add_path(p);
+    }
+    vdisk::raw::write_file(out, &acc.encode(), &policy(force, protected))?;
+    if json_out {
+        let mut v = summary(&acc);
+        v["output"] = path_text(out).into();
+        print_json(&v)?;
+    }
     Ok(0)
 }

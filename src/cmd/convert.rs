@@ -1,109 +1,125 @@
-use std::path::Path;
-use std::time::Instant;
+//! `vdisk convert`: any image (or a streamOptimized stream on stdin) to raw, a device, or any
+//! VMDK subformat.
 
-use vdisk::convert::{convert, ConvertOptions, Target};
-use vdisk::vmdk::writer::{Adapter, Subformat, WriteOptions};
-use vdisk::{DiskImage, Error, ErrorKind, Format, Result};
+use std::path::{Path, PathBuf};
 
-use super::Status;
-use crate::Ctx;
+use serde_json::json;
+use vdisk::size::human;
+use vdisk::{
+    Adapter, ConvertOptions, CopyStats, DiskImage, Error, ErrorKind, Format, Protected, Result,
+    Subformat, Target,
+};
 
-/// What `convert` writes, from `-O`, `--subformat` and `--adapter`.
-pub fn target(format: Format, subformat: Option<&str>) -> Result<Target> {
+use super::{path_text, policy, print_json, Ctx, Status};
+
+/// How a VMDK output is laid out (`convert`, `merge`, `restore -O vmdk`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct VmdkArgs {
+    /// VMDK subformat of the output: monolithicSparse (default), monolithicFlat,
+    /// twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized.
+    #[arg(long)]
+    pub subformat: Option<Subformat>,
+    /// Adapter type recorded in a VMDK output (it sets the geometry).
+    #[arg(
+        long,
+        value_name = "ide|lsilogic|buslogic|pvscsi",
+        default_value = "ide"
+    )]
+    pub adapter: Adapter,
+}
+
+/// Convert an image to another format.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Source image; `-` reads a streamOptimized VMDK from standard input.
+    pub src: PathBuf,
+    /// Destination file, or a device (written in place).
+    pub dst: PathBuf,
+    /// Output format.
+    #[arg(short = 'O', value_name = "raw|vmdk", default_value = "raw")]
+    pub output_format: Format,
+    #[command(flatten)]
+    pub vmdk: VmdkArgs,
+    /// Replace an existing destination (a device is overwritten in place).
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What `-O` and `--subformat` ask for.
+pub fn target(format: Format, subformat: Option<Subformat>) -> Result<Target> {
     match (format, subformat) {
         (Format::Raw, Some(_)) => Err(Error::new(
             ErrorKind::InvalidArgument,
             "--subformat applies to -O vmdk only",
         )),
         (Format::Raw, None) => Ok(Target::Raw),
-        (Format::Vmdk, s) => Ok(Target::Vmdk(match s {
-            Some(s) => s.parse::<Subformat>()?,
-            None => Subformat::MonolithicSparse,
-        })),
+        (Format::Vmdk, s) => Ok(Target::Vmdk(s.unwrap_or(Subformat::MonolithicSparse))),
     }
 }
 
-/// A progress bar on a terminal (and nothing otherwise), and the summary line.
-pub struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    started: Instant,
-    show: bool,
-}
-
-impl Progress {
-    pub fn new(ctx: &Ctx, total: u64) -> Self {
-        let bar = ctx.progress().then(|| {
-            let b = indicatif::ProgressBar::new(total);
-            b.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        Progress {
-            bar,
-            started: Instant::now(),
-            show: ctx.progress(),
-        }
-    }
-
-    pub fn tick(&self, n: u64) {
-        if let Some(b) = &self.bar {
-            b.inc(n);
-        }
-    }
-
-    pub fn done(self, what: &str) {
-        if let Some(b) = self.bar {
-            b.finish_and_clear();
-        }
-        if self.show {
-            eprintln!(
-                "vdisk: {what} in {:.2} s",
-                self.started.elapsed().as_secs_f64()
-            );
-        }
-    }
-}
-
-pub fn run(
-    ctx: &Ctx,
+/// The JSON summary of a conversion.
+pub fn summary(
     src: &Path,
     dst: &Path,
-    format: Format,
-    subformat: Option<&str>,
-    adapter: Adapter,
-    force: bool,
-) -> Result<Status> {
-    let target = target(format, subformat).map_err(|e| e.with_path(dst))?;
-    let vmdk = WriteOptions {
-        overwrite: force,
-        adapter,
-        cid: None,
+    target: Target,
+    stats: &CopyStats,
+    seconds: f64,
+) -> Result<()> {
+    let (format, subformat) = match target {
+        Target::Raw => ("raw", None),
+        Target::Vmdk(s) => ("vmdk", Some(s.name())),
     };
-    if src == Path::new("-") {
-        return super::stdin::convert(ctx, dst, target, vmdk);
+    print_json(&json!({
+        "source": path_text(src),
+        "destination": path_text(dst),
+        "format": format,
+        "subformat": subformat,
+        "virtual_size": stats.size,
+        "bytes_read": stats.bytes_read,
+        "seconds": seconds,
+    }))
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
+    let target =
+        target(args.output_format, args.vmdk.subformat).map_err(|e| e.with_path(&args.dst))?;
+    let stdin = args.src == Path::new("-");
+    let img = if stdin {
+        None
+    } else {
+        Some(vdisk::open_with(&args.src, &ctx.open)?)
+    };
+    let mut protected = Protected::new();
+    if let Some(img) = &img {
+        protected.add_image(img);
     }
-    let img = vdisk::open_with(src, &ctx.open)?;
-    let progress = Progress::new(ctx, img.size());
+    let progress = ctx.progress(img.as_ref().map_or(0, |i| i.size()));
     let tick = |n: u64| progress.tick(n);
-    let stats = convert(
-        &img,
-        dst,
-        target,
-        &ConvertOptions {
-            overwrite: force,
-            throttle: Some(&ctx.throttle),
-            progress: Some(&tick),
-            vmdk,
-        },
-    )?;
+    let opts = ConvertOptions {
+        policy: policy(args.force, protected),
+        adapter: args.vmdk.adapter,
+        throttle: Some(&ctx.throttle),
+        progress: Some(&tick),
+    };
+    let stats = match &img {
+        Some(img) => vdisk::convert_with(img, &args.dst, target, &opts)?,
+        None => {
+            let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
+            vdisk::convert_stream(input, &args.dst, target, &opts)
+                .map_err(|e| e.with_path("<stdin>"))?
+        }
+    };
+    let seconds = progress.seconds();
     progress.done(&format!(
         "converted {} of disk ({} read)",
-        vdisk::size::human(stats.size),
-        vdisk::size::human(stats.bytes_read)
+        human(stats.size),
+        human(stats.bytes_read)
     ));
+    if args.json {
+        summary(&args.src, &args.dst, target, &stats, seconds)?;
+    }
     Ok(0)
 }

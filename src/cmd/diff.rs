@@ -1,111 +1,114 @@
-use std::path::Path;
+//! `vdisk diff`: the blocks that changed between two disk states.
+
+use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::bitmap::ChangeMap;
-use vdisk::diff::{diff, diff_manifest, is_manifest, DiffReport, Manifest, ScanOptions};
-use vdisk::raw::MappedFile;
+use vdisk::diff::{diff, diff_manifest, is_manifest, ManifestFile, ScanOptions};
 use vdisk::size::human;
-use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
-use vdisk::vmdk::{FsStore, VmdkImage};
-use vdisk::{DiskImage, Error, ErrorKind, Result};
+use vdisk::vmdk::writer::{write_delta_link, LinkTarget, WriteOptions};
+use vdisk::{DiskImage, Error, ErrorKind, Granularity, Image, Protected, Result, Subformat};
 
-use super::convert::Progress;
-use super::{print_json, Status};
-use crate::Ctx;
+use super::{policy, print_json, print_text, Ctx, Status};
 
-/// Options of `vdisk diff`.
-pub struct DiffArgs<'a> {
-    pub old: &'a Path,
-    pub new: &'a Path,
-    pub granularity: Option<u64>,
-    pub bitmap: Option<&'a Path>,
-    pub delta: Option<&'a Path>,
+/// Find the blocks that changed between two disk states (exit 1 when they differ).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The old state: an image, or a manifest written by `vdisk hash`.
+    pub old: PathBuf,
+    /// The new state.
+    pub new: PathBuf,
+    /// Block size: 512, 4K, 64K (default), 1M, … up to 64M.
+    #[arg(long)]
+    pub granularity: Option<Granularity>,
+    /// Write the changed blocks as a bitmap.
+    #[arg(long, value_name = "OUT")]
+    pub bitmap: Option<PathBuf>,
+    /// Write a VMDK delta link on OLD holding the changed blocks (reads as NEW).
+    #[arg(long, value_name = "OUT.vmdk")]
+    pub delta: Option<PathBuf>,
+    /// One JSON document on stdout.
+    #[arg(long)]
     pub json: bool,
+    /// Replace existing output files.
+    #[arg(long)]
     pub force: bool,
 }
 
-pub fn run(ctx: &Ctx, a: DiffArgs<'_>) -> Result<Status> {
-    let new = vdisk::open_with(a.new, &ctx.open)?;
-    let progress = Progress::new(ctx, new.size());
+pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    let new = vdisk::open_with(&a.new, &ctx.open)?;
+    let progress = ctx.progress(new.size());
     let tick = |n: u64| progress.tick(n);
     let scan = |g| ScanOptions {
         granularity: g,
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
-    let manifest_file = if is_manifest(&vdisk::read_head(a.old, vdisk::diff::MANIFEST_MAGIC.len())?)
-    {
-        Some(MappedFile::open(a.old)?)
-    } else {
-        None
-    };
-    let (report, old_size) = match &manifest_file {
-        Some(file) => {
-            let bytes = file
-                .bytes()
-                .ok_or_else(|| Error::unsupported("cannot map the manifest").with_path(a.old))?;
-            let m = Manifest::decode(bytes).map_err(|e| e.with_path(a.old))?;
-            if a.delta.is_some() {
+    let mut protected = Protected::new();
+    protected.add_image(&new);
+    protected.add_path(&a.old);
+    let head = vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?;
+    let (report, old_size, old) = if is_manifest(&head) {
+        if a.delta.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "--delta needs the old image itself, not a manifest",
+            )
+            .with_path(&a.old));
+        }
+        let file = ManifestFile::open(&a.old)?;
+        let m = file.manifest();
+        let mut report = diff_manifest(&m, &new, &scan(m.granularity()))?;
+        if let Some(g) = a.granularity {
+            if g.bytes() < m.granularity() {
                 return Err(Error::new(
                     ErrorKind::InvalidArgument,
-                    "--delta needs the old image itself, not a manifest",
+                    format!(
+                        "manifest was made at {} blocks; a diff cannot be finer",
+                        human(m.granularity())
+                    ),
                 )
-                .with_path(a.old));
+                .with_path(&a.old));
             }
-            let mut report = diff_manifest(&m, &new, &scan(m.granularity()))?;
-            if let Some(g) = a.granularity {
-                if g < m.granularity() {
-                    return Err(Error::new(
-                        ErrorKind::InvalidArgument,
-                        format!(
-                            "manifest was made at {} blocks; a diff cannot be finer",
-                            human(m.granularity())
-                        ),
-                    )
-                    .with_path(a.old));
-                }
-                report.map = report.map.resample(g)?;
-            }
-            (report, m.size())
+            report.map = report.map.resample(g.bytes())?;
         }
-        None => {
-            let old = vdisk::open_with(a.old, &ctx.open)?;
-            let report = diff(&old, &new, &scan(a.granularity.unwrap_or(64 << 10)))?;
-            (report, old.size())
-        }
+        (report, m.size(), None)
+    } else {
+        let old = vdisk::open_with(&a.old, &ctx.open)?;
+        protected.add_image(&old);
+        let g = a.granularity.unwrap_or_default().bytes();
+        let report = diff(&old, &new, &scan(g))?;
+        let size = old.size();
+        (report, size, Some(old))
     };
     progress.done(&format!("compared ({} read)", human(report.bytes_read)));
-    let DiffReport { map, .. } = report;
-    if let Some(path) = a.bitmap {
-        vdisk::output::write_file(path, &map.encode(), a.force)?;
+    let map = report.map;
+    let policy = policy(a.force, protected);
+    if let Some(path) = &a.bitmap {
+        vdisk::raw::write_file(path, &map.encode(), &policy)?;
     }
-    if let Some(path) = a.delta {
-        let old = VmdkImage::open_with(&FsStore, a.old, &ctx.open.vmdk).map_err(|e| {
-            if e.kind() == ErrorKind::InvalidFormat {
-                Error::new(
-                    ErrorKind::InvalidArgument,
-                    "--delta needs OLD to be a VMDK (the link's parent)",
-                )
-                .with_path(a.old)
-            } else {
-                e
-            }
-        })?;
-        let changed: Vec<(u64, u64)> = map.extents().collect();
+    if let (Some(path), Some(old)) = (&a.delta, &old) {
+        let Image::Vmdk(parent) = old else {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "--delta needs OLD to be a VMDK (the link's parent)",
+            )
+            .with_path(&a.old));
+        };
         let opts = WriteOptions {
-            overwrite: a.force,
+            policy: policy.clone(),
             ..Default::default()
         };
         write_delta_link(
             &LinkTarget {
-                parent_path: a.old,
-                parent: &old,
+                parent_path: &a.old,
+                parent,
                 subformat: Subformat::MonolithicSparse,
                 opts: &opts,
                 on_grain: None,
             },
             &new,
-            &changed,
+            map.extents(),
             path,
         )?;
     }
@@ -128,19 +131,24 @@ fn print_result(map: &ChangeMap, old_size: u64, json_out: bool) -> Result<()> {
             "extents": extents,
         }));
     }
+    let mut text = String::new();
     if map.is_empty() && old_size == map.size() {
-        println!("identical");
+        text.push_str("identical\n");
     } else {
         if old_size != map.size() {
-            println!("size: {} -> {}", human(old_size), human(map.size()));
+            text.push_str(&format!(
+                "size: {} -> {}\n",
+                human(old_size),
+                human(map.size())
+            ));
         }
-        println!(
-            "{} of {} blocks of {} changed ({} bytes)",
+        text.push_str(&format!(
+            "{} of {} blocks of {} changed ({} bytes)\n",
             map.count(),
             map.block_count(),
             human(map.granularity()),
             map.changed_bytes()
-        );
+        ));
     }
-    Ok(())
+    print_text(&text)
 }

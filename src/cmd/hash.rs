@@ -1,27 +1,63 @@
-use std::path::Path;
+//! `vdisk hash`: a manifest of every block's hash, for a later `diff MANIFEST NEW`.
 
+use std::path::PathBuf;
+
+use serde_json::json;
 use vdisk::diff::{hash_image, ScanOptions};
 use vdisk::size::human;
-use vdisk::{DiskImage, Result};
+use vdisk::{DiskImage, Granularity, Protected, Result};
 
-use super::convert::Progress;
-use super::Status;
-use crate::Ctx;
+use super::{path_text, policy, print_json, Ctx, Status};
 
-pub fn run(ctx: &Ctx, image: &Path, out: &Path, granularity: u64, force: bool) -> Result<Status> {
-    let img = vdisk::open_with(image, &ctx.open)?;
-    let progress = Progress::new(ctx, img.size());
+/// Hash every block of an image into a manifest (for a later `vdisk diff MANIFEST NEW`).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image.
+    pub image: PathBuf,
+    /// Manifest to write.
+    #[arg(short = 'o', value_name = "MANIFEST")]
+    pub out: PathBuf,
+    /// Block size: 512, 4K, 64K (default), 1M, … up to 64M.
+    #[arg(long, default_value = "64K")]
+    pub granularity: Granularity,
+    /// Replace an existing manifest.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
+    let img = vdisk::open_with(&args.image, &ctx.open)?;
+    let progress = ctx.progress(img.size());
     let tick = |n: u64| progress.tick(n);
     let opts = ScanOptions {
-        granularity,
+        granularity: args.granularity.bytes(),
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
-    let read = vdisk::output::write_stream(out, force, |w| Ok(hash_image(&img, w, &opts)?.1))?;
+    let mut protected = Protected::new();
+    protected.add_image(&img);
+    let read = vdisk::raw::write_stream(&args.out, &policy(args.force, protected), |w| {
+        Ok(hash_image(&img, w, &opts)?.1)
+    })?;
+    let seconds = progress.seconds();
     progress.done(&format!(
         "hashed {} ({} read)",
         human(img.size()),
         human(read)
     ));
+    if args.json {
+        print_json(&json!({
+            "image": path_text(&args.image),
+            "manifest": path_text(&args.out),
+            "size": img.size(),
+            "granularity": args.granularity.bytes(),
+            "blocks": args.granularity.blocks(img.size()),
+            "bytes_read": read,
+            "seconds": seconds,
+        }))?;
+    }
     Ok(0)
 }

@@ -1,18 +1,30 @@
+//! `vdisk info`: format, sizes, header fields and the chain.
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use vdisk::size::human;
-use vdisk::vmdk::{ExtentInfo, Layer};
-use vdisk::{for_each_extent, Allocation, DiskImage, Error, Image, Result};
+use vdisk::vmdk::{Layer, LayerExtent};
+use vdisk::{for_each_extent, Allocation, DiskImage, Image, Result};
 
-use super::Status;
-use crate::Ctx;
+use super::{path_text, stdout_error, Ctx, Status};
+
+/// Show format, size, allocation, header fields and the chain.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image.
+    pub image: PathBuf,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
 
 /// What `info --json` prints. Typed (not a `serde_json::Value` tree) so that an image with
 /// hundreds of thousands of extents prints in a stream with little memory.
 #[derive(Serialize)]
 struct Info<'a> {
+    #[serde(serialize_with = "lossy")]
     path: &'a Path,
     format: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -56,12 +68,29 @@ impl std::fmt::Display for Cid {
     }
 }
 
+/// Paths in JSON: text, whatever bytes the name holds (non-UTF-8 bytes are replaced).
+fn lossy<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(&path_text(p))
+}
+
+fn lossy_opt<S: serde::Serializer>(
+    p: &Option<impl AsRef<Path>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match p {
+        Some(p) => s.serialize_str(&path_text(p.as_ref())),
+        None => s.serialize_none(),
+    }
+}
+
 #[derive(Serialize)]
 struct LayerInfo<'a> {
+    #[serde(serialize_with = "lossy")]
     path: &'a Path,
     create_type: Option<&'a str>,
     cid: Cid,
     parent_cid: Cid,
+    #[serde(serialize_with = "lossy_opt")]
     parent_hint: Option<&'a Path>,
     virtual_size: u64,
     disk_usage: u64,
@@ -80,18 +109,19 @@ struct ExtentDoc {
     sectors: u64,
     #[serde(rename = "type")]
     kind: &'static str,
+    #[serde(serialize_with = "lossy_opt")]
     file: Option<PathBuf>,
     offset: u64,
 }
 
-impl From<ExtentInfo> for ExtentDoc {
-    fn from(e: ExtentInfo) -> Self {
+impl From<&LayerExtent> for ExtentDoc {
+    fn from(e: &LayerExtent) -> Self {
         ExtentDoc {
-            access: e.access,
-            sectors: e.sectors,
-            kind: e.kind,
-            file: e.file,
-            offset: e.offset,
+            access: e.line.access.as_str(),
+            sectors: e.line.sectors,
+            kind: e.line.kind.as_str(),
+            file: e.path.clone(),
+            offset: e.line.offset,
         }
     }
 }
@@ -113,11 +143,13 @@ fn layer_info(l: &Layer) -> LayerInfo<'_> {
         unclean_shutdown: l.unclean_shutdown(),
         embedded_descriptor: l.embedded_descriptor(),
         adapter_type: d.ddb("ddb.adapterType"),
-        extents: l.extent_infos().into_iter().map(ExtentDoc::from).collect(),
+        extents: l.extents().iter().map(ExtentDoc::from).collect(),
     }
 }
 
-pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
+pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
+    let path = args.image.as_path();
+    let json_out = args.json;
     let img = vdisk::open_with(path, &ctx.open)?;
     let mut allocated = 0u64;
     for_each_extent(&img, |e| {
@@ -156,7 +188,7 @@ pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
     }
     let out = std::io::stdout().lock();
     let mut out = std::io::BufWriter::new(out);
-    let io = |e: std::io::Error| Error::io("writing output", e);
+    let io = stdout_error;
     if json_out {
         serde_json::to_writer_pretty(&mut out, &info).map_err(|e| io(e.into()))?;
         writeln!(out).map_err(io)?;

@@ -1,19 +1,30 @@
+//! `vdisk map`: which byte ranges hold data and which read as zero.
+
 use std::io::Write;
-use std::path::Path;
+use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::{for_each_extent, Allocation, Error, Result};
+use vdisk::{for_each_extent, Allocation, Result};
 
-use super::Status;
-use crate::Ctx;
+use super::{stdout_error, Ctx, Status};
 
-pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
-    let img = vdisk::open_with(path, &ctx.open)?;
+/// Show which byte ranges hold data and which read as zero.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The image.
+    pub image: PathBuf,
+    /// One JSON document on stdout: [{"start","length","data","zero","depth"}].
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
+    let img = vdisk::open_with(&args.image, &ctx.open)?;
     let out = std::io::stdout().lock();
     let mut out = std::io::BufWriter::new(out);
-    let io = |e: std::io::Error| Error::io("writing output", e);
+    let io = stdout_error;
     let mut first = true;
-    if json_out {
+    if args.json {
         write!(out, "[").map_err(io)?;
     } else {
         writeln!(
@@ -25,7 +36,7 @@ pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
     }
     for_each_extent(&img, |e| {
         let data = e.allocation == Allocation::Data;
-        if json_out {
+        if args.json {
             let v = json!({"start": e.start, "length": e.length, "data": data, "zero": !data, "depth": e.depth});
             write!(out, "{}\n  {v}", if first { "" } else { "," }).map_err(io)?;
         } else {
@@ -39,7 +50,7 @@ pub fn run(ctx: &Ctx, path: &Path, json_out: bool) -> Result<Status> {
         first = false;
         Ok(())
     })?;
-    if json_out {
+    if args.json {
         writeln!(out, "\n]").map_err(io)?;
     }
     out.flush().map_err(io)?;

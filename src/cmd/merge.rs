@@ -1,60 +1,85 @@
-use std::path::Path;
+//! `vdisk merge`: a union of bitmaps, or a chain collapsed into one image or one link.
 
-use vdisk::convert::ConvertOptions;
+use std::path::PathBuf;
+
+use serde_json::json;
 use vdisk::merge::merge_chain;
-use vdisk::vmdk::writer::{Adapter, Subformat, WriteOptions};
-use vdisk::{size::human, Result};
+use vdisk::size::human;
+use vdisk::{ConvertOptions, Error, ErrorKind, Protected, Result, Subformat};
 
-use super::convert::Progress;
-use super::Status;
-use crate::Ctx;
+use super::convert::VmdkArgs;
+use super::{path_text, policy, print_json, Ctx, Status};
 
-pub fn run(
-    ctx: &Ctx,
-    inputs: &[std::path::PathBuf],
-    out: &Path,
-    base: Option<&Path>,
-    subformat: Option<&str>,
-    adapter: Adapter,
-    force: bool,
-) -> Result<Status> {
-    if vdisk::read_head(&inputs[0], vdisk::bitmap::MAGIC.len())? == vdisk::bitmap::MAGIC {
-        if base.is_some() || subformat.is_some() {
-            return Err(vdisk::Error::new(
-                vdisk::ErrorKind::InvalidArgument,
+/// Union changed-block bitmaps, or collapse a delta chain into one image (or, with --base,
+/// into one link above BASE).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Bitmaps to union, or the one image at the top of a chain.
+    #[arg(required = true, value_name = "BITMAP...|IMAGE")]
+    pub inputs: Vec<PathBuf>,
+    /// Output file.
+    #[arg(short = 'o', value_name = "OUT")]
+    pub out: PathBuf,
+    /// Keep this link of the chain (and those below it) and write one link above it.
+    #[arg(long, value_name = "LINK")]
+    pub base: Option<PathBuf>,
+    #[command(flatten)]
+    pub vmdk: VmdkArgs,
+    /// Replace an existing output.
+    #[arg(long)]
+    pub force: bool,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    if vdisk::read_head(&a.inputs[0], vdisk::bitmap::MAGIC.len())? == vdisk::bitmap::MAGIC {
+        if a.base.is_some() || a.vmdk.subformat.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
                 "--base and --subformat apply to merging a chain, not bitmaps",
             ));
         }
-        return super::bitmap::merge(ctx, inputs, out, force);
+        return super::bitmap::merge(&a.inputs, &a.out, a.force, a.json);
     }
-    let [image] = inputs else {
-        return Err(vdisk::Error::new(
-            vdisk::ErrorKind::InvalidArgument,
+    let [image] = a.inputs.as_slice() else {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
             "merge takes several bitmaps, or one image",
         )
-        .with_path(&inputs[1]));
+        .with_path(&a.inputs[1]));
     };
-    let subformat = match subformat {
-        Some(s) => s.parse::<Subformat>().map_err(|e| e.with_path(out))?,
-        None => Subformat::MonolithicSparse,
-    };
-    let progress = Progress::new(ctx, 0);
+    let subformat = a.vmdk.subformat.unwrap_or(Subformat::MonolithicSparse);
+    let progress = ctx.progress(0);
     let tick = |n: u64| progress.tick(n);
     let opts = ConvertOptions {
-        overwrite: force,
+        policy: policy(a.force, Protected::new()),
+        adapter: a.vmdk.adapter,
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
-        vmdk: WriteOptions {
-            overwrite: force,
-            adapter,
-            cid: None,
-        },
     };
-    let stats = merge_chain(image, out, base, subformat, &ctx.open, &opts)?;
+    let stats = merge_chain(
+        image,
+        &a.out,
+        a.base.as_deref(),
+        subformat,
+        &ctx.open,
+        &opts,
+    )?;
     progress.done(&format!(
         "merged {} of disk ({} read)",
         human(stats.size),
         human(stats.bytes_read)
     ));
+    if a.json {
+        print_json(&json!({
+            "image": path_text(image),
+            "output": path_text(&a.out),
+            "subformat": subformat.name(),
+            "virtual_size": stats.size,
+            "bytes_read": stats.bytes_read,
+        }))?;
+    }
     Ok(0)
 }

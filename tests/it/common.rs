@@ -280,3 +280,20 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Hold a repository's writer lock from the test process (as another vdisk run would) until
+/// the returned file is dropped.
+pub fn hold_lock(repo: &Path) -> std::fs::File {
+    use std::os::unix::io::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(repo.join(".vdisk-lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    assert_eq!(r, 0, "the test could not take the lock");
+    f
+}

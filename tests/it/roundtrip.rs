@@ -5,10 +5,10 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use proptest::prelude::*;
-use vdisk::convert::{convert, ConvertOptions, Target};
 use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
 use vdisk::vmdk::VmdkImage;
 use vdisk::DiskImage;
+use vdisk::Target;
 
 use crate::common::*;
 
@@ -61,10 +61,10 @@ proptest! {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
         let disk = build(dir, size, &runs);
-        let src = vdisk::open(&dir.join("src.raw")).unwrap();
+        let src = vdisk::open(dir.join("src.raw")).unwrap();
         for sf in Subformat::ALL {
             let dst = dir.join(format!("{}.vmdk", sf.name()));
-            convert(&src, &dst, Target::Vmdk(sf), &ConvertOptions::default()).unwrap();
+            vdisk::convert(&src, &dst, Target::Vmdk(sf)).unwrap();
             let back = vdisk::open(&dst).unwrap();
             prop_assert_eq!(back.size(), size);
             let mut buf = vec![0u8; size as usize];
@@ -96,7 +96,7 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
     std::fs::write(dir.join("new.raw"), &new).unwrap();
 
     let parent = VmdkImage::open(&dir.join("parent.vmdk")).unwrap();
-    let new_img = vdisk::open(&dir.join("new.raw")).unwrap();
+    let new_img = vdisk::open(dir.join("new.raw")).unwrap();
     let stats = write_delta_link(
         &LinkTarget {
             parent_path: &dir.join("parent.vmdk"),
@@ -106,7 +106,7 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
             on_grain: None,
         },
         &new_img,
-        &changes,
+        changes,
         &dir.join("link.vmdk"),
     )
     .unwrap();

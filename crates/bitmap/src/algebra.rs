@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn union_refuses_a_shape_with_too_many_blocks() {
         let fine = ChangeMap::new(1 << 20, 512).unwrap();
-        let coarse_huge = ChangeMap::new(1 << 50, 1 << 30).unwrap();
+        let coarse_huge = ChangeMap::new(1 << 50, 64 << 20).unwrap();
         let e = fine.union(&coarse_huge).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
         let mut f = fine.clone();

@@ -55,15 +55,9 @@ pub struct ChangeMap {
     words: Vec<u64>,
 }
 
-/// Checks that `granularity` is a power of two of at least 512 bytes.
+/// Checks that `granularity` is a valid [`vdisk_core::Granularity`].
 pub(crate) fn check_granularity(granularity: u64) -> Result<()> {
-    if granularity < MIN_GRANULARITY || !granularity.is_power_of_two() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("granularity {granularity} is not a power of two of at least 512 bytes"),
-        ));
-    }
-    Ok(())
+    vdisk_core::Granularity::new(granularity).map(|_| ())
 }
 
 /// Blocks of `granularity` bytes needed to cover `size` bytes (the last one may be partial).
@@ -259,7 +253,8 @@ mod tests {
             assert!(e.message().contains("power of two"), "{}", e.message());
         }
         assert!(ChangeMap::new(1 << 20, 512).is_ok());
-        assert!(ChangeMap::new(1 << 20, 1 << 63).is_ok());
+        assert!(ChangeMap::new(1 << 20, 64 << 20).is_ok());
+        assert!(ChangeMap::new(1 << 20, 128 << 20).is_err());
     }
 
     #[test]
@@ -277,8 +272,9 @@ mod tests {
         assert_eq!(ChangeMap::new(1, 512).unwrap().block_count(), 1);
         assert_eq!(ChangeMap::new(1024, 512).unwrap().block_count(), 2);
         assert_eq!(ChangeMap::new(1025, 512).unwrap().block_count(), 3);
-        let m = ChangeMap::new(u64::MAX, 1 << 63).unwrap();
-        assert_eq!(m.block_count(), 2);
+        let m = ChangeMap::new((2 << 26) + 1, 64 << 20).unwrap();
+        assert_eq!(m.block_count(), 3);
+        assert!(ChangeMap::new(u64::MAX, 64 << 20).is_err());
     }
 
     #[test]

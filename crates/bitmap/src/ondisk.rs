@@ -17,7 +17,7 @@
 
 use vdisk_core::{Error, Result};
 
-use crate::{blocks_for, words_for, ChangeMap, MAX_BLOCKS, MIN_GRANULARITY};
+use crate::{blocks_for, words_for, ChangeMap, MAX_BLOCKS};
 
 /// The first 8 bytes of an encoded map.
 pub const MAGIC: [u8; 8] = *b"VDBITMAP";
@@ -116,12 +116,8 @@ impl ChangeMap {
             ))
             .at(8));
         }
-        if h.granularity < MIN_GRANULARITY || !h.granularity.is_power_of_two() {
-            return Err(Error::corrupt(format!(
-                "bitmap granularity {} is not a power of two of at least 512 bytes",
-                h.granularity
-            ))
-            .at(24));
+        if let Err(e) = vdisk_core::Granularity::new(h.granularity) {
+            return Err(Error::corrupt(format!("bitmap: {}", e.message())).at(24));
         }
         let expected_blocks = blocks_for(h.size, h.granularity);
         if h.block_count != expected_blocks {

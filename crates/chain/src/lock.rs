@@ -1,67 +1,59 @@
-//! One writer at a time: a lock file holding the owner's process ID. A lock left by a process
-//! that no longer runs (a killed run) is stale and is cleared, not a permanent error.
+//! One writer at a time: the kernel's lock (`flock`) on a lock file that is never deleted.
+//!
+//! The kernel releases the lock when the process dies, whatever its state: a run killed with
+//! `kill -9`, or one left a zombie by a PID 1 that never reaps, holds nothing. The file's
+//! contents mean nothing (a leftover file of any content, or an empty one, is just the file to
+//! lock). Each handle opens the file anew, so a second handle in the same process is refused
+//! like another process would be, and dropping one handle never unlocks another.
+//! Readers take no lock: the metadata is replaced atomically, so they always see a whole
+//! state, and they need no write access to the repository.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
 
 use vdisk_core::{Error, ErrorKind, Result};
 
 /// Name of the lock file inside a repository.
 pub const LOCK_FILE: &str = ".vdisk-lock";
 
-/// Held while a run works on a repository; removed on drop.
+/// The exclusive lock of a repository, held while the value lives.
 #[derive(Debug)]
 pub struct RepoLock {
-    path: PathBuf,
-}
-
-fn alive(pid: i32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists and may be signalled.
-    let r = unsafe { libc::kill(pid, 0) };
-    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    /// The locked file; closing it releases the lock.
+    _file: File,
 }
 
 impl RepoLock {
-    /// Take the lock of the repository at `dir`.
+    /// Take the repository's lock at `dir`, or fail at once with [`ErrorKind::InUse`] when
+    /// another run (or another handle of this process) holds it.
     pub fn acquire(dir: &Path) -> Result<Self> {
         let path = dir.join(LOCK_FILE);
-        for _ in 0..3 {
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let _ = writeln!(f, "{}", std::process::id());
-                    let _ = f.sync_all();
-                    return Ok(RepoLock { path });
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let text = std::fs::read_to_string(&path).unwrap_or_default();
-                    match text.trim().parse::<i32>() {
-                        Ok(pid) if pid > 0 && alive(pid) && pid as u32 != std::process::id() => {
-                            return Err(Error::new(
-                                ErrorKind::Refused,
-                                format!(
-                                    "repository is in use by process {pid} (lock file {LOCK_FILE})"
-                                ),
-                            )
-                            .with_path(dir));
-                        }
-                        // The owner is gone (or the file is empty or half-written by a run
-                        // killed while taking it): stale.
-                        _ => {
-                            let _ = std::fs::remove_file(&path);
-                        }
-                    }
-                }
-                Err(e) => return Err(Error::io("cannot create the lock file", e).with_path(&path)),
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|e| Error::io("cannot open the lock file", e).with_path(&path))?;
+        // SAFETY: flock on a descriptor we own; it changes only the lock state of the open
+        // file description, which the kernel drops with the descriptor.
+        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if r != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Err(Error::new(
+                    ErrorKind::InUse,
+                    "repository is in use by another vdisk run (a backup or prune is writing it)",
+                )
+                .with_path(dir));
             }
+            return Err(Error::io("cannot lock the repository", err).with_path(&path));
         }
-        Err(Error::new(ErrorKind::Refused, "cannot take the repository lock").with_path(dir))
-    }
-}
-
-impl Drop for RepoLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+        Ok(RepoLock { _file: file })
     }
 }
 
@@ -70,19 +62,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn second_lock_is_refused_and_stale_lock_is_cleared() {
+    fn a_second_handle_is_refused_and_the_first_keeps_its_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let lock = RepoLock::acquire(dir.path()).unwrap();
-        // Our own pid counts as stale for a second acquire in the same process? No: a live
-        // foreign pid is needed; PID 1 always runs.
-        std::fs::write(dir.path().join(LOCK_FILE), "1\n").unwrap();
+        let first = RepoLock::acquire(dir.path()).unwrap();
         let e = RepoLock::acquire(dir.path()).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Refused);
-        drop(lock);
-        // A lock left by a process that is gone.
-        std::fs::write(dir.path().join(LOCK_FILE), "999999999\n").unwrap();
+        assert_eq!(e.kind(), ErrorKind::InUse);
+        // A failed attempt does not release the holder's lock.
+        assert_eq!(
+            RepoLock::acquire(dir.path()).unwrap_err().kind(),
+            ErrorKind::InUse
+        );
+        drop(first);
         let _again = RepoLock::acquire(dir.path()).unwrap();
-        std::fs::write(dir.path().join(LOCK_FILE), "").unwrap();
-        assert!(RepoLock::acquire(dir.path()).is_ok());
+        assert!(dir.path().join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn leftover_lock_files_of_any_content_mean_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for content in ["", "1\n", "999999999\n", "garbage"] {
+            std::fs::write(dir.path().join(LOCK_FILE), content).unwrap();
+            drop(RepoLock::acquire(dir.path()).unwrap());
+        }
     }
 }

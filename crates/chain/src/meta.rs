@@ -166,10 +166,8 @@ impl RepoMeta {
     /// Cross-checks no JSON schema can express: numbering, parents, names that stay inside the
     /// repository.
     fn validate(&self) -> Result<()> {
-        if self.granularity < 512 || !self.granularity.is_power_of_two() {
-            return Err(Error::corrupt(
-                "repository granularity is not a power of two of at least 512",
-            ));
+        if let Err(e) = vdisk_core::Granularity::new(self.granularity) {
+            return Err(Error::corrupt(format!("repository: {}", e.message())));
         }
         let mut prev: Option<&RestorePoint> = None;
         for p in &self.points {

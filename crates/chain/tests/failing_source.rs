@@ -5,43 +5,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use vdisk_chain::{BackupOptions, Repository, SourceInfo};
-use vdisk_core::{check_range, Allocation, DiskImage, Error, Extent, Result};
-
-/// An in-memory disk whose reads fail at and after `fail_from`.
-struct MemDisk {
-    bytes: Vec<u8>,
-    fail_from: Option<u64>,
-}
-
-impl DiskImage for MemDisk {
-    fn size(&self) -> u64 {
-        self.bytes.len() as u64
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(self.size(), offset, buf.len() as u64)?;
-        if let Some(f) = self.fail_from {
-            if offset + buf.len() as u64 > f {
-                return Err(Error::corrupt("injected read failure").at(offset));
-            }
-        }
-        let at = offset as usize;
-        buf.copy_from_slice(&self.bytes[at..at + buf.len()]);
-        Ok(())
-    }
-    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        check_range(self.size(), offset, length)?;
-        Ok(vec![Extent {
-            start: offset,
-            length,
-            allocation: Allocation::Data,
-            depth: 0,
-        }])
-    }
-    fn format_name(&self) -> &'static str {
-        "raw"
-    }
-}
+use vdisk_chain::{BackupOptions, Repository, Source, VerifyOptions};
+use vdisk_core::{DiskImage, MemImage};
 
 const MIB: usize = 1 << 20;
 
@@ -59,8 +24,8 @@ fn names(dir: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-fn info() -> SourceInfo {
-    SourceInfo {
+fn info() -> Source {
+    Source {
         identity: "mem".into(),
         unclean: false,
     }
@@ -80,10 +45,7 @@ fn a_source_failing_mid_scan_leaves_the_repository_as_it_was() {
     // scan fails in the fourth window.
     let base = disk(200 * MIB, 1);
     let mut repo = Repository::open_or_create(&repo_dir).unwrap();
-    let src = MemDisk {
-        bytes: base.clone(),
-        fail_from: None,
-    };
+    let src = MemImage::new(base.clone());
     repo.backup(&src, &info(), &BackupOptions::default())
         .unwrap();
     let before = names(&repo_dir);
@@ -93,15 +55,12 @@ fn a_source_failing_mid_scan_leaves_the_repository_as_it_was() {
     for at in (0..changed.len()).step_by(3 * MIB + 4096) {
         changed[at] ^= 0xff;
     }
-    let failing = MemDisk {
-        bytes: changed.clone(),
-        fail_from: Some(190 * MIB as u64),
-    };
+    let failing = MemImage::new(changed.clone()).failing_from(190 * MIB as u64);
     let err = repo
         .backup(&failing, &info(), &BackupOptions::default())
         .unwrap_err();
     assert!(
-        err.to_string().contains("injected read failure"),
+        err.to_string().contains("told to fail here"),
         "the scan's error is reported, not the writer's: {err}"
     );
     drop(repo);
@@ -111,17 +70,20 @@ fn a_source_failing_mid_scan_leaves_the_repository_as_it_was() {
         "no file of the failed point is left"
     );
 
-    let mut repo = Repository::open(&repo_dir).unwrap();
-    assert!(repo.verify(None).unwrap().iter().all(|r| r.sound()));
-    let ok = MemDisk {
-        bytes: changed.clone(),
-        fail_from: None,
+    let mut repo = Repository::open_writable(&repo_dir).unwrap();
+    let sound = |repo: &Repository| {
+        repo.verify(None, &VerifyOptions::default())
+            .unwrap()
+            .iter()
+            .all(|r| r.sound())
     };
+    assert!(sound(&repo));
+    let ok = MemImage::new(changed.clone());
     let summary = repo
         .backup(&ok, &info(), &BackupOptions::default())
         .unwrap();
     assert_eq!(summary.point, 2);
-    assert!(repo.verify(None).unwrap().iter().all(|r| r.sound()));
+    assert!(sound(&repo));
     let p1 = repo.open_point(repo.point(Some(1)).unwrap()).unwrap();
     let p2 = repo.open_point(repo.point(Some(2)).unwrap()).unwrap();
     assert!(read_all(&p1) == base, "point 1 still reads as the base");

@@ -31,8 +31,18 @@ pub enum ErrorKind {
     NotFound,
     /// The caller asked for something that makes no sense (bad option, bad size).
     InvalidArgument,
-    /// The output already exists, or another safety rule refused a write.
+    /// A safety rule refused the operation (an output that is an input, a write into a
+    /// repository being read).
     Refused,
+    /// The output already exists and the caller did not ask to replace it.
+    AlreadyExists,
+    /// The operation looks unsafe (a source that was not closed cleanly, another disk's
+    /// repository, a bitmap of another size); callers may insist.
+    Unsafe,
+    /// Another run holds the resource (a repository being written).
+    InUse,
+    /// Writing to standard output failed because its reader went away (`| head`).
+    BrokenPipe,
 }
 
 /// One error type for the whole toolkit: a kind, a message, and where it happened.
@@ -76,10 +86,11 @@ impl Error {
 
     /// An I/O error, with what was being done (`"reading"`, `"opening"`, …).
     pub fn io(what: impl Into<String>, err: io::Error) -> Self {
-        let kind = if err.kind() == io::ErrorKind::NotFound {
-            ErrorKind::NotFound
-        } else {
-            ErrorKind::Io
+        let kind = match err.kind() {
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            io::ErrorKind::BrokenPipe => ErrorKind::BrokenPipe,
+            _ => ErrorKind::Io,
         };
         let what = what.into();
         let message = if what.is_empty() {

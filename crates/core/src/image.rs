@@ -45,6 +45,29 @@ pub trait DiskImage: Send + Sync {
     fn release(&self, offset: u64, len: u64) {
         let _ = (offset, len);
     }
+
+    /// The files this image reads (every file of a chain: descriptors, extents, parents), by
+    /// identity. Writers refuse an output that is one of them, whatever its name.
+    fn files(&self) -> Vec<FileId> {
+        Vec::new()
+    }
+
+    /// Whether the image says it was not closed cleanly (a VMDK's uncleanShutdown flag): its
+    /// contents were probably not quiesced.
+    fn unclean_shutdown(&self) -> bool {
+        false
+    }
+}
+
+/// A file's identity on this machine, independent of the name used to reach it: the device
+/// and inode of a file, or, for a device node, the device it gives access to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId {
+    /// The device holding the file (`st_dev`), or for a device node the device itself
+    /// (`st_rdev`, with `ino` 0).
+    pub dev: u64,
+    /// The inode number (`st_ino`); 0 for a device node.
+    pub ino: u64,
 }
 
 /// Check that `len` bytes at `offset` lie inside a disk of `size` bytes.
@@ -58,53 +81,44 @@ pub fn check_range(size: u64, offset: u64, len: u64) -> Result<()> {
     }
 }
 
-impl<T: DiskImage + ?Sized> DiskImage for Box<T> {
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        (**self).allocation(offset, length)
-    }
-    fn format_name(&self) -> &'static str {
-        (**self).format_name()
-    }
-    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        (**self).mapped(offset, len)
-    }
-    fn release(&self, offset: u64, len: u64) {
-        (**self).release(offset, len)
-    }
-    fn populate(&self, offset: u64, len: u64) {
-        (**self).populate(offset, len)
-    }
+/// `DiskImage` for smart pointers to images, forwarding every method (defaults included, so
+/// a mapped image stays mapped behind a `Box` or an `Arc`).
+macro_rules! forward_disk_image {
+    ($($ptr:ident)::+) => {
+        impl<T: DiskImage + ?Sized> DiskImage for $($ptr)::+<T> {
+            fn size(&self) -> u64 {
+                (**self).size()
+            }
+            fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+                (**self).read_at(buf, offset)
+            }
+            fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
+                (**self).allocation(offset, length)
+            }
+            fn format_name(&self) -> &'static str {
+                (**self).format_name()
+            }
+            fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
+                (**self).mapped(offset, len)
+            }
+            fn populate(&self, offset: u64, len: u64) {
+                (**self).populate(offset, len)
+            }
+            fn release(&self, offset: u64, len: u64) {
+                (**self).release(offset, len)
+            }
+            fn files(&self) -> Vec<FileId> {
+                (**self).files()
+            }
+            fn unclean_shutdown(&self) -> bool {
+                (**self).unclean_shutdown()
+            }
+        }
+    };
 }
 
-impl<T: DiskImage + ?Sized> DiskImage for std::sync::Arc<T> {
-    fn size(&self) -> u64 {
-        (**self).size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        (**self).read_at(buf, offset)
-    }
-    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        (**self).allocation(offset, length)
-    }
-    fn format_name(&self) -> &'static str {
-        (**self).format_name()
-    }
-    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        (**self).mapped(offset, len)
-    }
-    fn release(&self, offset: u64, len: u64) {
-        (**self).release(offset, len)
-    }
-    fn populate(&self, offset: u64, len: u64) {
-        (**self).populate(offset, len)
-    }
-}
+forward_disk_image!(Box);
+forward_disk_image!(std::sync::Arc);
 
 /// Window in which whole-disk walks ask for allocation maps: a hostile image can describe one
 /// extent per 512-byte grain, so maps are never asked for all at once.

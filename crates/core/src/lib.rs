@@ -4,21 +4,30 @@
 //! - [`Extent`] and [`Allocation`]: byte ranges of an image and how they are stored;
 //! - [`Error`] and [`ErrorKind`]: one error type with a matchable kind plus path/offset context;
 //! - [`size`]: parsing and printing of byte sizes (`4K`, `1M`, …);
-//! - [`Throttle`]: a cap on bytes read per second, shared by threads.
+//! - [`Throttle`]: a cap on bytes read per second, shared by threads;
+//! - [`Granularity`]: the block size of change maps, manifests and scans;
+//! - [`ImageSink`] and [`copy_into`]: writing an image of any format from any image;
+//! - [`MemImage`]: a disk in memory, for tests and examples.
 //!
 //! This crate knows no on-disk format. Format crates (`vdisk-raw`, `vdisk-vmdk`) implement the
 //! traits; everything above them (diff, bitmaps, chains, the CLI) works on the traits only.
 
 mod error;
 mod extent;
+mod granularity;
 mod image;
+mod mem;
+mod sink;
 pub mod size;
 mod throttle;
 mod zero;
 
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{coalesce, Allocation, Extent};
-pub use image::{check_range, for_each_extent, DiskImage, MAP_WINDOW};
+pub use granularity::Granularity;
+pub use image::{check_range, for_each_extent, DiskImage, FileId, MAP_WINDOW};
+pub use mem::MemImage;
+pub use sink::{chunks, copy_into, CopyOptions, CopyStats, ImageSink, COPY_CHUNK};
 pub use throttle::Throttle;
 pub use zero::is_zero;
 

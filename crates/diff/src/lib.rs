@@ -16,7 +16,7 @@ pub mod fuzzing;
 mod manifest;
 mod scan;
 
-pub use manifest::{is_manifest, Manifest, ManifestWriter, MANIFEST_MAGIC};
+pub use manifest::{is_manifest, Manifest, ManifestFile, ManifestWriter, MANIFEST_MAGIC};
 pub use scan::{diff, diff_manifest, diff_manifest_each, hash_image, DiffReport, ScanOptions};
 
 /// The block hash: XXH3-128 (with run-time AVX2/SSE2 selection).

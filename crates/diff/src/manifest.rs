@@ -5,7 +5,7 @@
 //! then the crc32 of everything before it.
 
 use std::io::Write;
-use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_core::{Error, Result};
 
 /// The first 8 bytes of a manifest.
 pub const MANIFEST_MAGIC: &[u8; 8] = b"VDHASHES";
@@ -22,13 +22,7 @@ pub struct Manifest<'a> {
 }
 
 fn check_granularity(g: u64) -> Result<()> {
-    if g < 512 || !g.is_power_of_two() {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            format!("granularity {g} is not a power of two of at least 512"),
-        ));
-    }
-    Ok(())
+    vdisk_core::Granularity::new(g).map(|_| ())
 }
 
 impl<'a> Manifest<'a> {
@@ -103,6 +97,49 @@ impl<'a> Manifest<'a> {
         let at = usize::try_from(block).ok()?.checked_mul(16)?;
         let b = self.hashes.get(at..at.checked_add(16)?)?;
         Some(u128::from_le_bytes(b.try_into().ok()?))
+    }
+}
+
+/// A manifest file, mapped and checked once when opened; lookups after that read the map.
+#[derive(Debug)]
+pub struct ManifestFile {
+    file: vdisk_raw::MappedFile,
+    size: u64,
+    granularity: u64,
+}
+
+impl ManifestFile {
+    /// Open, map and check the manifest at `path` (errors name the file).
+    pub fn open(path: &std::path::Path) -> Result<Self> {
+        let file = vdisk_raw::MappedFile::open(path)?;
+        let (size, granularity) = {
+            let bytes = file
+                .bytes()
+                .ok_or_else(|| Error::unsupported("cannot map the manifest").with_path(path))?;
+            let m = Manifest::decode(bytes).map_err(|e| e.with_path(path))?;
+            (m.size, m.granularity)
+        };
+        Ok(ManifestFile {
+            file,
+            size,
+            granularity,
+        })
+    }
+
+    /// The manifest, without checking it again.
+    pub fn manifest(&self) -> Manifest<'_> {
+        let bytes = self.file.bytes().unwrap_or(&[]);
+        let end = bytes.len().saturating_sub(4);
+        Manifest {
+            size: self.size,
+            granularity: self.granularity,
+            hashes: bytes.get(HEADER..end).unwrap_or(&[]),
+        }
+    }
+
+    /// The file's identity.
+    pub fn id(&self) -> vdisk_core::FileId {
+        self.file.id()
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{is_zero, Allocation, DiskImage, Error, ErrorKind, Result, Throttle};
+use vdisk_core::{is_zero, Allocation, DiskImage, Granularity, Result, Throttle};
 
 use crate::block_hash;
 use crate::manifest::{Manifest, ManifestWriter};
@@ -30,23 +30,16 @@ pub struct ScanOptions<'a> {
 
 impl ScanOptions<'_> {
     /// Options with only a granularity.
-    pub fn new(granularity: u64) -> ScanOptions<'static> {
+    pub fn new(granularity: Granularity) -> ScanOptions<'static> {
         ScanOptions {
-            granularity,
+            granularity: granularity.bytes(),
             throttle: None,
             progress: None,
         }
     }
 
     fn check(&self) -> Result<()> {
-        let g = self.granularity;
-        if g < 512 || !g.is_power_of_two() {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                format!("granularity {g} is not a power of two of at least 512"),
-            ));
-        }
-        Ok(())
+        Granularity::new(self.granularity).map(|_| ())
     }
 
     fn window(&self) -> u64 {
@@ -73,6 +66,13 @@ pub struct DiffReport {
     pub map: ChangeMap,
     /// Bytes read from the images (both sides).
     pub bytes_read: u64,
+}
+
+/// A report is its change map wherever one is wanted (a delta link writer, a bitmap file).
+impl AsRef<ChangeMap> for DiffReport {
+    fn as_ref(&self) -> &ChangeMap {
+        &self.map
+    }
 }
 
 /// Byte ranges in `[start, end)` where `img` stores data, sorted.

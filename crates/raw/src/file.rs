@@ -3,7 +3,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_core::{Error, ErrorKind, FileId, Result};
 
 /// A file opened read-only, memory-mapped when the kernel allows it.
 ///
@@ -21,6 +21,7 @@ pub struct MappedFile {
     map: Option<Mmap>,
     len: u64,
     path: PathBuf,
+    id: FileId,
 }
 
 impl MappedFile {
@@ -53,6 +54,7 @@ impl MappedFile {
             map,
             len,
             path: path.to_path_buf(),
+            id: crate::output::file_id(&meta),
         })
     }
 
@@ -64,6 +66,19 @@ impl MappedFile {
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The file's identity (device and inode), taken when it was opened.
+    pub fn id(&self) -> FileId {
+        self.id
+    }
+
+    /// Bytes the file takes on disk (allocated blocks).
+    pub fn disk_usage(&self) -> u64 {
+        self.file
+            .metadata()
+            .map(|m| crate::output::disk_usage(&m))
+            .unwrap_or(0)
     }
 
     /// The path the file was opened as.

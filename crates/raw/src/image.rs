@@ -1,6 +1,6 @@
 use std::path::Path;
 
-use vdisk_core::{check_range, Allocation, DiskImage, Extent, Result};
+use vdisk_core::{check_range, Allocation, DiskImage, Extent, FileId, Result};
 
 use crate::{data_ranges, MappedFile};
 
@@ -31,12 +31,7 @@ impl RawImage {
     /// Bytes the file occupies on disk (its allocated blocks), which for a sparse file is less
     /// than its size.
     pub fn disk_usage(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        self.file
-            .file()
-            .metadata()
-            .map(|m| m.blocks().saturating_mul(512))
-            .unwrap_or(0)
+        self.file.disk_usage()
     }
 }
 
@@ -92,6 +87,10 @@ impl DiskImage for RawImage {
 
     fn populate(&self, offset: u64, len: u64) {
         self.file.populate(offset, len)
+    }
+
+    fn files(&self) -> Vec<FileId> {
+        vec![self.file.id()]
     }
 }
 

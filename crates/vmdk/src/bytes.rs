@@ -29,6 +29,14 @@ impl Bytes {
         self.len() == 0
     }
 
+    /// The file's identity, for files on disk.
+    pub fn id(&self) -> Option<vdisk_core::FileId> {
+        match self {
+            Bytes::File(f) => Some(f.id()),
+            Bytes::Owned(..) => None,
+        }
+    }
+
     /// The name used in messages.
     pub fn path(&self) -> &Path {
         match self {
@@ -94,13 +102,8 @@ impl Bytes {
 
     /// Bytes the file takes on disk (allocated blocks); in-memory bytes count their length.
     pub fn disk_usage(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
         match self {
-            Bytes::File(f) => f
-                .file()
-                .metadata()
-                .map(|m| m.blocks().saturating_mul(512))
-                .unwrap_or(0),
+            Bytes::File(f) => f.disk_usage(),
             Bytes::Owned(_, v) => v.len() as u64,
         }
     }

@@ -10,6 +10,8 @@ use crate::header::MAX_DESCRIPTOR_BYTES;
 
 /// `parentCID` of an image without a parent.
 pub const NO_PARENT_CID: u32 = 0xffff_ffff;
+/// Largest descriptor file read whole (the bound on any descriptor vdisk parses).
+pub(crate) const MAX_DESCRIPTOR_FILE: usize = MAX_DESCRIPTOR_BYTES as usize;
 
 /// Upper bound on extent lines: a 64 TiB disk split in 2 GiB extents has 32 Ki; qemu-img
 /// aborts far below this bound. Each line costs well under 100 bytes of memory.

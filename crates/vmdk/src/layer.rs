@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vdisk_core::{Allocation, Error, Result, SECTOR};
+use vdisk_core::{Allocation, Error, FileId, Result, SECTOR};
 
 use crate::bytes::{Bytes, FileStore};
 use crate::chain::OpenOptions;
@@ -58,21 +58,6 @@ impl LayerExtent {
     }
 }
 
-/// What `info` shows of one extent.
-#[derive(Debug, Clone)]
-pub struct ExtentInfo {
-    /// Access keyword.
-    pub access: &'static str,
-    /// Size in sectors.
-    pub sectors: u64,
-    /// Type keyword.
-    pub kind: &'static str,
-    /// Resolved file, if any.
-    pub file: Option<PathBuf>,
-    /// Offset in the file in sectors.
-    pub offset: u64,
-}
-
 /// One image file set: a descriptor and its extents (no parent).
 #[derive(Debug)]
 pub struct Layer {
@@ -81,6 +66,8 @@ pub struct Layer {
     embedded: bool,
     pub(crate) extents: Vec<LayerExtent>,
     pub(crate) size: u64,
+    /// The identity of the file the layer was opened from (none for in-memory files).
+    id: Option<FileId>,
 }
 
 /// A run of a layer, for the read path.
@@ -115,6 +102,7 @@ impl Layer {
             }
         };
         if head.starts_with(b"KDMV") {
+            let bytes_id = bytes.id();
             let sparse = SparseExtent::open(bytes)?;
             let embedded = sparse.embedded_descriptor().map(Descriptor::parse);
             let capacity = sparse.capacity();
@@ -143,6 +131,7 @@ impl Layer {
                 storage: Storage::Sparse(Arc::new(sparse)),
             }];
             return Ok(Layer {
+                id: bytes_id,
                 path: path.to_path_buf(),
                 descriptor,
                 embedded,
@@ -196,6 +185,7 @@ impl Layer {
             start += len;
         }
         Ok(Layer {
+            id: bytes.id(),
             path: path.to_path_buf(),
             descriptor,
             embedded: false,
@@ -242,18 +232,20 @@ impl Layer {
             .any(|s| s.header().unclean_shutdown)
     }
 
-    /// The extents as `info` shows them.
-    pub fn extent_infos(&self) -> Vec<ExtentInfo> {
-        self.extents
-            .iter()
-            .map(|e| ExtentInfo {
-                access: e.line.access.as_str(),
-                sectors: e.line.sectors,
-                kind: e.line.kind.as_str(),
-                file: e.path.clone(),
-                offset: e.line.offset,
-            })
-            .collect()
+    /// The identities of the layer's files: the descriptor and every extent file.
+    pub fn files(&self) -> Vec<FileId> {
+        let mut out: Vec<FileId> = self.id.into_iter().collect();
+        for e in &self.extents {
+            let id = match &e.storage {
+                Storage::Sparse(s) => s.bytes().id(),
+                Storage::Flat { file, .. } => file.id(),
+                Storage::Zero => None,
+            };
+            out.extend(id);
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 
     /// Bytes the layer's files take on disk.
@@ -277,8 +269,7 @@ impl Layer {
                 .all(|e| e.path.as_deref() != Some(&self.path))
         {
             if let Ok(m) = std::fs::metadata(&self.path) {
-                use std::os::unix::fs::MetadataExt;
-                total = total.saturating_add(m.blocks().saturating_mul(512));
+                total = total.saturating_add(vdisk_raw::disk_usage(&m));
             }
         }
         total

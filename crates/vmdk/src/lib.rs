@@ -8,8 +8,7 @@
 //! - [`VmdkImage`]: a whole image (descriptor + extents) and its chain of parents, as a
 //!   [`vdisk_core::DiskImage`];
 //! - [`check`]: metadata consistency checks;
-//! - [`writer`]: writing every subformat, and delta links;
-//! - [`convert`]: copying any image into a raw file or a VMDK of any subformat.
+//! - [`writer`]: writing every subformat (as [`vdisk_core::ImageSink`]s), and delta links.
 //!
 //! Everything read from a file is checked before use: offsets against the file length, counts
 //! against what the file could hold, arithmetic with overflow checks.
@@ -17,7 +16,6 @@
 mod bytes;
 mod chain;
 pub mod check;
-pub mod convert;
 mod descriptor;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -34,7 +32,7 @@ pub use bytes::{Bytes, FileStore, FsStore, MemStore};
 pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 pub use header::{HeaderFlags, SparseHeader, GD_AT_END, SPARSE_MAGIC};
-pub use layer::{ExtentInfo, Layer, LayerExtent};
+pub use layer::{Layer, LayerExtent};
 pub use marker::{Marker, MarkerType};
 pub use paths::resolve_relative;
 pub use sparse::{GrainEntry, SparseExtent};

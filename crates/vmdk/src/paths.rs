@@ -23,10 +23,7 @@ pub fn resolve_relative(
     let refuse = |why: &str| {
         Err(Error::new(
             ErrorKind::PathRefused,
-            format!(
-                "{what} \"{}\" {why}; pass --allow-outside-paths to read it",
-                name.display()
-            ),
+            format!("{what} \"{}\" {why}", name.display()),
         ))
     };
     let mut depth: usize = 0;
@@ -66,7 +63,7 @@ mod tests {
     }
 
     #[test]
-    fn escaping_names_are_refused_and_name_the_option() {
+    fn escaping_names_are_refused() {
         let d = Path::new("/images");
         for bad in [
             "/etc/passwd",
@@ -77,7 +74,10 @@ mod tests {
         ] {
             let e = resolve_relative(d, Path::new(bad), false, "extent file").unwrap_err();
             assert_eq!(e.kind(), ErrorKind::PathRefused, "{bad}");
-            assert!(e.to_string().contains("--allow-outside-paths"), "{bad}");
+            assert!(
+                !e.to_string().contains("--"),
+                "library errors name no flags: {bad}"
+            );
         }
         assert_eq!(
             resolve_relative(d, Path::new("../a.vmdk"), true, "x").unwrap(),

@@ -1,7 +1,9 @@
 //! The read path of a chain: positional reads and allocation maps, resolved through the
 //! parents.
 
-use vdisk_core::{check_range, coalesce, Allocation, DiskImage, Error, ErrorKind, Extent, Result};
+use vdisk_core::{
+    check_range, coalesce, Allocation, DiskImage, Error, ErrorKind, Extent, FileId, Result,
+};
 
 use crate::bytes::Bytes;
 use crate::chain::VmdkImage;
@@ -190,6 +192,17 @@ impl DiskImage for VmdkImage {
         let start = usize::try_from(base.checked_add(within)?).ok()?;
         file.slice()?
             .get(start..start.checked_add(usize::try_from(len).ok()?)?)
+    }
+
+    fn files(&self) -> Vec<FileId> {
+        let mut out: Vec<FileId> = self.layers.iter().flat_map(|l| l.files()).collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn unclean_shutdown(&self) -> bool {
+        self.layers.iter().any(|l| l.unclean_shutdown())
     }
 
     fn release(&self, offset: u64, len: u64) {

@@ -1,12 +1,11 @@
 //! monolithicFlat and twoGbMaxExtentFlat: a descriptor and flat files that are sparse files,
 //! holes wherever the disk is zero.
 
-use vdisk_core::{Result, SECTOR};
+use vdisk_core::{ImageSink, Result, SECTOR};
 use vdisk_raw::SparseWriter;
 
 use super::{
-    extent_line, new_descriptor, ExtentCursor, ImageSink, OutputFiles, Subformat, WriteOptions,
-    SPLIT_SECTORS,
+    extent_line, new_descriptor, ExtentCursor, OutputFiles, Subformat, WriteOptions, SPLIT_SECTORS,
 };
 use crate::descriptor::{Descriptor, ExtentType};
 
@@ -23,30 +22,29 @@ pub(crate) struct FlatImage {
 
 impl FlatImage {
     pub(crate) fn create(
-        files: OutputFiles,
+        mut files: OutputFiles,
         sectors: u64,
         subformat: Subformat,
         opts: &WriteOptions,
     ) -> Result<Self> {
-        let per_file = if subformat == Subformat::TwoGbMaxExtentFlat {
-            SPLIT_SECTORS
-        } else {
-            sectors.max(1)
-        };
+        let split = subformat == Subformat::TwoGbMaxExtentFlat;
+        let per_file = if split { SPLIT_SECTORS } else { sectors.max(1) };
         let count = sectors.div_ceil(per_file).max(1);
-        let extents = (0..count)
-            .map(|i| {
+        let suffixes: Vec<String> = if split {
+            (0..count).map(|i| format!("-f{:03}", i + 1)).collect()
+        } else {
+            vec!["-flat".to_string()]
+        };
+        let extents = files
+            .extent_names(&suffixes)
+            .into_iter()
+            .zip(0..count)
+            .map(|(name, i)| {
                 let len = sectors.saturating_sub(i * per_file).min(per_file);
-                let name = if subformat == Subformat::TwoGbMaxExtentFlat {
-                    files.extent_name(&format!("-f{:03}", i + 1))
-                } else {
-                    files.extent_name("-flat")
-                };
                 extent_line(len, ExtentType::Flat, name)
             })
             .collect();
         let descriptor = new_descriptor(subformat.name(), extents, sectors, opts, None);
-        drop(files.open(None, 0)?); // refuse an existing destination before writing anything
         Ok(FlatImage {
             files,
             descriptor,

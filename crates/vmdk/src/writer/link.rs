@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use vdisk_core::{is_zero, DiskImage, Error, Result, SECTOR};
 
-use super::{OutputFiles, SparseImage, Subformat, WriteOptions, GRAIN_SECTORS};
+use super::{Layout, OutputFiles, SparseImage, Subformat, WriteOptions, GRAIN_SECTORS};
 use crate::VmdkImage;
 
 /// Called with every grain a link writer reads from the new image: (grain index, bytes).
@@ -38,6 +38,17 @@ pub struct LinkStats {
     pub bytes_read: u64,
 }
 
+/// What a link stores for one changed grain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GrainPlan {
+    /// The grain's bytes.
+    Data,
+    /// A zeroed grain: zero now, not zero in the parent, so the parent must be masked.
+    Zeroed,
+    /// Nothing: zero now and zero in the parent.
+    Skip,
+}
+
 /// Grains read in parallel before they are written.
 const BATCH: usize = 256;
 
@@ -66,7 +77,7 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
 
 /// Write a delta link at `dst` (monolithicSparse, or twoGbMaxExtentSparse with a separate
 /// descriptor) on `link.parent`, holding every grain of `new` that touches a range of
-/// `changed` (`(start, length)` in bytes, sorted). The link reads as `new` wherever `changed`
+/// `changed` (`(start, length)` in bytes, sorted; a change map's `extents()` fits). The link reads as `new` wherever `changed`
 /// covers every difference between `new` and the parent.
 ///
 /// A changed grain that is all zero is left out when the parent reads as zero there too, and
@@ -74,12 +85,12 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
 pub fn write_delta_link(
     link: &LinkTarget<'_>,
     new: &dyn DiskImage,
-    changed: &[(u64, u64)],
+    changed: impl IntoIterator<Item = (u64, u64)>,
     dst: &Path,
 ) -> Result<LinkStats> {
     let gb = GRAIN_SECTORS * SECTOR;
     let size = new.size();
-    let mut grains = changed.iter().flat_map(|&(start, len)| {
+    let mut grains = changed.into_iter().flat_map(move |(start, len)| {
         let first = start / gb;
         let end = start.saturating_add(len).min(size).div_ceil(gb);
         first..end.max(first)
@@ -109,9 +120,9 @@ pub fn write_delta_link_from(
         opts,
         on_grain,
     } = *link;
-    let split = match subformat {
-        Subformat::MonolithicSparse => false,
-        Subformat::TwoGbMaxExtentSparse => true,
+    let layout = match subformat {
+        Subformat::MonolithicSparse => Layout::Monolithic,
+        Subformat::TwoGbMaxExtentSparse => Layout::Split,
         other => {
             return Err(Error::new(
                 vdisk_core::ErrorKind::InvalidArgument,
@@ -127,8 +138,8 @@ pub fn write_delta_link_from(
     let hint = parent_hint(dst, parent_path)?;
     let size = new.size();
     let sectors = size.div_ceil(SECTOR);
-    let files = OutputFiles::new(dst, opts.overwrite);
-    let mut out = SparseImage::create(files, sectors, split, opts, Some((parent_cid, hint)))?;
+    let files = OutputFiles::new(dst, &opts.policy)?;
+    let mut out = SparseImage::create(files, sectors, layout, opts, Some((parent_cid, hint)))?;
 
     let gb = GRAIN_SECTORS * SECTOR;
     let grain_count = size.div_ceil(gb);
@@ -147,9 +158,8 @@ pub fn write_delta_link_from(
             if bufs.len() < batch.len() {
                 bufs.resize_with(batch.len(), Vec::new);
             }
-            // Per grain: its bytes when the source's map lends them (otherwise they are in its
-            // buffer), whether they are all zero, whether a zeroed grain must mask the parent.
-            let kinds: Vec<(Option<&[u8]>, bool, bool)> = batch
+            // Per grain: where its bytes are and what the link stores for it.
+            let plans: Vec<(Option<&[u8]>, GrainPlan)> = batch
                 .par_iter()
                 .zip(bufs.par_iter_mut())
                 .map(|(&g, buf)| {
@@ -166,19 +176,28 @@ pub fn write_delta_link_from(
                     if let Some(f) = on_grain {
                         f(g, data);
                     }
-                    let zero = is_zero(data);
-                    let mask = zero && !parent_reads_zero(parent, off, len)?;
-                    Ok((lent, zero, mask))
+                    let plan = if !is_zero(data) {
+                        GrainPlan::Data
+                    } else if parent_reads_zero(parent, off, len)? {
+                        GrainPlan::Skip
+                    } else {
+                        GrainPlan::Zeroed
+                    };
+                    Ok((lent, plan))
                 })
                 .collect::<Result<_>>()?;
-            for ((&g, buf), (lent, zero, mask)) in batch.iter().zip(&bufs).zip(kinds) {
+            for ((&g, buf), (lent, plan)) in batch.iter().zip(&bufs).zip(plans) {
                 stats.bytes_read += grain_range(g).1;
-                if !zero {
-                    ext.put_grain(g, lent.unwrap_or(buf))?;
-                    stats.data_grains += 1;
-                } else if mask {
-                    ext.put_zero(g)?;
-                    stats.zeroed_grains += 1;
+                match plan {
+                    GrainPlan::Data => {
+                        ext.put_grain(g, lent.unwrap_or(buf))?;
+                        stats.data_grains += 1;
+                    }
+                    GrainPlan::Zeroed => {
+                        ext.put_zero(g)?;
+                        stats.zeroed_grains += 1;
+                    }
+                    GrainPlan::Skip => {}
                 }
             }
             batch.clear();

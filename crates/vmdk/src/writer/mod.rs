@@ -1,10 +1,12 @@
 //! Writing VMDK images: every hosted subformat, and delta links.
 //!
-//! An output is an [`ImageSink`]: the caller hands it the disk's blocks in increasing order
-//! and then calls [`ImageSink::finish`]. Every file is written under a temporary name
-//! ([`vdisk_raw::partial_path`]) and renamed into place only when all of them are complete,
-//! extents first and the descriptor (the name the user gave) last, so the destination never
-//! names a partial image.
+//! An output is a [`vdisk_core::ImageSink`]: the caller hands it the disk's blocks in
+//! increasing order and then calls [`ImageSink::finish`]. Every file is written unnamed (or
+//! under a temporary name, see [`vdisk_raw::SparseWriter`]) and published only when all of
+//! them are complete, extents first and the descriptor (the name the user gave) last, so the
+//! destination never names a partial image. Extents get fresh names (no file has them when the
+//! image is started), so replacing a multi-file image is atomic: until the descriptor is
+//! renamed over the old one, the old image is whole; after it, the old extents are removed.
 
 mod flat;
 mod link;
@@ -13,10 +15,11 @@ mod stream;
 
 use std::path::{Path, PathBuf};
 
-use vdisk_core::{Error, ErrorKind, Result, SECTOR};
-use vdisk_raw::{SealedFile, SparseWriter};
+use vdisk_core::{Error, ErrorKind, ImageSink, Result, SECTOR};
+use vdisk_raw::{Existing, OutputPolicy, SealedFile, SparseWriter};
 
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
+use crate::paths::resolve_relative;
 
 pub use link::{write_delta_link, write_delta_link_from, GrainHook, LinkStats, LinkTarget};
 pub(crate) use sparse::SparseImage;
@@ -123,8 +126,9 @@ impl std::str::FromStr for Adapter {
 /// How to write an image.
 #[derive(Debug, Clone, Default)]
 pub struct WriteOptions {
-    /// Replace an existing destination (and its extent files).
-    pub overwrite: bool,
+    /// What happens to an existing destination (and its extent files), and which files the
+    /// output must never replace.
+    pub policy: OutputPolicy,
     /// The adapter type for the descriptor.
     pub adapter: Adapter,
     /// The content ID to give the image instead of a fresh one (a synthetic full that takes
@@ -170,31 +174,10 @@ pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
     ]
 }
 
-/// Where a written image's blocks go. Blocks come in increasing offset order.
-pub trait ImageSink: Send {
-    /// The block size `put` expects: data ranges are rounded out to it (the grain size of
-    /// sparse outputs; 4 KiB for raw and flat ones).
-    fn block_size(&self) -> u64;
-
-    /// Whether `put` takes runs of any number of whole blocks at once (raw and flat outputs,
-    /// which copy bytes as they are); otherwise each block comes on its own.
-    fn takes_runs(&self) -> bool {
-        false
-    }
-
-    /// Store blocks: `(offset, bytes)` with `offset` a multiple of [`ImageSink::block_size`]
-    /// and `bytes` a whole block (shorter only at the end of the disk). All-zero blocks may be
-    /// passed; sparse outputs store nothing for them.
-    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()>;
-
-    /// Write the metadata, sync every file and rename them into place.
-    fn finish(self: Box<Self>) -> Result<()>;
-}
-
 /// Start writing a VMDK of `size` bytes at `dst` in `subformat`.
 ///
-/// The size is rounded up to whole sectors. Existing files at `dst`, or at the extent names
-/// derived from it, are refused unless `opts.overwrite` is set.
+/// The size is rounded up to whole sectors. An existing `dst` is refused unless the policy
+/// replaces it; extent files get names no file has yet.
 pub fn create(
     dst: &Path,
     size: u64,
@@ -202,14 +185,22 @@ pub fn create(
     opts: &WriteOptions,
 ) -> Result<Box<dyn ImageSink>> {
     let sectors = size.div_ceil(SECTOR);
-    let files = OutputFiles::new(dst, opts.overwrite);
+    let files = OutputFiles::new(dst, &opts.policy)?;
     Ok(match subformat {
-        Subformat::MonolithicSparse => {
-            Box::new(SparseImage::create(files, sectors, false, opts, None)?)
-        }
-        Subformat::TwoGbMaxExtentSparse => {
-            Box::new(SparseImage::create(files, sectors, true, opts, None)?)
-        }
+        Subformat::MonolithicSparse => Box::new(SparseImage::create(
+            files,
+            sectors,
+            Layout::Monolithic,
+            opts,
+            None,
+        )?),
+        Subformat::TwoGbMaxExtentSparse => Box::new(SparseImage::create(
+            files,
+            sectors,
+            Layout::Split,
+            opts,
+            None,
+        )?),
         Subformat::MonolithicFlat | Subformat::TwoGbMaxExtentFlat => {
             Box::new(flat::FlatImage::create(files, sectors, subformat, opts)?)
         }
@@ -217,21 +208,51 @@ pub fn create(
     })
 }
 
-/// The files of one output image: created under temporary names, renamed together.
+/// How a sparse image's extents are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// One file, the descriptor embedded (monolithicSparse).
+    Monolithic,
+    /// A descriptor file and extents of at most 2 GiB (twoGbMaxExtentSparse).
+    Split,
+}
+
+/// The files of one output image: created unnamed, published together, extents first.
 pub(crate) struct OutputFiles {
     dst: PathBuf,
-    overwrite: bool,
-    /// Extent files, complete and synced, renamed before the descriptor.
+    policy: OutputPolicy,
+    /// Extent files, complete and synced, published before the descriptor.
     pending: Vec<SealedFile>,
+    /// Extent names of the new image.
+    names: Vec<PathBuf>,
+    /// Files of the image at `dst` that this one replaces, removed once it is in place.
+    replaced: Vec<PathBuf>,
 }
 
 impl OutputFiles {
-    pub(crate) fn new(dst: &Path, overwrite: bool) -> Self {
-        OutputFiles {
-            dst: dst.to_path_buf(),
-            overwrite,
-            pending: Vec::new(),
+    /// Check the destination (an existing one is refused unless the policy replaces it) and
+    /// note the files of the image it replaces.
+    pub(crate) fn new(dst: &Path, policy: &OutputPolicy) -> Result<Self> {
+        if dst.file_name().is_none() {
+            return Err(Error::new(ErrorKind::InvalidArgument, "not a file name").with_path(dst));
         }
+        policy.protected.check(dst)?;
+        let exists = std::fs::symlink_metadata(dst).is_ok();
+        if exists && policy.existing == Existing::Refuse {
+            return Err(Error::new(ErrorKind::AlreadyExists, "already exists").with_path(dst));
+        }
+        let replaced = if exists {
+            old_extent_files(dst, policy)
+        } else {
+            Vec::new()
+        };
+        Ok(OutputFiles {
+            dst: dst.to_path_buf(),
+            policy: policy.clone(),
+            pending: Vec::new(),
+            names: Vec::new(),
+            replaced,
+        })
     }
 
     /// The destination path the user named.
@@ -239,10 +260,35 @@ impl OutputFiles {
         &self.dst
     }
 
-    /// The file name of an extent beside the destination: `NAME{suffix}.vmdk`.
-    pub(crate) fn extent_name(&self, suffix: &str) -> PathBuf {
+    /// Fresh names beside the destination for extents with these suffixes:
+    /// `NAME{suffix}.vmdk`, or `NAME-N{suffix}.vmdk` with the smallest N for which no file of
+    /// the set exists yet (the image being replaced keeps its files until the switch).
+    pub(crate) fn extent_names(&mut self, suffixes: &[String]) -> Vec<PathBuf> {
         let stem = self.dst.file_stem().unwrap_or_default().to_string_lossy();
-        PathBuf::from(format!("{stem}{suffix}.vmdk"))
+        let names_for = |n: u32| -> Vec<PathBuf> {
+            let infix = if n == 0 {
+                String::new()
+            } else {
+                format!("-{n}")
+            };
+            suffixes
+                .iter()
+                .map(|s| PathBuf::from(format!("{stem}{infix}{s}.vmdk")))
+                .collect()
+        };
+        let taken = |names: &[PathBuf]| {
+            names
+                .iter()
+                .any(|n| std::fs::symlink_metadata(self.dst.with_file_name(n)).is_ok())
+        };
+        let mut n = 0;
+        let mut names = names_for(0);
+        while taken(&names) && n < 10_000 {
+            n += 1;
+            names = names_for(n);
+        }
+        self.names.clone_from(&names);
+        names
     }
 
     /// Open a file beside the destination (`name` relative to its folder, or the destination
@@ -252,22 +298,55 @@ impl OutputFiles {
             Some(n) => self.dst.with_file_name(n),
             None => self.dst.clone(),
         };
-        SparseWriter::create(&path, size, self.overwrite)
+        SparseWriter::create(&path, size, &self.policy)
     }
 
-    /// Seal a finished extent file (sync, close) to rename with the rest.
+    /// Seal a finished extent file (sync, keep it unnamed) to publish with the rest.
     pub(crate) fn keep(&mut self, file: SparseWriter) -> Result<()> {
         self.pending.push(file.seal()?);
         Ok(())
     }
 
-    /// Rename the extents, then `main` (the destination) into place.
+    /// Publish the extents, then `main` (the destination), then remove the files of the image
+    /// it replaced.
     pub(crate) fn commit(self, main: SparseWriter) -> Result<()> {
         for f in self.pending {
             f.commit()?;
         }
-        main.commit()
+        main.commit()?;
+        for old in &self.replaced {
+            let reused = old
+                .file_name()
+                .is_some_and(|n| self.names.iter().any(|m| m.as_os_str() == n));
+            if !reused && old != &self.dst {
+                let _ = std::fs::remove_file(old);
+            }
+        }
+        Ok(())
     }
+}
+
+/// The extent files the descriptor at `dst` names, when it is a separate descriptor: files in
+/// its folder that the image replacing it leaves unused. Inputs of the run are never listed
+/// (an image may name another image's extents).
+fn old_extent_files(dst: &Path, policy: &OutputPolicy) -> Vec<PathBuf> {
+    let Ok(text) = vdisk_raw::read_head(dst, crate::descriptor::MAX_DESCRIPTOR_FILE) else {
+        return Vec::new();
+    };
+    if !crate::descriptor::looks_like_descriptor(&text) {
+        return Vec::new();
+    }
+    let Ok(d) = Descriptor::parse(&text) else {
+        return Vec::new();
+    };
+    let dir = dst.parent().unwrap_or(Path::new(""));
+    d.extents
+        .iter()
+        .filter_map(|e| e.file.as_deref())
+        .filter_map(|f| resolve_relative(dir, f, false, "extent file").ok())
+        .filter(|p| policy.protected.check(p).is_ok())
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()))
+        .collect()
 }
 
 /// A descriptor for a new image.

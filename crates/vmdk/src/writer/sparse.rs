@@ -3,11 +3,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use vdisk_core::{is_zero, Error, Result, SECTOR};
+use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
 use vdisk_raw::SparseWriter;
 
 use super::{
-    extent_line, new_descriptor, ExtentCursor, ExtentFile, ImageSink, OutputFiles, WriteOptions,
+    extent_line, new_descriptor, ExtentCursor, ExtentFile, Layout, OutputFiles, WriteOptions,
     GRAIN_SECTORS, SPLIT_SECTORS,
 };
 use crate::descriptor::{Descriptor, ExtentType};
@@ -206,23 +206,24 @@ pub(crate) struct SparseImage {
 impl SparseImage {
     /// Start writing a sparse image of `sectors` at the destination of `files`.
     pub(crate) fn create(
-        files: OutputFiles,
+        mut files: OutputFiles,
         sectors: u64,
-        split: bool,
+        layout: Layout,
         opts: &WriteOptions,
         parent: Option<(u32, PathBuf)>,
     ) -> Result<Self> {
         let zeroed = parent.is_some();
+        let split = layout == Layout::Split;
         let (create_type, extents) = if split {
             let count = sectors.div_ceil(SPLIT_SECTORS).max(1);
-            let extents = (0..count)
-                .map(|i| {
+            let suffixes: Vec<String> = (0..count).map(|i| format!("-s{:03}", i + 1)).collect();
+            let extents = files
+                .extent_names(&suffixes)
+                .into_iter()
+                .zip(0..count)
+                .map(|(name, i)| {
                     let len = sectors.saturating_sub(i * SPLIT_SECTORS).min(SPLIT_SECTORS);
-                    extent_line(
-                        len,
-                        ExtentType::Sparse,
-                        files.extent_name(&format!("-s{:03}", i + 1)),
-                    )
+                    extent_line(len, ExtentType::Sparse, name)
                 })
                 .collect();
             ("twoGbMaxExtentSparse", extents)
@@ -234,8 +235,6 @@ impl SparseImage {
             )
         };
         let descriptor = new_descriptor(create_type, extents, sectors, opts, parent);
-        // Refuse an existing destination before writing anything.
-        drop(files.open(None, 0)?);
         Ok(SparseImage {
             files,
             spec: ExtentSpec {

@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use flate2::write::ZlibEncoder;
 use flate2::Compression;
 use rayon::prelude::*;
-use vdisk_core::{is_zero, Error, Result, SECTOR};
+use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
 use vdisk_raw::SparseWriter;
 
-use super::{extent_line, new_descriptor, ImageSink, OutputFiles, WriteOptions, GRAIN_SECTORS};
+use super::{extent_line, new_descriptor, OutputFiles, WriteOptions, GRAIN_SECTORS};
 use crate::descriptor::ExtentType;
 use crate::header::{HeaderFlags, SparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};

@@ -1,0 +1,364 @@
+//! Backing up: a full point the first time, then incremental points, found by hashing the
+//! source against the previous point's manifest or taken from a changed-block bitmap.
+
+use std::sync::Mutex;
+
+use rayon::prelude::*;
+use vdisk_bitmap::ChangeMap;
+use vdisk_core::{
+    copy_into, CopyOptions, DiskImage, Error, ErrorKind, ImageSink, Result, Throttle,
+};
+use vdisk_diff::{block_hash, diff_manifest_each, Manifest, ManifestFile, ScanOptions};
+use vdisk_raw::{OutputPolicy, Protected};
+use vdisk_vmdk::writer::{
+    self, write_delta_link, write_delta_link_from, LinkStats, LinkTarget, WriteOptions,
+};
+use vdisk_vmdk::VmdkImage;
+
+use crate::hashes::{manifest_bytes, stored_map, zero_hashes};
+use crate::meta::{now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint};
+use crate::repo::{repo_err, Repository};
+use crate::source::Source;
+use crate::{GRAIN, POINT_FORMAT};
+
+/// Options of a backup.
+#[derive(Default)]
+pub struct BackupOptions<'a> {
+    /// Back up a source that looks unsafe: one whose image says it was not closed cleanly,
+    /// or one that is not the disk the repository backs up (the CLI's `--force`).
+    pub force: bool,
+    /// Changed blocks from the hypervisor (CBT), trusted as a superset of the changes since
+    /// the newest point. Its disk size must be the source's.
+    pub changed: Option<ChangeMap>,
+    /// Read-rate limit.
+    pub throttle: Option<&'a Throttle>,
+    /// Progress callback (bytes of disk done).
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+}
+
+/// What a backup did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackupSummary {
+    /// The new point's number.
+    pub point: u64,
+    /// Full or incremental.
+    pub kind: PointKind,
+    /// Points in the repository now.
+    pub points: usize,
+    /// Bytes read from the source.
+    pub bytes_read: u64,
+    /// Bytes written to the repository.
+    pub bytes_written: u64,
+}
+
+/// Policy for the files of a point: fresh names under the repository's lock (anything a
+/// killed run left was removed when the lock was taken), and never one of the source's files.
+fn point_policy(src: &dyn DiskImage) -> OutputPolicy {
+    let mut protected = Protected::new();
+    protected.add_image(src);
+    OutputPolicy::replacing().protecting(protected)
+}
+
+impl Repository {
+    /// Back up `src`: a full point the first time, an incremental point after.
+    ///
+    /// Nothing changes in the repository unless the whole point was written and synced: a
+    /// failure (or a kill) at any instant leaves it as it was.
+    pub fn backup(
+        &mut self,
+        src: &dyn DiskImage,
+        source: &Source,
+        opts: &BackupOptions<'_>,
+    ) -> Result<BackupSummary> {
+        self.writable()?;
+        if source.unclean && !opts.force {
+            return Err(Error::new(
+                ErrorKind::Unsafe,
+                "source was not closed cleanly (uncleanShutdown is set), so it was probably not quiesced",
+            ));
+        }
+        if let Some(meta) = &self.meta {
+            if meta.disk.source != source.identity && !opts.force {
+                return Err(repo_err(
+                    &self.dir,
+                    ErrorKind::Unsafe,
+                    format!(
+                        "backs up {}, not {} (if this is the same disk under another name, insist)",
+                        meta.disk.source, source.identity
+                    ),
+                ));
+            }
+        }
+        if let Some(changed) = &opts.changed {
+            if changed.size() != src.size() {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "the changed-block bitmap describes a disk of {} bytes, but the source has {} bytes; it belongs to another disk or another size of this one",
+                        changed.size(),
+                        src.size()
+                    ),
+                ));
+            }
+        }
+        let repo_files = {
+            let mut p = Protected::new();
+            p.add_folder(&self.dir)?;
+            p
+        };
+        if src.files().iter().any(|id| repo_files.contains(id)) {
+            return Err(repo_err(
+                &self.dir,
+                ErrorKind::Refused,
+                "the source is a file of this repository; back up a disk, not a point",
+            ));
+        }
+        let mut meta = self.meta.clone().unwrap_or_else(|| {
+            RepoMeta::new(
+                DiskIdentity {
+                    source: source.identity.clone(),
+                    size: src.size(),
+                },
+                GRAIN,
+            )
+        });
+        let n = meta.next_point;
+        let image = format!("point-{n:06}.vmdk");
+        let hashes_name = format!("point-{n:06}.hashes");
+        let stored_name = format!("point-{n:06}.stored");
+        let size = src.size();
+        let (kind, parent, bytes_read, hashes) = match meta.points.last().cloned() {
+            None => {
+                let (read, hashes) = self.write_full(src, &image, opts)?;
+                (PointKind::Full, None, read, hashes)
+            }
+            Some(prev) => {
+                let (read, hashes) = self.write_incremental(src, &prev, &image, opts)?;
+                (PointKind::Incremental, Some(prev.point), read, hashes)
+            }
+        };
+        let manifest = manifest_bytes(size, &hashes)?;
+        vdisk_raw::write_file(
+            &self.path(&hashes_name),
+            &manifest,
+            &OutputPolicy::replacing(),
+        )?;
+        let (point_img, stored, files) = self.record_point(&image, &stored_name)?;
+        let cid = point_img.layers()[0].descriptor().cid.unwrap_or(0);
+        let bytes_written = files
+            .iter()
+            .filter_map(|f| std::fs::metadata(self.path(&f.name)).ok())
+            .map(|m| m.len())
+            .sum::<u64>()
+            + manifest.len() as u64;
+        meta.points.push(RestorePoint {
+            point: n,
+            image,
+            kind,
+            created: now_rfc3339(),
+            size,
+            changed_bytes: stored.changed_bytes(),
+            parent,
+            cid,
+            hashes: hashes_name,
+            stored: stored_name,
+            files,
+        });
+        meta.next_point = n + 1;
+        let points = meta.points.len();
+        self.commit(meta)?;
+        Ok(BackupSummary {
+            point: n,
+            kind,
+            points,
+            bytes_read,
+            bytes_written,
+        })
+    }
+
+    /// After a point's image is written: open it, write the bitmap of the grains it stores
+    /// as `stored_name`, and take the checksums of its files' metadata.
+    pub(crate) fn record_point(
+        &self,
+        image: &str,
+        stored_name: &str,
+    ) -> Result<(VmdkImage, ChangeMap, Vec<FileCheck>)> {
+        let img = VmdkImage::open(&self.path(image))?;
+        let stored = stored_map(&img)?;
+        vdisk_raw::write_file(
+            &self.path(stored_name),
+            &stored.encode(),
+            &OutputPolicy::replacing(),
+        )?;
+        let files = crate::checksums::file_checks(&self.dir, image)?;
+        Ok((img, stored, files))
+    }
+
+    fn write_full(
+        &self,
+        src: &dyn DiskImage,
+        image: &str,
+        opts: &BackupOptions<'_>,
+    ) -> Result<(u64, Vec<u128>)> {
+        let size = src.size();
+        let wopts = WriteOptions {
+            policy: point_policy(src),
+            ..Default::default()
+        };
+        let inner = writer::create(&self.path(image), size, POINT_FORMAT, &wopts)?;
+        let hashes = Mutex::new(zero_hashes(size));
+        let sink = HashingSink {
+            inner,
+            hashes: &hashes,
+        };
+        let copts = CopyOptions {
+            throttle: opts.throttle,
+            progress: opts.progress,
+        };
+        let stats = copy_into(src, Box::new(sink), &copts)?;
+        Ok((
+            stats.bytes_read,
+            hashes.into_inner().unwrap_or_else(|e| e.into_inner()),
+        ))
+    }
+
+    fn write_incremental(
+        &self,
+        src: &dyn DiskImage,
+        prev: &RestorePoint,
+        image: &str,
+        opts: &BackupOptions<'_>,
+    ) -> Result<(u64, Vec<u128>)> {
+        let size = src.size();
+        let manifest_file = ManifestFile::open(&self.path(&prev.hashes))?;
+        let old = manifest_file.manifest();
+        // The new point's hashes: the old ones, with every grain the link reads replaced.
+        let mut hashes = zero_hashes(size);
+        for (b, h) in hashes.iter_mut().enumerate() {
+            let b = b as u64;
+            if b < old.block_count() && (b + 1) * GRAIN <= prev.size.min(size) {
+                if let Some(old_h) = old.hash(b) {
+                    *h = old_h;
+                }
+            }
+        }
+        let fresh = Mutex::new(Vec::new());
+        let throttle = opts.throttle;
+        let on_grain = |g: u64, data: &[u8]| {
+            if let Some(t) = throttle {
+                t.take(data.len() as u64);
+            }
+            let h = block_hash(data);
+            fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));
+        };
+        let parent_path = self.path(&prev.image);
+        let parent = self.open_point(prev)?;
+        let wopts = WriteOptions {
+            policy: point_policy(src),
+            ..Default::default()
+        };
+        let target = LinkTarget {
+            parent_path: &parent_path,
+            parent: &parent,
+            subformat: POINT_FORMAT,
+            opts: &wopts,
+            on_grain: Some(&on_grain),
+        };
+        let dst = self.path(image);
+        let (scanned, stats) = match &opts.changed {
+            Some(cbt) => {
+                // Trusted as a superset; blocks the old hashes cannot speak for are added: the
+                // new area of a grown disk and the blocks across either end.
+                let mut map = cbt.resample(GRAIN)?;
+                let edge = prev.size.min(size) / GRAIN;
+                map.set_blocks(edge, size.div_ceil(GRAIN));
+                (0, write_delta_link(&target, src, map.extents(), &dst)?)
+            }
+            None => {
+                let scan = ScanOptions {
+                    granularity: GRAIN,
+                    throttle: opts.throttle,
+                    progress: opts.progress,
+                };
+                hash_and_link(&old, src, &scan, &target, &dst)?
+            }
+        };
+        let read = scanned + stats.bytes_read;
+        for (g, h) in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            if let Some(slot) = hashes.get_mut(g as usize) {
+                *slot = h;
+            }
+        }
+        Ok((read, hashes))
+    }
+}
+
+/// Hash `src` against the previous point's manifest and write the link of what changed, at
+/// the same time: the scan hands each window's changed grains (its granularity is the
+/// link's grain) to a writer thread, so the link's writes and their writeback overlap the
+/// hashing instead of following it. Returns the bytes the scan read and what the writer did.
+fn hash_and_link(
+    old: &Manifest<'_>,
+    src: &dyn DiskImage,
+    scan: &ScanOptions<'_>,
+    target: &LinkTarget<'_>,
+    dst: &std::path::Path,
+) -> Result<(u64, LinkStats)> {
+    // A few windows of changes in flight: the scan runs ahead of the writer by at most that.
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u64>>>(4);
+    std::thread::scope(|s| {
+        let writer = s.spawn(move || write_delta_link_from(target, src, rx, dst));
+        let mut writer_gone = false;
+        let scanned = diff_manifest_each(old, src, scan, &mut |grains| {
+            tx.send(Ok(grains)).map_err(|_| {
+                writer_gone = true;
+                Error::new(ErrorKind::Io, "the link writer stopped")
+            })
+        });
+        if scanned.is_err() && !writer_gone {
+            // Tell the writer to drop its partial link rather than finish it.
+            let _ = tx.send(Err(Error::new(ErrorKind::Io, "the scan failed")));
+        }
+        drop(tx);
+        let written = writer
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        match (scanned, written) {
+            (Ok(report), Ok(stats)) => Ok((report.bytes_read, stats)),
+            // A scan stopped by the writer: the writer's error says why.
+            (Err(_), Err(e)) if writer_gone => Err(e),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        }
+    })
+}
+
+/// Wraps a point's sink: hashes every grain on its way in (in parallel), for the manifest.
+struct HashingSink<'a> {
+    inner: Box<dyn ImageSink>,
+    hashes: &'a Mutex<Vec<u128>>,
+}
+
+impl ImageSink for HashingSink<'_> {
+    fn block_size(&self) -> u64 {
+        self.inner.block_size()
+    }
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        let bs = self.inner.block_size();
+        let hashed: Vec<(u64, u128)> = blocks
+            .par_iter()
+            .map(|&(off, data)| (off / bs, block_hash(data)))
+            .collect();
+        {
+            let mut h = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
+            for (b, v) in hashed {
+                if let Some(slot) = h.get_mut(b as usize) {
+                    *slot = v;
+                }
+            }
+        }
+        self.inner.put(blocks)
+    }
+    fn finish(self: Box<Self>) -> Result<()> {
+        self.inner.finish()
+    }
+}

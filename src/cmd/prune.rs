@@ -1,0 +1,49 @@
+//! `vdisk prune`: the oldest points folded into a synthetic full.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use vdisk::size::human;
+use vdisk::{CopyOptions, Repository, Result};
+
+use super::{print_json, Ctx, Status};
+
+/// Fold the oldest points into the base so that N remain.
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The repository.
+    pub repo: PathBuf,
+    /// Points to keep.
+    #[arg(long, value_name = "N")]
+    pub keep: usize,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    let mut repository = Repository::open_writable(&a.repo)?;
+    let progress = ctx.progress(repository.prune_bytes(a.keep));
+    let tick = |n: u64| progress.tick(n);
+    let opts = CopyOptions {
+        throttle: Some(&ctx.throttle),
+        progress: Some(&tick),
+    };
+    let s = repository.prune(a.keep, &opts)?;
+    progress.done("pruned");
+    let kept = repository.points().len();
+    if a.json {
+        print_json(&json!({
+            "folded": s.folded,
+            "kept": kept,
+            "bytes_freed": s.bytes_freed,
+        }))?;
+    } else if ctx.summary() {
+        eprintln!(
+            "vdisk: folded {} point(s) into the base, {kept} kept, freed {}",
+            s.folded,
+            human(s.bytes_freed)
+        );
+    }
+    Ok(0)
+}

@@ -1,0 +1,76 @@
+//! `vdisk verify`: every stored grain against the hashes kept at backup time.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use vdisk::chain::VerifyOptions;
+use vdisk::{Repository, Result};
+
+use super::{print_json, print_text, Ctx, Status};
+
+/// Check a repository's points against the hashes kept at backup time (exit 1 if damaged).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The repository.
+    pub repo: PathBuf,
+    /// Check this point and those it depends on (all points by default).
+    #[arg(long, value_name = "N")]
+    pub point: Option<u64>,
+    /// One JSON document on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    let repository = Repository::open(&a.repo)?;
+    let progress = ctx.progress(repository.verify_bytes(a.point));
+    let tick = |n: u64| progress.tick(n);
+    let opts = VerifyOptions {
+        throttle: Some(&ctx.throttle),
+        progress: Some(&tick),
+    };
+    let reports = repository.verify(a.point, &opts)?;
+    progress.done("verified");
+    let sound = reports.iter().all(|r| r.sound());
+    if a.json {
+        let v: Vec<_> = reports
+            .iter()
+            .map(|r| {
+                let status = if !r.problems.is_empty() {
+                    "damaged"
+                } else if r.depends_on_damaged.is_some() {
+                    "affected"
+                } else {
+                    "ok"
+                };
+                let problems: Vec<String> = r.problems.iter().map(|p| p.to_string()).collect();
+                json!({"point": r.point, "status": status, "problems": problems, "depends_on_damaged": r.depends_on_damaged})
+            })
+            .collect();
+        print_json(&json!({ "sound": sound, "points": v }))?;
+    } else {
+        let mut text = String::new();
+        for r in &reports {
+            if !r.problems.is_empty() {
+                text.push_str(&format!("point {}: DAMAGED\n", r.point));
+                for p in &r.problems {
+                    text.push_str(&format!("  {p}\n"));
+                }
+            } else if let Some(d) = r.depends_on_damaged {
+                text.push_str(&format!(
+                    "point {}: affected (depends on damaged point {d})\n",
+                    r.point
+                ));
+            } else {
+                text.push_str(&format!("point {}: ok\n", r.point));
+            }
+        }
+        text.push_str(if sound {
+            "repository is sound\n"
+        } else {
+            "repository is damaged\n"
+        });
+        print_text(&text)?;
+    }
+    Ok(u8::from(!sound))
+}
