@@ -267,11 +267,19 @@ impl Client {
     /// Read chunks until `n` replies are complete (chunks of different replies may
     /// interleave); returns them by cookie.
     pub fn replies(&mut self, n: usize) -> HashMap<u64, Reply> {
-        let mut open: HashMap<u64, Reply> = HashMap::new();
         let mut done = HashMap::new();
-        while done.len() < n {
+        self.replies_each(n, |cookie, r| {
+            assert!(done.insert(cookie, r).is_none(), "two replies for {cookie}");
+        });
+        done
+    }
+
+    /// Read chunks until `n` replies are complete, handing each to `f` as it completes.
+    pub fn replies_each(&mut self, n: usize, mut f: impl FnMut(u64, Reply)) {
+        let mut open: HashMap<u64, Reply> = HashMap::new();
+        let mut finished = 0;
+        while finished < n {
             let c = self.chunk();
-            assert!(!done.contains_key(&c.cookie), "chunk after DONE");
             let r = open.entry(c.cookie).or_default();
             let p = &c.payload;
             match c.kind {
@@ -310,11 +318,11 @@ impl Client {
             }
             if c.flags & 1 != 0 {
                 let r = open.remove(&c.cookie).unwrap();
-                done.insert(c.cookie, r);
+                f(c.cookie, r);
+                finished += 1;
             }
         }
         assert!(open.is_empty(), "unfinished replies: {:?}", open.keys());
-        done
     }
 
     /// One structured reply.

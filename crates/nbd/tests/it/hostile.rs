@@ -181,8 +181,34 @@ fn requests_past_the_end_or_absurdly_long_get_errors_and_the_connection_stays() 
     assert_eq!(c.read(SIZE - 10, 10).unwrap(), want[want.len() - 10..]);
 }
 
+/// Run `name`, an ignored test of this binary, alone in a child process, so that its
+/// memory measurements see no other test's allocations.
+fn in_child(name: &str) {
+    let exe = std::env::current_exe().unwrap();
+    let out = std::process::Command::new(exe)
+        .args([
+            name,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{name}:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("1 passed"), "{name} did not run:\n{stdout}");
+}
+
 #[test]
 fn a_flood_of_pipelined_requests_is_answered_with_bounded_memory() {
+    in_child("hostile::flood_in_a_child_process");
+}
+
+#[test]
+#[ignore = "run alone in a child process by a_flood_of_pipelined_requests_is_answered_with_bounded_memory"]
+fn flood_in_a_child_process() {
     let tmp = tempfile::tempdir().unwrap();
     let (path, want) = pattern_image(tmp.path());
     let limits = Limits {
@@ -203,13 +229,13 @@ fn a_flood_of_pipelined_requests_is_answered_with_bounded_memory() {
     let writer = std::thread::spawn(move || {
         let mut batch = Vec::new();
         for i in 0..N {
-            // Mostly small reads, some past the end.
+            // Reads of 64 KiB, some past the end.
             let off = if i % 10 == 9 {
                 SIZE
             } else {
-                (i * 4096) % (SIZE - 4096)
+                (i * 4096) % (SIZE - 65536)
             };
-            batch.extend(Client::request_bytes(CMD_READ, 0, i, off, 4096));
+            batch.extend(Client::request_bytes(CMD_READ, 0, i, off, 65536));
             if batch.len() > 64 << 10 {
                 w.write_all(&batch).unwrap();
                 batch.clear();
@@ -217,24 +243,24 @@ fn a_flood_of_pipelined_requests_is_answered_with_bounded_memory() {
         }
         w.write_all(&batch).unwrap();
     });
-    let replies = c.replies(N as usize);
-    writer.join().unwrap();
-    assert_eq!(replies.len(), N as usize);
-    for (cookie, r) in &replies {
-        let off = (cookie * 4096) % (SIZE - 4096);
+    let mut seen = vec![false; N as usize];
+    c.replies_each(N as usize, |cookie, r| {
+        assert!(!std::mem::replace(&mut seen[cookie as usize], true));
         if cookie % 10 == 9 {
             assert_eq!(r.error.unwrap().0, EINVAL);
-        } else if cookie % 97 == 0 {
-            assert_eq!(r.bytes(off, 4096), want[off as usize..off as usize + 4096]);
+        } else {
+            let off = (cookie * 4096) % (SIZE - 65536);
+            assert_eq!(
+                r.bytes(off, 65536),
+                want[off as usize..off as usize + 65536]
+            );
         }
-    }
+    });
+    writer.join().unwrap();
     let stats = srv.server.stats();
     assert!(stats.peak_in_flight <= 8, "{stats:?}");
-    assert!(
-        rss_kib() < rss + (64 << 10),
-        "memory grew by {} KiB",
-        rss_kib() - rss
-    );
+    let grown = rss_kib().saturating_sub(rss);
+    assert!(grown < 32 << 10, "memory grew by {grown} KiB");
 
     // A client that floods and never reads a reply: the server stops reading it.
     let (mut c, _, _) = Client::handshake(&srv.socket, "disk", true, false);
@@ -243,12 +269,10 @@ fn a_flood_of_pipelined_requests_is_answered_with_bounded_memory() {
     let req: Vec<u8> = (0..1000u64)
         .flat_map(|i| Client::request_bytes(CMD_READ, 0, i, 0, 1 << 20))
         .collect();
-    let mut sent = 0usize;
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(3) {
-        match c.s.write(&req) {
-            Ok(n) => sent += n,
-            Err(_) => break,
+        if c.s.write(&req).is_err() {
+            break;
         }
     }
     assert!(
@@ -256,16 +280,12 @@ fn a_flood_of_pipelined_requests_is_answered_with_bounded_memory() {
         "the server kept reading"
     );
     assert!(srv.server.stats().peak_in_flight <= 8);
-    assert!(
-        rss_kib() < rss + (64 << 10),
-        "memory grew by {} KiB",
-        rss_kib() - rss
-    );
-    assert!(sent > 0);
-    drop(c);
+    let grown = rss_kib().saturating_sub(rss);
+    assert!(grown < 32 << 10, "memory grew by {grown} KiB");
     // And it still serves others.
-    let (mut c, _, _) = Client::handshake(&srv.socket, "disk", true, false);
-    assert_eq!(c.read(0, 4096).unwrap(), want[..4096]);
+    let (mut c2, _, _) = Client::handshake(&srv.socket, "disk", true, false);
+    assert_eq!(c2.read(0, 4096).unwrap(), want[..4096]);
+    drop(c);
 }
 
 #[test]
@@ -542,5 +562,8 @@ fn block_status_of_a_1_tib_mostly_empty_vmdk_is_fast() {
             ((512 << 30) + k64, (512 << 30) - k64, 3),
         ]
     );
-    assert!(took < Duration::from_millis(800), "{took:?}");
+    // The walk costs what vdisk-vmdk's allocation map costs: qemu allocates every grain
+    // table of the image (as file holes), so all 16 Mi grain entries are looked at (about
+    // 0.4 s optimised). The bound catches anything worse than linear in the grain count.
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }

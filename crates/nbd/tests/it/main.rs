@@ -3,6 +3,7 @@
 
 mod client;
 mod common;
+mod corpus;
 mod hostile;
 mod lifecycle;
 mod nbdinfo;

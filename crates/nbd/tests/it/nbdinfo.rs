@@ -27,7 +27,8 @@ fn nbdinfo_list_shows_the_export_and_its_description() {
     assert_eq!(e["is_read_only"], true);
     assert_eq!(e["can_multi_conn"], true);
     assert_eq!(e["can_df"], true);
-    assert_eq!(e["can_write_zeroes"], false);
+    assert_eq!(e["can_zero"], false);
+    assert_eq!(e["can_trim"], false);
     assert_eq!(e["block_size_minimum"], 1);
     assert_eq!(e["block_size_preferred"], 4096);
     assert_eq!(e["block_size_maximum"], 32 << 20);
