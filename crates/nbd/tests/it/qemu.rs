@@ -38,7 +38,7 @@ fn qemu_img_map_over_nbd_shows_data_and_holes() {
     assert_eq!(over_nbd[0], (0, m, true, false));
     assert_eq!(over_nbd[1], (m, 2 * m, false, true));
     assert_eq!(over_nbd[2], (3 * m, m / 2, true, false));
-    assert_eq!(over_nbd[3].2, false);
+    assert!(!over_nbd[3].2);
     assert_eq!(direct, over_nbd, "the export's map is the file's map");
 }
 
