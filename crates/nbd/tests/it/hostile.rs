@@ -567,3 +567,129 @@ fn block_status_of_a_1_tib_mostly_empty_vmdk_is_fast() {
     // 0.4 s optimised). The bound catches anything worse than linear in the grain count.
     assert!(took < Duration::from_secs(3), "{took:?}");
 }
+
+/// A 4 GiB image whose map alternates data and unallocated every 512 bytes: the worst
+/// map a format can describe.
+struct ShreddedImage;
+
+impl vdisk_core::DiskImage for ShreddedImage {
+    fn size(&self) -> u64 {
+        4 << 30
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_core::Result<()> {
+        vdisk_core::check_range(self.size(), offset, buf.len() as u64)?;
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = if (offset + i as u64) / 512 % 2 == 0 {
+                0x5a
+            } else {
+                0
+            };
+        }
+        Ok(())
+    }
+    fn allocation(&self, offset: u64, length: u64) -> vdisk_core::Result<Vec<vdisk_core::Extent>> {
+        vdisk_core::check_range(self.size(), offset, length)?;
+        let mut map = Vec::new();
+        let mut pos = offset;
+        while pos < offset + length {
+            let end = ((pos / 512 + 1) * 512).min(offset + length);
+            let allocation = if pos / 512 % 2 == 0 {
+                vdisk_core::Allocation::Data
+            } else {
+                vdisk_core::Allocation::Unallocated
+            };
+            map.push(vdisk_core::Extent {
+                start: pos,
+                length: end - pos,
+                allocation,
+                depth: 0,
+            });
+            pos = end;
+        }
+        Ok(map)
+    }
+    fn format_name(&self) -> &'static str {
+        "shredded"
+    }
+}
+
+#[test]
+fn block_status_of_a_shredded_map_is_capped_and_quick() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Running::unix(tmp.path(), Arc::new(ShreddedImage), ExportConfig::new("s"));
+    let (mut c, _, _) = Client::handshake(&srv.socket, "s", true, true);
+    let t = Instant::now();
+    c.request(CMD_BLOCK_STATUS, 0, 1, 0, 0xffff_f000);
+    let (_, r) = c.reply();
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    assert!(!r.status.is_empty() && r.status.len() <= vdisk_nbd::MAX_DESCRIPTORS);
+    for (i, (len, flags)) in r.status.iter().enumerate() {
+        assert_eq!((*len, *flags), (512, if i % 2 == 0 { 0 } else { 3 }));
+    }
+    c.request(CMD_BLOCK_STATUS, CMD_FLAG_REQ_ONE, 2, 1000, 0xffff_f000);
+    assert_eq!(c.reply().1.status, vec![(24, 3)]);
+    // A read over it: alternating data and hole chunks that reassemble exactly.
+    c.request(CMD_READ, 0, 3, 100, 1 << 20);
+    let (_, r) = c.reply();
+    let want: Vec<u8> = (100..100 + (1u64 << 20))
+        .map(|o| if o / 512 % 2 == 0 { 0x5a } else { 0 })
+        .collect();
+    assert_eq!(r.bytes(100, 1 << 20), want);
+    assert!(r.holes >= 1000 && r.data_chunks >= 1000);
+}
+
+/// An image whose allocation map is nonsense: gaps, overlaps, extents outside the range
+/// asked for. The server must still answer with replies that cover the request exactly.
+struct LyingImage;
+
+impl vdisk_core::DiskImage for LyingImage {
+    fn size(&self) -> u64 {
+        1 << 20
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_core::Result<()> {
+        vdisk_core::check_range(self.size(), offset, buf.len() as u64)?;
+        buf.fill(0x11);
+        Ok(())
+    }
+    fn allocation(&self, offset: u64, length: u64) -> vdisk_core::Result<Vec<vdisk_core::Extent>> {
+        use vdisk_core::{Allocation::*, Extent};
+        let e = |start: u64, length: u64, allocation| Extent {
+            start,
+            length,
+            allocation,
+            depth: 0,
+        };
+        Ok(vec![
+            e(offset + 100, 50, Zero),
+            e(offset + 120, 1000, Unallocated),
+            e(offset + 90, 5, Data),
+            e(offset + length + 10, 5, Zero),
+            e(offset + 5000, 0, Zero),
+            e(u64::MAX - 5, 100, Unallocated),
+            e(0, u64::MAX, Data),
+        ])
+    }
+    fn format_name(&self) -> &'static str {
+        "lying"
+    }
+}
+
+#[test]
+fn a_nonsense_allocation_map_still_gives_valid_replies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = Running::unix(tmp.path(), Arc::new(LyingImage), ExportConfig::new("l"));
+    let (mut c, _, _) = Client::handshake(&srv.socket, "l", true, true);
+    for (off, len) in [(0u64, 1u32 << 20), (7, 3000), ((1 << 20) - 1, 1)] {
+        c.request(CMD_BLOCK_STATUS, 0, 1, off, len);
+        let (_, r) = c.reply();
+        assert!(r.error.is_none());
+        let total: u64 = r.status.iter().map(|d| u64::from(d.0)).sum();
+        assert_eq!(total, u64::from(len), "{:?}", r.status);
+        assert!(r.status.iter().all(|d| d.0 > 0));
+        c.request(CMD_READ, 0, 2, off, len);
+        let (_, r) = c.reply();
+        assert!(r.error.is_none());
+        // `bytes` checks the chunks cover the request without overlap.
+        r.bytes(off, len as usize);
+    }
+}
