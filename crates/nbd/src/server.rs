@@ -95,6 +95,15 @@ pub struct ServerStats {
 
 /// A read-only NBD server for one image.
 ///
+/// Each `serve_*` call runs an accept loop on the calling thread. Every accepted connection
+/// gets a thread (up to [`Limits::max_connections`]) that runs the handshake and then reads
+/// requests, and [`Limits::workers`] threads that serve reads and block-status queries in
+/// parallel; replies may leave out of order, matched by their cookie.
+///
+/// Writing to a connection the client closed raises `SIGPIPE` on Unix: Rust programs ignore
+/// that signal by default, so that the write fails instead; a program that restores the
+/// default disposition must not do so while serving.
+///
 /// ```no_run
 /// # fn main() -> vdisk_core::Result<()> {
 /// use std::os::unix::net::UnixListener;

@@ -693,3 +693,38 @@ fn a_nonsense_allocation_map_still_gives_valid_replies() {
         r.bytes(off, len as usize);
     }
 }
+
+#[test]
+fn a_client_that_never_ends_its_handshake_is_cut_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (path, _) = pattern_image(tmp.path());
+    let srv = Running::unix(tmp.path(), open_raw(&path), ExportConfig::new("disk"));
+    let mut c = Client::connect(&srv.socket);
+    c.greeting();
+    c.client_flags(3);
+    let n = vdisk_nbd::MAX_OPTIONS + 50;
+    let mut w = c.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let one = b"IHAVEOPT\0\0\0\x03\0\0\0\0";
+        for _ in 0..n {
+            if w.write_all(one).is_err() {
+                break;
+            }
+        }
+    });
+    let mut acks = 0;
+    let mut b = [0u8; 20];
+    // Each LIST is answered with a server entry and an ack; then the connection ends.
+    while c.s.read_exact(&mut b).is_ok() {
+        let len = u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize;
+        let mut data = vec![0u8; len];
+        if c.s.read_exact(&mut data).is_err() {
+            break;
+        }
+        if u32::from_be_bytes(b[12..16].try_into().unwrap()) == REP_ACK {
+            acks += 1;
+        }
+    }
+    writer.join().unwrap();
+    assert_eq!(acks, vdisk_nbd::MAX_OPTIONS);
+}
