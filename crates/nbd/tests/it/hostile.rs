@@ -79,7 +79,7 @@ fn stalled_handshakes_time_out_without_blocking_others() {
     let dir = tmp.path();
     let src = raw_image(dir);
     let limits = Limits {
-        handshake_timeout: Duration::from_secs(1),
+        handshake_timeout: Duration::from_secs(2),
         ..Limits::default()
     };
     let srv = Running::unix_with(dir, open_raw(&src), ExportConfig::new("disk"), limits);
@@ -106,18 +106,18 @@ fn stalled_handshakes_time_out_without_blocking_others() {
         &["read -P 0xcd 3M 512k"],
     );
     assert!(
-        start.elapsed() < Duration::from_millis(900),
+        start.elapsed() < Duration::from_millis(1900),
         "served during the stall"
     );
     wait_closed(&mut silent.s);
     let t = start.elapsed();
     assert!(
-        t >= Duration::from_millis(900) && t < Duration::from_secs(4),
+        t >= Duration::from_millis(1900) && t < Duration::from_secs(5),
         "{t:?}"
     );
     let mut dribbler = dribble.join().unwrap();
     wait_closed(&mut dribbler.s);
-    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(start.elapsed() < Duration::from_secs(6));
 }
 
 #[test]
