@@ -1,0 +1,413 @@
+//! The bytes of the protocol: pure functions that parse what a client sends and encode what
+//! the server answers. Nothing here does I/O or allocates from a length the client chose, so
+//! every function can be fed arbitrary bytes (the `nbd_client_bytes` fuzz target does).
+//!
+//! Parsing is in two layers, as elsewhere in vdisk: fixed-size headers are decoded field by
+//! field from arrays ([`OptionHeader`], [`Request`]), and variable option payloads are checked
+//! against their own length fields before anything reads them ([`ExportRequest`],
+//! [`MetaContextRequest`]).
+
+use vdisk_core::{Error, Result};
+
+use crate::proto::*;
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn be64(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_be_bytes(x)
+}
+
+/// Split `len` bytes off the front of `b`, or fail with `what` when fewer remain.
+fn take<'a>(b: &mut &'a [u8], len: usize, what: &str) -> Result<&'a [u8]> {
+    if b.len() < len {
+        return Err(Error::invalid(format!(
+            "{what} needs {len} bytes but only {} remain in the option",
+            b.len()
+        )));
+    }
+    let (head, tail) = b.split_at(len);
+    *b = tail;
+    Ok(head)
+}
+
+fn take_u32(b: &mut &[u8], what: &str) -> Result<u32> {
+    Ok(be32(take(b, 4, what)?, 0))
+}
+
+/// The server's first message: `NBDMAGIC`, `IHAVEOPT` and the handshake flags.
+pub fn greeting(handshake_flags: u16) -> [u8; 18] {
+    let mut g = [0u8; 18];
+    g[..8].copy_from_slice(&NBDMAGIC.to_be_bytes());
+    g[8..16].copy_from_slice(&IHAVEOPT.to_be_bytes());
+    g[16..].copy_from_slice(&handshake_flags.to_be_bytes());
+    g
+}
+
+/// The client flags: fails when a bit is set that the server did not offer (the spec makes
+/// the server drop the connection then).
+pub fn parse_client_flags(b: &[u8; 4]) -> Result<u32> {
+    let flags = u32::from_be_bytes(*b);
+    let known = FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES;
+    if flags & !known != 0 {
+        return Err(Error::invalid(format!(
+            "client flags {flags:#x} have unknown bits"
+        )));
+    }
+    Ok(flags)
+}
+
+/// The 16-byte header of an option: `IHAVEOPT`, option, payload length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionHeader {
+    /// The option (`NBD_OPT_*`).
+    pub option: u32,
+    /// Length of the payload that follows.
+    pub length: u32,
+}
+
+impl OptionHeader {
+    /// Decode an option header; fails when the magic is not `IHAVEOPT`.
+    pub fn parse(b: &[u8; 16]) -> Result<Self> {
+        let magic = be64(b, 0);
+        if magic != IHAVEOPT {
+            return Err(Error::invalid(format!(
+                "option magic is {magic:#018x}, not IHAVEOPT"
+            )));
+        }
+        Ok(OptionHeader {
+            option: be32(b, 8),
+            length: be32(b, 12),
+        })
+    }
+
+    /// Encode, for clients and tests.
+    pub fn to_bytes(self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[..8].copy_from_slice(&IHAVEOPT.to_be_bytes());
+        b[8..12].copy_from_slice(&self.option.to_be_bytes());
+        b[12..].copy_from_slice(&self.length.to_be_bytes());
+        b
+    }
+}
+
+/// The payload of `NBD_OPT_INFO` and `NBD_OPT_GO`: an export name and the information the
+/// client asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExportRequest<'a> {
+    /// The export name (empty: the default export).
+    pub name: &'a [u8],
+    /// The requested `NBD_INFO_*` types, two bytes each.
+    info: &'a [u8],
+}
+
+impl<'a> ExportRequest<'a> {
+    /// Decode and check that the lengths inside add up to the payload exactly.
+    pub fn parse(payload: &'a [u8]) -> Result<Self> {
+        let mut b = payload;
+        let name_len = take_u32(&mut b, "the export name length")?;
+        let name = take(&mut b, name_len as usize, "the export name")?;
+        let count = be16(take(&mut b, 2, "the number of information requests")?, 0);
+        let info = take(&mut b, 2 * count as usize, "the information requests")?;
+        if !b.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} bytes follow the information requests",
+                b.len()
+            )));
+        }
+        Ok(ExportRequest { name, info })
+    }
+
+    /// The requested information types, in the client's order.
+    pub fn info_requests(&self) -> impl Iterator<Item = u16> + 'a {
+        self.info.chunks_exact(2).map(|c| be16(c, 0))
+    }
+}
+
+/// The payload of `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT`: an export name
+/// and a list of queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaContextRequest<'a> {
+    /// The export name (empty: the default export).
+    pub name: &'a [u8],
+    /// Number of queries.
+    pub count: u32,
+    queries: &'a [u8],
+}
+
+impl<'a> MetaContextRequest<'a> {
+    /// Decode and check every query length against the payload, without allocating.
+    pub fn parse(payload: &'a [u8]) -> Result<Self> {
+        let mut b = payload;
+        let name_len = take_u32(&mut b, "the export name length")?;
+        let name = take(&mut b, name_len as usize, "the export name")?;
+        let count = take_u32(&mut b, "the number of queries")?;
+        let queries = b;
+        // Each query takes at least its 4-byte length, so this loop fails within
+        // payload.len() / 4 turns whatever `count` says.
+        for _ in 0..count {
+            let len = take_u32(&mut b, "a query length")?;
+            take(&mut b, len as usize, "a query")?;
+        }
+        if !b.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} bytes follow the queries",
+                b.len()
+            )));
+        }
+        Ok(MetaContextRequest {
+            name,
+            count,
+            queries,
+        })
+    }
+
+    /// The queries, in the client's order.
+    pub fn queries(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
+        let mut b = self.queries;
+        (0..self.count).map_while(move |_| {
+            let len = take_u32(&mut b, "").ok()?;
+            take(&mut b, len as usize, "").ok()
+        })
+    }
+}
+
+/// An option reply: header (magic, option, type, length) and data.
+pub fn option_reply(option: u32, reply: u32, data: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(20 + data.len());
+    r.extend_from_slice(&OPTION_REPLY_MAGIC.to_be_bytes());
+    r.extend_from_slice(&option.to_be_bytes());
+    r.extend_from_slice(&reply.to_be_bytes());
+    // Callers send at most a few KiB (strings are capped at MAX_STRING).
+    r.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    r.extend_from_slice(data);
+    r
+}
+
+/// The answer to `NBD_OPT_EXPORT_NAME`: size, transmission flags, and 124 zero bytes unless
+/// the client asked for none.
+pub fn export_name_reply(size: u64, transmission_flags: u16, no_zeroes: bool) -> Vec<u8> {
+    let mut r = Vec::with_capacity(134);
+    r.extend_from_slice(&size.to_be_bytes());
+    r.extend_from_slice(&transmission_flags.to_be_bytes());
+    if !no_zeroes {
+        r.extend_from_slice(&[0u8; 124]);
+    }
+    r
+}
+
+/// A transmission request (the 28-byte header; a write's payload follows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Command flags (`NBD_CMD_FLAG_*`).
+    pub flags: u16,
+    /// The command (`NBD_CMD_*`).
+    pub command: u16,
+    /// Opaque value echoed in the reply (called handle in older texts).
+    pub cookie: u64,
+    /// First byte of the range.
+    pub offset: u64,
+    /// Length of the range.
+    pub length: u32,
+}
+
+impl Request {
+    /// Size of the header on the wire.
+    pub const LEN: usize = 28;
+
+    /// Decode a request header; fails when the magic is wrong, after which the stream
+    /// cannot be resynchronised and the connection must be closed.
+    pub fn parse(b: &[u8; 28]) -> Result<Self> {
+        let magic = be32(b, 0);
+        if magic != REQUEST_MAGIC {
+            return Err(Error::invalid(format!(
+                "request magic is {magic:#010x}, not {REQUEST_MAGIC:#010x}"
+            )));
+        }
+        Ok(Request {
+            flags: be16(b, 4),
+            command: be16(b, 6),
+            cookie: be64(b, 8),
+            offset: be64(b, 16),
+            length: be32(b, 24),
+        })
+    }
+
+    /// Encode, for clients and tests.
+    pub fn to_bytes(&self) -> [u8; 28] {
+        let mut b = [0u8; 28];
+        b[..4].copy_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        b[4..6].copy_from_slice(&self.flags.to_be_bytes());
+        b[6..8].copy_from_slice(&self.command.to_be_bytes());
+        b[8..16].copy_from_slice(&self.cookie.to_be_bytes());
+        b[16..24].copy_from_slice(&self.offset.to_be_bytes());
+        b[24..].copy_from_slice(&self.length.to_be_bytes());
+        b
+    }
+}
+
+/// A simple reply header: magic, error, cookie.
+pub fn simple_reply(error: u32, cookie: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[..4].copy_from_slice(&SIMPLE_REPLY_MAGIC.to_be_bytes());
+    b[4..8].copy_from_slice(&error.to_be_bytes());
+    b[8..].copy_from_slice(&cookie.to_be_bytes());
+    b
+}
+
+/// A structured reply chunk header: magic, flags, type, cookie, payload length.
+pub fn chunk_header(flags: u16, kind: u16, cookie: u64, length: u32) -> [u8; 20] {
+    let mut b = [0u8; 20];
+    b[..4].copy_from_slice(&STRUCTURED_REPLY_MAGIC.to_be_bytes());
+    b[4..6].copy_from_slice(&flags.to_be_bytes());
+    b[6..8].copy_from_slice(&kind.to_be_bytes());
+    b[8..16].copy_from_slice(&cookie.to_be_bytes());
+    b[16..].copy_from_slice(&length.to_be_bytes());
+    b
+}
+
+/// A message for a human, as the spec wants strings: valid UTF-8, no NUL, at most
+/// [`MAX_STRING`] bytes. Control characters become spaces so that it stays one line.
+pub fn message(text: &str) -> String {
+    let mut m = String::with_capacity(text.len().min(MAX_STRING));
+    for ch in text.chars() {
+        let ch = if ch.is_control() { ' ' } else { ch };
+        if m.len() + ch.len_utf8() > MAX_STRING {
+            break;
+        }
+        m.push(ch);
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn greeting_bytes_spelled_out() {
+        assert_eq!(
+            greeting(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES),
+            *b"NBDMAGICIHAVEOPT\x00\x03"
+        );
+    }
+
+    #[test]
+    fn client_flags_refuse_unknown_bits() {
+        assert_eq!(parse_client_flags(&[0, 0, 0, 3]).unwrap(), 3);
+        assert_eq!(parse_client_flags(&[0, 0, 0, 0]).unwrap(), 0);
+        assert!(parse_client_flags(&[0, 0, 0, 4]).is_err());
+        assert!(parse_client_flags(&[0x80, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn option_header_round_trip_and_bad_magic() {
+        let h = OptionHeader {
+            option: OPT_GO,
+            length: 0xdead_beef,
+        };
+        let b = h.to_bytes();
+        assert_eq!(&b[..8], b"IHAVEOPT");
+        assert_eq!(&b[8..], &[0, 0, 0, 7, 0xde, 0xad, 0xbe, 0xef]);
+        assert_eq!(OptionHeader::parse(&b).unwrap(), h);
+        let mut bad = b;
+        bad[0] = b'X';
+        assert!(OptionHeader::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn export_request_checks_lengths() {
+        // name "ab", two info requests (3, 1)
+        let p = [0, 0, 0, 2, b'a', b'b', 0, 2, 0, 3, 0, 1];
+        let r = ExportRequest::parse(&p).unwrap();
+        assert_eq!(r.name, b"ab");
+        assert_eq!(r.info_requests().collect::<Vec<_>>(), vec![3, 1]);
+        // Empty name, no requests.
+        let r = ExportRequest::parse(&[0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!(r.name, b"");
+        assert_eq!(r.info_requests().count(), 0);
+        // Name longer than the payload; info count larger than what follows; trailing byte.
+        assert!(ExportRequest::parse(&[0xff, 0xff, 0xff, 0xff, 0, 0]).is_err());
+        assert!(ExportRequest::parse(&[0, 0, 0, 0, 0, 2, 0, 1]).is_err());
+        assert!(ExportRequest::parse(&[0, 0, 0, 0, 0, 0, 9]).is_err());
+        assert!(ExportRequest::parse(&[]).is_err());
+    }
+
+    #[test]
+    fn meta_context_request_checks_lengths() {
+        let mut p = vec![0, 0, 0, 1, b'x', 0, 0, 0, 2];
+        for q in [&b"base:allocation"[..], b"qemu:dirty"] {
+            p.extend_from_slice(&(q.len() as u32).to_be_bytes());
+            p.extend_from_slice(q);
+        }
+        let r = MetaContextRequest::parse(&p).unwrap();
+        assert_eq!(r.name, b"x");
+        let qs: Vec<&[u8]> = r.queries().collect();
+        assert_eq!(qs, vec![&b"base:allocation"[..], &b"qemu:dirty"[..]]);
+        // One byte short, one byte extra.
+        assert!(MetaContextRequest::parse(&p[..p.len() - 1]).is_err());
+        let mut extra = p.clone();
+        extra.push(0);
+        assert!(MetaContextRequest::parse(&extra).is_err());
+        // A huge query count with nothing behind it fails without looping over it.
+        assert!(MetaContextRequest::parse(&[0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]).is_err());
+        // Zero-length queries still need their 4-byte length.
+        assert!(MetaContextRequest::parse(&[0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0]).is_err());
+        let r = MetaContextRequest::parse(&[0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+        assert_eq!(r.queries().count(), 0);
+    }
+
+    #[test]
+    fn request_round_trip_and_bad_magic() {
+        let r = Request {
+            flags: CMD_FLAG_DF,
+            command: CMD_READ,
+            cookie: 0x0102_0304_0506_0708,
+            offset: 1 << 40,
+            length: 4096,
+        };
+        let b = r.to_bytes();
+        assert_eq!(&b[..4], &[0x25, 0x60, 0x95, 0x13]);
+        assert_eq!(Request::parse(&b).unwrap(), r);
+        let mut bad = b;
+        bad[3] = 0x14;
+        assert!(Request::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn reply_headers_spelled_out() {
+        assert_eq!(
+            simple_reply(EIO, 7),
+            [0x67, 0x44, 0x66, 0x98, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0, 0, 7]
+        );
+        assert_eq!(
+            chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR, 1, 6),
+            [0x66, 0x8e, 0x33, 0xef, 0, 1, 0x80, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 6]
+        );
+        let r = option_reply(OPT_LIST, REP_ACK, b"");
+        assert_eq!(
+            r,
+            [0, 3, 0xe8, 0x89, 0x04, 0x55, 0x65, 0xa9, 0, 0, 0, 3, 0, 0, 0, 1, 0, 0, 0, 0]
+        );
+        assert_eq!(export_name_reply(5, 3, false).len(), 134);
+        assert_eq!(
+            export_name_reply(5, 3, true),
+            [0, 0, 0, 0, 0, 0, 0, 5, 0, 3]
+        );
+    }
+
+    #[test]
+    fn messages_are_one_line_and_capped() {
+        assert_eq!(message("a\nb\0c"), "a b c");
+        let long = "é".repeat(5000);
+        let m = message(&long);
+        assert!(m.len() <= MAX_STRING && m.len() >= MAX_STRING - 1);
+    }
+}
