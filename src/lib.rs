@@ -71,6 +71,8 @@ pub use vdisk_bitmap as bitmap;
 pub use vdisk_chain as chain;
 /// vdisk-diff: the compare and hash engine.
 pub use vdisk_diff as diff;
+/// vdisk-nbd: the read-only NBD server.
+pub use vdisk_nbd as nbd;
 /// vdisk-raw: raw images, output files and devices.
 pub use vdisk_raw as raw;
 /// vdisk-vmdk: VMDK images.

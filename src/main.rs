@@ -57,6 +57,7 @@ enum Command {
     Verify(cmd::verify::Args),
     Prune(cmd::prune::Args),
     Convert(cmd::convert::Args),
+    Serve(cmd::serve::Args),
     Completions(cmd::completions::Args),
 }
 
@@ -86,7 +87,11 @@ fn parse_rate(s: &str) -> Result<u64, String> {
 fn is_repository_command(c: &Command) -> bool {
     matches!(
         c,
-        Command::Restore(_) | Command::List(_) | Command::Verify(_) | Command::Prune(_)
+        Command::Restore(_)
+            | Command::List(_)
+            | Command::Verify(_)
+            | Command::Prune(_)
+            | Command::Serve(_)
     )
 }
 
@@ -107,6 +112,7 @@ fn subject(c: &Command) -> Option<std::path::PathBuf> {
         Command::Verify(a) => a.repo.clone(),
         Command::Prune(a) => a.repo.clone(),
         Command::Convert(a) => a.src.clone(),
+        Command::Serve(a) => a.source.clone(),
         Command::Completions(_) => return None,
     })
 }
@@ -233,6 +239,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Prune(a) => cmd::prune::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
+        Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Completions(a) => cmd::completions::run(&ctx, a),
     };
     match result {

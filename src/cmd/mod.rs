@@ -14,6 +14,7 @@ pub mod map;
 pub mod merge;
 pub mod prune;
 pub mod restore;
+pub mod serve;
 pub mod verify;
 
 use std::io::Write;

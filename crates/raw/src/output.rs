@@ -215,7 +215,9 @@ impl Destination {
 pub fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
     use std::io::Read;
     let f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
-    let mut head = Vec::with_capacity(n);
+    // Grown as bytes arrive: a caller asking for a huge prefix of a short file allocates
+    // what the file holds, not what was asked.
+    let mut head = Vec::with_capacity(n.min(64 << 10));
     f.take(n as u64)
         .read_to_end(&mut head)
         .map_err(|e| Error::io("cannot read", e).with_path(path))?;

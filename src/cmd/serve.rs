@@ -1,0 +1,174 @@
+//! `vdisk serve`: a read-only NBD export of an image or of a restore point (instant recovery).
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+
+use vdisk::nbd::{ExportConfig, Server};
+use vdisk::{DiskImage, Error, ErrorKind, Repository, Result};
+
+use super::{stdout_error, Ctx, Status};
+
+/// Serve an image, or a repository's restore point, read-only over NBD until SIGINT/SIGTERM.
+#[derive(clap::Args, Debug)]
+#[command(group(clap::ArgGroup::new("endpoint").required(true).args(["socket", "listen"])))]
+pub struct Args {
+    /// An image, or a repository (with --point, the newest point by default).
+    pub source: PathBuf,
+    /// The point of a repository to serve.
+    #[arg(long, value_name = "N")]
+    pub point: Option<u64>,
+    /// Listen on this Unix socket (created; removed at exit).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Listen on this TCP address only, e.g. 127.0.0.1:10809.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// The export's name (clients ask for it; the default is the empty name).
+    #[arg(long, value_name = "EXPORT", default_value = "")]
+    pub name: String,
+}
+
+/// The write end of the pipe the signal handler wakes the main thread through.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    if fd >= 0 {
+        let b = 1u8;
+        // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
+        unsafe {
+            libc::write(fd, (&b as *const u8).cast(), 1);
+        }
+    }
+}
+
+/// A pipe whose read end becomes readable on SIGINT or SIGTERM.
+fn signal_pipe() -> Result<std::fs::File> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 fills the two-element array we own.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(Error::io(
+            "cannot make a pipe",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only calls write(2) on a descriptor that stays open for the
+        // life of the process; sigaction is given a zeroed, then filled, struct we own.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            sa.sa_flags = libc::SA_RESTART;
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+    // SAFETY: fds[0] is a fresh descriptor nothing else owns.
+    Ok(unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(fds[0]) })
+}
+
+/// Bind the Unix socket at `path`, replacing a stale socket a killed server left (one nobody
+/// answers on), never any other file.
+fn bind_unix(path: &Path) -> Result<UnixListener> {
+    if let Ok(m) = std::fs::symlink_metadata(path) {
+        if !m.file_type().is_socket() {
+            return Err(Error::new(
+                ErrorKind::AlreadyExists,
+                "already exists and is not a socket",
+            )
+            .with_path(path));
+        }
+        if UnixStream::connect(path).is_ok() {
+            return Err(Error::new(
+                ErrorKind::InUse,
+                "another server is listening on this socket",
+            )
+            .with_path(path));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    UnixListener::bind(path).map_err(|e| Error::io("cannot listen on", e).with_path(path))
+}
+
+/// The image to serve: an image file, or a checked restore point of a repository.
+fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
+    if a.source.join(vdisk::chain::META_FILE).is_file() {
+        let repo = Repository::open(&a.source)?;
+        return Ok(Arc::new(repo.checked_point(a.point)?));
+    }
+    if a.point.is_some() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "--point applies to a repository, and this is not one",
+        )
+        .with_path(&a.source));
+    }
+    Ok(Arc::new(vdisk::open_with(&a.source, &ctx.open)?))
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    let image = open_source(ctx, &a)?;
+    let server = Arc::new(Server::new(image, ExportConfig::new(a.name.clone()))?);
+    let wake = signal_pipe()?;
+    let handle = server.shutdown_handle();
+    let (uri, socket, serving) = if let Some(path) = &a.socket {
+        let listener = bind_unix(path)?;
+        // An absolute path in the URI, so that clients anywhere can use it.
+        let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
+        let uri = vdisk::nbd::unix_uri(&a.name, &abs);
+        let s = Arc::clone(&server);
+        let t = std::thread::spawn(move || s.serve_unix(listener));
+        (uri, Some(path.clone()), t)
+    } else {
+        let addr = a.listen.as_deref().unwrap_or_default();
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("cannot listen on {addr}: {e}"),
+            )
+        })?;
+        let local = listener
+            .local_addr()
+            .map_err(|e| Error::io("cannot read the listening address", e))?;
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr, |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let uri = vdisk::nbd::tcp_uri(host, local.port(), &a.name);
+        let s = Arc::clone(&server);
+        let t = std::thread::spawn(move || s.serve_tcp(listener));
+        (uri, None, t)
+    };
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{uri}").map_err(stdout_error)?;
+        out.flush().map_err(stdout_error)?;
+    }
+    if !ctx.quiet {
+        eprintln!("vdisk: serving {} read-only at {uri}", a.source.display());
+    }
+    // Wait for a signal (or for the server to stop by itself).
+    let waiter = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut wake = wake;
+        let mut b = [0u8; 1];
+        let _ = wake.read(&mut b);
+        handle.shutdown();
+    });
+    let served = serving
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p));
+    if let Some(path) = &socket {
+        let _ = std::fs::remove_file(path);
+    }
+    drop(waiter);
+    served?;
+    Ok(0)
+}
