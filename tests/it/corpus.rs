@@ -9,10 +9,12 @@ use vdisk::vmdk::fuzzing;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 9] = [
+const TARGETS: &[(&str, Target)] = &[
     ("sparse_header", fuzzing::sparse_header),
     ("descriptor", fuzzing::descriptor),
     ("stream_markers", fuzzing::stream_markers),
+    ("stream_reader", fuzzing::stream_reader),
+    ("nbd_client_bytes", vdisk::nbd::fuzzing::client_bytes),
     ("open_and_read", fuzzing::open_and_read),
     ("bitmap_decode", vdisk::bitmap::fuzzing::decode),
     ("extents_json", vdisk::bitmap::fuzzing::extents_json),
@@ -90,6 +92,16 @@ fn corpus_descriptor() {
 #[test]
 fn corpus_stream_markers() {
     replay_target("stream_markers");
+}
+
+#[test]
+fn corpus_stream_reader() {
+    replay_target("stream_reader");
+}
+
+#[test]
+fn corpus_nbd_client_bytes() {
+    replay_target("nbd_client_bytes");
 }
 
 #[test]

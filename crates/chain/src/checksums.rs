@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use vdisk_core::{Error, Result};
-use vdisk_vmdk::{Descriptor, SparseHeader};
+use vdisk_vmdk::{Descriptor, RawSparseHeader};
 
 use crate::meta::FileCheck;
 
@@ -26,7 +26,7 @@ pub(crate) fn file_checks(dir: &Path, image: &str) -> Result<Vec<FileCheck>> {
         let name = file.to_string_lossy().into_owned();
         let path = dir.join(&name);
         let head = read_prefix(&path, 512)?;
-        let h = SparseHeader::parse(&head).map_err(|e| e.with_path(&path))?;
+        let h = RawSparseHeader::parse(&head).map_err(|e| e.with_path(&path))?;
         let bytes = h.overhead * 512;
         let data = read_prefix(&path, bytes)?;
         let length = std::fs::metadata(&path)

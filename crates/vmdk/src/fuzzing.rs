@@ -5,14 +5,14 @@ use std::path::Path;
 
 use vdisk_core::DiskImage;
 
-use crate::{Descriptor, Marker, MemStore, OpenOptions, SparseHeader, VmdkImage};
+use crate::{Descriptor, Marker, MemStore, OpenOptions, RawSparseHeader, StreamReader, VmdkImage};
 
 /// Parse and validate a sparse header.
 pub fn sparse_header(data: &[u8]) {
-    if let Ok(h) = SparseHeader::parse(data) {
+    if let Ok(h) = RawSparseHeader::parse(data) {
         let _ = h.validate(data.len() as u64);
         let _ = h.gd_entries();
-        assert_eq!(SparseHeader::parse(&h.to_bytes()).ok(), Some(h));
+        assert_eq!(RawSparseHeader::parse(&h.to_bytes()).ok(), Some(h));
     }
 }
 
@@ -53,4 +53,45 @@ pub fn open_and_read(data: &[u8]) {
         off += n as u64;
     }
     let _ = img.allocation(0, limit);
+}
+
+/// Read a streamOptimized image front to back from a pipe-like reader, as `vdisk convert -`
+/// does, into a sink that keeps nothing but checks what it is given.
+pub fn stream_reader(data: &[u8]) {
+    let Ok(reader) = StreamReader::new(std::io::Cursor::new(data)) else {
+        return;
+    };
+    let sink = CheckingSink {
+        size: reader.capacity(),
+        next: 0,
+    };
+    let _ = reader.copy_into(Box::new(sink), &vdisk_core::CopyOptions::default());
+}
+
+/// A sink that stores nothing and asserts the sink contract: blocks in increasing order,
+/// inside the disk.
+struct CheckingSink {
+    size: u64,
+    next: u64,
+}
+
+impl vdisk_core::ImageSink for CheckingSink {
+    fn block_size(&self) -> u64 {
+        4096
+    }
+    fn takes_runs(&self) -> bool {
+        true
+    }
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> vdisk_core::Result<()> {
+        for &(off, data) in blocks {
+            assert!(off >= self.next, "blocks out of order");
+            let end = off + data.len() as u64;
+            assert!(end <= self.size, "block past the end of the disk");
+            self.next = end;
+        }
+        Ok(())
+    }
+    fn finish(self: Box<Self>) -> vdisk_core::Result<()> {
+        Ok(())
+    }
 }

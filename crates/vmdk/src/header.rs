@@ -61,9 +61,10 @@ pub const MAX_GD_ENTRIES: u64 = 32 << 20;
 /// Upper bound on an embedded descriptor, in bytes. Real ones take 20 sectors.
 pub const MAX_DESCRIPTOR_BYTES: u64 = 32 << 20;
 
-/// A sparse extent header, as stored: fields are not yet checked against anything.
+/// A sparse extent header as stored on disk: fields are not checked against anything yet.
+/// [`RawSparseHeader::validate`] turns it into a [`SparseHeader`], the only form readers use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SparseHeader {
+pub struct RawSparseHeader {
     /// Format version: 1, 2 or 3.
     pub version: u32,
     /// Feature flags.
@@ -92,13 +93,13 @@ pub struct SparseHeader {
     pub compress_algorithm: u16,
 }
 
-impl SparseHeader {
+impl RawSparseHeader {
     /// Size of the header on disk.
     pub const SIZE: usize = 512;
 
     /// Decode the 512-byte header at the start of `bytes` (field offsets from the VMware
-    /// format description). Only the magic is checked here; [`SparseHeader::validate`] checks
-    /// the rest against the file.
+    /// format description). Only the magic is checked here; [`RawSparseHeader::validate`]
+    /// checks the rest against the file.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < Self::SIZE {
             return Err(Error::invalid(format!(
@@ -110,7 +111,7 @@ impl SparseHeader {
         if magic != SPARSE_MAGIC {
             return Err(Error::invalid("not a VMDK sparse extent (no KDMV magic)"));
         }
-        Ok(SparseHeader {
+        Ok(RawSparseHeader {
             version: LE::read_u32(&bytes[4..8]),
             flags: HeaderFlags(LE::read_u32(&bytes[8..12])),
             capacity: LE::read_u64(&bytes[12..20]),
@@ -127,7 +128,7 @@ impl SparseHeader {
         })
     }
 
-    /// Encode the header (the inverse of [`SparseHeader::parse`]).
+    /// Encode the header (the inverse of [`RawSparseHeader::parse`]).
     pub fn to_bytes(&self) -> [u8; 512] {
         let mut b = [0u8; 512];
         LE::write_u32(&mut b[0..4], SPARSE_MAGIC);
@@ -147,7 +148,7 @@ impl SparseHeader {
         b
     }
 
-    /// Grain size in bytes (valid after [`SparseHeader::validate`]).
+    /// Grain size in bytes (meaningful once validated).
     pub fn grain_bytes(&self) -> u64 {
         self.grain_size * SECTOR
     }
@@ -163,10 +164,11 @@ impl SparseHeader {
         grains.div_ceil(u64::from(self.gtes_per_gt.max(1)))
     }
 
-    /// Check every field that later code relies on, against a file of `file_len` bytes.
-    /// Does not look at `gd_offset` (which may be [`GD_AT_END`]) or the directories: the
-    /// sparse extent does that once it knows where the directory is.
-    pub fn validate(&self, file_len: u64) -> Result<()> {
+    /// Check every field that later code relies on, against a file of `file_len` bytes, and
+    /// hand back the validated header. Does not look at `gd_offset` (which may be
+    /// [`GD_AT_END`]) or the directories: the sparse extent does that once it knows where the
+    /// directory is.
+    pub fn validate(&self, file_len: u64) -> Result<SparseHeader> {
         if !(1..=3).contains(&self.version) {
             return Err(Error::unsupported(format!(
                 "sparse header version {} (vdisk reads versions 1 to 3)",
@@ -246,7 +248,26 @@ impl SparseHeader {
                 )));
             }
         }
-        Ok(())
+        Ok(SparseHeader(*self))
+    }
+}
+
+/// A validated sparse extent header: made only by [`RawSparseHeader::validate`], so every
+/// field (read through `Deref`) has been checked against the file it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SparseHeader(RawSparseHeader);
+
+impl SparseHeader {
+    /// The header's fields as stored.
+    pub fn raw(&self) -> &RawSparseHeader {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SparseHeader {
+    type Target = RawSparseHeader;
+    fn deref(&self) -> &RawSparseHeader {
+        &self.0
     }
 }
 
@@ -275,7 +296,7 @@ mod tests {
 
     #[test]
     fn parses_fields_at_their_offsets() {
-        let h = SparseHeader::parse(&qemu_like()).unwrap();
+        let h = RawSparseHeader::parse(&qemu_like()).unwrap();
         assert_eq!(h.version, 1);
         assert!(h.flags.newline_test() && h.flags.redundant_gd());
         assert!(!h.flags.compressed());
@@ -288,83 +309,83 @@ mod tests {
         assert_eq!(h.gd_offset, 0x105);
         assert_eq!(h.overhead, 0x200);
         assert_eq!(h.gd_entries(), 32);
-        assert!(h.validate(0x200 * 512).is_ok());
+        assert_eq!(*h.validate(0x200 * 512).unwrap().raw(), h);
         assert_eq!(h.to_bytes(), qemu_like());
     }
 
     #[test]
     fn rejects_bad_fields() {
-        let base = SparseHeader::parse(&qemu_like()).unwrap();
+        let base = RawSparseHeader::parse(&qemu_like()).unwrap();
         let len = 0x200 * 512;
-        let cases: Vec<(&str, SparseHeader)> = vec![
-            ("version 0", SparseHeader { version: 0, ..base }),
-            ("version 4", SparseHeader { version: 4, ..base }),
+        let cases: Vec<(&str, RawSparseHeader)> = vec![
+            ("version 0", RawSparseHeader { version: 0, ..base }),
+            ("version 4", RawSparseHeader { version: 4, ..base }),
             (
                 "grain 0",
-                SparseHeader {
+                RawSparseHeader {
                     grain_size: 0,
                     ..base
                 },
             ),
             (
                 "grain 3",
-                SparseHeader {
+                RawSparseHeader {
                     grain_size: 3,
                     ..base
                 },
             ),
             (
                 "grain max",
-                SparseHeader {
+                RawSparseHeader {
                     grain_size: u64::MAX,
                     ..base
                 },
             ),
             (
                 "gtes 0",
-                SparseHeader {
+                RawSparseHeader {
                     gtes_per_gt: 0,
                     ..base
                 },
             ),
             (
                 "gtes 513",
-                SparseHeader {
+                RawSparseHeader {
                     gtes_per_gt: 513,
                     ..base
                 },
             ),
             (
                 "capacity max",
-                SparseHeader {
+                RawSparseHeader {
                     capacity: u64::MAX,
                     ..base
                 },
             ),
             (
                 "overhead past end",
-                SparseHeader {
+                RawSparseHeader {
                     overhead: 0x201,
                     ..base
                 },
             ),
             (
                 "descriptor past end",
-                SparseHeader {
+                RawSparseHeader {
                     descriptor_offset: u64::MAX,
                     ..base
                 },
             ),
             (
                 "mangled newlines",
-                SparseHeader {
+                RawSparseHeader {
                     newline_bytes: *b"\n \n\n",
                     ..base
                 },
             ),
             (
                 "compressed, no algorithm",
-                SparseHeader {
+                RawSparseHeader {
                     flags: HeaderFlags(0x1_0000),
                     ..base
                 },
@@ -377,7 +398,7 @@ mod tests {
 
     #[test]
     fn short_or_foreign_bytes_are_errors() {
-        assert!(SparseHeader::parse(&[0u8; 100]).is_err());
-        assert!(SparseHeader::parse(&[0u8; 512]).is_err());
+        assert!(RawSparseHeader::parse(&[0u8; 100]).is_err());
+        assert!(RawSparseHeader::parse(&[0u8; 512]).is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! vdisk-vmdk: reading VMDK images.
 //!
-//! - [`SparseHeader`]: the hosted sparse extent header (`KDMV`), parsed and validated;
+//! - [`RawSparseHeader`] and [`SparseHeader`]: the hosted sparse extent header (`KDMV`) as
+//!   stored, and validated against its file;
 //! - [`Descriptor`]: the text descriptor (extent lines, CIDs, ddb keys);
 //! - [`Marker`]: streamOptimized markers (grain, GT, GD, footer, end of stream);
 //! - [`SparseExtent`]: grain directory and tables of one sparse extent, with the redundant
@@ -31,7 +32,7 @@ pub mod writer;
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};
 pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
-pub use header::{HeaderFlags, SparseHeader, GD_AT_END, SPARSE_MAGIC};
+pub use header::{HeaderFlags, RawSparseHeader, SparseHeader, GD_AT_END, SPARSE_MAGIC};
 pub use layer::{Layer, LayerExtent};
 pub use marker::{Marker, MarkerType};
 pub use paths::resolve_relative;

@@ -8,7 +8,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 use vdisk_core::{Error, Result, SECTOR};
 
 use crate::bytes::Bytes;
-use crate::header::{SparseHeader, GD_AT_END};
+use crate::header::{RawSparseHeader, SparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};
 
 /// Directory slot whose table lies outside the file (and has no usable redundant copy).
@@ -79,8 +79,7 @@ impl SparseExtent {
     fn open_inner(bytes: Bytes) -> Result<Self> {
         let data = bytes.require_slice()?;
         let len = data.len() as u64;
-        let mut header = SparseHeader::parse(data)?;
-        header.validate(len)?;
+        let mut header = RawSparseHeader::parse(data)?.validate(len)?;
         let mut notes = Vec::new();
         if header.gd_offset == GD_AT_END {
             header = read_footer(data, &header)?;
@@ -212,7 +211,7 @@ impl SparseExtent {
         if h.descriptor_offset == 0 || h.descriptor_size == 0 {
             return None;
         }
-        // Validated against the file length by SparseHeader::validate.
+        // Validated against the file length by RawSparseHeader::validate.
         let data = self.bytes.slice()?;
         let start = (h.descriptor_offset * SECTOR) as usize;
         let end = start + (h.descriptor_size * SECTOR) as usize;
@@ -426,10 +425,8 @@ fn read_footer(data: &[u8], header: &SparseHeader) -> Result<SparseHeader> {
         _ => return Err(missing().at(marker_at as u64)),
     }
     let footer_at = marker_at + 512;
-    let footer = SparseHeader::parse(&data[footer_at..footer_at + 512])
-        .map_err(|e| Error::corrupt(format!("footer: {}", e.message())).at(footer_at as u64))?;
-    footer
-        .validate(len)
+    let footer = RawSparseHeader::parse(&data[footer_at..footer_at + 512])
+        .and_then(|raw| raw.validate(len))
         .map_err(|e| Error::corrupt(format!("footer: {}", e.message())).at(footer_at as u64))?;
     if footer.gd_offset == GD_AT_END {
         return Err(

@@ -13,7 +13,7 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use rayon::prelude::*;
 use vdisk_core::{CopyOptions, CopyStats, Error, ImageSink, Result, SECTOR};
 
-use crate::header::{SparseHeader, GD_AT_END};
+use crate::header::{RawSparseHeader, SparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};
 use crate::sparse::inflate_grain;
 
@@ -22,8 +22,10 @@ use crate::sparse::inflate_grain;
 const MAX_META_SECTORS: u64 = 1 << 18;
 /// Bytes of the header area read at once.
 const AREA_CHUNK: usize = 64 << 10;
-/// Grains inflated in parallel per step of [`StreamReader::copy_into`].
+/// Grains inflated in parallel per step of [`StreamReader::copy_into`]...
 const BATCH: usize = 256;
+/// ...and at most this many bytes of them: a stream's grains may claim up to 128 MiB each.
+const BATCH_BYTES: u64 = 64 << 20;
 
 /// A streamOptimized image being read front to back.
 pub struct StreamReader<R: Read> {
@@ -100,9 +102,8 @@ impl<R: Read> StreamReader<R> {
     pub fn new(mut input: R) -> Result<Self> {
         let mut head = [0u8; 512];
         read_exact(&mut input, &mut head, 0)?;
-        let header = SparseHeader::parse(&head)?;
-        // The length is unknown: check fields against the largest possible file.
-        header.validate(u64::MAX)?;
+        // The length is unknown: fields are checked against the largest possible file.
+        let header = RawSparseHeader::parse(&head)?.validate(u64::MAX)?;
         if !(header.flags.compressed() && header.flags.markers()) {
             return Err(Error::unsupported(
                 "only streamOptimized images (compressed grains with markers) can be read from a stream",
@@ -303,8 +304,11 @@ impl<R: Read> StreamReader<R> {
         opts: &CopyOptions<'_>,
     ) -> Result<CopyStats> {
         let mut bytes_read = 0;
+        let batch = usize::try_from(BATCH_BYTES / self.header.grain_bytes())
+            .unwrap_or(BATCH)
+            .clamp(1, BATCH);
         loop {
-            let grains = self.next_grains(BATCH)?;
+            let grains = self.next_grains(batch)?;
             if grains.is_empty() {
                 break;
             }

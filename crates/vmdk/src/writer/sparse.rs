@@ -11,7 +11,7 @@ use super::{
     GRAIN_SECTORS, SPLIT_SECTORS,
 };
 use crate::descriptor::{Descriptor, ExtentType};
-use crate::header::{HeaderFlags, SparseHeader};
+use crate::header::{HeaderFlags, RawSparseHeader};
 
 const GTES: u64 = 512;
 /// Sectors of one grain table (512 entries of 4 bytes).
@@ -26,7 +26,7 @@ const WRITEBACK: u64 = 8 << 20;
 /// front, as holes until used), then grains appended in the order they come.
 pub(crate) struct SparseExtentWriter {
     file: SparseWriter,
-    header: SparseHeader,
+    header: RawSparseHeader,
     descriptor: Option<String>,
     gt_base: u64,
     rgt_base: u64,
@@ -66,7 +66,7 @@ impl SparseExtentWriter {
         if zeroed_grains {
             flags |= HeaderFlags::ZEROED_GRAINS;
         }
-        let header = SparseHeader {
+        let header = RawSparseHeader {
             version: if zeroed_grains { 2 } else { 1 },
             flags: HeaderFlags(flags),
             capacity,

@@ -15,7 +15,7 @@ use vdisk_raw::SparseWriter;
 
 use super::{extent_line, new_descriptor, OutputFiles, WriteOptions, GRAIN_SECTORS};
 use crate::descriptor::ExtentType;
-use crate::header::{HeaderFlags, SparseHeader, GD_AT_END};
+use crate::header::{HeaderFlags, RawSparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};
 
 const GTES: u64 = 512;
@@ -25,7 +25,7 @@ const OVERHEAD: u64 = 128;
 pub(crate) struct StreamImage {
     files: OutputFiles,
     file: SparseWriter,
-    header: SparseHeader,
+    header: RawSparseHeader,
     /// Bytes written so far (always a whole number of sectors).
     pos: u64,
     tables: BTreeMap<u64, Vec<u32>>,
@@ -96,7 +96,7 @@ impl StreamImage {
                 "descriptor too large for a streamOptimized header area",
             ));
         }
-        let header = SparseHeader {
+        let header = RawSparseHeader {
             version: 3,
             flags: HeaderFlags(
                 HeaderFlags::NEWLINE_TEST | HeaderFlags::COMPRESSED | HeaderFlags::MARKERS,
@@ -212,7 +212,7 @@ impl ImageSink for StreamImage {
         ))?;
         let gd_offset = me.append(&gd_bytes)?;
         me.append(&meta_sector(MarkerType::Footer, 1))?;
-        let footer = SparseHeader {
+        let footer = RawSparseHeader {
             gd_offset,
             ..me.header
         };
