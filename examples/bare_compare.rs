@@ -5,6 +5,7 @@
 //! next to `vdisk diff`, so the two are measured on the same files in the same run.
 //!
 //! Usage: `bare_compare A B` (exit 0 identical, 1 different, 2 usage).
+#![allow(unsafe_code)] // the memory maps
 
 use std::fs::File;
 use std::process::ExitCode;

@@ -160,6 +160,7 @@ fn clap_error_line(e: &clap::Error) -> String {
     format!("{line} (see {} --help)", command.join(" "))
 }
 
+#[allow(unsafe_code)] // getrlimit(2)/setrlimit(2)
 /// Let a process with many unnamed output files open (a split image keeps each extent open
 /// until it is published) use every descriptor the system allows it.
 fn raise_file_limit() {

@@ -1,4 +1,5 @@
 //! `vdisk serve`: a read-only NBD export of an image or of a restore point (instant recovery).
+#![allow(unsafe_code)] // the SIGINT/SIGTERM handler and its self-pipe
 
 use std::io::Write;
 use std::net::TcpListener;

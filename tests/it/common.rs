@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+#![allow(unsafe_code)] // wait4(2) for a child's rusage, flock(2)
 
 #![allow(dead_code)]
 
@@ -60,9 +61,10 @@ pub fn run(mut cmd: Command) -> Run {
     });
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data that wait4 fills; we reap our own child exactly once and
-    // never call Child::wait on it.
+    // SAFETY: rusage is plain data, valid when zeroed.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: wait4 fills `status` and `usage`, which we own; we reap our own child exactly
+    // once and never call Child::wait on it.
     let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     assert_eq!(r, pid, "wait4 failed");
     let elapsed = start.elapsed();

@@ -7,6 +7,7 @@
 //! like another process would be, and dropping one handle never unlocks another.
 //! Readers take no lock: the metadata is replaced atomically, so they always see a whole
 //! state, and they need no write access to the repository.
+#![allow(unsafe_code)] // flock(2) on the lock file
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;

@@ -1,5 +1,6 @@
 //! Accepting connections and their lifecycle: a thread per connection (up to a cap), a few
 //! worker threads per connection, and a shutdown that closes everything promptly.
+#![allow(unsafe_code)] // poll(2) on the listener and the wake-up socket
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};

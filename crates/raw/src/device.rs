@@ -1,5 +1,6 @@
 //! Raw outputs: a new file (holes for zeros, published when complete), or a device written in
 //! place (a logical volume, a LUN, a loop device): never renamed over, zeros written as zeros.
+#![allow(unsafe_code)] // the BLKZEROOUT ioctl
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};

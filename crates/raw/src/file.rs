@@ -1,9 +1,15 @@
+//! Input files: memory-mapped, with a positional-read fallback.
+#![allow(unsafe_code)] // the memory map and its madvise calls
+
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use vdisk_core::{Error, ErrorKind, FileId, Result};
+
+/// Reads of at least this many bytes use pread rather than a copy from the map.
+const PREAD_FROM: usize = 32 << 10;
 
 /// A file opened read-only, memory-mapped when the kernel allows it.
 ///
@@ -12,9 +18,6 @@ use vdisk_core::{Error, ErrorKind, FileId, Result};
 ///
 /// A mapped file that another process truncates while it is read raises SIGBUS; vdisk reads
 /// images that are not being written, as every image tool does.
-/// Reads of at least this many bytes use pread rather than a copy from the map.
-const PREAD_FROM: usize = 32 << 10;
-
 #[derive(Debug)]
 pub struct MappedFile {
     file: File,

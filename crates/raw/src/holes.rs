@@ -1,3 +1,6 @@
+//! Finding the data in sparse files: SEEK_DATA/SEEK_HOLE.
+#![allow(unsafe_code)] // lseek(2) with SEEK_DATA/SEEK_HOLE
+
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 

@@ -1,5 +1,6 @@
 //! Output files that appear only when complete: written without a name (`O_TMPFILE`) or under
 //! a temporary one, synced, then linked or renamed into place.
+#![allow(unsafe_code)] // linkat(2) of O_TMPFILE files, sync_file_range(2)
 
 use std::ffi::{CString, OsString};
 use std::fs::{File, OpenOptions};
