@@ -3,8 +3,8 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::vmdk::check::{check, Severity};
-use vdisk::{Image, Result};
+use vdisk::vmdk::check::{check, Finding, Problem, Severity};
+use vdisk::{Error, ErrorKind, Image, Result};
 
 use super::{path_text, print_json, print_text, Ctx, Status};
 
@@ -18,11 +18,36 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Whether an error opening `path` is damage to report (exit 1) rather than a reason the
+/// image could not be examined at all (exit 2): the file is there and is a VMDK, but it, an
+/// extent or a parent is cut, corrupt or missing.
+fn is_damage(path: &std::path::Path, e: &Error) -> bool {
+    let vmdk = vdisk::read_head(path, 4096).is_ok_and(|h| vdisk::vmdk::probe(&h));
+    vmdk && matches!(
+        e.kind(),
+        ErrorKind::Corrupt
+            | ErrorKind::InvalidFormat
+            | ErrorKind::NotFound
+            | ErrorKind::ParentMismatch
+            | ErrorKind::ChainLoop
+            | ErrorKind::ChainTooDeep
+            | ErrorKind::OutOfBounds
+    )
+}
+
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
-    let img = vdisk::open_with(&args.image, &ctx.open)?;
-    let findings = match &img {
-        Image::Vmdk(v) => check(v),
-        Image::Raw(_) => Vec::new(), // a raw image has no metadata to be inconsistent
+    let findings = match vdisk::open_with(&args.image, &ctx.open) {
+        Ok(Image::Vmdk(v)) => check(&v),
+        Ok(Image::Raw(_)) => Vec::new(), // a raw image has no metadata to be inconsistent
+        Err(e) if is_damage(&args.image, &e) => vec![Finding {
+            severity: Severity::Error,
+            file: e.path().unwrap_or(&args.image).to_path_buf(),
+            problem: Problem::Unopenable(match e.offset() {
+                Some(o) => format!("{} (at offset {o})", e.message()),
+                None => e.message().to_string(),
+            }),
+        }],
+        Err(e) => return Err(e),
     };
     let errors = findings
         .iter()
@@ -33,7 +58,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
             findings
                 .iter()
                 .filter(|f| f.severity == sev)
-                .map(|f| json!({"file": path_text(&f.file), "message": f.message.to_string()}))
+                .map(|f| json!({"file": path_text(&f.file), "message": f.problem.to_string()}))
                 .collect::<Vec<_>>()
         };
         print_json(&json!({
@@ -50,7 +75,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
             } else {
                 "warning"
             };
-            text.push_str(&format!("{tag}: {}: {}\n", f.file.display(), f.message));
+            text.push_str(&format!("{tag}: {}: {}\n", f.file.display(), f.problem));
         }
         if errors == 0 {
             text.push_str("No errors were found on the image.\n");

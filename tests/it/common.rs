@@ -1,6 +1,5 @@
 //! Helpers shared by the integration tests.
 #![allow(unsafe_code)] // wait4(2) for a child's rusage, flock(2)
-
 #![allow(dead_code)]
 
 use std::os::unix::process::ExitStatusExt;

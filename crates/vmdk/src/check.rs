@@ -4,14 +4,14 @@
 //! files, an unclean shutdown).
 
 use std::collections::HashSet;
+use std::fmt;
 use std::path::PathBuf;
 
-use byteorder::{ByteOrder, LittleEndian as LE};
 use vdisk_core::SECTOR;
 
 use crate::header::{SparseHeader, GD_AT_END};
 use crate::marker::Marker;
-use crate::sparse::{GrainEntry, SparseExtent};
+use crate::sparse::{read_u32s, GrainEntry, SparseExtent};
 use crate::VmdkImage;
 
 /// How serious a finding is.
@@ -23,6 +23,250 @@ pub enum Severity {
     Warning,
 }
 
+/// Which of a sparse extent's two grain directories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Directory {
+    /// The grain directory in use.
+    Primary,
+    /// The redundant copy.
+    Redundant,
+}
+
+impl fmt::Display for Directory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Directory::Primary => "grain directory",
+            Directory::Redundant => "redundant grain directory",
+        })
+    }
+}
+
+/// A byte range of a sparse extent that holds metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Region {
+    /// The header.
+    Header,
+    /// The embedded descriptor.
+    Descriptor,
+    /// A grain directory.
+    Directory(Directory),
+    /// A grain table, by directory entry.
+    Table(u64, Directory),
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Region::Header => f.write_str("the header"),
+            Region::Descriptor => f.write_str("the embedded descriptor"),
+            Region::Directory(d) => write!(f, "the {d}"),
+            Region::Table(i, d) => write!(f, "grain table {i} of the {d}"),
+        }
+    }
+}
+
+/// What a check found; the text is in `Display`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Problem {
+    /// The image could not be opened at all (a damaged header, a missing extent or parent).
+    Unopenable(String),
+    /// A primary directory entry was empty or pointed outside the file; the redundant
+    /// directory's table is used.
+    EntryFromRedundant {
+        /// The directory entry.
+        entry: u64,
+        /// Empty (rather than outside the file).
+        empty: bool,
+    },
+    /// The primary directory lies outside the file; the redundant one is used.
+    DirectoryFromRedundant,
+    /// The header's uncleanShutdown flag is set.
+    UncleanShutdown,
+    /// A directory entry names a table past the end of the file.
+    TablePastEnd {
+        /// Which directory.
+        directory: Directory,
+        /// The entry.
+        entry: u64,
+        /// The table's sector.
+        sector: u32,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// Two metadata regions overlap.
+    Overlap {
+        /// The later region.
+        region: Region,
+        /// The region it overlaps.
+        other: Region,
+    },
+    /// The directories disagree on whether a table exists.
+    DirectoriesDisagree {
+        /// The entry.
+        entry: u64,
+        /// The primary's value.
+        primary: u32,
+        /// The redundant copy's value.
+        redundant: u32,
+    },
+    /// A table and its redundant copy disagree on whether a grain is allocated.
+    TablesDisagree {
+        /// The table's directory entry.
+        table: u64,
+        /// The first grain they disagree on.
+        grain: u64,
+    },
+    /// A grain starts past the end of the file.
+    GrainPastEnd {
+        /// The grain.
+        grain: u64,
+        /// Its byte offset in the file.
+        offset: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// A grain points into the header.
+    GrainInHeader {
+        /// The grain.
+        grain: u64,
+        /// Its byte offset in the file.
+        offset: u64,
+    },
+    /// A grain lies inside a metadata region.
+    GrainInMetadata {
+        /// The grain.
+        grain: u64,
+        /// Its byte offset in the file.
+        offset: u64,
+        /// The region.
+        region: Region,
+    },
+    /// A compressed grain's marker or stream is damaged.
+    BadCompressedGrain {
+        /// The grain.
+        grain: u64,
+        /// What is wrong.
+        error: String,
+    },
+    /// A compressed grain's marker names another sector than its table entry.
+    MarkerMismatch {
+        /// The grain.
+        grain: u64,
+        /// The sector the marker names.
+        marker: u64,
+        /// The sector the table implies.
+        table: u64,
+    },
+    /// A grain runs past the end of the file.
+    GrainRunsPastEnd {
+        /// The grain.
+        grain: u64,
+        /// Its byte offset in the file.
+        offset: u64,
+        /// The file's length.
+        file_len: u64,
+    },
+    /// A streamOptimized image in VMware's layout lacks its end-of-stream marker.
+    NoEndOfStream,
+    /// A flat extent file is shorter than its extent line (the rest reads as zero).
+    FlatExtentShort {
+        /// The file's length.
+        len: u64,
+        /// The bytes the extent line needs.
+        need: u64,
+    },
+    /// More findings of one kind than are listed one by one.
+    More {
+        /// How many more.
+        count: u64,
+        /// Of what.
+        what: &'static str,
+    },
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Problem::Unopenable(e) => write!(f, "cannot be opened: {e}"),
+            Problem::EntryFromRedundant { entry, empty } => write!(
+                f,
+                "grain directory entry {entry} is {}; using the redundant directory's table",
+                if *empty { "empty" } else { "outside the file" }
+            ),
+            Problem::DirectoryFromRedundant => {
+                f.write_str("grain directory lies outside the file; using the redundant directory")
+            }
+            Problem::UncleanShutdown => {
+                f.write_str("uncleanShutdown is set: the image was not closed cleanly")
+            }
+            Problem::TablePastEnd {
+                directory,
+                entry,
+                sector,
+                file_len,
+            } => write!(
+                f,
+                "{directory} entry {entry}: grain table at sector {sector} lies past the end of the file ({file_len} bytes)"
+            ),
+            Problem::Overlap { region, other } => write!(f, "{region} overlaps {other}"),
+            Problem::DirectoriesDisagree {
+                entry,
+                primary,
+                redundant,
+            } => write!(
+                f,
+                "grain directory and redundant directory disagree at entry {entry} ({primary} vs {redundant})"
+            ),
+            Problem::TablesDisagree { table, grain } => write!(
+                f,
+                "grain table {table} and its redundant copy disagree on grain {grain}"
+            ),
+            Problem::GrainPastEnd {
+                grain,
+                offset,
+                file_len,
+            } => write!(
+                f,
+                "grain {grain}: offset {offset} is past the end of the file ({file_len} bytes)"
+            ),
+            Problem::GrainInHeader { grain, offset } => {
+                write!(f, "grain {grain}: offset {offset} lies inside the header")
+            }
+            Problem::GrainInMetadata {
+                grain,
+                offset,
+                region,
+            } => write!(f, "grain {grain}: offset {offset} lies inside {region}"),
+            Problem::BadCompressedGrain { grain, error } => write!(f, "grain {grain}: {error}"),
+            Problem::MarkerMismatch {
+                grain,
+                marker,
+                table,
+            } => write!(
+                f,
+                "grain {grain}: marker says sector {marker}, the table says sector {table}"
+            ),
+            Problem::GrainRunsPastEnd {
+                grain,
+                offset,
+                file_len,
+            } => write!(
+                f,
+                "grain {grain}: offset {offset} runs past the end of the file ({file_len} bytes)"
+            ),
+            Problem::NoEndOfStream => {
+                f.write_str("streamOptimized image does not end with an end-of-stream marker")
+            }
+            Problem::FlatExtentShort { len, need } => write!(
+                f,
+                "flat extent file is {len} bytes, shorter than the {need} bytes its extent line needs (the rest reads as zero)"
+            ),
+            Problem::More { count, what } => write!(f, "… and {count} more {what}"),
+        }
+    }
+}
+
 /// One finding of a check.
 #[derive(Debug, Clone)]
 pub struct Finding {
@@ -31,7 +275,7 @@ pub struct Finding {
     /// The file it is about.
     pub file: PathBuf,
     /// What is wrong.
-    pub message: String,
+    pub problem: Problem,
 }
 
 /// Findings of one kind beyond this count are summarised in one line.
@@ -43,44 +287,47 @@ struct Report<'a> {
 }
 
 impl Report<'_> {
-    fn error(&mut self, message: String) {
+    fn error(&mut self, problem: Problem) {
         self.out.push(Finding {
             severity: Severity::Error,
             file: self.file.clone(),
-            message,
+            problem,
         });
     }
-    fn warning(&mut self, message: String) {
+    fn warning(&mut self, problem: Problem) {
         self.out.push(Finding {
             severity: Severity::Warning,
             file: self.file.clone(),
-            message,
+            problem,
         });
     }
     /// Report the first few of `items`, then a count of the rest.
-    fn errors(&mut self, items: Examples, what: &str) {
+    fn errors(&mut self, items: Examples, what: &'static str) {
         let n = items.total;
         for m in items.shown {
             self.error(m);
         }
         if n > MAX_EXAMPLES as u64 {
-            self.error(format!("… and {} more {what}", n - MAX_EXAMPLES as u64));
+            self.error(Problem::More {
+                count: n - MAX_EXAMPLES as u64,
+                what,
+            });
         }
     }
 }
 
-/// Findings of one kind: the first [`MAX_EXAMPLES`] messages and a count. A hostile file can
-/// hold hundreds of millions of bad pointers; only the shown ones are ever formatted or kept.
+/// Findings of one kind: the first [`MAX_EXAMPLES`] and a count. A hostile file can hold
+/// hundreds of millions of bad pointers; only the shown ones are ever built or kept.
 #[derive(Default)]
 struct Examples {
-    shown: Vec<String>,
+    shown: Vec<Problem>,
     total: u64,
 }
 
 impl Examples {
-    fn push(&mut self, message: impl FnOnce() -> String) {
+    fn push(&mut self, problem: impl FnOnce() -> Problem) {
         if self.shown.len() < MAX_EXAMPLES {
-            self.shown.push(message());
+            self.shown.push(problem());
         }
         self.total += 1;
     }
@@ -108,10 +355,10 @@ pub fn check(img: &VmdkImage) -> Vec<Finding> {
                         file: file.path().to_path_buf(),
                         out: &mut out,
                     };
-                    r.error(format!(
-                        "flat extent file is {} bytes, shorter than the {need} bytes its extent line needs (the rest reads as zero)",
-                        file.len()
-                    ));
+                    r.error(Problem::FlatExtentShort {
+                        len: file.len(),
+                        need,
+                    });
                 }
             }
         }
@@ -121,35 +368,14 @@ pub fn check(img: &VmdkImage) -> Vec<Finding> {
 
 /// A byte range of the file holding metadata.
 #[derive(Debug, Clone)]
-struct Region {
+struct Span {
     start: u64,
     end: u64,
-    what: What,
-}
-
-/// What a [`Region`] holds; a directory can name millions of tables, so names are formatted
-/// only for the findings that are shown.
-#[derive(Debug, Clone, Copy)]
-enum What {
-    Header,
-    Descriptor,
-    Directory(&'static str),
-    Table(usize, &'static str),
-}
-
-impl std::fmt::Display for What {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            What::Header => f.write_str("the header"),
-            What::Descriptor => f.write_str("the embedded descriptor"),
-            What::Directory(name) => write!(f, "the {name}"),
-            What::Table(i, name) => write!(f, "grain table {i} of the {name}"),
-        }
-    }
+    what: Region,
 }
 
 /// For each prefix of `regions` (sorted by start), the index of the region that ends last.
-fn furthest_reaching(regions: &[Region]) -> Vec<usize> {
+fn furthest_reaching(regions: &[Span]) -> Vec<usize> {
     let mut best = 0;
     regions
         .iter()
@@ -166,17 +392,10 @@ fn furthest_reaching(regions: &[Region]) -> Vec<usize> {
 /// A region that the sector at byte `at` overlaps, if any (`regions` sorted by start, `widest`
 /// from [`furthest_reaching`]). A search, not a scan: it runs once per grain, and a hostile
 /// directory can name millions of tables.
-fn region_at<'a>(regions: &'a [Region], widest: &[usize], at: u64) -> Option<&'a Region> {
+fn region_at<'a>(regions: &'a [Span], widest: &[usize], at: u64) -> Option<&'a Span> {
     let before = regions.partition_point(|g| g.start < at.saturating_add(SECTOR));
     let g = &regions[*widest.get(before.checked_sub(1)?)?];
     (g.end > at).then_some(g)
-}
-
-fn read_dir(data: &[u8], sector: u64, n: u64) -> Option<Vec<u32>> {
-    let start = sector.checked_mul(SECTOR)?;
-    let end = start.checked_add(n.checked_mul(4)?)?;
-    let raw = data.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
-    Some(raw.chunks_exact(4).map(LE::read_u32).collect())
 }
 
 fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
@@ -187,46 +406,46 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
         r.error(note.clone());
     }
     if h.unclean_shutdown {
-        r.warning("uncleanShutdown is set: the image was not closed cleanly".into());
+        r.warning(Problem::UncleanShutdown);
     }
     let gtes = u64::from(h.gtes_per_gt);
     let table_bytes = gtes * 4;
     let n = h.gd_entries();
 
-    let mut regions = vec![Region {
+    let mut regions = vec![Span {
         start: 0,
         end: SECTOR,
-        what: What::Header,
+        what: Region::Header,
     }];
     if h.descriptor_offset != 0 && h.descriptor_size != 0 {
-        regions.push(Region {
+        regions.push(Span {
             start: h.descriptor_offset * SECTOR,
             end: (h.descriptor_offset + h.descriptor_size) * SECTOR,
-            what: What::Descriptor,
+            what: Region::Descriptor,
         });
     }
-    let primary = read_dir(data, sparse.gd_offset(), n);
+    let primary = read_u32s(data, sparse.gd_offset(), n);
     let redundant = if h.flags.redundant_gd() && h.rgd_offset != 0 && h.rgd_offset != GD_AT_END {
-        read_dir(data, h.rgd_offset, n)
+        read_u32s(data, h.rgd_offset, n)
     } else {
         None
     };
     for (dir, sector, name) in [
-        (&primary, sparse.gd_offset(), "grain directory"),
-        (&redundant, h.rgd_offset, "redundant grain directory"),
+        (&primary, sparse.gd_offset(), Directory::Primary),
+        (&redundant, h.rgd_offset, Directory::Redundant),
     ] {
         if dir.is_some() {
-            regions.push(Region {
+            regions.push(Span {
                 start: sector * SECTOR,
                 end: sector * SECTOR + n * 4,
-                what: What::Directory(name),
+                what: Region::Directory(name),
             });
         }
     }
     let mut past_end = Examples::default();
     for (dir, name) in [
-        (&primary, "grain directory"),
-        (&redundant, "redundant grain directory"),
+        (&primary, Directory::Primary),
+        (&redundant, Directory::Redundant),
     ] {
         let Some(dir) = dir else { continue };
         for (i, &t) in dir.iter().enumerate() {
@@ -235,14 +454,17 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
             }
             let start = u64::from(t) * SECTOR;
             if start + table_bytes > len {
-                past_end.push(|| format!(
-                    "{name} entry {i}: grain table at sector {t} lies past the end of the file ({len} bytes)"
-                ));
+                past_end.push(|| Problem::TablePastEnd {
+                    directory: name,
+                    entry: i as u64,
+                    sector: t,
+                    file_len: len,
+                });
             } else {
-                regions.push(Region {
+                regions.push(Span {
                     start,
                     end: start + table_bytes,
-                    what: What::Table(i, name),
+                    what: Region::Table(i as u64, name),
                 });
             }
         }
@@ -252,14 +474,17 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
     // Overlapping metadata regions (a table over the header, two tables sharing sectors).
     regions.sort_by_key(|g| (g.start, g.end));
     let mut overlaps = Examples::default();
-    let mut reach: Option<&Region> = None;
+    let mut reach: Option<&Span> = None;
     for g in &regions {
         if let Some(prev) = reach {
             if g.start < prev.end {
-                overlaps.push(|| format!("{} overlaps {}", g.what, prev.what));
+                overlaps.push(|| Problem::Overlap {
+                    region: g.what,
+                    other: prev.what,
+                });
             }
         }
-        if reach.map_or(true, |p| g.end > p.end) {
+        if reach.is_none_or(|p| g.end > p.end) {
             reach = Some(g);
         }
     }
@@ -277,23 +502,21 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
         let mut compared = HashSet::new();
         for (i, (&a, &b)) in p.iter().zip(q).enumerate() {
             if (a == 0) != (b == 0) {
-                disagree.push(|| {
-                    format!(
-                    "grain directory and redundant directory disagree at entry {i} ({a} vs {b})"
-                )
+                disagree.push(|| Problem::DirectoriesDisagree {
+                    entry: i as u64,
+                    primary: a,
+                    redundant: b,
                 });
             } else if a != 0 && compared.insert(a) {
-                let ta = read_dir(data, u64::from(a), gtes);
-                let tb = read_dir(data, u64::from(b), gtes);
+                let ta = read_u32s(data, u64::from(a), gtes);
+                let tb = read_u32s(data, u64::from(b), gtes);
                 if let (Some(ta), Some(tb)) = (ta, tb) {
                     let ca = ta.iter().map(|&e| e != 0);
                     let first = ca.zip(tb.iter().map(|&e| e != 0)).position(|(x, y)| x != y);
                     if let Some(j) = first {
-                        disagree.push(|| {
-                            format!(
-                                "grain table {i} and its redundant copy disagree on grain {}",
-                                i as u64 * gtes + j as u64
-                            )
+                        disagree.push(|| Problem::TablesDisagree {
+                            table: i as u64,
+                            grain: i as u64 * gtes + j as u64,
                         });
                     }
                 }
@@ -321,33 +544,46 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
                     let at = u64::from(raw) * SECTOR;
                     bad.push(|| {
                         if at >= len {
-                            format!(
-                                "grain {g}: offset {at} is past the end of the file ({len} bytes)"
-                            )
+                            Problem::GrainPastEnd {
+                                grain: g,
+                                offset: at,
+                                file_len: len,
+                            }
                         } else {
-                            format!("grain {g}: offset {at} lies inside the header")
+                            Problem::GrainInHeader {
+                                grain: g,
+                                offset: at,
+                            }
                         }
                     });
                 }
                 GrainEntry::Data(at) => {
                     if let Some(m) = region_at(&regions, &widest, at) {
-                        bad.push(|| format!("grain {g}: offset {at} lies inside {}", m.what));
+                        bad.push(|| Problem::GrainInMetadata {
+                            grain: g,
+                            offset: at,
+                            region: m.what,
+                        });
                     } else if h.flags.compressed() {
                         match sparse.compressed_span(at) {
-                            Err(e) => bad.push(|| format!("grain {g}: {}", e.message())),
-                            Ok((_, _, Some(lba))) if lba != g * h.grain_size => bad.push(|| {
-                                format!(
-                                    "grain {g}: marker says sector {lba}, the table says sector {}",
-                                    g * h.grain_size
-                                )
+                            Err(e) => bad.push(|| Problem::BadCompressedGrain {
+                                grain: g,
+                                error: e.message().to_string(),
                             }),
+                            Ok((_, _, Some(lba))) if lba != g * h.grain_size => {
+                                bad.push(|| Problem::MarkerMismatch {
+                                    grain: g,
+                                    marker: lba,
+                                    table: g * h.grain_size,
+                                })
+                            }
                             Ok(_) => {}
                         }
                     } else if at + sparse.grain_bytes() > len {
-                        bad.push(|| {
-                            format!(
-                            "grain {g}: offset {at} runs past the end of the file ({len} bytes)"
-                        )
+                        bad.push(|| Problem::GrainRunsPastEnd {
+                            grain: g,
+                            offset: at,
+                            file_len: len,
                         });
                     }
                 }
@@ -367,7 +603,7 @@ fn check_sparse(sparse: &SparseExtent, r: &mut Report<'_>) {
                 ..
             })
         ) {
-            r.warning("streamOptimized image does not end with an end-of-stream marker".into());
+            r.warning(Problem::NoEndOfStream);
         }
     }
 }

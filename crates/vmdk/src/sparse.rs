@@ -8,6 +8,7 @@ use flate2::{Decompress, FlushDecompress, Status};
 use vdisk_core::{Error, Result, SECTOR};
 
 use crate::bytes::Bytes;
+use crate::check::Problem;
 use crate::header::{RawSparseHeader, SparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};
 
@@ -61,7 +62,7 @@ pub struct SparseExtent {
     /// Grains may not start before this byte (the header and the declared metadata).
     data_start: u64,
     /// Problems met while opening that did not stop the open (for `check`).
-    pub(crate) open_notes: Vec<String>,
+    pub(crate) open_notes: Vec<Problem>,
     /// Unique among the extents of this process: the key of the per-thread inflated grain.
     id: u64,
 }
@@ -88,17 +89,15 @@ impl SparseExtent {
         let n = header.gd_entries();
         // n <= MAX_GD_ENTRIES, so these products cannot overflow.
         let table_bytes = gtes * 4;
+        // Directory entries whose table lies outside the file are marked unusable.
         let load = |sector: u64| -> Option<Vec<u32>> {
-            let start = sector.checked_mul(SECTOR)?;
-            let end = start.checked_add(n * 4)?;
-            if sector == 0 || end > len {
+            if sector == 0 {
                 return None;
             }
-            let raw = &data[start as usize..end as usize];
+            let raw = read_u32s(data, sector, n)?;
             Some(
-                raw.chunks_exact(4)
-                    .map(|c| {
-                        let t = LE::read_u32(c);
+                raw.into_iter()
+                    .map(|t| {
                         let ok = u64::from(t) * SECTOR + table_bytes <= len;
                         match t {
                             0 => 0,
@@ -122,10 +121,10 @@ impl SparseExtent {
                 for (i, (t, &rt)) in tables.iter_mut().zip(&r).enumerate() {
                     let r_usable = rt != 0 && rt != BAD_TABLE;
                     if (*t == 0 || *t == BAD_TABLE) && r_usable {
-                        notes.push(format!(
-                            "grain directory entry {i} is {}; using the redundant directory's table",
-                            if *t == 0 { "empty" } else { "outside the file" }
-                        ));
+                        notes.push(Problem::EntryFromRedundant {
+                            entry: i as u64,
+                            empty: *t == 0,
+                        });
                         *t = rt;
                     } else if r_usable && rt != *t {
                         alternates[i] = rt;
@@ -138,9 +137,7 @@ impl SparseExtent {
                 (p, vec![0; n])
             }
             (None, Some(r)) => {
-                notes.push(
-                    "grain directory lies outside the file; using the redundant directory".into(),
-                );
+                notes.push(Problem::DirectoryFromRedundant);
                 let n = r.len();
                 (r, vec![0; n])
             }
@@ -403,6 +400,16 @@ pub(crate) fn inflate_grain(input: &[u8], out: &mut [u8]) -> std::result::Result
     }
     out[produced..].fill(0);
     Ok(())
+}
+
+/// `n` little-endian u32 entries at `sector` of `data` (a grain directory or table), or `None`
+/// when they do not lie inside it: the one loader of directories and tables, for reading
+/// and for `check`.
+pub(crate) fn read_u32s(data: &[u8], sector: u64, n: u64) -> Option<Vec<u32>> {
+    let start = sector.checked_mul(SECTOR)?;
+    let end = start.checked_add(n.checked_mul(4)?)?;
+    let raw = data.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
+    Some(raw.chunks_exact(4).map(LE::read_u32).collect())
 }
 
 /// Read the footer of a streamOptimized file whose header says the directory is at the end.
