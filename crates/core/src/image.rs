@@ -126,13 +126,25 @@ pub const MAP_WINDOW: u64 = 1 << 30;
 
 /// Walk the allocation map of `img` from start to end in [`MAP_WINDOW`] windows, joining runs
 /// across window edges, and hand each run to `f`.
-pub fn for_each_extent(img: &dyn DiskImage, mut f: impl FnMut(Extent) -> Result<()>) -> Result<()> {
-    let size = img.size();
+pub fn for_each_extent(img: &dyn DiskImage, f: impl FnMut(Extent) -> Result<()>) -> Result<()> {
+    walk_map(img.size(), |off, len| img.allocation(off, len), f)
+}
+
+/// The one windowed map walk: ask `map` for the runs of `[0, size)` in [`MAP_WINDOW`]
+/// windows (a hostile image can describe one run per 512-byte grain, so a map is never asked
+/// for whole), join touching runs of the same kind across window edges, and hand each run
+/// to `f`. [`for_each_extent`] walks an image's map this way; a format walks one link's own
+/// map the same way.
+pub fn walk_map(
+    size: u64,
+    mut map: impl FnMut(u64, u64) -> Result<Vec<Extent>>,
+    mut f: impl FnMut(Extent) -> Result<()>,
+) -> Result<()> {
     let mut pending: Option<Extent> = None;
     let mut off = 0;
     while off < size {
         let len = (size - off).min(MAP_WINDOW);
-        for e in img.allocation(off, len)? {
+        for e in map(off, len)? {
             match &mut pending {
                 Some(p)
                     if p.end() == e.start && p.allocation == e.allocation && p.depth == e.depth =>

@@ -25,7 +25,7 @@ mod zero;
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{coalesce, Allocation, Extent};
 pub use granularity::Granularity;
-pub use image::{check_range, for_each_extent, DiskImage, FileId, MAP_WINDOW};
+pub use image::{check_range, for_each_extent, walk_map, DiskImage, FileId, MAP_WINDOW};
 pub use mem::MemImage;
 pub use sink::{chunks, copy_into, CopyOptions, CopyStats, ImageSink, COPY_CHUNK};
 pub use throttle::Throttle;

@@ -97,8 +97,7 @@ impl VmdkImage {
     }
 
     /// Hand `f` every range that link `depth` itself stores (data or zeroed grains), walking
-    /// its map in [`vdisk_core::MAP_WINDOW`] windows up to the smaller of its size and the
-    /// image's.
+    /// its map ([`vdisk_core::walk_map`]) up to the smaller of its size and the image's.
     pub fn for_each_stored(
         &self,
         depth: usize,
@@ -109,17 +108,17 @@ impl VmdkImage {
             .get(depth)
             .ok_or_else(|| Error::new(ErrorKind::InvalidArgument, "no such layer"))?;
         let size = layer.size.min(self.size());
-        let mut off = 0;
-        while off < size {
-            let len = (size - off).min(vdisk_core::MAP_WINDOW);
-            for e in self.layer_allocation(depth, off, len)? {
-                if e.allocation != Allocation::Unallocated {
-                    f(e)?;
+        vdisk_core::walk_map(
+            size,
+            |off, len| self.layer_allocation(depth, off, len),
+            |e| {
+                if e.allocation == Allocation::Unallocated {
+                    Ok(())
+                } else {
+                    f(e)
                 }
-            }
-            off += len;
-        }
-        Ok(())
+            },
+        )
     }
 
     /// The allocation map of one layer alone (not falling through to parents).
