@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use vdisk_core::{DiskImage, Error, ErrorKind, Extent, FileId, Result};
-use vdisk_raw::RawImage;
+use vdisk_raw::{RawImage, ReadAhead};
 use vdisk_vmdk::{FsStore, VmdkImage};
 
 /// An image format vdisk reads.
@@ -34,6 +34,18 @@ pub struct OpenOptions {
     pub format: Option<Format>,
     /// VMDK options: outside paths, chain depth, CID checks.
     pub vmdk: vdisk_vmdk::OpenOptions,
+    /// Read-ahead on the image's files: off when its reads will be paced (`--io-limit`),
+    /// from the first read on.
+    pub read_ahead: ReadAhead,
+}
+
+impl OpenOptions {
+    /// The file store VMDK files are opened through.
+    pub fn store(&self) -> FsStore {
+        FsStore {
+            read_ahead: self.read_ahead,
+        }
+    }
 }
 
 /// An open image of any format.
@@ -100,6 +112,12 @@ impl DiskImage for Image {
             Image::Vmdk(i) => i.unclean_shutdown(),
         }
     }
+    fn read_as_asked(&self) {
+        match self {
+            Image::Raw(i) => i.read_as_asked(),
+            Image::Vmdk(i) => i.read_as_asked(),
+        }
+    }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
@@ -135,7 +153,7 @@ pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         None => detect(path)?,
     };
     Ok(match format {
-        Format::Raw => Image::Raw(RawImage::open(path)?),
-        Format::Vmdk => Image::Vmdk(VmdkImage::open_with(&FsStore, path, &opts.vmdk)?),
+        Format::Raw => Image::Raw(RawImage::open_with(path, opts.read_ahead)?),
+        Format::Vmdk => Image::Vmdk(VmdkImage::open_with(&opts.store(), path, &opts.vmdk)?),
     })
 }

@@ -220,6 +220,11 @@ fn main() -> ExitCode {
                 allow_outside_paths: g.allow_outside_paths,
                 ..Default::default()
             },
+            read_ahead: if g.io_limit.is_some() {
+                vdisk::raw::ReadAhead::Off
+            } else {
+                vdisk::raw::ReadAhead::On
+            },
         },
         throttle: vdisk::Throttle::new(g.io_limit),
         quiet: g.quiet,

@@ -23,7 +23,7 @@ pub fn merge_chain(
     open: &OpenOptions,
     opts: &ConvertOptions<'_>,
 ) -> Result<CopyStats> {
-    let img = VmdkImage::open_with(&FsStore, path, &open.vmdk)?;
+    let img = VmdkImage::open_with(&open.store(), path, &open.vmdk)?;
     let Some(base) = base else {
         return convert_with(&img, out, Target::Vmdk(subformat), opts);
     };
@@ -37,11 +37,15 @@ pub fn merge_chain(
         )
         .with_path(out));
     }
-    let want = FsStore.identity(base)?;
+    let want = FsStore::default().identity(base)?;
     let depth = img
         .layers()
         .iter()
-        .position(|l| FsStore.identity(l.path()).is_ok_and(|id| id == want))
+        .position(|l| {
+            FsStore::default()
+                .identity(l.path())
+                .is_ok_and(|id| id == want)
+        })
         .ok_or_else(|| {
             Error::new(
                 ErrorKind::InvalidArgument,
@@ -66,7 +70,7 @@ pub fn merge_chain(
     }
     changed.sort_unstable();
     let parent_path = img.layers()[depth].path().to_path_buf();
-    let parent = VmdkImage::open_with(&FsStore, &parent_path, &open.vmdk)?;
+    let parent = VmdkImage::open_with(&open.store(), &parent_path, &open.vmdk)?;
     let mut protected = (*opts.policy.protected).clone();
     protected.add_image(&img);
     let wopts = WriteOptions {

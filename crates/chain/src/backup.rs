@@ -265,6 +265,9 @@ impl Repository {
             on_grain: Some(&on_grain),
         };
         let dst = self.path(image);
+        if throttle.is_some_and(|t| t.rate().is_some()) {
+            src.read_as_asked();
+        }
         let (scanned, stats) = match &opts.changed {
             Some(cbt) => {
                 // Trusted as a superset; blocks the old hashes cannot speak for are added: the

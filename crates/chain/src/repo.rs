@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use vdisk_core::{Error, ErrorKind, Result};
-use vdisk_vmdk::VmdkImage;
+use vdisk_raw::ReadAhead;
+use vdisk_vmdk::{FsStore, OpenOptions, VmdkImage};
 
 use crate::lock::{RepoLock, LOCK_FILE};
 use crate::meta::{RepoMeta, RestorePoint, META_FILE};
@@ -18,6 +19,8 @@ pub struct Repository {
     pub(crate) meta: Option<RepoMeta>,
     /// Held by writable handles.
     lock: Option<RepoLock>,
+    /// Read-ahead on the points' files (off when reads are paced).
+    read_ahead: ReadAhead,
 }
 
 pub(crate) fn repo_err(dir: &Path, kind: ErrorKind, msg: impl Into<String>) -> Error {
@@ -52,6 +55,7 @@ impl Repository {
             dir: dir.to_path_buf(),
             meta: Some(Self::load(dir)?),
             lock: None,
+            read_ahead: ReadAhead::On,
         })
     }
 
@@ -67,6 +71,7 @@ impl Repository {
             dir: dir.to_path_buf(),
             meta: Some(meta),
             lock: Some(lock),
+            read_ahead: ReadAhead::On,
         };
         repo.clean_up()?;
         Ok(repo)
@@ -111,6 +116,7 @@ impl Repository {
             dir: dir.to_path_buf(),
             meta,
             lock: Some(lock),
+            read_ahead: ReadAhead::On,
         };
         repo.clean_up()?;
         Ok(repo)
@@ -151,6 +157,13 @@ impl Repository {
             ));
         }
         Ok(())
+    }
+
+    /// Read the points' files with read-ahead as `read_ahead` says (off when reads are paced:
+    /// `--io-limit`).
+    pub fn with_read_ahead(mut self, read_ahead: ReadAhead) -> Self {
+        self.read_ahead = read_ahead;
+        self
     }
 
     /// The metadata (`None` before the first backup).
@@ -196,7 +209,10 @@ impl Repository {
     /// Open a point's image (its chain included), unchecked: reads return what the files hold
     /// now. [`Repository::checked_point`] checks every grain against the hashes kept at backup.
     pub fn open_point(&self, p: &RestorePoint) -> Result<VmdkImage> {
-        VmdkImage::open(&self.path(&p.image)).map_err(|e| {
+        let store = FsStore {
+            read_ahead: self.read_ahead,
+        };
+        VmdkImage::open_with(&store, &self.path(&p.image), &OpenOptions::default()).map_err(|e| {
             if e.kind() == ErrorKind::PathRefused {
                 // A point only ever names files inside the repository.
                 Error::new(

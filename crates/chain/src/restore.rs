@@ -237,6 +237,10 @@ impl DiskImage for CheckedPoint {
         self.image.release(offset, len)
     }
 
+    fn read_as_asked(&self) {
+        self.image.read_as_asked()
+    }
+
     fn files(&self) -> Vec<FileId> {
         let mut f = self.image.files();
         f.push(self.manifest.id());

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{Result, Throttle};
+use vdisk_core::{DiskImage, Result, Throttle};
 use vdisk_diff::{block_hash, ManifestFile};
 
 use crate::checksums::read_prefix;
@@ -210,6 +210,9 @@ impl Repository {
                 return problems;
             }
         };
+        if opts.throttle.is_some_and(|t| t.rate().is_some()) {
+            img.read_as_asked();
+        }
         // The link goes to the right parent.
         if let Some(parent) = p.parent.and_then(|n| meta.point(n)) {
             let linked = img.layers().get(1).map(|l| l.path().to_path_buf());

@@ -46,6 +46,11 @@ pub trait DiskImage: Send + Sync {
         let _ = (offset, len);
     }
 
+    /// Reads of this image are about to be paced (`--io-limit`): stop the kernel's read-ahead
+    /// and prefetching on its files, so that what the disk reads is what vdisk asks for and
+    /// the pace holds in every second, not just on average.
+    fn read_as_asked(&self) {}
+
     /// The files this image reads (every file of a chain: descriptors, extents, parents), by
     /// identity. Writers refuse an output that is one of them, whatever its name.
     fn files(&self) -> Vec<FileId> {
@@ -106,6 +111,9 @@ macro_rules! forward_disk_image {
             }
             fn release(&self, offset: u64, len: u64) {
                 (**self).release(offset, len)
+            }
+            fn read_as_asked(&self) {
+                (**self).read_as_asked()
             }
             fn files(&self) -> Vec<FileId> {
                 (**self).files()

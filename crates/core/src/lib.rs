@@ -33,3 +33,19 @@ pub use zero::is_zero;
 
 /// Bytes in a sector: every offset VMDK stores is counted in these.
 pub const SECTOR: u64 = 512;
+
+/// The largest virtual disk vdisk opens: 256 TiB, four times the largest VMFS disk (62 TiB).
+/// Every command's memory and time stay bounded up to it; a larger size (a hostile descriptor
+/// declaring exabytes) is refused when the image is opened, before anything is allocated.
+pub const MAX_DISK_SIZE: u64 = 1 << 48;
+
+/// Refuse a virtual size above [`MAX_DISK_SIZE`] ([`ErrorKind::Unsupported`]).
+pub fn check_disk_size(size: u64) -> Result<()> {
+    if size > MAX_DISK_SIZE {
+        return Err(Error::unsupported(format!(
+            "virtual size of {size} bytes is larger than vdisk handles ({})",
+            size::human(MAX_DISK_SIZE)
+        )));
+    }
+    Ok(())
+}

@@ -88,6 +88,9 @@ pub fn copy_into<'s>(
     let size = img.size();
     let bs = sink.block_size();
     let mut bytes_read = 0u64;
+    if opts.throttle.is_some_and(|t| t.rate().is_some()) {
+        img.read_as_asked();
+    }
     let mut pending: Vec<Chunk> = Vec::new();
     let mut batch: Vec<(u64, u64)> = Vec::new();
 

@@ -46,6 +46,18 @@ impl ScanOptions<'_> {
         WINDOW.max(self.granularity)
     }
 
+    /// Whether reads are paced.
+    fn paced(&self) -> bool {
+        self.throttle.is_some_and(|t| t.rate().is_some())
+    }
+
+    /// Prepare `img` for this scan's reads: paced reads read what is asked, nothing ahead.
+    fn prepare(&self, img: &dyn DiskImage) {
+        if self.paced() {
+            img.read_as_asked();
+        }
+    }
+
     fn take(&self, bytes: u64) {
         if let Some(t) = self.throttle {
             t.take(bytes);
@@ -139,7 +151,11 @@ fn bytes_at<'a>(
     let size = img.size();
     if off + len <= size {
         if let Some(s) = img.mapped(off, len) {
-            img.populate(off, len);
+            // Paced scans fault pages in block by block as they are paced; a populate would
+            // read the whole piece at once, ahead of the pace.
+            if !opts.paced() {
+                img.populate(off, len);
+            }
             return Ok((s, true));
         }
     }
@@ -171,6 +187,8 @@ pub fn diff(
     let size = new.size();
     let mut map = ChangeMap::new(size, g)?;
     let read = AtomicU64::new(0);
+    opts.prepare(old);
+    opts.prepare(new);
     let window = opts.window();
     let mut start = 0;
     while start < size {
@@ -260,7 +278,8 @@ fn digest_window(
             Vec::new,
             |buf, &(s, e)| -> Result<(u64, Vec<(u128, bool)>)> {
                 let len = e - s;
-                opts.take(len);
+                // Paced once: bytes_at paces what it reads into the buffer, and mapped bytes
+                // are paced block by block below as they are touched.
                 let (data, mapped) = bytes_at(img, s, len, buf, opts)?;
                 read.fetch_add(len, Ordering::Relaxed);
                 let mut v = Vec::with_capacity(len.div_ceil(g) as usize);
@@ -317,6 +336,7 @@ pub fn hash_image<W: Write>(
     let size = img.size();
     let mut writer = ManifestWriter::new(out, size, g)?;
     let zero = zero_hashes(g, size);
+    opts.prepare(img);
     let read = AtomicU64::new(0);
     let mut start = 0;
     while start < size {
@@ -362,6 +382,7 @@ pub fn diff_manifest_each(
     let size = new.size();
     let old_size = manifest.size();
     let mut map = ChangeMap::new(size, g)?;
+    opts.prepare(new);
     let zero = zero_hashes(g, size);
     let old_len = |b: u64| old_size.saturating_sub(b * g).min(g);
     let new_len = |b: u64| size.saturating_sub(b * g).min(g);

@@ -8,6 +8,18 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use vdisk_core::{Error, ErrorKind, FileId, Result};
 
+/// Whether the kernel may read ahead of what is asked, for an input file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReadAhead {
+    /// The kernel's default: read ahead of sequential reads (fastest unpaced).
+    #[default]
+    On,
+    /// No read-ahead from the very first read (`POSIX_FADV_RANDOM`, `MADV_RANDOM`): reads are
+    /// paced (`--io-limit`), and the disk must read only what is asked. Set before anything is
+    /// read: pages an earlier read-ahead marked would start read-ahead again when reached.
+    Off,
+}
+
 /// Reads of at least this many bytes use pread rather than a copy from the map.
 const PREAD_FROM: usize = 32 << 10;
 
@@ -30,8 +42,17 @@ pub struct MappedFile {
 impl MappedFile {
     /// Open and map `path`. Mapping failures fall back to positional reads.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, ReadAhead::On)
+    }
+
+    /// Open and map `path`, with read-ahead as `read_ahead` says from the first read on.
+    pub fn open_with(path: &Path, read_ahead: ReadAhead) -> Result<Self> {
         let file = File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
-        Self::from_file(file, path)
+        let f = Self::from_file(file, path)?;
+        if read_ahead == ReadAhead::Off {
+            f.read_as_asked();
+        }
+        Ok(f)
     }
 
     /// Map an already opened file; `path` is used in error messages.
@@ -144,6 +165,18 @@ impl MappedFile {
                     (end - s) as usize,
                 );
             }
+        }
+    }
+
+    /// Stop read-ahead on the file and its map (`POSIX_FADV_RANDOM`, `MADV_RANDOM`): reads
+    /// are being paced, and the disk must read only what is asked.
+    pub fn read_as_asked(&self) {
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: posix_fadvise only changes the kernel's read-ahead policy for our file.
+        let _ =
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        if let Some(m) = &self.map {
+            let _ = m.advise(memmap2::Advice::Random);
         }
     }
 

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use vdisk_core::{check_range, Allocation, DiskImage, Extent, FileId, Result};
 
-use crate::{data_ranges, MappedFile};
+use crate::{data_ranges, MappedFile, ReadAhead};
 
 /// A raw disk image: the file's bytes are the disk's bytes.
 #[derive(Debug)]
@@ -13,9 +13,14 @@ pub struct RawImage {
 impl RawImage {
     /// Open `path` as a raw image.
     pub fn open(path: &Path) -> Result<Self> {
-        Ok(RawImage {
-            file: MappedFile::open(path)?,
-        })
+        Self::open_with(path, ReadAhead::On)
+    }
+
+    /// Open `path` as a raw image, with read-ahead as `read_ahead` says.
+    pub fn open_with(path: &Path, read_ahead: ReadAhead) -> Result<Self> {
+        let file = MappedFile::open_with(path, read_ahead)?;
+        vdisk_core::check_disk_size(file.len()).map_err(|e| e.with_path(path))?;
+        Ok(RawImage { file })
     }
 
     /// Wrap a file that is already open.
@@ -91,6 +96,10 @@ impl DiskImage for RawImage {
 
     fn files(&self) -> Vec<FileId> {
         vec![self.file.id()]
+    }
+
+    fn read_as_asked(&self) {
+        self.file.read_as_asked()
     }
 }
 

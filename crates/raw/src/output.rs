@@ -1,5 +1,6 @@
 //! The rules every output follows: what happens to an existing destination, which files an
 //! output may never be (the run's inputs), and what kind of thing the destination is.
+#![allow(unsafe_code)] // posix_fadvise(2) in read_head
 
 use std::collections::HashSet;
 use std::fs::Metadata;
@@ -214,7 +215,12 @@ impl Destination {
 /// kind of file it is. The one reader of first bytes for format and manifest detection.
 pub fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
     use std::io::Read;
+    use std::os::unix::io::AsRawFd;
     let f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
+    // A look at the first bytes needs no read-ahead, and must not leave read-ahead marks in
+    // the page cache that a paced reader would trip over later.
+    // SAFETY: posix_fadvise only changes the kernel's read-ahead policy for our descriptor.
+    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
     // Grown as bytes arrive: a caller asking for a huge prefix of a short file allocates
     // what the file holds, not what was asked.
     let mut head = Vec::with_capacity(n.min(64 << 10));

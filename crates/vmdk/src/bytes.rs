@@ -29,6 +29,13 @@ impl Bytes {
         self.len() == 0
     }
 
+    /// Stop read-ahead on a file on disk (reads are being paced).
+    pub fn read_as_asked(&self) {
+        if let Bytes::File(f) = self {
+            f.read_as_asked()
+        }
+    }
+
     /// The file's identity, for files on disk.
     pub fn id(&self) -> Option<vdisk_core::FileId> {
         match self {
@@ -121,11 +128,14 @@ pub trait FileStore: Send + Sync {
 
 /// Files on the local file system, memory-mapped.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct FsStore;
+pub struct FsStore {
+    /// Read-ahead on the files (off when reads are paced).
+    pub read_ahead: vdisk_raw::ReadAhead,
+}
 
 impl FileStore for FsStore {
     fn load(&self, path: &Path) -> Result<Bytes> {
-        Ok(Bytes::File(MappedFile::open(path)?))
+        Ok(Bytes::File(MappedFile::open_with(path, self.read_ahead)?))
     }
 
     fn identity(&self, path: &Path) -> Result<PathBuf> {

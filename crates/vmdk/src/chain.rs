@@ -47,7 +47,7 @@ pub struct VmdkImage {
 impl VmdkImage {
     /// Open `path` from the file system with default options.
     pub fn open(path: &Path) -> Result<Self> {
-        Self::open_with(&FsStore, path, &OpenOptions::default())
+        Self::open_with(&FsStore::default(), path, &OpenOptions::default())
     }
 
     /// Open `path` through `store`, following parents.

@@ -280,6 +280,10 @@ impl Descriptor {
             .try_fold(0u64, |acc, e| acc.checked_add(e.sectors))
             .filter(|&s| s <= (u64::MAX >> 10))
             .ok_or_else(|| Error::invalid("extent sizes add up past the largest possible disk"))
+            .and_then(|s| {
+                vdisk_core::check_disk_size(s * vdisk_core::SECTOR)?;
+                Ok(s)
+            })
     }
 }
 

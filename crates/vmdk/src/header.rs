@@ -219,6 +219,7 @@ impl RawSparseHeader {
                 self.capacity
             )));
         }
+        vdisk_core::check_disk_size(self.capacity * SECTOR)?;
         if self.gd_entries() > MAX_GD_ENTRIES {
             return Err(Error::unsupported(format!(
                 "capacity of {} sectors needs {} grain tables (at most {MAX_GD_ENTRIES})",

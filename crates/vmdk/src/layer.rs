@@ -248,6 +248,17 @@ impl Layer {
         out
     }
 
+    /// Stop read-ahead on every file of the layer (reads are being paced).
+    pub fn read_as_asked(&self) {
+        for e in &self.extents {
+            match &e.storage {
+                Storage::Sparse(s) => s.bytes().read_as_asked(),
+                Storage::Flat { file, .. } => file.read_as_asked(),
+                Storage::Zero => {}
+            }
+        }
+    }
+
     /// Bytes the layer's files take on disk.
     pub fn disk_usage(&self) -> u64 {
         let mut seen = HashSet::new();

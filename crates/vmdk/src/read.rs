@@ -204,6 +204,12 @@ impl DiskImage for VmdkImage {
         self.layers.iter().any(|l| l.unclean_shutdown())
     }
 
+    fn read_as_asked(&self) {
+        for l in &self.layers {
+            l.read_as_asked();
+        }
+    }
+
     fn release(&self, offset: u64, len: u64) {
         let [layer] = self.layers.as_slice() else {
             return;
