@@ -9,11 +9,13 @@ use vdisk::vmdk::fuzzing;
 
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 9] = [
+const TARGETS: [(&str, Target); 11] = [
     ("sparse_header", fuzzing::sparse_header),
     ("descriptor", fuzzing::descriptor),
     ("stream_markers", fuzzing::stream_markers),
     ("open_and_read", fuzzing::open_and_read),
+    ("sesparse", fuzzing::sesparse),
+    ("cowd", fuzzing::cowd),
     ("bitmap_decode", vdisk::bitmap::fuzzing::decode),
     ("extents_json", vdisk::bitmap::fuzzing::extents_json),
     ("manifest_decode", vdisk::diff::fuzzing::manifest),
@@ -95,6 +97,16 @@ fn corpus_stream_markers() {
 #[test]
 fn corpus_open_and_read() {
     replay_target("open_and_read");
+}
+
+#[test]
+fn corpus_sesparse() {
+    replay_target("sesparse");
+}
+
+#[test]
+fn corpus_cowd() {
+    replay_target("cowd");
 }
 
 #[test]

@@ -101,6 +101,16 @@ pub fn check(img: &VmdkImage) -> Vec<Finding> {
                     check_sparse(sparse, &mut r);
                 }
             }
+            if let Some(x) = ext.sesparse() {
+                if seen.insert(x.bytes().path().to_path_buf()) {
+                    crate::esx_check::check_sesparse(x, &mut out);
+                }
+            }
+            if let Some(x) = ext.cowd() {
+                if seen.insert(x.bytes().path().to_path_buf()) {
+                    crate::esx_check::check_cowd(x, &mut out);
+                }
+            }
             if let Some((file, offset)) = ext.flat() {
                 let need = offset.saturating_add(ext.len);
                 if file.len() < need {

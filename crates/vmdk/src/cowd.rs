@@ -29,9 +29,13 @@
 //!   its descriptor.
 //!
 //! One deliberate difference: qemu reads a grain-table entry of 1 as the grain at sector 1,
-//! which is inside the header, and returns header bytes as disk data. vdisk reads entry 1 as
-//! a zeroed grain (zeros that hide the parent), the meaning VMware gives the value 1 in
-//! hosted sparse extents and the one Xen Orchestra's reader of ESXi COWD files gives it.
+//! inside the header, and returns the file's bytes from offset 512 on as disk data. With
+//! ESX's 1-sector grains and a parent name under 480 bytes those are zeros from the
+//! parent-name field, so qemu reads zeros that hide the parent (and maps them as data); with
+//! a longer name, or larger grains, it returns header and grain-directory bytes. vdisk reads
+//! entry 1 as a zeroed grain, always: zeros that hide the parent, mapped as zero. That is the
+//! meaning VMware gives the value 1 in hosted sparse extents, the one Xen Orchestra's reader
+//! of ESXi COWD files gives it, and the bytes qemu returns for ESX's own files.
 //! Entries 2 and 3 (also inside the header) fail the read.
 
 use byteorder::{ByteOrder, LittleEndian as LE};

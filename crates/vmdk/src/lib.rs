@@ -22,6 +22,7 @@ pub mod check;
 pub mod convert;
 mod cowd;
 mod descriptor;
+mod esx_check;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;

@@ -773,7 +773,7 @@ mod tests {
         // Low 12 bits of the grain number in bits 48-59, the rest in bits 0-47.
         assert_eq!(
             SeSparseGrain::decode(0x3abc_0000_0001_2345),
-            SeSparseGrain::Allocated(0x1_2345_abc)
+            SeSparseGrain::Allocated(0x1234_5abc)
         );
         assert_eq!(
             SeSparseGrain::decode(0x3000_0000_0000_0001),
@@ -783,7 +783,7 @@ mod tests {
             let raw = kind << 60;
             assert_eq!(SeSparseGrain::decode(raw), SeSparseGrain::Invalid(raw));
         }
-        for n in [0, 1, 0xfff, 0x1000, 0x1_2345_abc, (1 << 60) - 1] {
+        for n in [0, 1, 0xfff, 0x1000, 0x1234_5abc, (1 << 60) - 1] {
             let g = SeSparseGrain::Allocated(n);
             assert_eq!(SeSparseGrain::decode(g.encode()), g);
         }

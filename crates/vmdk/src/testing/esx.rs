@@ -273,7 +273,7 @@ pub fn esx_descriptor(
     }
     t.push_str("# Extent description\n");
     for (sectors, kind, file) in extents {
-        let _ = writeln!(t, "{} {sectors} {kind} \"{file}\"", "RW");
+        let _ = writeln!(t, "RW {sectors} {kind} \"{file}\"");
     }
     t.push_str("\n# The Disk Data Base\n#DDB\n\n");
     t.push_str("ddb.adapterType = \"lsilogic\"\n");
