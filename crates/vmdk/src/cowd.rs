@@ -344,7 +344,14 @@ impl CowdExtent {
         let span = COWD_GTES_PER_GT * gb;
         let limit = max.min((slot + 1) * span - offset);
         let Some(table) = self.table_for(slot, offset)? else {
-            return Ok((limit, Run::Unallocated));
+            // Following slots without a table join the run.
+            let mut end = offset + limit;
+            let mut next = slot + 1;
+            while end - offset < max && self.table(next) == Some(CowdTable::None) {
+                end += span;
+                next += 1;
+            }
+            return Ok(((end - offset).min(max), Run::Unallocated));
         };
         let run = match self.classify(self.entry(table, grain)) {
             CowdGrain::Unallocated => Run::Unallocated,
