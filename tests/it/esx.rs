@@ -684,8 +684,27 @@ fn hostile_snapshot_extents_fail_cleanly() {
             cowd_case(&|f| u32_at(f, first_table, (first_table / 512) as u32)),
         ),
         ("cowd-truncated", cw[..1000].to_vec()),
+        // A 128 GiB capacity whose 65,536 directory entries name tables one sector apart:
+        // check must not walk each of them (268 M grain visits).
+        ("cowd-overlapping-tables", {
+            let slots: u32 = 1 << 16;
+            let mut f = cw[..2048].to_vec();
+            f[12..16].copy_from_slice(&(1u32 << 28).to_le_bytes());
+            f[24..28].copy_from_slice(&slots.to_le_bytes());
+            let first = 4 + slots * 4 / 512;
+            for i in 0..slots {
+                f.extend_from_slice(&(first + i).to_le_bytes());
+            }
+            f.resize(f.len() + ((slots as usize + 64) * 512), 0);
+            f
+        }),
     ] {
-        let reads = ["cowd-capacity-max", "cowd-grain-in-table"].contains(&name);
+        let reads = [
+            "cowd-capacity-max",
+            "cowd-grain-in-table",
+            "cowd-overlapping-tables",
+        ]
+        .contains(&name);
         cases.push((name, "VMFSSPARSE", f, !reads));
     }
     let mut commands: Vec<Vec<String>> = Vec::new();
