@@ -7,7 +7,7 @@
 # qemu-img). The link is a snapshot after some hours of guest writes: in each MiB of the
 # disk, with probability 0.30 one run of 64 KiB to 1 MiB of new data, with probability 0.05
 # a 64 KiB run of zero or unmapped grains, otherwise nothing (the base shows through); the
-# grains area holds the runs in a shuffled (write-time) order. About 18% of the disk comes
+# grains area holds the runs in a shuffled (write-time) order. About 16% of the disk comes
 # from the link, the rest from the base.
 #
 # Usage: bash benches/compare-esx.sh

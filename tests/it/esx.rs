@@ -547,7 +547,7 @@ fn bare_snapshot_data_files_are_refused_with_a_hint() {
 }
 
 #[test]
-fn an_sesparse_chain_backs_up_and_restores_like_qemu_reads_it() {
+fn esx_snapshot_chains_back_up_and_restore_like_qemu_reads_them() {
     require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -582,6 +582,12 @@ fn an_sesparse_chain_backs_up_and_restores_like_qemu_reads_it() {
         let image = format!("repo/{}", p["image"].as_str().unwrap());
         qemu_img(dir, &["compare", &image, want.to_str().unwrap()]);
     }
+    // A COWD (VMFS5) snapshot chain backs up the same way.
+    cowd_link(dir, "old", size, 1, Some(("base.vmdk", 0x0ba5)), 7);
+    let want3 = converts_like_qemu(dir, "old.vmdk");
+    vdisk_in(dir, &["backup", "old.vmdk", "repo3"]).expect_code(0, "backup COWD");
+    vdisk_in(dir, &["restore", "repo3", "restored3.raw"]).expect_code(0, "restore COWD");
+    assert_same_bytes(&want3, &dir.join("restored3.raw"));
 }
 
 /// Damaged SEsparse and COWD files behind valid descriptors: every command ends quickly,
