@@ -768,3 +768,26 @@ fn hostile_snapshot_extents_fail_cleanly() {
         }
     }
 }
+
+#[test]
+fn a_snapshot_that_names_itself_as_parent_is_an_error() {
+    // (qemu-img 10.0.2 loops forever on such a link; see VMDK-NOTES.md.)
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_sesparse(&dir.join("loop-sesparse.vmdk"), 1 << 20, &[(0, G::Data(1))]);
+    put(
+        dir,
+        "loop.vmdk",
+        &esx_descriptor(
+            "seSparse",
+            5,
+            Some((5, "loop.vmdk")),
+            &[(2048, "SESPARSE", "loop-sesparse.vmdk")],
+        ),
+    );
+    let r = vdisk_in(dir, &["convert", "loop.vmdk", "out.raw"]);
+    r.expect_code(2, "self-parent");
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(r.stderr.contains("loops"), "{}", r.stderr);
+    assert!(r.elapsed < Duration::from_secs(10));
+}
