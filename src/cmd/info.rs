@@ -139,7 +139,7 @@ fn layer_info(l: &Layer) -> LayerInfo<'_> {
         disk_usage: l.disk_usage(),
         version: h.map(|h| h.version),
         flags: h.map(|h| format!("{:#x}", h.flags.0)),
-        grain_size: h.map(|h| h.grain_bytes()),
+        grain_size: h.map(|h| h.grain_bytes()).or_else(|| l.esx_grain_bytes()),
         unclean_shutdown: l.unclean_shutdown(),
         embedded_descriptor: l.embedded_descriptor(),
         adapter_type: d.ddb("ddb.adapterType"),

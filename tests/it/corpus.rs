@@ -16,6 +16,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("stream_reader", fuzzing::stream_reader),
     ("nbd_client_bytes", vdisk::nbd::fuzzing::client_bytes),
     ("open_and_read", fuzzing::open_and_read),
+    ("sesparse", fuzzing::sesparse),
+    ("cowd", fuzzing::cowd),
     ("bitmap_decode", vdisk::bitmap::fuzzing::decode),
     ("extents_json", vdisk::bitmap::fuzzing::extents_json),
     ("manifest_decode", vdisk::diff::fuzzing::manifest),
@@ -107,6 +109,16 @@ fn corpus_nbd_client_bytes() {
 #[test]
 fn corpus_open_and_read() {
     replay_target("open_and_read");
+}
+
+#[test]
+fn corpus_sesparse() {
+    replay_target("sesparse");
+}
+
+#[test]
+fn corpus_cowd() {
+    replay_target("cowd");
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod corpus;
 mod diff;
+mod esx;
 mod hostile;
 mod interop;
 mod roundtrip;

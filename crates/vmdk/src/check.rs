@@ -176,6 +176,8 @@ pub enum Problem {
         /// The bytes the extent line needs.
         need: u64,
     },
+    /// A problem in an ESX snapshot extent (SEsparse, COWD), in words.
+    SnapshotExtent(String),
     /// More findings of one kind than are listed one by one.
     More {
         /// How many more.
@@ -262,6 +264,7 @@ impl fmt::Display for Problem {
                 f,
                 "flat extent file is {len} bytes, shorter than the {need} bytes its extent line needs (the rest reads as zero)"
             ),
+            Problem::SnapshotExtent(m) => f.write_str(m),
             Problem::More { count, what } => write!(f, "… and {count} more {what}"),
         }
     }
@@ -346,6 +349,16 @@ pub fn check(img: &VmdkImage) -> Vec<Finding> {
                         out: &mut out,
                     };
                     check_sparse(sparse, &mut r);
+                }
+            }
+            if let Some(x) = ext.sesparse() {
+                if seen.insert(x.bytes().path().to_path_buf()) {
+                    crate::esx_check::check_sesparse(x, &mut out);
+                }
+            }
+            if let Some(x) = ext.cowd() {
+                if seen.insert(x.bytes().path().to_path_buf()) {
+                    crate::esx_check::check_cowd(x, &mut out);
                 }
             }
             if let Some((file, offset)) = ext.flat() {

@@ -50,9 +50,9 @@ pub enum ExtentType {
     Zero,
     /// ESX flat extent: read as flat.
     Vmfs,
-    /// ESX sparse extent (COWD): not supported.
+    /// ESX sparse extent (COWD, vmfsSparse snapshots): read like SPARSE, by the file's magic.
     VmfsSparse,
-    /// Space-efficient sparse (ESX): not supported.
+    /// Space-efficient sparse (SEsparse, ESXi snapshots on VMFS6).
     SeSparse,
     /// Raw device mapping: not supported.
     VmfsRdm,
@@ -449,6 +449,37 @@ mod tests {
         let d = Descriptor::parse(b"RW 18446744073709551615 ZERO\nRW 18446744073709551615 ZERO\n")
             .unwrap();
         assert!(d.total_sectors().is_err());
+    }
+
+    /// Descriptors of ESXi snapshots, as ESXi writes them (keys vdisk does not use, such as
+    /// `encoding` and `isNativeSnapshot`, are skipped).
+    #[test]
+    fn parses_esxi_snapshot_descriptors() {
+        let se = b"# Disk DescriptorFile\nversion=1\nencoding=\"UTF-8\"\nCID=5e5e0001\n\
+            parentCID=0ba5e001\nisNativeSnapshot=\"no\"\ncreateType=\"seSparse\"\n\
+            parentFileNameHint=\"vm.vmdk\"\n# Extent description\n\
+            RW 4194304 SESPARSE \"vm-000001-sesparse.vmdk\"\n\n# The Disk Data Base\n#DDB\n\n\
+            ddb.grain = \"8\"\nddb.longContentID = \"0123\"\n";
+        let d = Descriptor::parse(se).unwrap();
+        assert_eq!(d.create_type.as_deref(), Some("seSparse"));
+        assert_eq!(
+            (d.cid, d.parent_cid),
+            (Some(0x5e5e_0001), Some(0x0ba5_e001))
+        );
+        assert_eq!(d.parent_hint, Some(PathBuf::from("vm.vmdk")));
+        assert_eq!(d.extents[0].kind, ExtentType::SeSparse);
+        assert_eq!(d.extents[0].sectors, 4194304);
+        assert_eq!(d.ddb("ddb.grain"), Some("8"));
+        let cowd = b"version=1\nCID=1\nparentCID=2\ncreateType=\"vmfsSparse\"\n\
+            RW 8192 VMFSSPARSE \"vm-000001-delta.vmdk\"\n";
+        let d = Descriptor::parse(cowd).unwrap();
+        assert_eq!(d.extents[0].kind, ExtentType::VmfsSparse);
+        assert_eq!(
+            d.extents[0].file,
+            Some(PathBuf::from("vm-000001-delta.vmdk"))
+        );
+        assert_eq!(ExtentType::SeSparse.as_str(), "SESPARSE");
+        assert_eq!(ExtentType::VmfsSparse.as_str(), "VMFSSPARSE");
     }
 
     #[test]

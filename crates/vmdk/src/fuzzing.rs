@@ -5,7 +5,10 @@ use std::path::Path;
 
 use vdisk_core::DiskImage;
 
-use crate::{Descriptor, Marker, MemStore, OpenOptions, RawSparseHeader, StreamReader, VmdkImage};
+use crate::{
+    CowdHeader, Descriptor, Marker, MemStore, OpenOptions, RawSparseHeader, SeSparseConstHeader,
+    StreamReader, VmdkImage,
+};
 
 /// Parse and validate a sparse header.
 pub fn sparse_header(data: &[u8]) {
@@ -38,7 +41,43 @@ pub fn open_and_read(data: &[u8]) {
     let Ok(img) = VmdkImage::open_with(&store, name, &OpenOptions::default()) else {
         return;
     };
-    let _ = crate::check::check(&img);
+    exercise(&img);
+}
+
+/// Open `data` as the SEsparse extent of a `seSparse` descriptor (both held in memory), then
+/// check, read and map it.
+pub fn sesparse(data: &[u8]) {
+    let sectors = SeSparseConstHeader::parse(data).map_or(1 << 17, |h| h.capacity);
+    esx_layer(data, "seSparse", "SESPARSE", sectors);
+}
+
+/// Open `data` as the COWD extent of a `vmfsSparse` descriptor (both held in memory), then
+/// check, read and map it.
+pub fn cowd(data: &[u8]) {
+    let sectors = CowdHeader::parse(data).map_or(1 << 17, |h| u64::from(h.capacity));
+    esx_layer(data, "vmfsSparse", "VMFSSPARSE", sectors);
+}
+
+fn esx_layer(data: &[u8], create_type: &str, kind: &str, sectors: u64) {
+    // The descriptor's size is what the layer reads; keep it a valid extent line.
+    let sectors = sectors.clamp(1, 1 << 41);
+    let mut store = MemStore::new();
+    let extent = "fuzz-extent.vmdk";
+    store.insert(extent, data.to_vec());
+    let name = Path::new("fuzz.vmdk");
+    store.insert(
+        name,
+        crate::testing::esx_descriptor(create_type, 1, None, &[(sectors, kind, extent)])
+            .into_bytes(),
+    );
+    if let Ok(img) = VmdkImage::open_with(&store, name, &OpenOptions::default()) {
+        exercise(&img);
+    }
+}
+
+/// Check an image, read up to 64 MiB of it and map that much.
+fn exercise(img: &VmdkImage) {
+    let _ = crate::check::check(img);
     let size = img.size();
     // Read at most 64 MiB of a hostile image in 1 MiB windows; a 200-byte input can declare
     // terabytes, and reading those would be a hang, not a finding.

@@ -9,14 +9,20 @@ use vdisk_core::{Allocation, Error, FileId, Result, SECTOR};
 
 use crate::bytes::{Bytes, FileStore};
 use crate::chain::OpenOptions;
+use crate::cowd::CowdExtent;
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType};
 use crate::paths::resolve_relative;
+use crate::sesparse::{SeSparseExtent, SESPARSE_CONST_MAGIC, SESPARSE_VERSION};
 use crate::sparse::{Run, SparseExtent};
 
 /// Where one extent's bytes come from.
 #[derive(Debug)]
 pub(crate) enum Storage {
     Sparse(Arc<SparseExtent>),
+    /// An ESXi SEsparse extent (SESPARSE).
+    SeSparse(Arc<SeSparseExtent>),
+    /// An ESX COWD extent (VMFSSPARSE, or SPARSE naming a COWD file).
+    Cowd(Arc<CowdExtent>),
     /// `dense`: the file has no holes, so its allocation needs no `SEEK_DATA` calls.
     Flat {
         file: Arc<Bytes>,
@@ -45,6 +51,22 @@ impl LayerExtent {
     pub fn sparse(&self) -> Option<&SparseExtent> {
         match &self.storage {
             Storage::Sparse(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The SEsparse extent behind this line, if it is one.
+    pub fn sesparse(&self) -> Option<&SeSparseExtent> {
+        match &self.storage {
+            Storage::SeSparse(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The COWD extent behind this line, if it is one.
+    pub fn cowd(&self) -> Option<&CowdExtent> {
+        match &self.storage {
+            Storage::Cowd(s) => Some(s),
             _ => None,
         }
     }
@@ -139,9 +161,17 @@ impl Layer {
                 size: capacity,
             });
         }
+        // The data files of ESX snapshots are only read through their descriptors, which
+        // name the parent: read alone, a snapshot's data file is not the disk. qemu refuses
+        // a bare COWD file too, and reads a bare SEsparse file as a raw disk.
         if head.starts_with(b"COWD") {
             return Err(Error::unsupported(
-                "COWD (ESX VMFSSPARSE) extents are not supported",
+                "this is a COWD (vmfsSparse) extent, the data file of an ESX snapshot: open the descriptor that names it (the .vmdk without -delta)",
+            ));
+        }
+        if is_sesparse(head) {
+            return Err(Error::unsupported(
+                "this is an SEsparse extent, the data file of an ESXi snapshot: open the descriptor that names it (the .vmdk without -sesparse)",
             ));
         }
         if !crate::descriptor::looks_like_descriptor(head) {
@@ -161,7 +191,14 @@ impl Layer {
             let len = line.sectors * SECTOR; // total_sectors bounds every product
             let (file_path, storage) = match (line.access, line.kind) {
                 (Access::NoAccess, _) | (_, ExtentType::Zero) => (None, Storage::Zero),
-                (_, ExtentType::Sparse | ExtentType::Flat | ExtentType::Vmfs) => {
+                (
+                    _,
+                    ExtentType::Sparse
+                    | ExtentType::Flat
+                    | ExtentType::Vmfs
+                    | ExtentType::VmfsSparse
+                    | ExtentType::SeSparse,
+                ) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
                     let p = resolve_relative(dir, name, opts.allow_outside_paths, "extent file")?;
                     let storage = open_extent(store, &p, line, &mut opened, &mut identities)
@@ -224,12 +261,26 @@ impl Layer {
         self.extents.iter().find_map(|e| e.sparse())
     }
 
+    /// The grain size in bytes of the first SEsparse or COWD extent (ESX snapshots), if any.
+    pub fn esx_grain_bytes(&self) -> Option<u64> {
+        self.extents.iter().find_map(|e| match &e.storage {
+            Storage::SeSparse(s) => Some(s.grain_bytes()),
+            Storage::Cowd(c) => Some(c.grain_bytes()),
+            _ => None,
+        })
+    }
+
     /// Whether any sparse extent's header has the uncleanShutdown flag set.
     pub fn unclean_shutdown(&self) -> bool {
         self.extents
             .iter()
             .filter_map(|e| e.sparse())
             .any(|s| s.header().unclean_shutdown)
+            || self
+                .extents
+                .iter()
+                .filter_map(|e| e.cowd())
+                .any(|c| c.header().unclean_shutdown != 0)
     }
 
     /// The identities of the layer's files: the descriptor and every extent file.
@@ -238,6 +289,8 @@ impl Layer {
         for e in &self.extents {
             let id = match &e.storage {
                 Storage::Sparse(s) => s.bytes().id(),
+                Storage::SeSparse(s) => s.bytes().id(),
+                Storage::Cowd(s) => s.bytes().id(),
                 Storage::Flat { file, .. } => file.id(),
                 Storage::Zero => None,
             };
@@ -253,6 +306,8 @@ impl Layer {
         for e in &self.extents {
             match &e.storage {
                 Storage::Sparse(s) => s.bytes().read_as_asked(),
+                Storage::SeSparse(s) => s.bytes().read_as_asked(),
+                Storage::Cowd(s) => s.bytes().read_as_asked(),
                 Storage::Flat { file, .. } => file.read_as_asked(),
                 Storage::Zero => {}
             }
@@ -266,6 +321,8 @@ impl Layer {
         for e in &self.extents {
             let bytes = match &e.storage {
                 Storage::Sparse(s) => s.bytes(),
+                Storage::SeSparse(s) => s.bytes(),
+                Storage::Cowd(s) => s.bytes(),
                 Storage::Flat { file, .. } => file,
                 Storage::Zero => continue,
             };
@@ -313,6 +370,20 @@ impl Layer {
                     Run::Unallocated => LayerRun::Unallocated,
                 };
                 (len, run)
+            }
+            Storage::SeSparse(s) => {
+                if within >= s.capacity() {
+                    return Ok((max, LayerRun::Unallocated));
+                }
+                let (len, run) = s.run_at(within, max.min(s.capacity() - within))?;
+                (len, plain_run(s.bytes(), run))
+            }
+            Storage::Cowd(s) => {
+                if within >= s.capacity() {
+                    return Ok((max, LayerRun::Unallocated));
+                }
+                let (len, run) = s.run_at(within, max.min(s.capacity() - within))?;
+                (len, plain_run(s.bytes(), run))
             }
         })
     }
@@ -363,10 +434,18 @@ fn open_extent(
             id
         }
     };
+    // SPARSE and VMFSSPARSE lines open a hosted sparse (KDMV) or a COWD file, whichever the
+    // magic says, as qemu's vmdk_open_sparse does.
+    let sparse_line = matches!(line.kind, ExtentType::Sparse | ExtentType::VmfsSparse);
+    let flat_line = matches!(line.kind, ExtentType::Flat | ExtentType::Vmfs);
     if let Some(s) = opened.get(&id) {
         return Ok(match s {
-            Storage::Sparse(x) if line.kind == ExtentType::Sparse => Storage::Sparse(Arc::clone(x)),
-            Storage::Flat { file, dense, .. } if line.kind != ExtentType::Sparse => Storage::Flat {
+            Storage::Sparse(x) if sparse_line => Storage::Sparse(Arc::clone(x)),
+            Storage::Cowd(x) if sparse_line => Storage::Cowd(Arc::clone(x)),
+            Storage::SeSparse(x) if line.kind == ExtentType::SeSparse => {
+                Storage::SeSparse(Arc::clone(x))
+            }
+            Storage::Flat { file, dense, .. } if flat_line => Storage::Flat {
                 file: Arc::clone(file),
                 dense: *dense,
                 offset: line
@@ -376,14 +455,22 @@ fn open_extent(
             },
             _ => {
                 return Err(Error::invalid(
-                    "the same file is named as both a sparse and a flat extent",
+                    "the same file is named as extents of different types",
                 ))
             }
         });
     }
     let bytes = store.load(path)?;
-    let storage = if line.kind == ExtentType::Sparse {
-        Storage::Sparse(Arc::new(SparseExtent::open(bytes)?))
+    let storage = if sparse_line {
+        let mut magic = [0u8; 4];
+        bytes.read_at(&mut magic, 0)?;
+        if magic == crate::cowd::COWD_MAGIC {
+            Storage::Cowd(Arc::new(CowdExtent::open(bytes)?))
+        } else {
+            Storage::Sparse(Arc::new(SparseExtent::open(bytes)?))
+        }
+    } else if line.kind == ExtentType::SeSparse {
+        Storage::SeSparse(Arc::new(SeSparseExtent::open(bytes)?))
     } else {
         let offset = line
             .offset
@@ -398,6 +485,8 @@ fn open_extent(
     };
     let copy = match &storage {
         Storage::Sparse(s) => Storage::Sparse(Arc::clone(s)),
+        Storage::SeSparse(s) => Storage::SeSparse(Arc::clone(s)),
+        Storage::Cowd(s) => Storage::Cowd(Arc::clone(s)),
         Storage::Flat {
             file,
             offset,
@@ -411,6 +500,24 @@ fn open_extent(
     };
     opened.insert(id, copy);
     Ok(storage)
+}
+
+/// A run of an SEsparse or COWD extent as the read path sees it (they have no compressed
+/// grains).
+fn plain_run(bytes: &Bytes, run: Run) -> LayerRun<'_> {
+    match run {
+        Run::Stored(pos) => LayerRun::File(bytes, pos),
+        Run::Zero => LayerRun::Zero,
+        Run::Unallocated | Run::Compressed(..) => LayerRun::Unallocated,
+    }
+}
+
+/// Whether `head` starts with an SEsparse constant header (magic and version: 16 bytes that
+/// a raw disk is unlikely to start with).
+pub(crate) fn is_sesparse(head: &[u8]) -> bool {
+    head.len() >= 16
+        && head[..8] == SESPARSE_CONST_MAGIC.to_le_bytes()
+        && head[8..16] == SESPARSE_VERSION.to_le_bytes()
 }
 
 fn bare_descriptor(path: &Path, sectors: u64) -> Descriptor {

@@ -6,6 +6,8 @@
 //! - [`Marker`]: streamOptimized markers (grain, GT, GD, footer, end of stream);
 //! - [`SparseExtent`]: grain directory and tables of one sparse extent, with the redundant
 //!   directory as a fallback and compressed grains;
+//! - [`SeSparseExtent`] and [`CowdExtent`]: the data files of ESXi snapshots (SEsparse on
+//!   VMFS6, COWD/vmfsSparse on VMFS5 and older), read through their descriptors;
 //! - [`VmdkImage`]: a whole image (descriptor + extents) and its chain of parents, as a
 //!   [`vdisk_core::DiskImage`];
 //! - [`check`]: metadata consistency checks;
@@ -17,7 +19,9 @@
 mod bytes;
 mod chain;
 pub mod check;
+mod cowd;
 mod descriptor;
+mod esx_check;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
@@ -25,24 +29,37 @@ mod layer;
 mod marker;
 mod paths;
 mod read;
+mod sesparse;
 mod sparse;
 mod stream_reader;
+#[doc(hidden)]
+pub mod testing;
 pub mod writer;
 
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};
 pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
+pub use cowd::{
+    CowdExtent, CowdGrain, CowdHeader, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES, COWD_MAGIC,
+};
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 pub use header::{HeaderFlags, RawSparseHeader, SparseHeader, GD_AT_END, SPARSE_MAGIC};
 pub use layer::{Layer, LayerExtent};
 pub use marker::{Marker, MarkerType};
 pub use paths::resolve_relative;
+pub use sesparse::{
+    SeSparseConstHeader, SeSparseExtent, SeSparseGrain, SeSparseTable, SeSparseVolatileHeader,
+    SESPARSE_CONST_MAGIC, SESPARSE_VERSION, SESPARSE_VOLATILE_MAGIC,
+};
 pub use sparse::{GrainEntry, SparseExtent};
 pub use stream_reader::StreamReader;
 
 /// Whether `head` (the first bytes of a file) looks like a VMDK: a sparse header magic, the
-/// older COWD magic, or a text descriptor.
+/// older COWD magic, an SEsparse constant header, or a text descriptor. (An ESX snapshot's
+/// data file is recognised so that it is refused with a useful message, not read as a raw
+/// disk.)
 pub fn probe(head: &[u8]) -> bool {
     head.starts_with(b"KDMV")
         || head.starts_with(b"COWD")
+        || layer::is_sesparse(head)
         || descriptor::looks_like_descriptor(head)
 }
