@@ -56,8 +56,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             )
             .with_path(&a.old));
         }
-        let file = ManifestFile::open(&a.old)?;
-        let m = file.manifest();
+        let m = ManifestFile::open(&a.old)?;
         let mut report = diff_manifest(&m, &new, &scan(m.granularity()))?;
         if let Some(g) = a.granularity {
             if g.bytes() < m.granularity() {

@@ -8,14 +8,16 @@ use vdisk_bitmap::ChangeMap;
 use vdisk_core::{
     copy_into, CopyOptions, DiskImage, Error, ErrorKind, ImageSink, Result, Throttle,
 };
-use vdisk_diff::{block_hash, diff_manifest_each, Manifest, ManifestFile, ScanOptions};
+use vdisk_diff::{
+    block_hash, diff_manifest_each, Manifest, ManifestBytes, ManifestWriter, ScanOptions,
+};
 use vdisk_raw::{OutputPolicy, Protected};
 use vdisk_vmdk::writer::{
     self, write_delta_link, write_delta_link_from, LinkStats, LinkTarget, WriteOptions,
 };
 use vdisk_vmdk::VmdkImage;
 
-use crate::hashes::{manifest_bytes, stored_map, zero_hashes};
+use crate::hashes::{merge_manifest, open_manifest, stored_map, write_manifest};
 use crate::meta::{now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint};
 use crate::repo::{repo_err, Repository};
 use crate::source::Source;
@@ -127,22 +129,20 @@ impl Repository {
         let hashes_name = format!("point-{n:06}.hashes");
         let stored_name = format!("point-{n:06}.stored");
         let size = src.size();
-        let (kind, parent, bytes_read, hashes) = match meta.points.last().cloned() {
+        let hashes_path = self.path(&hashes_name);
+        let (kind, parent, bytes_read) = match meta.points.last().cloned() {
             None => {
-                let (read, hashes) = self.write_full(src, &image, opts)?;
-                (PointKind::Full, None, read, hashes)
+                let read = self.write_full(src, &image, &hashes_path, opts)?;
+                (PointKind::Full, None, read)
             }
             Some(prev) => {
-                let (read, hashes) = self.write_incremental(src, &prev, &image, opts)?;
-                (PointKind::Incremental, Some(prev.point), read, hashes)
+                let read = self.write_incremental(src, &prev, &image, &hashes_path, opts)?;
+                (PointKind::Incremental, Some(prev.point), read)
             }
         };
-        let manifest = manifest_bytes(size, &hashes)?;
-        vdisk_raw::write_file(
-            &self.path(&hashes_name),
-            &manifest,
-            &OutputPolicy::replacing(),
-        )?;
+        let manifest_len = std::fs::metadata(&hashes_path)
+            .map(|m| m.len())
+            .unwrap_or(0);
         let (point_img, stored, files) = self.record_point(&image, &stored_name)?;
         let cid = point_img.layers()[0].descriptor().cid.unwrap_or(0);
         let bytes_written = files
@@ -150,7 +150,7 @@ impl Repository {
             .filter_map(|f| std::fs::metadata(self.path(&f.name)).ok())
             .map(|m| m.len())
             .sum::<u64>()
-            + manifest.len() as u64;
+            + manifest_len;
         meta.points.push(RestorePoint {
             point: n,
             image,
@@ -194,88 +194,81 @@ impl Repository {
         Ok((img, stored, files))
     }
 
+    /// The first point: the whole disk, hashed on its way into the point.
     fn write_full(
         &self,
         src: &dyn DiskImage,
         image: &str,
+        hashes_path: &std::path::Path,
         opts: &BackupOptions<'_>,
-    ) -> Result<(u64, Vec<u128>)> {
+    ) -> Result<u64> {
         let size = src.size();
         let wopts = WriteOptions {
             policy: point_policy(src),
             ..Default::default()
         };
         let inner = writer::create(&self.path(image), size, POINT_FORMAT, &wopts)?;
-        let hashes = Mutex::new(zero_hashes(size));
-        let sink = HashingSink {
-            inner,
-            hashes: &hashes,
-        };
         let copts = CopyOptions {
             throttle: opts.throttle,
             progress: opts.progress,
         };
-        let stats = copy_into(src, Box::new(sink), &copts)?;
-        Ok((
-            stats.bytes_read,
-            hashes.into_inner().unwrap_or_else(|e| e.into_inner()),
-        ))
+        write_manifest(hashes_path, size, |manifest| {
+            let sink = HashingSink { inner, manifest };
+            Ok(copy_into(src, Box::new(sink), &copts)?.bytes_read)
+        })
     }
 
+    /// A delta link on `prev`: the grains the changed-block bitmap lists, or those whose
+    /// hashes differ from `prev`'s manifest. The new manifest is `prev`'s with the changed
+    /// grains' hashes (by bitmap), or the scan's hashes of the new disk (by hashing).
     fn write_incremental(
         &self,
         src: &dyn DiskImage,
         prev: &RestorePoint,
         image: &str,
+        hashes_path: &std::path::Path,
         opts: &BackupOptions<'_>,
-    ) -> Result<(u64, Vec<u128>)> {
+    ) -> Result<u64> {
         let size = src.size();
-        let manifest_file = ManifestFile::open(&self.path(&prev.hashes))?;
-        let old = manifest_file.manifest();
-        // The new point's hashes: the old ones, with every grain the link reads replaced.
-        let mut hashes = zero_hashes(size);
-        for (b, h) in hashes.iter_mut().enumerate() {
-            let b = b as u64;
-            if b < old.block_count() && (b + 1) * GRAIN <= prev.size.min(size) {
-                if let Some(old_h) = old.hash(b) {
-                    *h = old_h;
-                }
-            }
-        }
-        let fresh = Mutex::new(Vec::new());
-        let throttle = opts.throttle;
-        let on_grain = |g: u64, data: &[u8]| {
-            if let Some(t) = throttle {
-                t.take(data.len() as u64);
-            }
-            let h = block_hash(data);
-            fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));
-        };
+        let old = open_manifest(&self.path(&prev.hashes))?;
         let parent_path = self.path(&prev.image);
         let parent = self.open_point(prev)?;
         let wopts = WriteOptions {
             policy: point_policy(src),
             ..Default::default()
         };
-        let target = LinkTarget {
-            parent_path: &parent_path,
-            parent: &parent,
-            subformat: POINT_FORMAT,
-            opts: &wopts,
-            on_grain: Some(&on_grain),
-        };
         let dst = self.path(image);
+        let throttle = opts.throttle;
         if throttle.is_some_and(|t| t.rate().is_some()) {
             src.read_as_asked();
         }
-        let (scanned, stats) = match &opts.changed {
+        match &opts.changed {
             Some(cbt) => {
                 // Trusted as a superset; blocks the old hashes cannot speak for are added: the
                 // new area of a grown disk and the blocks across either end.
                 let mut map = cbt.resample(GRAIN)?;
                 let edge = prev.size.min(size) / GRAIN;
                 map.set_blocks(edge, size.div_ceil(GRAIN));
-                (0, write_delta_link(&target, src, map.extents(), &dst)?)
+                let fresh = Mutex::new(Vec::new());
+                let on_grain = |g: u64, data: &[u8]| {
+                    if let Some(t) = throttle {
+                        t.take(data.len() as u64);
+                    }
+                    let h = block_hash(data);
+                    fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));
+                };
+                let target = LinkTarget {
+                    parent_path: &parent_path,
+                    parent: &parent,
+                    subformat: POINT_FORMAT,
+                    opts: &wopts,
+                    on_grain: Some(&on_grain),
+                };
+                let stats = write_delta_link(&target, src, map.extents(), &dst)?;
+                let mut fresh = fresh.into_inner().unwrap_or_else(|e| e.into_inner());
+                fresh.sort_unstable_by_key(|e| e.0);
+                write_manifest(hashes_path, size, |m| merge_manifest(&old, size, &fresh, m))?;
+                Ok(stats.bytes_read)
             }
             None => {
                 let scan = ScanOptions {
@@ -283,37 +276,48 @@ impl Repository {
                     throttle: opts.throttle,
                     progress: opts.progress,
                 };
-                hash_and_link(&old, src, &scan, &target, &dst)?
-            }
-        };
-        let read = scanned + stats.bytes_read;
-        for (g, h) in fresh.into_inner().unwrap_or_else(|e| e.into_inner()) {
-            if let Some(slot) = hashes.get_mut(g as usize) {
-                *slot = h;
+                let target = LinkTarget {
+                    parent_path: &parent_path,
+                    parent: &parent,
+                    subformat: POINT_FORMAT,
+                    opts: &wopts,
+                    on_grain: None,
+                };
+                let (scanned, _) = write_manifest(hashes_path, size, |m| {
+                    hash_and_link(&old, src, &scan, &target, &dst, m)
+                })?;
+                Ok(scanned)
             }
         }
-        Ok((read, hashes))
     }
 }
 
 /// Hash `src` against the previous point's manifest and write the link of what changed, at
 /// the same time: the scan hands each window's changed grains (its granularity is the
 /// link's grain) to a writer thread, so the link's writes and their writeback overlap the
-/// hashing instead of following it. Returns the bytes the scan read and what the writer did.
-fn hash_and_link(
-    old: &Manifest<'_>,
+/// hashing instead of following it, and pushes the window's hashes into the new manifest.
+/// Returns the bytes the scan read and what the writer did.
+fn hash_and_link<B: ManifestBytes, W: std::io::Write>(
+    old: &Manifest<B>,
     src: &dyn DiskImage,
     scan: &ScanOptions<'_>,
     target: &LinkTarget<'_>,
     dst: &std::path::Path,
+    manifest: &mut ManifestWriter<W>,
 ) -> Result<(u64, LinkStats)> {
     // A few windows of changes in flight: the scan runs ahead of the writer by at most that.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u64>>>(4);
     std::thread::scope(|s| {
         let writer = s.spawn(move || write_delta_link_from(target, src, rx, dst));
         let mut writer_gone = false;
-        let scanned = diff_manifest_each(old, src, scan, &mut |grains| {
-            tx.send(Ok(grains)).map_err(|_| {
+        let scanned = diff_manifest_each(old, src, scan, &mut |window| {
+            for &(b, h) in &window.hashes {
+                manifest.push(b, h)?;
+            }
+            if window.changed.is_empty() {
+                return Ok(());
+            }
+            tx.send(Ok(window.changed)).map_err(|_| {
                 writer_gone = true;
                 Error::new(ErrorKind::Io, "the link writer stopped")
             })
@@ -335,13 +339,13 @@ fn hash_and_link(
     })
 }
 
-/// Wraps a point's sink: hashes every grain on its way in (in parallel), for the manifest.
-struct HashingSink<'a> {
+/// Wraps a point's sink: hashes every grain on its way in (in parallel) into the manifest.
+struct HashingSink<'a, W: std::io::Write> {
     inner: Box<dyn ImageSink>,
-    hashes: &'a Mutex<Vec<u128>>,
+    manifest: &'a mut ManifestWriter<W>,
 }
 
-impl ImageSink for HashingSink<'_> {
+impl<W: std::io::Write + Send> ImageSink for HashingSink<'_, W> {
     fn block_size(&self) -> u64 {
         self.inner.block_size()
     }
@@ -351,13 +355,8 @@ impl ImageSink for HashingSink<'_> {
             .par_iter()
             .map(|&(off, data)| (off / bs, block_hash(data)))
             .collect();
-        {
-            let mut h = self.hashes.lock().unwrap_or_else(|e| e.into_inner());
-            for (b, v) in hashed {
-                if let Some(slot) = h.get_mut(b as usize) {
-                    *slot = v;
-                }
-            }
+        for (b, h) in hashed {
+            self.manifest.push(b, h)?;
         }
         self.inner.put(blocks)
     }

@@ -1,41 +1,63 @@
-//! The per-point hash manifests and stored-grain bitmaps.
+//! The per-point hash manifests (version 2: only blocks that hold data cost anything) and
+//! stored-grain bitmaps.
+
+use std::io::Write;
 
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::Result;
-use vdisk_diff::{block_hash, ManifestWriter};
+use vdisk_diff::{ManifestBytes, ManifestFile, ManifestWriter};
+use vdisk_raw::OutputPolicy;
 use vdisk_vmdk::VmdkImage;
 
 use crate::GRAIN;
 
-/// Hashes of an all-zero disk of `size` bytes, one per grain.
-pub(crate) fn zero_hashes(size: u64) -> Vec<u128> {
-    let full = block_hash(&vec![0u8; GRAIN as usize]);
-    let blocks = size.div_ceil(GRAIN);
-    let mut v = vec![full; blocks as usize];
-    let tail = size % GRAIN;
-    if tail != 0 {
-        if let Some(last) = v.last_mut() {
-            *last = block_hash(&vec![0u8; tail as usize]);
+/// Write the manifest of a `size`-byte disk at `path`, its hashes pushed by `fill` in block
+/// order; complete and synced before it appears.
+pub(crate) fn write_manifest<T>(
+    path: &std::path::Path,
+    size: u64,
+    fill: impl FnOnce(&mut ManifestWriter<&mut (dyn Write + Send)>) -> Result<T>,
+) -> Result<T> {
+    vdisk_raw::write_stream(path, &OutputPolicy::replacing(), |w| {
+        let mut m = ManifestWriter::new(w, size, GRAIN)?;
+        let value = fill(&mut m)?;
+        m.finish()?;
+        Ok(value)
+    })
+}
+
+/// Push into `out` the hashes of a disk of `size` bytes that is the disk `old` describes
+/// (of `old_size` bytes) with the blocks in `fresh` (ascending, `(block, hash)`) replaced.
+/// A block of the old disk is kept only where it is whole in both sizes (the caller gives
+/// fresh hashes for blocks across either end and past the old one).
+pub(crate) fn merge_manifest<B: ManifestBytes, W: Write>(
+    old: &vdisk_diff::Manifest<B>,
+    size: u64,
+    fresh: &[(u64, u128)],
+    out: &mut ManifestWriter<W>,
+) -> Result<()> {
+    let keep_below = old.size().min(size) / GRAIN; // blocks whole in both sizes
+    let mut fresh = fresh.iter().copied().peekable();
+    'windows: for w in old.data_windows() {
+        let window = old.window(w)?;
+        for (i, h) in window.stored {
+            let b = window.first_block + i;
+            if b >= keep_below {
+                break 'windows;
+            }
+            while let Some((fb, fh)) = fresh.next_if(|e| e.0 < b) {
+                out.push(fb, fh)?;
+            }
+            match fresh.next_if(|e| e.0 == b) {
+                Some((fb, fh)) => out.push(fb, fh)?,
+                None => out.push(b, h)?,
+            }
         }
     }
-    v
-}
-
-/// The hash of `len` zero bytes (a whole grain, or the disk's last, shorter one).
-pub(crate) fn zero_hash(len: u64) -> u128 {
-    if len == GRAIN {
-        static FULL: std::sync::OnceLock<u128> = std::sync::OnceLock::new();
-        *FULL.get_or_init(|| block_hash(&vec![0u8; GRAIN as usize]))
-    } else {
-        block_hash(&vec![0u8; len as usize])
+    for (fb, fh) in fresh {
+        out.push(fb, fh)?;
     }
-}
-
-/// A manifest of `hashes` for a disk of `size` bytes.
-pub(crate) fn manifest_bytes(size: u64, hashes: &[u128]) -> Result<Vec<u8>> {
-    let mut w = ManifestWriter::new(Vec::new(), size, GRAIN)?;
-    w.push(hashes)?;
-    w.finish()
+    Ok(())
 }
 
 /// The grains a point's own files store (data or zeroed).
@@ -43,4 +65,9 @@ pub(crate) fn stored_map(img: &VmdkImage) -> Result<ChangeMap> {
     let mut map = ChangeMap::new(img.layers()[0].size(), GRAIN)?;
     img.for_each_stored(0, |e| map.mark_bytes(e.start, e.length))?;
     Ok(map)
+}
+
+/// Open the manifest of a point.
+pub(crate) fn open_manifest(path: &std::path::Path) -> Result<ManifestFile> {
+    ManifestFile::open(path)
 }

@@ -10,9 +10,10 @@ use vdisk_core::{
     ErrorKind, Extent, FileId, ImageSink, Result,
 };
 use vdisk_diff::{block_hash, ManifestFile};
+
+use crate::hashes::open_manifest;
 use vdisk_vmdk::VmdkImage;
 
-use crate::hashes::zero_hash;
 use crate::repo::Repository;
 use crate::GRAIN;
 
@@ -35,8 +36,8 @@ impl Repository {
     pub fn checked_point(&self, n: Option<u64>) -> Result<CheckedPoint> {
         let p = self.point(n)?;
         let image = self.open_point(p)?;
-        let manifest = ManifestFile::open(&self.path(&p.hashes))?;
-        let m = manifest.manifest();
+        let manifest = open_manifest(&self.path(&p.hashes))?;
+        let m = &manifest;
         let damaged = |what: String| {
             Error::new(
                 ErrorKind::Corrupt,
@@ -112,7 +113,7 @@ impl CheckedPoint {
 
     /// Check grain `b`, whose bytes are `data`.
     fn check(&self, b: u64, data: &[u8]) -> Result<()> {
-        if self.manifest.manifest().hash(b) == Some(block_hash(data)) {
+        if self.manifest.hash(b)? == Some(block_hash(data)) {
             Ok(())
         } else {
             Err(self.mismatch(b))
@@ -120,9 +121,9 @@ impl CheckedPoint {
     }
 
     /// Whether the manifest says grain `b` is all zero.
-    fn zero_in_manifest(&self, b: u64) -> bool {
+    fn zero_in_manifest(&self, b: u64) -> Result<bool> {
         let len = self.grain_end(b) - b * GRAIN;
-        self.manifest.manifest().hash(b) == Some(zero_hash(len))
+        Ok(self.manifest.hash(b)? == Some(self.manifest.zero_hash(len)))
     }
 }
 
@@ -183,13 +184,45 @@ impl DiskImage for CheckedPoint {
         let qs = offset / GRAIN * GRAIN;
         let qe = end.div_ceil(GRAIN).saturating_mul(GRAIN).min(self.size);
         let inner = self.image.allocation(qs, qe - qs)?;
+        let wb = self.manifest.window_blocks();
         let mut i = 0;
-        for b in qs / GRAIN..qe.div_ceil(GRAIN) {
-            let gs = b * GRAIN;
-            let ge = self.grain_end(b);
-            while i < inner.len() && inner[i].end() <= gs {
+        let mut b = qs / GRAIN;
+        let end_grain = qe.div_ceil(GRAIN);
+        while b < end_grain {
+            // A window the manifest says is all zero, where the chain stores no data, needs
+            // no look at its grains: the map is the chain's (work follows the data).
+            let w = b / wb;
+            let window_end = ((w + 1) * wb).min(end_grain);
+            let ws = b * GRAIN;
+            let we = (window_end * GRAIN).min(self.size);
+            while i < inner.len() && inner[i].end() <= ws {
                 i += 1;
             }
+            let data_here = inner[i..]
+                .iter()
+                .take_while(|e| e.start < we)
+                .any(|e| e.allocation == Allocation::Data);
+            if !data_here && self.manifest.window_is_zero(w) {
+                for e in inner[i..].iter().take_while(|e| e.start < we) {
+                    let s = e.start.max(ws).max(offset);
+                    let t = e.end().min(we).min(end);
+                    if t > s {
+                        coalesce(
+                            &mut out,
+                            Extent {
+                                start: s,
+                                length: t - s,
+                                allocation: e.allocation,
+                                depth: e.depth,
+                            },
+                        );
+                    }
+                }
+                b = window_end;
+                continue;
+            }
+            let gs = b * GRAIN;
+            let ge = self.grain_end(b);
             let mut alloc = Allocation::Unallocated;
             let mut depth = 0;
             let mut j = i;
@@ -209,7 +242,7 @@ impl DiskImage for CheckedPoint {
                 }
                 j += 1;
             }
-            if alloc != Allocation::Data && !self.zero_in_manifest(b) {
+            if alloc != Allocation::Data && !self.zero_in_manifest(b)? {
                 alloc = Allocation::Data;
             }
             coalesce(
@@ -221,6 +254,7 @@ impl DiskImage for CheckedPoint {
                     depth,
                 },
             );
+            b += 1;
         }
         Ok(out)
     }

@@ -231,7 +231,6 @@ impl Repository {
         }
         // ...and each holds what was hashed then. The last grain ends at the disk's exact size
         // (the image counts whole sectors).
-        let manifest = manifest.manifest();
         let size = p.size;
         let blocks: Vec<u64> = stored
             .runs()
@@ -252,7 +251,7 @@ impl Repository {
                     let data = &mut buf[..len as usize];
                     let ok = img
                         .read_layer_only(0, data, off)
-                        .map(|_| manifest.hash(b) == Some(block_hash(data)));
+                        .and_then(|_| Ok(manifest.hash(b)? == Some(block_hash(data))));
                     if let Some(pr) = opts.progress {
                         pr(len);
                     }

@@ -16,8 +16,13 @@ pub mod fuzzing;
 mod manifest;
 mod scan;
 
-pub use manifest::{is_manifest, Manifest, ManifestFile, ManifestWriter, MANIFEST_MAGIC};
-pub use scan::{diff, diff_manifest, diff_manifest_each, hash_image, DiffReport, ScanOptions};
+pub use manifest::{
+    is_manifest, window_blocks, Manifest, ManifestBytes, ManifestFile, ManifestFileBytes,
+    ManifestWriter, WindowHashes, MANIFEST_MAGIC,
+};
+pub use scan::{
+    diff, diff_manifest, diff_manifest_each, hash_image, DiffReport, ScanOptions, ScanWindow,
+};
 
 /// The block hash: XXH3-128 (with run-time AVX2/SSE2 selection).
 pub fn block_hash(data: &[u8]) -> u128 {

@@ -1,6 +1,5 @@
 //! The scan engine behind `diff`, `hash` and `diff MANIFEST NEW`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -9,7 +8,7 @@ use vdisk_bitmap::ChangeMap;
 use vdisk_core::{is_zero, Allocation, DiskImage, Granularity, Result, Throttle};
 
 use crate::block_hash;
-use crate::manifest::{Manifest, ManifestWriter};
+use crate::manifest::{Manifest, ManifestBytes, ManifestWriter, WindowHashes};
 
 /// Bytes of disk looked at per window: allocation maps are asked for, and mapped pages
 /// released, one window at a time.
@@ -251,8 +250,17 @@ pub fn diff(
     })
 }
 
-/// Per-block digests of one window: the hash of the block's first `cut(block)` bytes (all of
-/// it when `None`) and whether the bytes after the cut are zero.
+/// The digest of one block that holds data: its hash, and for a block that crosses the old
+/// end of a grown disk, the hash of its old part and whether the rest is zero.
+#[derive(Debug, Clone, Copy)]
+struct BlockDigest {
+    block: u64,
+    hash: u128,
+    cut: Option<(u128, bool)>,
+}
+
+/// Digests of the blocks of `[start, end)` that hold data on `img` (ascending): blocks not
+/// listed read as zero and are not read at all.
 fn digest_window(
     img: &dyn DiskImage,
     start: u64,
@@ -260,72 +268,50 @@ fn digest_window(
     opts: &ScanOptions<'_>,
     read: &AtomicU64,
     cut: &(dyn Fn(u64) -> Option<u64> + Sync),
-    zero_hash: &(dyn Fn(u64) -> u128 + Sync),
-) -> Result<Vec<(u128, bool)>> {
+) -> Result<Vec<BlockDigest>> {
     let g = opts.granularity;
-    let first = start / g;
-    let blocks = (end - start).div_ceil(g);
-    let size = img.size();
-    let block_len = |b: u64| g.min(size - b * g);
-    // Blocks that read as zero get the hash of zeros without reading anything.
-    let mut out: Vec<(u128, bool)> = (first..first + blocks)
-        .map(|b| (zero_hash(cut(b).unwrap_or(block_len(b))), true))
-        .collect();
     let work = tasks(&[data_ranges(img, start, end)?], start, end, g);
-    let parts: Vec<(u64, Vec<(u128, bool)>)> = work
+    let parts: Vec<Vec<BlockDigest>> = work
         .par_iter()
-        .map_init(
-            Vec::new,
-            |buf, &(s, e)| -> Result<(u64, Vec<(u128, bool)>)> {
-                let len = e - s;
-                // Paced once: bytes_at paces what it reads into the buffer, and mapped bytes
-                // are paced block by block below as they are touched.
-                let (data, mapped) = bytes_at(img, s, len, buf, opts)?;
-                read.fetch_add(len, Ordering::Relaxed);
-                let mut v = Vec::with_capacity(len.div_ceil(g) as usize);
-                let mut off = 0usize;
-                while off < len as usize {
-                    let stop = (off + g as usize).min(len as usize);
-                    if mapped {
-                        // Pages are read as they are hashed: pace block by block.
-                        opts.take((stop - off) as u64);
-                    }
-                    let block = &data[off..stop];
-                    let b = (s + off as u64) / g;
-                    v.push(match cut(b) {
-                        Some(c) if (c as usize) < block.len() => (
-                            block_hash(&block[..c as usize]),
-                            is_zero(&block[c as usize..]),
-                        ),
-                        _ => (block_hash(block), true),
-                    });
-                    off = stop;
+        .map_init(Vec::new, |buf, &(s, e)| -> Result<Vec<BlockDigest>> {
+            let len = e - s;
+            // Paced once: bytes_at paces what it reads into the buffer, and mapped bytes are
+            // paced block by block below as they are touched.
+            let (data, mapped) = bytes_at(img, s, len, buf, opts)?;
+            read.fetch_add(len, Ordering::Relaxed);
+            let mut v = Vec::with_capacity(len.div_ceil(g) as usize);
+            let mut off = 0usize;
+            while off < len as usize {
+                let stop = (off + g as usize).min(len as usize);
+                if mapped {
+                    opts.take((stop - off) as u64);
                 }
-                Ok((s / g, v))
-            },
-        )
+                let block = &data[off..stop];
+                let b = (s + off as u64) / g;
+                let hash = block_hash(block);
+                let cut = cut(b).filter(|&c| (c as usize) < block.len()).map(|c| {
+                    (
+                        block_hash(&block[..c as usize]),
+                        is_zero(&block[c as usize..]),
+                    )
+                });
+                v.push(BlockDigest {
+                    block: b,
+                    hash,
+                    cut,
+                });
+                off = stop;
+            }
+            Ok(v)
+        })
         .collect::<Result<_>>()?;
-    for (b, v) in parts {
-        let at = (b - first) as usize;
-        out[at..at + v.len()].copy_from_slice(&v);
-    }
     img.release(start, end - start);
-    Ok(out)
-}
-
-/// Cache of the hashes of all-zero blocks, by length (a scan meets at most a few lengths).
-fn zero_hashes(g: u64, size: u64) -> impl Fn(u64) -> u128 + Sync {
-    let mut known = HashMap::new();
-    for len in [g, size % g] {
-        known.insert(len, block_hash(&vec![0u8; len as usize]));
-    }
-    move |len| match known.get(&len) {
-        Some(h) => *h,
-        None => block_hash(&vec![0u8; len as usize]),
-    }
+    Ok(parts.into_iter().flatten().collect())
 }
 
 /// Hash every block of `img` into a manifest written to `out`. Returns the bytes read.
+///
+/// Ranges the image's map says read as zero are not read, and cost nothing in the manifest.
 pub fn hash_image<W: Write>(
     img: &dyn DiskImage,
     out: W,
@@ -335,19 +321,29 @@ pub fn hash_image<W: Write>(
     let g = opts.granularity;
     let size = img.size();
     let mut writer = ManifestWriter::new(out, size, g)?;
-    let zero = zero_hashes(g, size);
     opts.prepare(img);
     let read = AtomicU64::new(0);
     let mut start = 0;
     while start < size {
         let end = (start + opts.window()).min(size);
-        let digests = digest_window(img, start, end, opts, &read, &|_| None, &zero)?;
-        let hashes: Vec<u128> = digests.into_iter().map(|d| d.0).collect();
-        writer.push(&hashes)?;
+        for d in digest_window(img, start, end, opts, &read, &|_| None)? {
+            writer.push(d.block, d.hash)?;
+        }
         opts.tick(end - start);
         start = end;
     }
     Ok((writer.finish()?, read.into_inner()))
+}
+
+/// What a manifest scan found in one window: the blocks that changed, and the new disk's
+/// hash of every block in the window that is not all zero (ascending). Blocks of the window
+/// not in `hashes` are all zero on the new disk.
+#[derive(Debug, Clone, Default)]
+pub struct ScanWindow {
+    /// Changed blocks, ascending.
+    pub changed: Vec<u64>,
+    /// `(block, hash)` of the new disk's non-zero blocks in the window, ascending.
+    pub hashes: Vec<(u64, u128)>,
 }
 
 /// Find the blocks of `new` that differ from the disk `manifest` was made of, reading only
@@ -356,23 +352,26 @@ pub fn hash_image<W: Write>(
 /// A block across the old end is unchanged when its old bytes hash the same and the rest is
 /// zero; a block past the old end is changed unless zero; the last block of a disk that
 /// shrank inside a block counts as changed (the manifest cannot tell).
-pub fn diff_manifest(
-    manifest: &Manifest<'_>,
+pub fn diff_manifest<B: ManifestBytes>(
+    manifest: &Manifest<B>,
     new: &dyn DiskImage,
     opts: &ScanOptions<'_>,
 ) -> Result<DiffReport> {
     diff_manifest_each(manifest, new, opts, &mut |_| Ok(()))
 }
 
-/// [`diff_manifest`], handing the changed blocks of each window (ascending block indices at
-/// the manifest's granularity) to `on_window` as soon as the window is done, so that a
-/// consumer (a link writer in another thread) can work while the scan goes on. An error
+/// [`diff_manifest`], handing each window's findings ([`ScanWindow`]: its changed blocks and
+/// the new disk's hashes) to `on_window` as soon as the window is done, so that a consumer (a
+/// link writer in another thread, a new manifest) can work while the scan goes on. An error
 /// from `on_window` stops the scan.
-pub fn diff_manifest_each(
-    manifest: &Manifest<'_>,
+///
+/// Work follows the data: a window where neither the manifest nor the new disk holds any
+/// data is passed over without reading or hashing anything.
+pub fn diff_manifest_each<B: ManifestBytes>(
+    manifest: &Manifest<B>,
     new: &dyn DiskImage,
     opts: &ScanOptions<'_>,
-    on_window: &mut dyn FnMut(Vec<u64>) -> Result<()>,
+    on_window: &mut dyn FnMut(ScanWindow) -> Result<()>,
 ) -> Result<DiffReport> {
     let g = manifest.granularity();
     let opts = ScanOptions {
@@ -383,7 +382,6 @@ pub fn diff_manifest_each(
     let old_size = manifest.size();
     let mut map = ChangeMap::new(size, g)?;
     opts.prepare(new);
-    let zero = zero_hashes(g, size);
     let old_len = |b: u64| old_size.saturating_sub(b * g).min(g);
     let new_len = |b: u64| size.saturating_sub(b * g).min(g);
     // Hash only the old part of a block that grew past the old end.
@@ -391,28 +389,110 @@ pub fn diff_manifest_each(
         let o = old_len(b);
         (o > 0 && o < new_len(b)).then_some(o)
     };
+    let zero_new = {
+        let full = block_hash(&vec![0u8; g as usize]);
+        move |len: u64| {
+            if len == g {
+                full
+            } else {
+                block_hash(&vec![0u8; len as usize])
+            }
+        }
+    };
+    let wb = manifest.window_blocks();
+    // The scan's windows are the manifest's: 64 MiB of disk each.
+    let window = wb * g;
+    let old_blocks = manifest.block_count();
     let read = AtomicU64::new(0);
     let mut start = 0;
     while start < size {
-        let end = (start + opts.window()).min(size);
-        let digests = digest_window(new, start, end, &opts, &read, &cut, &zero)?;
+        let end = (start + window).min(size);
+        let w = start / window;
+        let first = start / g;
+        let last = end.div_ceil(g);
+        let new_has_data = new
+            .allocation(start, end - start)?
+            .iter()
+            .any(|e| e.allocation == Allocation::Data);
+        // Blocks the old disk's end makes special: the one across the old end, and the last
+        // one of a disk that shrank inside a block.
+        let special: Vec<u64> = [old_size / g, size.div_ceil(g).saturating_sub(1)]
+            .into_iter()
+            .filter(|&b| {
+                (first..last).contains(&b) && (cut(b).is_some() || old_len(b) > new_len(b))
+            })
+            .collect();
+        if !new_has_data
+            && special.is_empty()
+            && (first >= old_blocks || manifest.window_is_zero(w))
+        {
+            on_window(ScanWindow::default())?;
+            opts.tick(end - start);
+            start = end;
+            continue;
+        }
+        let digests = digest_window(new, start, end, &opts, &read, &cut)?;
+        let old = if first < old_blocks {
+            manifest.window(w)?
+        } else {
+            WindowHashes {
+                first_block: first,
+                blocks: 0,
+                stored: Vec::new(),
+            }
+        };
+        // Candidates: blocks with data on either side, and the special ones; every other
+        // block is zero on both sides.
+        let mut candidates: Vec<u64> = digests
+            .iter()
+            .map(|d| d.block)
+            .chain(old.stored.iter().map(|e| old.first_block + e.0))
+            .chain(special)
+            .filter(|b| (first..last).contains(b))
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
         let mut found = Vec::new();
-        for (i, (h, rest_zero)) in digests.into_iter().enumerate() {
-            let b = start / g + i as u64;
+        let mut hashes = Vec::with_capacity(digests.len());
+        let mut di = 0;
+        for b in candidates {
+            while di < digests.len() && digests[di].block < b {
+                di += 1;
+            }
+            let digest = digests.get(di).filter(|d| d.block == b);
             let (o, n) = (old_len(b), new_len(b));
+            let old_hash = || -> u128 {
+                let i = b - old.first_block;
+                match old.stored.binary_search_by_key(&i, |e| e.0) {
+                    Ok(k) => old.stored[k].1,
+                    Err(_) => manifest.zero_hash(o),
+                }
+            };
             let changed = if o == 0 {
-                h != zero(n)
+                // Past the old end: changed unless zero.
+                digest.is_some_and(|d| d.hash != zero_new(n))
             } else if o > n {
                 true
+            } else if let Some(c) = cut(b) {
+                match digest.and_then(|d| d.cut) {
+                    Some((h, rest_zero)) => h != old_hash() || !rest_zero,
+                    None => zero_new(c) != old_hash(),
+                }
             } else {
-                Some(h) != manifest.hash(b) || !rest_zero
+                digest.map_or(zero_new(n), |d| d.hash) != old_hash()
             };
+            if let Some(d) = digest {
+                hashes.push((b, d.hash));
+            }
             if changed {
                 map.set(b);
                 found.push(b);
             }
         }
-        on_window(found)?;
+        on_window(ScanWindow {
+            changed: found,
+            hashes,
+        })?;
         opts.tick(end - start);
         start = end;
     }

@@ -47,7 +47,7 @@ pub fn write_file(path: &Path, bytes: &[u8], policy: &OutputPolicy) -> Result<()
 pub fn write_stream<T>(
     path: &Path,
     policy: &OutputPolicy,
-    fill: impl FnOnce(&mut dyn std::io::Write) -> Result<T>,
+    fill: impl FnOnce(&mut (dyn std::io::Write + Send)) -> Result<T>,
 ) -> Result<T> {
     use std::io::Write;
     let w = SparseWriter::create(path, 0, policy)?;
