@@ -27,6 +27,8 @@ mod paths;
 mod read;
 mod sparse;
 mod stream_reader;
+#[cfg(test)]
+mod testutil;
 pub mod writer;
 
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};
