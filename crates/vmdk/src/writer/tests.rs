@@ -118,33 +118,57 @@ fn overlapping(img: &VmdkImage, start: usize, end: usize) -> Vec<Allocation> {
         .collect()
 }
 
+/// How a test disk is handed to a writer.
+#[derive(Debug, Clone, Copy)]
+enum Feed {
+    /// Through [`copy_into`] from a [`MemImage`], whose map leaves out zero 4 KiB blocks.
+    Copy,
+    /// Every block put in order, zero ones included, as a source that maps everything as
+    /// data (a fully allocated raw file) hands them over.
+    Dense,
+}
+
 /// Write `bytes` as `subformat` at `dir/out.vmdk` and open the result.
-fn write(dir: &Path, bytes: &[u8], subformat: Subformat) -> VmdkImage {
+fn write(dir: &Path, bytes: &[u8], subformat: Subformat, feed: Feed) -> VmdkImage {
     let dst = dir.join("out.vmdk");
-    let sink = create(
+    let mut sink = create(
         &dst,
         bytes.len() as u64,
         subformat,
         &WriteOptions::default(),
     )
     .unwrap();
-    let stats = copy_into(
-        &MemImage::new(bytes.to_vec()),
-        sink,
-        &CopyOptions::default(),
-    )
-    .unwrap();
-    assert_eq!(stats.size, bytes.len() as u64);
+    match feed {
+        Feed::Copy => {
+            let stats = copy_into(
+                &MemImage::new(bytes.to_vec()),
+                sink,
+                &CopyOptions::default(),
+            )
+            .unwrap();
+            assert_eq!(stats.size, bytes.len() as u64);
+        }
+        Feed::Dense => {
+            let bs = sink.block_size() as usize;
+            for (i, block) in bytes.chunks(bs).enumerate() {
+                sink.put(&[((i * bs) as u64, block)]).unwrap();
+            }
+            sink.finish().unwrap();
+        }
+    }
     VmdkImage::open(&dst).unwrap()
 }
 
 #[test]
 fn every_subformat_reads_back_what_was_written() {
     for subformat in Subformat::ALL {
-        for (name, bytes) in cases() {
+        for ((name, bytes), feed) in cases()
+            .into_iter()
+            .flat_map(|c| [(c.clone(), Feed::Copy), (c, Feed::Dense)])
+        {
             let tmp = tempfile::tempdir().unwrap();
-            let img = write(tmp.path(), &bytes, subformat);
-            let what = format!("{} / {name}", subformat.name());
+            let img = write(tmp.path(), &bytes, subformat, feed);
+            let what = format!("{} / {name} / {feed:?}", subformat.name());
 
             // A VMDK counts whole sectors: the size rounds up, the tail reads as zero.
             let sectors = (bytes.len() as u64).div_ceil(SECTOR);
@@ -206,7 +230,7 @@ fn sparse_outputs_hold_no_more_than_their_data_grains() {
     assert_eq!(data_grains, 6);
     for subformat in [Subformat::MonolithicSparse, Subformat::TwoGbMaxExtentSparse] {
         let tmp = tempfile::tempdir().unwrap();
-        let img = write(tmp.path(), &bytes, subformat);
+        let img = write(tmp.path(), &bytes, subformat, Feed::Dense);
         let ext = img.layers()[0].first_sparse().unwrap();
         let overhead = ext.header().overhead * SECTOR;
         assert_eq!(
