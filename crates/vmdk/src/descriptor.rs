@@ -117,10 +117,10 @@ pub struct ExtentLine {
 /// createType=\"monolithicSparse\"
 /// parentFileNameHint=\"mid.vmdk\"
 ///
-/// # Extent description
+/// ## Extent description
 /// RW 512 SPARSE \"top.vmdk\"
 ///
-/// # The Disk Data Base
+/// ## The Disk Data Base
 /// #DDB
 /// ddb.adapterType = \"ide\"
 /// ";
