@@ -65,6 +65,12 @@ pub use vdisk_diff::DiffReport;
 pub use vdisk_raw::{read_head, Existing, OutputPolicy, Protected};
 pub use vdisk_vmdk::writer::{Adapter, LinkStats, Subformat};
 
+/// The README's Rust blocks (the library section's jobs), compiled by `cargo test --doc` so
+/// that they keep matching the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// vdisk-bitmap: changed-block maps.
 pub use vdisk_bitmap as bitmap;
 /// vdisk-chain: backup repositories.
