@@ -27,11 +27,18 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         env!("CARGO_MANIFEST_DIR"),
         "/fixtures/chain/top.vmdk"
     ));
-    let path = std::env::args_os().nth(1).map_or(fixture.clone(), PathBuf::from);
+    let path = std::env::args_os()
+        .nth(1)
+        .map_or(fixture.clone(), PathBuf::from);
 
     // The format is detected from the bytes; a delta link brings its parents.
     let img = vdisk::open(&path)?;
-    println!("{}: {} bytes, {}", path.display(), img.size(), img.format_name());
+    println!(
+        "{}: {} bytes, {}",
+        path.display(),
+        img.size(),
+        img.format_name()
+    );
     if let Image::Vmdk(vmdk) = &img {
         for (depth, layer) in vmdk.layers().iter().enumerate() {
             println!("  link {depth}: {}", layer.path().display());

@@ -257,7 +257,8 @@ pub fn restore(
 /// vdisk::backup("fixtures/chain/top.vmdk", &repo)?;
 /// vdisk::backup("fixtures/chain/top.vmdk", &repo)?;
 /// let reports = vdisk::verify(&repo)?;
-/// assert_eq!(reports.iter().map(|r| (r.point, r.sound())).collect::<Vec<_>>(), [(1, true), (2, true)]);
+/// let sound: Vec<_> = reports.iter().map(|r| (r.point, r.sound())).collect();
+/// assert_eq!(sound, [(1, true), (2, true)]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn verify(repo: impl AsRef<Path>) -> Result<Vec<PointReport>> {

@@ -305,14 +305,15 @@ impl ChangeMap {
     /// assert_eq!(map.extents().collect::<Vec<_>>(), [(0, 64 << 10), (3 << 16, 128 << 10)]);
     ///
     /// // Hyper-V's ranges read the same way; vdisk's own list reads back what it wrote.
-    /// let rct = br#"[{"ByteOffset": 196608, "ByteLength": 131072}, {"ByteOffset": 0, "ByteLength": 1}]"#;
+    /// let rct = br#"[{"ByteOffset": 196608, "ByteLength": 131072},
+    ///                {"ByteOffset": 0, "ByteLength": 1}]"#;
     /// assert_eq!(ChangeMap::from_extents_json(rct, 1 << 20, 64 << 10)?, map);
     /// let ours = map.to_extents_json();
     /// assert_eq!(ChangeMap::from_extents_json(ours.as_bytes(), 1 << 20, 64 << 10)?, map);
     ///
     /// // An extent past the disk's end names itself.
-    /// let e = ChangeMap::from_extents_json(br#"{"extents":[{"start":1048576,"length":1}]}"#, 1 << 20, 64 << 10)
-    ///     .unwrap_err();
+    /// let past = br#"{"extents":[{"start":1048576,"length":1}]}"#;
+    /// let e = ChangeMap::from_extents_json(past, 1 << 20, 64 << 10).unwrap_err();
     /// assert_eq!(e.kind(), vdisk_core::ErrorKind::OutOfBounds);
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```

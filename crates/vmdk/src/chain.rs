@@ -81,7 +81,12 @@ impl VmdkImage {
     /// let depths: Vec<_> = map.iter().map(|e| (e.allocation, e.depth)).collect();
     /// assert_eq!(
     ///     depths,
-    ///     [(Allocation::Data, 2), (Allocation::Data, 1), (Allocation::Data, 0), (Allocation::Zero, 0)]
+    ///     [
+    ///         (Allocation::Data, 2),
+    ///         (Allocation::Data, 1),
+    ///         (Allocation::Data, 0),
+    ///         (Allocation::Zero, 0)
+    ///     ]
     /// );
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -231,7 +236,13 @@ mod tests {
                 format!("l{}.vmdk", i + 1)
             };
             let parent_cid = if i == n { 1 } else { 100 + i + 1 };
-            add_zero_link(&mut store, &format!("l{i}.vmdk"), 100 + i, &parent, parent_cid);
+            add_zero_link(
+                &mut store,
+                &format!("l{i}.vmdk"),
+                100 + i,
+                &parent,
+                parent_cid,
+            );
         }
         store
     }
@@ -300,7 +311,14 @@ mod tests {
             .allocation(0, DISK as u64)
             .unwrap()
             .iter()
-            .map(|e| (e.start as usize / G, e.length as usize / G, e.allocation, e.depth))
+            .map(|e| {
+                (
+                    e.start as usize / G,
+                    e.length as usize / G,
+                    e.allocation,
+                    e.depth,
+                )
+            })
             .collect();
         assert_eq!(
             map,
@@ -380,7 +398,10 @@ mod tests {
         store.insert("dir/../base.vmdk", store_base_descriptor());
         store.insert("dir/../base-flat.vmdk", vec![0x11; DISK]);
         assert_eq!(
-            open(&store, "dir/link.vmdk", &allowed).unwrap().layers().len(),
+            open(&store, "dir/link.vmdk", &allowed)
+                .unwrap()
+                .layers()
+                .len(),
             2
         );
     }

@@ -486,7 +486,13 @@ mod tests {
                 let at = bytes.len() - 1024;
                 let footer = RawSparseHeader::parse(&bytes[at..at + 512]).unwrap();
                 assert!(footer.gd_offset != GD_AT_END && footer.gd_offset < at as u64 / 512);
-                assert_eq!(RawSparseHeader { gd_offset: GD_AT_END, ..footer }, h);
+                assert_eq!(
+                    RawSparseHeader {
+                        gd_offset: GD_AT_END,
+                        ..footer
+                    },
+                    h
+                );
             } else {
                 assert!(v.flags.redundant_gd());
                 assert!(!v.flags.compressed() && !v.flags.zeroed_grains());
@@ -611,8 +617,18 @@ mod tests {
         assert_eq!(kind(grain(MAX_GRAIN_SECTORS + 1)), InvalidFormat);
         assert_eq!(kind(grain(96)), Unsupported);
         // Tables of 1 to 512 entries.
-        assert!(ok(RawSparseHeader { gtes_per_gt: 1, ..base }).is_ok());
-        assert_eq!(kind(RawSparseHeader { gtes_per_gt: 513, ..base }), InvalidFormat);
+        assert!(ok(RawSparseHeader {
+            gtes_per_gt: 1,
+            ..base
+        })
+        .is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                gtes_per_gt: 513,
+                ..base
+            }),
+            InvalidFormat
+        );
         // Compression: deflate only, and grains small enough to inflate.
         let compressed = RawSparseHeader {
             flags: HeaderFlags(HeaderFlags::NEWLINE_TEST | HeaderFlags::COMPRESSED),

@@ -534,7 +534,11 @@ mod tests {
     fn grain_pointers_into_the_metadata_or_past_the_end_are_errors_on_read() {
         // Sector 5 is the primary table 0 itself; sector 7 is still metadata (overhead 8);
         // sector 32 is the file's end. Both copies of the table agree, so no fallback.
-        for (sector, what) in [(5u32, "inside the header"), (7, "inside the header"), (32, "past the end")] {
+        for (sector, what) in [
+            (5u32, "inside the header"),
+            (7, "inside the header"),
+            (32, "past the end"),
+        ] {
             let mut f = SparseFile::standard();
             f.put(GT0, 3, sector);
             f.put(RGT0, 3, sector);

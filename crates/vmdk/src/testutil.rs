@@ -121,7 +121,12 @@ pub(crate) fn standard_disk() -> Vec<u8> {
 }
 
 /// A text descriptor with the given CIDs, parent and extent lines.
-pub(crate) fn descriptor(cid: u32, parent_cid: u32, parent: Option<&str>, extents: &str) -> Vec<u8> {
+pub(crate) fn descriptor(
+    cid: u32,
+    parent_cid: u32,
+    parent: Option<&str>,
+    extents: &str,
+) -> Vec<u8> {
     let mut t = format!(
         "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID={parent_cid:08x}\n\
          createType=\"monolithicSparse\"\n"

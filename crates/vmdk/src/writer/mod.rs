@@ -191,7 +191,8 @@ pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
 ///
 /// let dir = tempfile::tempdir()?;
 /// let dst = dir.path().join("disk.vmdk");
-/// let mut sink = writer::create(&dst, 1 << 20, Subformat::MonolithicSparse, &WriteOptions::default())?;
+/// let opts = WriteOptions::default();
+/// let mut sink = writer::create(&dst, 1 << 20, Subformat::MonolithicSparse, &opts)?;
 /// let grain = sink.block_size();
 /// assert_eq!(grain, 64 << 10);
 /// let data = vec![0x5a; grain as usize];

@@ -43,7 +43,10 @@ fn disk(size: usize, grains: &[(usize, Fill)], seed: u64) -> Vec<u8> {
     for &(g, fill) in grains {
         let start = g * G;
         let end = ((g + 1) * G).min(size);
-        assert!(start < end, "grain {g} is past the end of a {size}-byte disk");
+        assert!(
+            start < end,
+            "grain {g} is past the end of a {size}-byte disk"
+        );
         let grain = &mut d[start..end];
         match fill {
             Fill::Random => grain.iter_mut().for_each(|b| *b = rng.next() as u8),
@@ -82,7 +85,10 @@ fn cases() -> Vec<(&'static str, Vec<u8>)> {
             "one grain + 1 byte, both set",
             disk(G + 1, &[(0, Fill::OneBlock), (1, Fill::Random)], 3),
         ),
-        ("17 grains + 700 bytes, mixed", disk(17 * G + 700, &mixed, 4)),
+        (
+            "17 grains + 700 bytes, mixed",
+            disk(17 * G + 700, &mixed, 4),
+        ),
         (
             "two grain tables",
             disk(
@@ -278,14 +284,22 @@ fn link(
 fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
     // The parent: 16 grains and a sector, data in grains 0..=10.
     let old_size = 16 * G + 512;
-    let old = disk(old_size, &(0..=10).map(|g| (g, Fill::Random)).collect::<Vec<_>>(), 7);
+    let old = disk(
+        old_size,
+        &(0..=10).map(|g| (g, Fill::Random)).collect::<Vec<_>>(),
+        7,
+    );
     // The new disk, grown by two grains and 1000 bytes: grain 1 rewritten, grain 2 zeroed
     // (data in the parent: a zeroed grain), grain 4 changed in one byte, grain 13 written
     // (zero in the parent), and the new last, partial grain.
     let new_size = old_size + 2 * G + 1000;
     let mut new = old.clone();
     new.resize(new_size, 0);
-    let fresh = disk(new_size, &[(1, Fill::Random), (13, Fill::OneBlock), (18, Fill::Random)], 8);
+    let fresh = disk(
+        new_size,
+        &[(1, Fill::Random), (13, Fill::OneBlock), (18, Fill::Random)],
+        8,
+    );
     for g in [1, 13, 18] {
         let r = g * G..((g + 1) * G).min(new_size);
         new[r.clone()].copy_from_slice(&fresh[r]);
@@ -332,7 +346,10 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
         assert_eq!(d.create_type.as_deref(), Some(what));
         assert_eq!(img.size(), (new_size as u64).div_ceil(SECTOR) * SECTOR);
         let back = read_all(&img);
-        assert!(back[..new_size] == new[..], "{what}: the link does not read as new");
+        assert!(
+            back[..new_size] == new[..],
+            "{what}: the link does not read as new"
+        );
         assert!(back[new_size..].iter().all(|&b| b == 0));
 
         // The link itself stores exactly the data and zeroed grains.
@@ -360,12 +377,22 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
         newer[..G].fill(0); // zero now, data two levels down: a zeroed grain
         newer[5 * G + 3] = 0x33;
         let dst2 = tmp.path().join("link2.vmdk");
-        let (stats2, _) = link(&dst, &img, &newer, &[0, 5], Subformat::MonolithicSparse, &dst2)
-            .unwrap();
+        let (stats2, _) = link(
+            &dst,
+            &img,
+            &newer,
+            &[0, 5],
+            Subformat::MonolithicSparse,
+            &dst2,
+        )
+        .unwrap();
         assert_eq!((stats2.data_grains, stats2.zeroed_grains), (1, 1), "{what}");
         let img2 = VmdkImage::open(&dst2).unwrap();
         assert_eq!(img2.layers().len(), 3);
-        assert!(read_all(&img2)[..new_size] == newer[..], "{what}: second link");
+        assert!(
+            read_all(&img2)[..new_size] == newer[..],
+            "{what}: second link"
+        );
     }
 }
 
