@@ -65,6 +65,12 @@ pub use vdisk_diff::DiffReport;
 pub use vdisk_raw::{read_head, Existing, OutputPolicy, Protected};
 pub use vdisk_vmdk::writer::{Adapter, LinkStats, Subformat};
 
+/// The README's Rust blocks (the library section's jobs), compiled by `cargo test --doc` so
+/// that they keep matching the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 /// vdisk-bitmap: changed-block maps.
 pub use vdisk_bitmap as bitmap;
 /// vdisk-chain: backup repositories.
@@ -80,6 +86,17 @@ pub use vdisk_vmdk as vmdk;
 
 /// Compare two images block by block (64 KiB blocks); see [`diff::diff`] for other block
 /// sizes, a throttle or progress. Only ranges that hold data on either side are read.
+///
+/// ```
+/// // fixtures/README.md: top.vmdk writes 0x54 in 128..192 KiB and zeroes 192..256 KiB
+/// // over mid.vmdk.
+/// let mid = vdisk::open("fixtures/chain/mid.vmdk")?;
+/// let top = vdisk::open("fixtures/chain/top.vmdk")?;
+/// let changes = vdisk::diff(&mid, &top)?;
+/// assert_eq!(changes.map.extents().collect::<Vec<_>>(), [(128 << 10, 128 << 10)]);
+/// assert!(vdisk::diff(&top, &top)?.map.is_empty());
+/// # Ok::<(), vdisk::Error>(())
+/// ```
 pub fn diff(old: &dyn DiskImage, new: &dyn DiskImage) -> Result<DiffReport> {
     vdisk_diff::diff(
         old,
@@ -90,6 +107,20 @@ pub fn diff(old: &dyn DiskImage, new: &dyn DiskImage) -> Result<DiffReport> {
 
 /// Hash every 64 KiB block of `img` into a manifest at `manifest` (refused if it exists), for a
 /// later `diff` that needs only the new image ([`diff::diff_manifest`]). Returns the bytes read.
+///
+/// ```
+/// use vdisk::diff::{diff_manifest, ManifestFile, ScanOptions};
+/// let dir = tempfile::tempdir()?;
+/// let mid = vdisk::open("fixtures/chain/mid.vmdk")?;
+/// vdisk::hash(&mid, dir.path().join("mid.hashes"))?;
+///
+/// // Later, mid.vmdk itself is no longer needed to find what changed.
+/// let hashes = ManifestFile::open(&dir.path().join("mid.hashes"))?;
+/// let top = vdisk::open("fixtures/chain/top.vmdk")?;
+/// let changes = diff_manifest(&hashes, &top, &ScanOptions::new(Default::default()))?;
+/// assert_eq!(changes.map.extents().collect::<Vec<_>>(), [(128 << 10, 128 << 10)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn hash(img: &dyn DiskImage, manifest: impl AsRef<Path>) -> Result<u64> {
     let mut protected = Protected::new();
     protected.add_image(img);
@@ -104,6 +135,27 @@ pub fn hash(img: &dyn DiskImage, manifest: impl AsRef<Path>) -> Result<u64> {
 /// `changes` lists (a [`DiffReport`] or a [`bitmap::ChangeMap`]): read through the link, the
 /// disk is `new`. An existing `dst` is refused; `dst` is never the parent or one of the
 /// images' files.
+///
+/// ```
+/// use vdisk::DiskImage;
+/// let dir = tempfile::tempdir()?;
+/// let d = dir.path();
+/// for name in ["top.vmdk", "mid.vmdk", "base.vmdk", "base-flat.vmdk"] {
+///     std::fs::copy(format!("fixtures/chain/{name}"), d.join(name))?;
+/// }
+/// let (mid, top) = (vdisk::open(d.join("mid.vmdk"))?, vdisk::open(d.join("top.vmdk"))?);
+/// let changes = vdisk::diff(&mid, &top)?;
+/// let stats = vdisk::write_delta(&mid, &top, &changes, d.join("delta.vmdk"))?;
+/// // One grain of 0x54, and one zeroed grain masking the base's 0x42.
+/// assert_eq!((stats.data_grains, stats.zeroed_grains), (1, 1));
+///
+/// // delta.vmdk on mid.vmdk reads as top.vmdk.
+/// let delta = vdisk::open(d.join("delta.vmdk"))?;
+/// assert!(vdisk::diff(&top, &delta)?.map.is_empty());
+/// let e = vdisk::write_delta(&mid, &top, &changes, d.join("mid.vmdk")).unwrap_err();
+/// assert_eq!(e.kind(), vdisk::ErrorKind::Refused);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn write_delta(
     parent: &Image,
     new: &dyn DiskImage,
@@ -140,6 +192,19 @@ pub fn write_delta(
 
 /// Back up the image at `src` into the repository at `repo` (created by the first backup):
 /// a full point the first time, an incremental point (found by hashing) after.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let repo = dir.path().join("repo");
+/// let first = vdisk::backup("fixtures/chain/mid.vmdk", &repo)?;
+/// assert_eq!((first.point, first.kind.name()), (1, "full"));
+/// let again = vdisk::backup("fixtures/chain/mid.vmdk", &repo)?;
+/// assert_eq!((again.point, again.kind.name()), (2, "incremental"));
+/// // Nothing changed, so the second point stores nothing.
+/// let points = vdisk::Repository::open(&repo)?.points().to_vec();
+/// assert_eq!(points[1].changed_bytes, 0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn backup(src: impl AsRef<Path>, repo: impl AsRef<Path>) -> Result<BackupSummary> {
     let src = src.as_ref();
     let img = open(src)?;
@@ -151,6 +216,23 @@ pub fn backup(src: impl AsRef<Path>, repo: impl AsRef<Path>) -> Result<BackupSum
 /// Restore point `point` (the newest when `None`) of the repository at `repo` as a raw image
 /// at `dst` (refused if it exists). Every stored grain read is checked against the hash kept
 /// at backup time.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let repo = dir.path().join("repo");
+/// vdisk::backup("fixtures/chain/top.vmdk", &repo)?;
+/// vdisk::restore(&repo, None, dir.path().join("top.raw"))?;
+/// let restored = std::fs::read(dir.path().join("top.raw"))?;
+/// let expected: Vec<u8> = [0x42u8, 0x4d, 0x54, 0]
+///     .iter()
+///     .flat_map(|&b| std::iter::repeat(b).take(64 << 10))
+///     .collect();
+/// assert!(restored == expected);
+/// // An output inside the repository being read is refused.
+/// let e = vdisk::restore(&repo, Some(1), repo.join("x.raw")).unwrap_err();
+/// assert_eq!(e.kind(), vdisk::ErrorKind::Refused);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn restore(
     repo: impl AsRef<Path>,
     point: Option<u64>,
@@ -168,6 +250,17 @@ pub fn restore(
 }
 
 /// Check every point of the repository at `repo` against the hashes kept at backup time.
+///
+/// ```
+/// let dir = tempfile::tempdir()?;
+/// let repo = dir.path().join("repo");
+/// vdisk::backup("fixtures/chain/top.vmdk", &repo)?;
+/// vdisk::backup("fixtures/chain/top.vmdk", &repo)?;
+/// let reports = vdisk::verify(&repo)?;
+/// let sound: Vec<_> = reports.iter().map(|r| (r.point, r.sound())).collect();
+/// assert_eq!(sound, [(1, true), (2, true)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn verify(repo: impl AsRef<Path>) -> Result<Vec<PointReport>> {
     Repository::open(repo)?.verify(None, &vdisk_chain::VerifyOptions::default())
 }

@@ -291,6 +291,32 @@ impl ChangeMap {
     /// [`new`](Self::new)), [`ErrorKind::OutOfBounds`] for an extent that ends past `size`
     /// (the message names it), [`ErrorKind::InvalidFormat`] for anything else wrong with the
     /// document.
+    ///
+    /// ```
+    /// use vdisk_bitmap::ChangeMap;
+    /// // VMware's changed areas of a 1 MiB disk, unaligned: each marks every 64 KiB block
+    /// // it touches.
+    /// let cbt = br#"{"startOffset": 0, "changedArea": [
+    ///     {"start": 100, "length": 10},
+    ///     {"start": 200000, "length": 70000}
+    /// ]}"#;
+    /// let map = ChangeMap::from_extents_json(cbt, 1 << 20, 64 << 10)?;
+    /// // 200000..270000 touches blocks 3 and 4.
+    /// assert_eq!(map.extents().collect::<Vec<_>>(), [(0, 64 << 10), (3 << 16, 128 << 10)]);
+    ///
+    /// // Hyper-V's ranges read the same way; vdisk's own list reads back what it wrote.
+    /// let rct = br#"[{"ByteOffset": 196608, "ByteLength": 131072},
+    ///                {"ByteOffset": 0, "ByteLength": 1}]"#;
+    /// assert_eq!(ChangeMap::from_extents_json(rct, 1 << 20, 64 << 10)?, map);
+    /// let ours = map.to_extents_json();
+    /// assert_eq!(ChangeMap::from_extents_json(ours.as_bytes(), 1 << 20, 64 << 10)?, map);
+    ///
+    /// // An extent past the disk's end names itself.
+    /// let past = br#"{"extents":[{"start":1048576,"length":1}]}"#;
+    /// let e = ChangeMap::from_extents_json(past, 1 << 20, 64 << 10).unwrap_err();
+    /// assert_eq!(e.kind(), vdisk_core::ErrorKind::OutOfBounds);
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
     pub fn from_extents_json(text: &[u8], size: u64, granularity: u64) -> Result<ChangeMap> {
         let mut map = ChangeMap::new(size, granularity)?;
         let mut collector = Collector {

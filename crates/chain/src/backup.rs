@@ -66,6 +66,40 @@ impl Repository {
     ///
     /// Nothing changes in the repository unless the whole point was written and synced: a
     /// failure (or a kill) at any instant leaves it as it was.
+    ///
+    /// ```
+    /// use vdisk_bitmap::ChangeMap;
+    /// use vdisk_chain::{BackupOptions, PointKind, Repository, Source};
+    /// use vdisk_core::MemImage;
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut repo = Repository::open_or_create(dir.path().join("repo"))?;
+    /// let source = Source { identity: "vm1/disk0".into(), unclean: false };
+    /// let mut disk = vec![1u8; 1 << 20];
+    ///
+    /// let full = repo.backup(&MemImage::new(disk.clone()), &source, &BackupOptions::default())?;
+    /// assert_eq!((full.point, full.kind), (1, PointKind::Full));
+    ///
+    /// // Changes are found by hashing the source against the previous point …
+    /// disk[300_000] = 2; // grain 4
+    /// let second = repo.backup(&MemImage::new(disk.clone()), &source, &BackupOptions::default())?;
+    /// assert_eq!((second.point, second.kind), (2, PointKind::Incremental));
+    /// assert_eq!(repo.points()[1].changed_bytes, 64 << 10);
+    ///
+    /// // … or taken from the hypervisor's changed-block tracking: only they are read.
+    /// disk[900_000] = 3; // grain 13
+    /// let mut cbt = ChangeMap::new(1 << 20, 64 << 10)?;
+    /// cbt.mark_bytes(900_000, 1)?;
+    /// let opts = BackupOptions { changed: Some(cbt), ..Default::default() };
+    /// let third = repo.backup(&MemImage::new(disk), &source, &opts)?;
+    /// assert_eq!((third.point, third.points, third.bytes_read), (3, 3, 64 << 10));
+    ///
+    /// // Another disk is refused unless insisted on.
+    /// let other = Source { identity: "vm2/disk0".into(), unclean: false };
+    /// let e = repo.backup(&MemImage::new(vec![0; 1 << 20]), &other, &BackupOptions::default());
+    /// assert_eq!(e.unwrap_err().kind(), vdisk_core::ErrorKind::Unsafe);
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
     pub fn backup(
         &mut self,
         src: &dyn DiskImage,

@@ -37,6 +37,25 @@ impl Repository {
     /// points keep their numbers and restore to what they did before. The new base is copied
     /// from the old chain with every grain checked against its hash: a damaged point is never
     /// folded into a new full.
+    ///
+    /// ```
+    /// use vdisk_chain::{PointKind, Repository};
+    /// use vdisk_core::{CopyOptions, DiskImage};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # // Two points of a 256 KiB disk: all 1s, then all 2s.
+    /// # vdisk_chain::doc_example_repository(dir.path());
+    /// let mut repo = Repository::open_writable(dir.path())?;
+    /// let summary = repo.prune(1, &CopyOptions::default())?;
+    /// assert_eq!(summary.folded, 1);
+    /// // Point 2 keeps its number, becomes a full, and restores to what it did.
+    /// assert_eq!(repo.points().len(), 1);
+    /// assert_eq!((repo.points()[0].point, repo.points()[0].kind), (2, PointKind::Full));
+    /// let point = repo.checked_point(Some(2))?;
+    /// let mut disk = vec![0u8; 256 << 10];
+    /// point.read_at(&mut disk, 0)?;
+    /// assert!(disk.iter().all(|&b| b == 2));
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
     pub fn prune(&mut self, keep: usize, opts: &CopyOptions<'_>) -> Result<PruneSummary> {
         self.writable()?;
         if keep == 0 {

@@ -33,6 +33,23 @@ pub struct CheckedPoint {
 
 impl Repository {
     /// Point `n` (the newest when `None`) as a [`CheckedPoint`].
+    ///
+    /// ```
+    /// use vdisk_core::DiskImage;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # // Two points of a 256 KiB disk: all 1s, then all 2s.
+    /// # vdisk_chain::doc_example_repository(dir.path());
+    /// let repo = vdisk_chain::Repository::open(dir.path())?;
+    /// for (n, fill) in [(1, 1u8), (2, 2)] {
+    ///     let point = repo.checked_point(Some(n))?;
+    ///     let mut disk = vec![0u8; point.size() as usize];
+    ///     point.read_at(&mut disk, 0)?; // every grain checked against its hash
+    ///     assert!(disk.iter().all(|&b| b == fill));
+    /// }
+    /// assert_eq!(repo.checked_point(None)?.point(), 2);
+    /// assert!(repo.checked_point(Some(3)).is_err());
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
     pub fn checked_point(&self, n: Option<u64>) -> Result<CheckedPoint> {
         let p = self.point(n)?;
         let image = self.open_point(p)?;
@@ -71,6 +88,21 @@ impl Repository {
     }
 
     /// Copy point `n` (the newest when `None`) into `sink`, checking every grain.
+    ///
+    /// ```
+    /// use vdisk_core::CopyOptions;
+    /// use vdisk_raw::{OutputPolicy, RawSink};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # vdisk_chain::doc_example_repository(&dir.path().join("repo"));
+    /// let repo = vdisk_chain::Repository::open(dir.path().join("repo"))?;
+    /// let dst = dir.path().join("point1.raw");
+    /// let size = repo.point(Some(1))?.size;
+    /// let sink = RawSink::create(&dst, size, &OutputPolicy::new())?;
+    /// let stats = repo.restore_into(Some(1), Box::new(sink), &CopyOptions::default())?;
+    /// assert_eq!(stats.size, 256 << 10);
+    /// assert_eq!(std::fs::read(&dst).unwrap(), vec![1u8; 256 << 10]);
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
     pub fn restore_into(
         &self,
         n: Option<u64>,

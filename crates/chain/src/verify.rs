@@ -143,6 +143,32 @@ impl Repository {
     /// Check point `n` and every point it depends on, or all points: stored grains against
     /// the hashes kept at backup time, file metadata against its checksums, the chain's links.
     /// Each stored grain is read once, from the file that stores it.
+    ///
+    /// ```
+    /// use std::os::unix::fs::FileExt;
+    /// use vdisk_chain::{PointProblem, Repository, VerifyOptions};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # // Two points of a 256 KiB disk: all 1s, then all 2s.
+    /// # vdisk_chain::doc_example_repository(dir.path());
+    /// let repo = Repository::open(dir.path())?;
+    /// let reports = repo.verify(None, &VerifyOptions::default())?;
+    /// assert_eq!(reports.len(), 2);
+    /// assert!(reports.iter().all(|r| r.sound()));
+    ///
+    /// // Damage the last grain point 1 stores (its file ends with it): point 1 is damaged,
+    /// // and point 2, which reads through it, is affected.
+    /// let extent = std::fs::OpenOptions::new()
+    ///     .write(true)
+    ///     .open(dir.path().join("point-000001-s001.vmdk"))
+    ///     .unwrap();
+    /// let len = extent.metadata().unwrap().len();
+    /// extent.write_all_at(&[0xee], len - 1).unwrap();
+    /// let reports = repo.verify(None, &VerifyOptions::default())?;
+    /// assert!(matches!(reports[0].problems[..], [PointProblem::GrainMismatch { grain: 3, .. }]));
+    /// assert_eq!(reports[1].depends_on_damaged, Some(1));
+    /// assert!(!reports[1].sound());
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
     pub fn verify(&self, n: Option<u64>, opts: &VerifyOptions<'_>) -> Result<Vec<PointReport>> {
         let Some(meta) = &self.meta else {
             return Ok(Vec::new());

@@ -12,6 +12,22 @@ pub enum Allocation {
 }
 
 /// A byte range of an image's virtual disk and how it is stored.
+///
+/// An allocation map ([`crate::DiskImage::allocation`]) is a sorted list of these covering the
+/// range asked for; [`coalesce`] builds one, joining touching runs of the same kind:
+///
+/// ```
+/// use vdisk_core::{coalesce, Allocation, Extent};
+/// let run = |start, length, allocation| Extent { start, length, allocation, depth: 0 };
+/// let mut map = Vec::new();
+/// coalesce(&mut map, run(0, 4096, Allocation::Data));
+/// coalesce(&mut map, run(4096, 4096, Allocation::Data)); // joins the first
+/// coalesce(&mut map, run(8192, 0, Allocation::Zero)); // empty: dropped
+/// coalesce(&mut map, run(8192, 512, Allocation::Zero));
+/// assert_eq!(map, [run(0, 8192, Allocation::Data), run(8192, 512, Allocation::Zero)]);
+/// assert_eq!(map[1].end(), 8704);
+/// assert!(!map[0].reads_as_zero() && map[1].reads_as_zero());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Extent {
     /// First byte of the range.

@@ -4,6 +4,44 @@ use crate::{Error, ErrorKind, Extent, Result};
 ///
 /// Implementations hold only immutable state after opening (memory maps, validated tables), so
 /// `&self` reads are safe to run in parallel with rayon.
+///
+/// Code above the formats takes `&dyn DiskImage` and works the same on a raw file, a VMDK
+/// chain or a [`crate::MemImage`]. Here, the bytes that are stored, read by walking the
+/// allocation map instead of the whole disk:
+///
+/// ```
+/// use vdisk_core::{for_each_extent, Allocation, DiskImage, MemImage};
+///
+/// fn stored_bytes(img: &dyn DiskImage) -> vdisk_core::Result<Vec<(u64, Vec<u8>)>> {
+///     let mut out = Vec::new();
+///     for_each_extent(img, |e| {
+///         if e.allocation == Allocation::Data {
+///             let mut buf = vec![0u8; e.length as usize];
+///             img.read_at(&mut buf, e.start)?;
+///             out.push((e.start, buf));
+///         }
+///         Ok(())
+///     })?;
+///     Ok(out)
+/// }
+///
+/// let mut disk = vec![0u8; 64 << 10];
+/// disk[8192..8200].copy_from_slice(b"vdisk!!!");
+/// let img = MemImage::new(disk);
+/// let stored = stored_bytes(&img)?;
+/// // MemImage stores in 4 KiB blocks: only the block holding the text is data.
+/// assert_eq!(stored.len(), 1);
+/// assert_eq!(stored[0].0, 8192);
+/// assert_eq!(&stored[0].1[..8], b"vdisk!!!");
+/// assert!(stored[0].1[8..].iter().all(|&b| b == 0));
+/// // Reads past the end are refused, not clipped.
+/// let mut past = [0u8; 2];
+/// assert_eq!(
+///     img.read_at(&mut past, img.size() - 1).unwrap_err().kind(),
+///     vdisk_core::ErrorKind::OutOfBounds
+/// );
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
 pub trait DiskImage: Send + Sync {
     /// The virtual size of the disk in bytes.
     fn size(&self) -> u64;

@@ -80,6 +80,51 @@ type Chunk = (u64, usize, Vec<u8>);
 /// Chunks are read in parallel (inflating compressed grains in parallel); while the sink
 /// stores one batch, the next is read. Memory stays at a few batches of [`COPY_CHUNK`]
 /// whatever the disk's size or its number of extents.
+///
+/// A sink only has to take blocks in order; here one that counts what it is given:
+///
+/// ```
+/// use vdisk_core::{copy_into, CopyOptions, ImageSink, MemImage, Result};
+/// use std::sync::{Arc, Mutex};
+///
+/// /// Counts the non-zero blocks it is handed, and notes whether it was finished.
+/// struct Counter(Arc<Mutex<(Vec<u64>, bool)>>);
+///
+/// impl ImageSink for Counter {
+///     fn block_size(&self) -> u64 {
+///         64 << 10
+///     }
+///     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+///         let mut seen = self.0.lock().unwrap();
+///         for (offset, bytes) in blocks {
+///             if bytes.iter().any(|&b| b != 0) {
+///                 seen.0.push(*offset);
+///             }
+///         }
+///         Ok(())
+///     }
+///     fn finish(self: Box<Self>) -> Result<()> {
+///         self.0.lock().unwrap().1 = true;
+///         Ok(())
+///     }
+/// }
+///
+/// // 1 MiB with data in the 2nd and the 10th 64 KiB blocks.
+/// let mut disk = vec![0u8; 1 << 20];
+/// disk[(64 << 10) + 5] = 1;
+/// disk[(9 << 16) + 100] = 2;
+/// let seen = Arc::new(Mutex::new((Vec::new(), false)));
+/// let stats = copy_into(
+///     &MemImage::new(disk),
+///     Box::new(Counter(Arc::clone(&seen))),
+///     &CopyOptions::default(),
+/// )?;
+/// assert_eq!(stats.size, 1 << 20);
+/// // Only the 4 KiB blocks MemImage reports as data were read.
+/// assert_eq!(stats.bytes_read, 2 * 4096);
+/// assert_eq!(*seen.lock().unwrap(), (vec![64 << 10, 9 << 16], true));
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
 pub fn copy_into<'s>(
     img: &dyn DiskImage,
     mut sink: Box<dyn ImageSink + 's>,

@@ -2,6 +2,16 @@
 
 /// Parse a size: a decimal number with an optional binary suffix K, M, G, T (KiB…TiB), and an
 /// optional trailing `B` or `iB`. Returns `None` for anything else or on overflow.
+///
+/// ```
+/// use vdisk_core::size;
+/// assert_eq!(size::parse("512"), Some(512));
+/// assert_eq!(size::parse("64K"), Some(64 * 1024));
+/// assert_eq!(size::parse("200MB"), Some(200 * 1024 * 1024));
+/// assert_eq!(size::parse("1TiB"), Some(1024 * 1024 * 1024 * 1024));
+/// assert_eq!(size::parse("1.5G"), None); // whole numbers only
+/// assert_eq!(size::parse("99999999999T"), None); // overflows a u64
+/// ```
 pub fn parse(text: &str) -> Option<u64> {
     let t = text.trim();
     let t = t
@@ -24,6 +34,12 @@ pub fn parse(text: &str) -> Option<u64> {
 
 /// Print a size with the largest binary unit that divides it (`64 KiB`, `2 GiB`, `1000 B`),
 /// or else to one decimal (`1.5 KiB`).
+///
+/// ```
+/// assert_eq!(vdisk_core::size::human(65536), "64 KiB");
+/// assert_eq!(vdisk_core::size::human(1536), "1.5 KiB");
+/// assert_eq!(vdisk_core::size::human(1000), "1000 B");
+/// ```
 pub fn human(bytes: u64) -> String {
     const UNITS: [(&str, u32); 4] = [("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)];
     for (name, shift) in UNITS {

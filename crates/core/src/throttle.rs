@@ -7,6 +7,31 @@ use std::time::{Duration, Instant};
 /// timeline and sleeps the caller until the booking falls due. With no rate it does nothing.
 /// Callers read in pieces of at most [`Throttle::quantum`] bytes, so that no second of a run
 /// reads much more than the rate (a 4 MiB read booked at once would burst).
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// use vdisk_core::Throttle;
+///
+/// let limit = Throttle::new(Some(1 << 20)); // 1 MiB/s
+/// assert_eq!(limit.quantum(), 16 << 10); // 1/64 of a second's worth
+/// let start = Instant::now();
+/// let mut pieces = Vec::new();
+/// limit.paced(256 << 10, |offset, len| {
+///     pieces.push((offset, len)); // read `len` bytes at `offset` here
+///     Ok::<(), ()>(())
+/// })
+/// .unwrap();
+/// assert_eq!(pieces.len(), 16);
+/// assert_eq!(pieces[15], (240 << 10, 16 << 10));
+/// // A quarter of a second's worth, less the small burst credit.
+/// assert!(start.elapsed() >= Duration::from_millis(200), "{:?}", start.elapsed());
+///
+/// // Without a rate, nothing waits.
+/// let unlimited = Throttle::new(None);
+/// let start = Instant::now();
+/// unlimited.take(1 << 40);
+/// assert!(start.elapsed() < Duration::from_millis(100));
+/// ```
 #[derive(Debug)]
 pub struct Throttle {
     rate: Option<u64>,

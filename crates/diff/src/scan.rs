@@ -176,6 +176,34 @@ fn bytes_at<'a>(
 /// Compare `old` and `new` block by block. The result covers `new`'s size: blocks past the
 /// old end are changed unless they are all zero, a block across the old end compares the old
 /// bytes and zeros after them.
+///
+/// ```
+/// use vdisk_core::{Granularity, MemImage};
+/// use vdisk_diff::{diff, ScanOptions};
+///
+/// let old = vec![7u8; 1 << 20];
+/// let mut new = old.clone();
+/// new[70_000] = 8; // block 1 of 64 KiB
+/// new[(1 << 20) - 1] = 9; // the last block
+/// let report = diff(
+///     &MemImage::new(old),
+///     &MemImage::new(new),
+///     &ScanOptions::new(Granularity::DEFAULT),
+/// )?;
+/// assert_eq!(report.map.count(), 2);
+/// assert_eq!(
+///     report.map.extents().collect::<Vec<_>>(),
+///     [(64 << 10, 64 << 10), (15 << 16, 64 << 10)]
+/// );
+/// // Finer blocks, finer answer.
+/// let fine = diff(
+///     &MemImage::new(vec![7u8; 1 << 20]),
+///     &MemImage::new({ let mut n = vec![7u8; 1 << 20]; n[70_000] = 8; n }),
+///     &ScanOptions::new("4K".parse()?),
+/// )?;
+/// assert_eq!(fine.map.extents().collect::<Vec<_>>(), [(68 << 10, 4 << 10)]);
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
 pub fn diff(
     old: &dyn DiskImage,
     new: &dyn DiskImage,
@@ -312,6 +340,40 @@ fn digest_window(
 /// Hash every block of `img` into a manifest written to `out`. Returns the bytes read.
 ///
 /// Ranges the image's map says read as zero are not read, and cost nothing in the manifest.
+///
+/// A manifest made now lets a later diff read only the new disk:
+///
+/// ```
+/// use vdisk_core::{Granularity, MemImage};
+/// use vdisk_diff::{block_hash, diff_manifest, hash_image, Manifest, ScanOptions};
+///
+/// let opts = ScanOptions::new(Granularity::DEFAULT);
+/// let old: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+/// let (bytes, read) = hash_image(&MemImage::new(old.clone()), Vec::new(), &opts)?;
+/// assert_eq!(read, 1 << 20);
+///
+/// // The manifest is checked when decoded, and has a hash for every block.
+/// let manifest = Manifest::decode(bytes.as_slice())?;
+/// assert_eq!((manifest.size(), manifest.granularity()), (1 << 20, 64 << 10));
+/// assert_eq!(manifest.block_count(), 16);
+/// assert_eq!(manifest.hash(2)?, Some(block_hash(&old[2 << 16..3 << 16])));
+///
+/// // Later: the disk changed in block 5, and grew by half a block.
+/// let mut new = old.clone();
+/// new[(5 << 16) + 17] ^= 0xff;
+/// new.extend(std::iter::repeat(3u8).take(32 << 10));
+/// let report = diff_manifest(&manifest, &MemImage::new(new), &opts)?;
+/// assert_eq!(
+///     report.map.extents().collect::<Vec<_>>(),
+///     [(5 << 16, 64 << 10), (16 << 16, 32 << 10)]
+/// );
+///
+/// // A damaged manifest is an error, never a wrong answer.
+/// let mut damaged = bytes.clone();
+/// damaged[100] ^= 1;
+/// assert!(Manifest::decode(damaged.as_slice()).is_err());
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
 pub fn hash_image<W: Write>(
     img: &dyn DiskImage,
     out: W,

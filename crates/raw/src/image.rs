@@ -12,6 +12,30 @@ pub struct RawImage {
 
 impl RawImage {
     /// Open `path` as a raw image.
+    ///
+    /// ```
+    /// use std::os::unix::fs::FileExt;
+    /// use vdisk_core::{Allocation, DiskImage};
+    /// use vdisk_raw::RawImage;
+    ///
+    /// let dir = tempfile::tempdir()?;
+    /// let path = dir.path().join("disk.raw");
+    /// let file = std::fs::File::create(&path)?;
+    /// file.set_len(4 << 20)?; // a 4 MiB hole
+    /// file.write_all_at(&[0xab; 4096], 1 << 20)?;
+    /// drop(file);
+    ///
+    /// let img = RawImage::open(&path)?;
+    /// assert_eq!(img.size(), 4 << 20);
+    /// let mut buf = [0u8; 8];
+    /// img.read_at(&mut buf, (1 << 20) - 4)?;
+    /// assert_eq!(buf, [0, 0, 0, 0, 0xab, 0xab, 0xab, 0xab]);
+    /// // The allocation map comes from the file system: the written block is data.
+    /// let map = img.allocation(0, img.size())?;
+    /// let data: Vec<_> = map.iter().filter(|e| e.allocation == Allocation::Data).collect();
+    /// assert!(data.iter().any(|e| e.start <= 1 << 20 && e.end() >= (1 << 20) + 4096));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn open(path: &Path) -> Result<Self> {
         Self::open_with(path, ReadAhead::On)
     }

@@ -131,6 +131,33 @@ impl Protected {
 
 /// How an output is written: what to do with an existing destination, and what it must never
 /// be.
+///
+/// ```
+/// use vdisk_core::ErrorKind;
+/// use vdisk_raw::{write_file, OutputPolicy, Protected};
+///
+/// let dir = tempfile::tempdir()?;
+/// let out = dir.path().join("out.bin");
+/// write_file(&out, b"first", &OutputPolicy::new())?;
+///
+/// // The default policy refuses an existing destination and leaves it alone …
+/// let e = write_file(&out, b"second", &OutputPolicy::new()).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+/// assert_eq!(std::fs::read(&out)?, b"first");
+/// // … `replacing` replaces it once the new file is complete …
+/// write_file(&out, b"second", &OutputPolicy::replacing())?;
+/// assert_eq!(std::fs::read(&out)?, b"second");
+///
+/// // … and a protected input is never replaced, under any name and by any policy.
+/// let mut inputs = Protected::new();
+/// inputs.add_path(&out);
+/// let policy = OutputPolicy::replacing().protecting(inputs);
+/// let other_name = dir.path().join(".").join("out.bin");
+/// let e = write_file(&other_name, b"third", &policy).unwrap_err();
+/// assert_eq!(e.kind(), ErrorKind::Refused);
+/// assert_eq!(std::fs::read(&out)?, b"second");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct OutputPolicy {
     /// An existing destination is refused or replaced.

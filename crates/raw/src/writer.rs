@@ -79,6 +79,26 @@ enum Temp {
 /// it into place; dropping the writer without committing leaves no trace.
 ///
 /// Writes take `&self` and are positional, so threads may write disjoint ranges at once.
+///
+/// ```
+/// use vdisk_raw::{OutputPolicy, SparseWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let dst = dir.path().join("out.raw");
+/// let w = SparseWriter::create(&dst, 1 << 20, &OutputPolicy::new())?;
+/// w.write_at(b"head", 0)?;
+/// w.write_at(&[0u8; 65536], 4096)?; // all zero: stays a hole
+/// w.write_at(b"tail", (1 << 20) - 4)?;
+/// assert!(!dst.exists()); // nothing under the name until the commit
+/// w.commit()?;
+///
+/// let bytes = std::fs::read(&dst)?;
+/// assert_eq!(bytes.len(), 1 << 20);
+/// assert_eq!(&bytes[..4], b"head");
+/// assert_eq!(&bytes[(1 << 20) - 4..], b"tail");
+/// assert!(bytes[4..(1 << 20) - 4].iter().all(|&b| b == 0));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct SparseWriter {
     file: File,

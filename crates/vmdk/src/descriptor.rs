@@ -106,6 +106,39 @@ pub struct ExtentLine {
 }
 
 /// A parsed descriptor.
+///
+/// ```
+/// use vdisk_vmdk::{Access, Descriptor, ExtentType};
+///
+/// let text = b"# Disk DescriptorFile
+/// version=1
+/// CID=7f783ab8
+/// parentCID=6ea7188c
+/// createType=\"monolithicSparse\"
+/// parentFileNameHint=\"mid.vmdk\"
+///
+/// ## Extent description
+/// RW 512 SPARSE \"top.vmdk\"
+///
+/// ## The Disk Data Base
+/// #DDB
+/// ddb.adapterType = \"ide\"
+/// ";
+/// let d = Descriptor::parse(text)?;
+/// assert_eq!(d.cid, Some(0x7f78_3ab8));
+/// assert_eq!(d.parent_cid, Some(0x6ea7_188c));
+/// assert_eq!(d.parent_hint.as_deref(), Some("mid.vmdk".as_ref()));
+/// assert_eq!(d.extents[0].access, Access::Rw);
+/// assert_eq!(d.extents[0].kind, ExtentType::Sparse);
+/// assert_eq!(d.total_sectors()?, 512);
+/// assert_eq!(d.ddb("ddb.adapterType"), Some("ide"));
+///
+/// // Rendering and parsing again keeps everything the parser keeps.
+/// let rendered = d.render();
+/// assert!(rendered.contains("RW 512 SPARSE \"top.vmdk\"\n"));
+/// assert_eq!(Descriptor::parse(rendered.as_bytes())?, d);
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Descriptor {
     /// `version=`.

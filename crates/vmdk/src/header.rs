@@ -63,6 +63,44 @@ pub const MAX_DESCRIPTOR_BYTES: u64 = 32 << 20;
 
 /// A sparse extent header as stored on disk: fields are not checked against anything yet.
 /// [`RawSparseHeader::validate`] turns it into a [`SparseHeader`], the only form readers use.
+///
+/// ```
+/// use vdisk_core::ErrorKind;
+/// use vdisk_vmdk::{HeaderFlags, RawSparseHeader};
+///
+/// // The header of a 1 GiB extent with 64 KiB grains, as qemu-img lays it out.
+/// let header = RawSparseHeader {
+///     version: 1,
+///     flags: HeaderFlags(HeaderFlags::NEWLINE_TEST | HeaderFlags::REDUNDANT_GD),
+///     capacity: 2 << 20, // sectors
+///     grain_size: 128,   // sectors
+///     descriptor_offset: 1,
+///     descriptor_size: 20,
+///     gtes_per_gt: 512,
+///     rgd_offset: 21,
+///     gd_offset: 0x105,
+///     overhead: 0x200,
+///     unclean_shutdown: false,
+///     newline_bytes: *b"\n \r\n",
+///     compress_algorithm: 0,
+/// };
+/// let bytes = header.to_bytes();
+/// assert_eq!(&bytes[..4], b"KDMV");
+/// assert_eq!(bytes[12..20], (2u64 << 20).to_le_bytes()); // capacity at byte 12
+///
+/// let parsed = RawSparseHeader::parse(&bytes)?;
+/// assert_eq!(parsed, header);
+/// // 1 GiB in 64 KiB grains is 16384 grains: 32 tables of 512 entries.
+/// assert_eq!(parsed.gd_entries(), 32);
+///
+/// // Validation checks the fields against the file they came from: a file shorter
+/// // than the metadata the header declares is damaged.
+/// let valid = parsed.validate(0x200 * 512)?;
+/// assert_eq!(valid.grain_bytes(), 64 << 10);
+/// let short = parsed.validate(0x1ff * 512).unwrap_err();
+/// assert_eq!(short.kind(), ErrorKind::Corrupt);
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RawSparseHeader {
     /// Format version: 1, 2 or 3.
@@ -395,6 +433,280 @@ mod tests {
         for (name, h) in cases {
             assert!(h.validate(len).is_err(), "{name} accepted");
         }
+    }
+
+    /// What the writer makes, for a disk of `size` bytes with data in its first grain: the
+    /// file's bytes.
+    fn written(subformat: crate::writer::Subformat, size: u64) -> Vec<u8> {
+        use vdisk_core::{copy_into, CopyOptions, MemImage};
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("w.vmdk");
+        let opts = crate::writer::WriteOptions::default();
+        let sink = crate::writer::create(&dst, size, subformat, &opts).unwrap();
+        let mut disk = vec![0u8; size as usize];
+        disk[..4096].fill(0x77);
+        copy_into(&MemImage::new(disk), sink, &CopyOptions::default()).unwrap();
+        std::fs::read(dst).unwrap()
+    }
+
+    #[test]
+    fn what_the_writer_makes_parses_back_byte_for_byte_and_validates() {
+        use crate::writer::Subformat;
+        // 100 MiB and a sector: four grain tables of 512 grains of 64 KiB, the last partial.
+        let size = (100 << 20) + 512;
+        let sectors = size / 512;
+        for (subformat, version) in [
+            (Subformat::MonolithicSparse, 1),
+            (Subformat::StreamOptimized, 3),
+        ] {
+            let bytes = written(subformat, size);
+            let h = RawSparseHeader::parse(&bytes).unwrap();
+            assert_eq!(h.to_bytes()[..], bytes[..512], "{}", subformat.name());
+            let v = h.validate(bytes.len() as u64).unwrap();
+            assert_eq!(v.version, version);
+            assert_eq!(v.capacity, sectors);
+            assert_eq!(v.grain_size, 128); // 64 KiB, as qemu-img and VMware write
+            assert_eq!(v.gtes_per_gt, 512);
+            assert_eq!(v.gd_entries(), 4);
+            assert_eq!(v.newline_bytes, *b"\n \r\n");
+            assert!(v.flags.newline_test());
+            assert!(!v.unclean_shutdown);
+            // The embedded descriptor starts right after the header.
+            assert_eq!(v.descriptor_offset, 1);
+            assert!(v.descriptor_size >= 1);
+            let d = &bytes[512..512 + v.descriptor_size as usize * 512];
+            assert!(d.starts_with(b"# Disk DescriptorFile"));
+            if subformat == Subformat::StreamOptimized {
+                // VMware's layout: the directory in the footer, compressed grains behind
+                // markers.
+                assert_eq!(v.gd_offset, GD_AT_END);
+                assert!(v.flags.compressed() && v.flags.markers());
+                assert_eq!(v.compress_algorithm, 1);
+                // The footer (the second-last sector, before the end-of-stream marker) is
+                // the header again, saying where the directory is.
+                let at = bytes.len() - 1024;
+                let footer = RawSparseHeader::parse(&bytes[at..at + 512]).unwrap();
+                assert!(footer.gd_offset != GD_AT_END && footer.gd_offset < at as u64 / 512);
+                assert_eq!(
+                    RawSparseHeader {
+                        gd_offset: GD_AT_END,
+                        ..footer
+                    },
+                    h
+                );
+            } else {
+                assert!(v.flags.redundant_gd());
+                assert!(!v.flags.compressed() && !v.flags.zeroed_grains());
+                // Metadata first (both directories below the overhead), then grains, and
+                // the overhead is a whole number of grains.
+                assert!(v.rgd_offset > v.descriptor_offset + v.descriptor_size - 1);
+                assert!(v.rgd_offset < v.gd_offset && v.gd_offset < v.overhead);
+                assert_eq!(v.overhead % v.grain_size, 0);
+                // One stored grain after the metadata.
+                assert_eq!(bytes.len() as u64, (v.overhead + v.grain_size) * 512);
+            }
+        }
+    }
+
+    #[test]
+    fn a_written_delta_link_is_version_2_with_zeroed_grains() {
+        use crate::writer::{self, LinkTarget, Subformat, WriteOptions};
+        use vdisk_core::MemImage;
+        let tmp = tempfile::tempdir().unwrap();
+        let base = tmp.path().join("base.vmdk");
+        std::fs::write(&base, written(Subformat::MonolithicSparse, 1 << 20)).unwrap();
+        let parent = crate::VmdkImage::open(&base).unwrap();
+        let opts = WriteOptions::default();
+        let target = LinkTarget {
+            parent_path: &base,
+            parent: &parent,
+            subformat: Subformat::MonolithicSparse,
+            opts: &opts,
+            on_grain: None,
+        };
+        let link = tmp.path().join("link.vmdk");
+        let new = MemImage::new(vec![0u8; 1 << 20]);
+        let stats = writer::write_delta_link(&target, &new, [(0, 4096)], &link).unwrap();
+        assert_eq!(stats.zeroed_grains, 1);
+        let bytes = std::fs::read(&link).unwrap();
+        let h = RawSparseHeader::parse(&bytes).unwrap();
+        assert_eq!(h.to_bytes()[..], bytes[..512]);
+        let v = h.validate(bytes.len() as u64).unwrap();
+        // Zeroed-grain entries need version 2 and flag 0x4 (qemu-img's zeroed_grain=on).
+        assert_eq!(v.version, 2);
+        assert!(v.flags.zeroed_grains() && v.flags.redundant_gd());
+        assert_eq!(v.capacity, (1 << 20) / 512);
+    }
+
+    #[test]
+    fn every_field_reads_at_its_offset_whatever_the_others_hold() {
+        // Distinct values in every field, so a field read at a wrong offset shows.
+        let h = RawSparseHeader {
+            version: 0x0102_0304,
+            flags: HeaderFlags(0x0506_0708),
+            capacity: 0x1112_1314_1516_1718,
+            grain_size: 0x2122_2324_2526_2728,
+            descriptor_offset: 0x3132_3334_3536_3738,
+            descriptor_size: 0x4142_4344_4546_4748,
+            gtes_per_gt: 0x5152_5354,
+            rgd_offset: 0x6162_6364_6566_6768,
+            gd_offset: 0x7172_7374_7576_7778,
+            overhead: 0x8182_8384_8586_8788,
+            unclean_shutdown: true,
+            newline_bytes: [0x91, 0x92, 0x93, 0x94],
+            compress_algorithm: 0xa1a2,
+        };
+        let b = h.to_bytes();
+        assert_eq!(b[4..8], [4, 3, 2, 1]);
+        assert_eq!(b[44..48], [0x54, 0x53, 0x52, 0x51]);
+        assert_eq!(b[72], 1);
+        assert_eq!(b[73..79], [0x91, 0x92, 0x93, 0x94, 0xa2, 0xa1]);
+        // Bytes 79..512 are padding: written as zero, ignored when read.
+        assert!(b[79..].iter().all(|&x| x == 0));
+        let mut padded = b;
+        padded[79..].fill(0xee);
+        assert_eq!(RawSparseHeader::parse(&padded).unwrap(), h);
+        // Any non-zero uncleanShutdown byte means set.
+        let mut unclean = b;
+        unclean[72] = 0x80;
+        assert!(RawSparseHeader::parse(&unclean).unwrap().unclean_shutdown);
+        // Longer input: only the first 512 bytes are the header.
+        let mut long = b.to_vec();
+        long.extend_from_slice(&[0xff; 600]);
+        assert_eq!(RawSparseHeader::parse(&long).unwrap(), h);
+        assert!(RawSparseHeader::parse(&b[..511]).is_err());
+        // The magic is checked: one bit off is not a sparse extent.
+        let mut foreign = b;
+        foreign[3] ^= 0x01;
+        let e = RawSparseHeader::parse(&foreign).unwrap_err();
+        assert_eq!(e.kind(), vdisk_core::ErrorKind::InvalidFormat);
+    }
+
+    #[test]
+    fn validation_edges_and_error_kinds() {
+        use vdisk_core::ErrorKind::{Corrupt, InvalidFormat, Unsupported};
+        let base = RawSparseHeader::parse(&qemu_like()).unwrap();
+        let len = 0x200 * 512;
+        let ok = |h: RawSparseHeader| h.validate(len).map(|_| ());
+        let kind = |h: RawSparseHeader| h.validate(len).unwrap_err().kind();
+
+        // Versions 1 to 3 are read; others are a feature we do not know.
+        for version in [1, 2, 3] {
+            assert!(ok(RawSparseHeader { version, ..base }).is_ok());
+        }
+        assert_eq!(kind(RawSparseHeader { version: 4, ..base }), Unsupported);
+        // Without the newline-test flag the bytes mean nothing and are not checked.
+        let no_test = RawSparseHeader {
+            flags: HeaderFlags(HeaderFlags::REDUNDANT_GD),
+            newline_bytes: [0; 4],
+            ..base
+        };
+        assert!(ok(no_test).is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                newline_bytes: *b"\n \n\n",
+                ..base
+            }),
+            Corrupt
+        );
+        // Grain sizes: powers of two up to 1 GiB; a larger power of two is out of range,
+        // a non power of two in range is a feature we do not read.
+        let grain = |grain_size| RawSparseHeader { grain_size, ..base };
+        assert!(ok(grain(1)).is_ok());
+        assert!(ok(grain(MAX_GRAIN_SECTORS)).is_ok());
+        assert_eq!(kind(grain(MAX_GRAIN_SECTORS * 2)), InvalidFormat);
+        assert_eq!(kind(grain(MAX_GRAIN_SECTORS + 1)), InvalidFormat);
+        assert_eq!(kind(grain(96)), Unsupported);
+        // Tables of 1 to 512 entries.
+        assert!(ok(RawSparseHeader {
+            gtes_per_gt: 1,
+            ..base
+        })
+        .is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                gtes_per_gt: 513,
+                ..base
+            }),
+            InvalidFormat
+        );
+        // Compression: deflate only, and grains small enough to inflate.
+        let compressed = RawSparseHeader {
+            flags: HeaderFlags(HeaderFlags::NEWLINE_TEST | HeaderFlags::COMPRESSED),
+            compress_algorithm: 1,
+            ..base
+        };
+        assert!(ok(compressed).is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                compress_algorithm: 2,
+                ..compressed
+            }),
+            Unsupported
+        );
+        assert!(ok(RawSparseHeader {
+            grain_size: MAX_COMPRESSED_GRAIN_SECTORS,
+            ..compressed
+        })
+        .is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                grain_size: MAX_COMPRESSED_GRAIN_SECTORS * 2,
+                ..compressed
+            }),
+            Unsupported
+        );
+        // The algorithm field of an uncompressed extent is not looked at.
+        assert!(ok(RawSparseHeader {
+            compress_algorithm: 9,
+            ..base
+        })
+        .is_ok());
+        // Capacity: the largest one that keeps byte arithmetic safe, with large grains so
+        // the directory stays within bounds; one more sector is refused.
+        let big = RawSparseHeader {
+            capacity: u64::MAX >> 10,
+            grain_size: MAX_GRAIN_SECTORS,
+            ..base
+        };
+        assert!(ok(big).is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                capacity: (u64::MAX >> 10) + 1,
+                ..big
+            }),
+            InvalidFormat
+        );
+        // A capacity that needs more than MAX_GD_ENTRIES tables.
+        let tables = |capacity| RawSparseHeader {
+            capacity,
+            grain_size: 1,
+            gtes_per_gt: 1,
+            ..base
+        };
+        assert!(ok(tables(MAX_GD_ENTRIES)).is_ok());
+        assert_eq!(kind(tables(MAX_GD_ENTRIES + 1)), Unsupported);
+        // Metadata that ends exactly at the end of the file is fine; a sector more is not.
+        assert!(base.validate(0x200 * 512).is_ok());
+        assert!(base.validate(0x200 * 512 + 511).is_ok());
+        assert_eq!(base.validate(0x200 * 512 - 1).unwrap_err().kind(), Corrupt);
+        let desc = |descriptor_offset, descriptor_size| RawSparseHeader {
+            descriptor_offset,
+            descriptor_size,
+            ..base
+        };
+        assert!(ok(desc(0x1f0, 0x10)).is_ok());
+        assert_eq!(kind(desc(0x1f0, 0x11)), Corrupt);
+        assert_eq!(kind(desc(1, u64::MAX)), Unsupported);
+        // No embedded descriptor: its size is not looked at.
+        assert!(ok(desc(0, u64::MAX)).is_ok());
+        // The directory offsets are checked later, against the directories themselves.
+        assert!(ok(RawSparseHeader {
+            gd_offset: GD_AT_END,
+            rgd_offset: u64::MAX,
+            ..base
+        })
+        .is_ok());
     }
 
     #[test]

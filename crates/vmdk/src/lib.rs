@@ -34,6 +34,8 @@ mod sparse;
 mod stream_reader;
 #[doc(hidden)]
 pub mod testing;
+#[cfg(test)]
+mod testutil;
 pub mod writer;
 
 pub use bytes::{Bytes, FileStore, FsStore, MemStore};

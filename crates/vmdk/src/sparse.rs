@@ -451,3 +451,228 @@ fn read_footer(data: &[u8], header: &SparseHeader) -> Result<SparseHeader> {
     }
     Ok(footer)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+    use crate::{HeaderFlags, MemStore, OpenOptions, VmdkImage};
+    use vdisk_core::{Allocation, DiskImage, ErrorKind};
+
+    /// `file` opened as a bare sparse extent (no descriptor), through the whole read path.
+    fn image(file: SparseFile) -> vdisk_core::Result<VmdkImage> {
+        let mut store = MemStore::new();
+        store.insert("disk.vmdk", file.finish());
+        VmdkImage::open_with(&store, "disk.vmdk".as_ref(), &OpenOptions::default())
+    }
+
+    fn read_all(img: &VmdkImage) -> Vec<u8> {
+        let mut buf = vec![0u8; img.size() as usize];
+        img.read_at(&mut buf, 0).unwrap();
+        buf
+    }
+
+    fn read_grain(img: &VmdkImage, g: usize) -> vdisk_core::Result<Vec<u8>> {
+        let mut buf = vec![0u8; G];
+        img.read_at(&mut buf, (g * G) as u64).map(|()| buf)
+    }
+
+    #[test]
+    fn unallocated_zeroed_and_data_entries_read_right() {
+        let ext = SparseExtent::open(SparseFile::standard().into_bytes("disk.vmdk")).unwrap();
+        assert_eq!(ext.capacity(), DISK as u64);
+        assert_eq!(ext.grain_bytes(), G as u64);
+        assert_eq!(ext.directory_len(), 2);
+        assert_eq!(ext.gd_offset(), GD);
+        assert_eq!(ext.grain(0), GrainEntry::Data(8 * S as u64));
+        assert_eq!(ext.grain(1), GrainEntry::Unallocated);
+        assert_eq!(ext.grain(2), GrainEntry::Zero);
+        assert_eq!(ext.grain(3), GrainEntry::Data(16 * S as u64));
+        assert_eq!(ext.grain(4), GrainEntry::Data(24 * S as u64));
+        assert_eq!(ext.grain(7), GrainEntry::Unallocated);
+        assert!(ext.open_notes.is_empty(), "{:?}", ext.open_notes);
+
+        let img = image(SparseFile::standard()).unwrap();
+        assert_eq!(read_all(&img), standard_disk());
+        // A read across grains of every kind, starting and ending inside grains.
+        let mut buf = vec![0u8; 3 * G];
+        img.read_at(&mut buf, (G / 2) as u64).unwrap();
+        assert_eq!(buf, standard_disk()[G / 2..G / 2 + 3 * G]);
+        let map: Vec<_> = img
+            .allocation(0, DISK as u64)
+            .unwrap()
+            .iter()
+            .map(|e| (e.start as usize / G, e.length as usize / G, e.allocation))
+            .collect();
+        assert_eq!(
+            map,
+            [
+                (0, 1, Allocation::Data),
+                (1, 1, Allocation::Unallocated),
+                (2, 1, Allocation::Zero),
+                (3, 2, Allocation::Data),
+                (5, 3, Allocation::Unallocated),
+            ]
+        );
+    }
+
+    #[test]
+    fn entry_1_without_the_zeroed_grain_flag_points_into_the_header() {
+        let mut f = SparseFile::standard();
+        f.header.flags = HeaderFlags(HeaderFlags::NEWLINE_TEST | HeaderFlags::REDUNDANT_GD);
+        f.header.version = 1;
+        let img = image(f).unwrap();
+        let e = read_grain(&img, 2).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.message().contains("inside the header"), "{e}");
+        // The other grains still read.
+        assert_eq!(read_grain(&img, 0).unwrap(), vec![fill(0); G]);
+        assert_eq!(read_grain(&img, 1).unwrap(), vec![0; G]);
+    }
+
+    #[test]
+    fn grain_pointers_into_the_metadata_or_past_the_end_are_errors_on_read() {
+        // Sector 5 is the primary table 0 itself; sector 7 is still metadata (overhead 8);
+        // sector 32 is the file's end. Both copies of the table agree, so no fallback.
+        for (sector, what) in [
+            (5u32, "inside the header"),
+            (7, "inside the header"),
+            (32, "past the end"),
+        ] {
+            let mut f = SparseFile::standard();
+            f.put(GT0, 3, sector);
+            f.put(RGT0, 3, sector);
+            let ext = SparseExtent::open(f.into_bytes("disk.vmdk")).unwrap();
+            assert_eq!(ext.grain(3), GrainEntry::Invalid(sector));
+
+            let mut f = SparseFile::standard();
+            f.put(GT0, 3, sector);
+            f.put(RGT0, 3, sector);
+            let img = image(f).unwrap();
+            let e = read_grain(&img, 3).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "sector {sector}");
+            assert!(e.message().contains(what), "sector {sector}: {e}");
+            assert_eq!(read_grain(&img, 0).unwrap(), vec![fill(0); G]);
+        }
+        // The first sector after the metadata is the first one a grain may use.
+        let mut f = SparseFile::standard();
+        f.put(GT0, 1, OVERHEAD as u32);
+        f.put(RGT0, 1, OVERHEAD as u32);
+        let img = image(f).unwrap();
+        assert_eq!(read_grain(&img, 1).unwrap(), vec![fill(0); G]);
+    }
+
+    #[test]
+    fn a_table_past_the_end_fails_the_reads_of_its_grains_not_the_open() {
+        // The file is 32 sectors long: a table at sector 32 or later lies outside it. Sector
+        // 7 (inside, all zero) is the control. u32::MAX is also the reader's own marker for
+        // a bad table.
+        for sector in [7u32, 32, 1000, u32::MAX - 1, u32::MAX] {
+            let mut f = SparseFile::standard();
+            f.put(GD, 1, sector);
+            f.put(RGD, 1, sector);
+            let inside = sector == 7;
+            let ext = SparseExtent::open(f.into_bytes("disk.vmdk")).unwrap();
+            assert_eq!(ext.table_sector(1), (inside).then_some(sector));
+            if !inside {
+                assert_eq!(ext.grain(4), GrainEntry::BadTable);
+            }
+
+            let mut f = SparseFile::standard();
+            f.put(GD, 1, sector);
+            f.put(RGD, 1, sector);
+            let img = image(f).unwrap();
+            // Table 0's grains read as before.
+            assert_eq!(
+                read_all_range(&img, 0, 4 * G).unwrap(),
+                standard_disk()[..4 * G]
+            );
+            if inside {
+                // Sector 7 is all zero: every grain of table 1 unallocated.
+                assert_eq!(read_grain(&img, 4).unwrap(), vec![0; G]);
+            } else {
+                let e = read_grain(&img, 5).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Corrupt);
+                assert!(e.message().contains("grain table 1 lies outside"), "{e}");
+                assert!(img.allocation(4 * G as u64, G as u64).is_err());
+            }
+        }
+    }
+
+    fn read_all_range(img: &VmdkImage, start: usize, len: usize) -> vdisk_core::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        img.read_at(&mut buf, start as u64).map(|()| buf)
+    }
+
+    #[test]
+    fn the_redundant_directory_stands_in_for_an_empty_or_outside_primary_entry() {
+        for (primary, empty) in [(0u32, true), (1000, false)] {
+            let mut f = SparseFile::standard();
+            f.put(GD, 1, primary);
+            let ext = SparseExtent::open(f.into_bytes("disk.vmdk")).unwrap();
+            assert_eq!(ext.table_sector(1), Some(RGT1 as u32));
+            assert_eq!(
+                ext.open_notes,
+                [Problem::EntryFromRedundant { entry: 1, empty }]
+            );
+
+            let mut f = SparseFile::standard();
+            f.put(GD, 1, primary);
+            // Without the fallback, grain 4 would read as zero (or fail).
+            assert_eq!(read_all(&image(f).unwrap()), standard_disk());
+        }
+    }
+
+    #[test]
+    fn a_damaged_grain_entry_is_read_from_the_redundant_table() {
+        let mut f = SparseFile::standard();
+        f.put(GT0, 3, 5000); // past the end in the primary table only
+        let img = image(f).unwrap();
+        assert_eq!(read_all(&img), standard_disk());
+    }
+
+    #[test]
+    fn the_redundant_directory_is_used_when_the_primary_lies_outside_the_file() {
+        let mut f = SparseFile::standard();
+        f.header.gd_offset = 10_000;
+        let ext = SparseExtent::open(f.into_bytes("disk.vmdk")).unwrap();
+        assert_eq!(ext.open_notes, [Problem::DirectoryFromRedundant]);
+        assert_eq!(ext.table_sector(0), Some(RGT0 as u32));
+
+        let mut f = SparseFile::standard();
+        f.header.gd_offset = 10_000;
+        assert_eq!(read_all(&image(f).unwrap()), standard_disk());
+
+        // Without the redundant flag the copy is not trusted: nothing to read.
+        let mut f = SparseFile::standard();
+        f.header.gd_offset = 10_000;
+        f.header.flags = HeaderFlags(HeaderFlags::NEWLINE_TEST | HeaderFlags::ZEROED_GRAINS);
+        let e = SparseExtent::open(f.into_bytes("disk.vmdk")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.message().contains("grain directory"), "{e}");
+        assert_eq!(e.path(), Some(std::path::Path::new("disk.vmdk")));
+    }
+
+    #[test]
+    fn a_primary_table_that_differs_from_its_copy_wins_where_it_is_valid() {
+        // Both tables are usable and disagree on grain 1: the primary is what is read
+        // (`check` reports the disagreement).
+        let mut f = SparseFile::standard();
+        f.put(RGT0, 1, 16);
+        let img = image(f).unwrap();
+        assert_eq!(read_grain(&img, 1).unwrap(), vec![0; G]);
+    }
+
+    #[test]
+    fn a_file_cut_inside_a_grain_reads_zero_after_the_cut() {
+        let mut bytes = SparseFile::standard().finish();
+        bytes.truncate(24 * S + 100); // grain 4 keeps 100 bytes
+        let mut store = MemStore::new();
+        store.insert("disk.vmdk", bytes);
+        let img =
+            VmdkImage::open_with(&store, "disk.vmdk".as_ref(), &OpenOptions::default()).unwrap();
+        let g4 = read_grain(&img, 4).unwrap();
+        assert_eq!(g4[..100], [fill(4); 100]);
+        assert!(g4[100..].iter().all(|&b| b == 0));
+    }
+}

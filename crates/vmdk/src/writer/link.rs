@@ -82,6 +82,49 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
 ///
 /// A changed grain that is all zero is left out when the parent reads as zero there too, and
 /// written as a zeroed grain otherwise. The link's size is `new`'s size.
+///
+/// ```
+/// use vdisk_core::{copy_into, CopyOptions, DiskImage, MemImage};
+/// use vdisk_vmdk::writer::{self, write_delta_link, LinkTarget, Subformat, WriteOptions};
+/// use vdisk_vmdk::VmdkImage;
+///
+/// const G: usize = 64 << 10; // the grain size of every sparse output
+/// let dir = tempfile::tempdir()?;
+/// let opts = WriteOptions::default();
+///
+/// // A parent of four grains of 1s, written from memory.
+/// let old = vec![1u8; 4 * G];
+/// let base = dir.path().join("base.vmdk");
+/// let sink = writer::create(&base, old.len() as u64, Subformat::MonolithicSparse, &opts)?;
+/// copy_into(&MemImage::new(old.clone()), sink, &CopyOptions::default())?;
+/// let parent = VmdkImage::open(&base)?;
+///
+/// // The new disk: grain 1 rewritten, grain 3 zeroed.
+/// let mut new = old.clone();
+/// new[G..2 * G].fill(2);
+/// new[3 * G..].fill(0);
+/// let new = MemImage::new(new);
+///
+/// let target = LinkTarget {
+///     parent_path: &base,
+///     parent: &parent,
+///     subformat: Subformat::MonolithicSparse,
+///     opts: &opts,
+///     on_grain: None,
+/// };
+/// let link = dir.path().join("link.vmdk");
+/// let changed = [(G as u64, G as u64), (3 * G as u64, G as u64)];
+/// let stats = write_delta_link(&target, &new, changed, &link)?;
+/// assert_eq!((stats.data_grains, stats.zeroed_grains), (1, 1));
+///
+/// // Read through the link (and its parent), the disk is the new one.
+/// let img = VmdkImage::open(&link)?;
+/// assert_eq!(img.layers().len(), 2);
+/// let mut back = vec![0u8; 4 * G];
+/// img.read_at(&mut back, 0)?;
+/// assert!(back == new.bytes());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn write_delta_link(
     link: &LinkTarget<'_>,
     new: &dyn DiskImage,

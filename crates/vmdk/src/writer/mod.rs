@@ -12,6 +12,8 @@ mod flat;
 mod link;
 mod sparse;
 mod stream;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 
@@ -178,6 +180,37 @@ pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
 ///
 /// The size is rounded up to whole sectors. An existing `dst` is refused unless the policy
 /// replaces it; extent files get names no file has yet.
+///
+/// The image is written through [`ImageSink`]: blocks of [`ImageSink::block_size`] bytes in
+/// increasing order, then [`ImageSink::finish`] (or [`vdisk_core::copy_into`] from any image).
+///
+/// ```
+/// use vdisk_core::{Allocation, DiskImage, ImageSink};
+/// use vdisk_vmdk::writer::{self, Subformat, WriteOptions};
+/// use vdisk_vmdk::VmdkImage;
+///
+/// let dir = tempfile::tempdir()?;
+/// let dst = dir.path().join("disk.vmdk");
+/// let opts = WriteOptions::default();
+/// let mut sink = writer::create(&dst, 1 << 20, Subformat::MonolithicSparse, &opts)?;
+/// let grain = sink.block_size();
+/// assert_eq!(grain, 64 << 10);
+/// let data = vec![0x5a; grain as usize];
+/// let zeros = vec![0u8; grain as usize];
+/// sink.put(&[(0, &data), (grain, &zeros), (3 * grain, &data)])?;
+/// sink.finish()?;
+///
+/// let img = VmdkImage::open(&dst)?;
+/// assert_eq!(img.size(), 1 << 20);
+/// let mut back = vec![0u8; 4 * grain as usize];
+/// img.read_at(&mut back, 0)?;
+/// assert_eq!(back, [&data[..], &zeros, &zeros, &data].concat());
+/// // The all-zero block was not stored.
+/// let map = img.allocation(0, 4 * grain)?;
+/// let kinds: Vec<_> = map.iter().map(|e| (e.start / grain, e.allocation)).collect();
+/// assert_eq!(kinds, [(0, Allocation::Data), (1, Allocation::Unallocated), (3, Allocation::Data)]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn create(
     dst: &Path,
     size: u64,
