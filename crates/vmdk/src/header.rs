@@ -662,14 +662,22 @@ mod tests {
             ..base
         })
         .is_ok());
-        // Capacity: the largest one that keeps byte arithmetic safe, with large grains so
-        // the directory stays within bounds; one more sector is refused.
+        // Capacity: the largest disk vdisk opens (vdisk_core::MAX_DISK_SIZE), with large
+        // grains so the directory stays within bounds; one more sector is refused, and a
+        // capacity past what byte arithmetic can hold is malformed.
         let big = RawSparseHeader {
-            capacity: u64::MAX >> 10,
+            capacity: vdisk_core::MAX_DISK_SIZE / SECTOR,
             grain_size: MAX_GRAIN_SECTORS,
             ..base
         };
         assert!(ok(big).is_ok());
+        assert_eq!(
+            kind(RawSparseHeader {
+                capacity: vdisk_core::MAX_DISK_SIZE / SECTOR + 1,
+                ..big
+            }),
+            Unsupported
+        );
         assert_eq!(
             kind(RawSparseHeader {
                 capacity: (u64::MAX >> 10) + 1,
