@@ -180,7 +180,7 @@ pub fn write_delta(
         &vdisk_vmdk::writer::LinkTarget {
             parent_path: vmdk.layers()[0].path(),
             parent: vmdk,
-            subformat: Subformat::MonolithicSparse,
+            layout: vdisk_vmdk::writer::Layout::Monolithic,
             opts: &opts,
             on_grain: None,
         },

@@ -27,16 +27,13 @@ pub fn merge_chain(
     let Some(base) = base else {
         return convert_with(&img, out, Target::Vmdk(subformat), opts);
     };
-    if !matches!(
-        subformat,
-        Subformat::MonolithicSparse | Subformat::TwoGbMaxExtentSparse
-    ) {
+    let Some(layout) = vdisk_vmdk::writer::Layout::of(subformat) else {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
             "with --base the output is a delta link: monolithicSparse or twoGbMaxExtentSparse",
         )
         .with_path(out));
-    }
+    };
     let want = FsStore::default().identity(base)?;
     let depth = img
         .layers()
@@ -85,7 +82,7 @@ pub fn merge_chain(
         &LinkTarget {
             parent_path: &parent_path,
             parent: &parent,
-            subformat,
+            layout,
             opts: &wopts,
             on_grain: None,
         },

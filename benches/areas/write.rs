@@ -60,7 +60,7 @@ pub fn bench_delta_link(c: &mut Criterion, fx: &Fixtures) {
     let target = LinkTarget {
         parent_path: &fx.sparse,
         parent: &parent,
-        subformat: Subformat::MonolithicSparse,
+        layout: vdisk::vmdk::writer::Layout::Monolithic,
         opts: &wopts,
         on_grain: None,
     };

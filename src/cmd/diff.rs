@@ -7,7 +7,7 @@ use vdisk::bitmap::ChangeMap;
 use vdisk::diff::{diff, diff_manifest, is_manifest, ManifestFile, ScanOptions};
 use vdisk::size::human;
 use vdisk::vmdk::writer::{write_delta_link, LinkTarget, WriteOptions};
-use vdisk::{DiskImage, Error, ErrorKind, Granularity, Image, Protected, Result, Subformat};
+use vdisk::{DiskImage, Error, ErrorKind, Granularity, Image, Protected, Result};
 
 use super::{policy, print_json, print_text, Ctx, Status};
 
@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             &LinkTarget {
                 parent_path: &a.old,
                 parent,
-                subformat: Subformat::MonolithicSparse,
+                layout: vdisk::vmdk::writer::Layout::Monolithic,
                 opts: &opts,
                 on_grain: None,
             },

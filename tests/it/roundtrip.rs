@@ -101,7 +101,7 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
         &LinkTarget {
             parent_path: &dir.join("parent.vmdk"),
             parent: &parent,
-            subformat: Subformat::MonolithicSparse,
+            layout: vdisk::vmdk::writer::Layout::Monolithic,
             opts: &WriteOptions::default(),
             on_grain: None,
         },

@@ -21,7 +21,7 @@ use crate::hashes::{merge_manifest, open_manifest, stored_map, write_manifest};
 use crate::meta::{now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint};
 use crate::repo::{repo_err, Repository};
 use crate::source::Source;
-use crate::{GRAIN, POINT_FORMAT};
+use crate::{GRAIN, POINT_LAYOUT};
 
 /// Options of a backup.
 #[derive(Default)]
@@ -241,7 +241,7 @@ impl Repository {
             policy: point_policy(src),
             ..Default::default()
         };
-        let inner = writer::create(&self.path(image), size, POINT_FORMAT, &wopts)?;
+        let inner = writer::create_sparse(&self.path(image), size, POINT_LAYOUT, &wopts)?;
         let copts = CopyOptions {
             throttle: opts.throttle,
             progress: opts.progress,
@@ -294,7 +294,7 @@ impl Repository {
                 let target = LinkTarget {
                     parent_path: &parent_path,
                     parent: &parent,
-                    subformat: POINT_FORMAT,
+                    layout: POINT_LAYOUT,
                     opts: &wopts,
                     on_grain: Some(&on_grain),
                 };
@@ -313,7 +313,7 @@ impl Repository {
                 let target = LinkTarget {
                     parent_path: &parent_path,
                     parent: &parent,
-                    subformat: POINT_FORMAT,
+                    layout: POINT_LAYOUT,
                     opts: &wopts,
                     on_grain: None,
                 };

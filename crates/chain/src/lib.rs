@@ -49,7 +49,7 @@ pub mod fuzzing;
 pub use backup::{BackupOptions, BackupSummary};
 pub use lock::{RepoLock, LOCK_FILE};
 pub use meta::{
-    now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint, META_FILE,
+    now_rfc3339, Covers, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint, META_FILE,
 };
 pub use prune::PruneSummary;
 pub use repo::Repository;
@@ -57,11 +57,12 @@ pub use restore::CheckedPoint;
 pub use source::Source;
 pub use verify::{PointProblem, PointReport, VerifyOptions};
 
-use vdisk_vmdk::writer::{self, Subformat};
+use vdisk_vmdk::writer::{self, Layout};
 
-/// Points are written as split sparse VMDKs: their descriptors are small separate files, which
-/// prune can rewrite atomically when a link's parent becomes a synthetic full.
-const POINT_FORMAT: Subformat = Subformat::TwoGbMaxExtentSparse;
+/// Points are written in the clustered layout: a small descriptor file (which prune can
+/// rewrite atomically when a link's parent becomes a synthetic full) and sparse extents cut
+/// along the data, so a point costs its data, not its disk's size.
+const POINT_LAYOUT: Layout = Layout::Clustered;
 /// Grain size of the points, and so the block size of hashes and bitmaps.
 const GRAIN: u64 = writer::GRAIN_SECTORS * 512;
 

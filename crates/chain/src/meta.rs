@@ -7,22 +7,44 @@ use vdisk_core::{Error, ErrorKind, Result};
 /// File name of the metadata inside a repository.
 pub const META_FILE: &str = "vdisk-repo.json";
 const FORMAT: &str = "vdisk-repository";
-const VERSION: u32 = 1;
+/// Version written. Version 2 added [`Covers::SparseMetadata`] (points in the clustered
+/// layout, whose tables and directory follow their grains); version 1 repositories are read
+/// as they are and written as version 2 by the next run that changes them.
+const VERSION: u32 = 2;
+/// Oldest version read.
+const OLDEST_VERSION: u32 = 1;
 /// Metadata larger than this is not ours (a point costs well under 1 KiB of JSON).
 const MAX_META_BYTES: usize = 64 << 20;
 
-/// A checksum of the first `bytes` bytes of a file: every byte of metadata a point's files
-/// hold (header, descriptor, directories, tables), so any flipped byte there is found.
+/// What a [`FileCheck`]'s checksum covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Covers {
+    /// The file's first `bytes` bytes (a descriptor file whole; the metadata area of an
+    /// extent whose tables come before its grains).
+    #[default]
+    Prefix,
+    /// A sparse extent's metadata wherever it lies: everything before its first grain
+    /// (header, embedded descriptor), its grain directory's sectors and every table the
+    /// directory names, in that order.
+    SparseMetadata,
+}
+
+/// A checksum of every byte of metadata a point's file holds (descriptor, header,
+/// directories, tables), so any flipped byte there is found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileCheck {
     /// File name inside the repository.
     pub name: String,
-    /// Bytes covered, from the start of the file.
+    /// Bytes covered (for [`Covers::Prefix`], from the start of the file).
     pub bytes: u64,
     /// crc32 of those bytes.
     pub crc32: u32,
     /// The file's whole length (bytes appended to a file are damage too).
     pub length: u64,
+    /// What the checksum covers.
+    #[serde(default)]
+    pub covers: Covers,
 }
 
 /// Whether a point holds a whole disk or only the changes since its parent.
@@ -114,9 +136,14 @@ impl RepoMeta {
         }
     }
 
-    /// The metadata as stored: pretty JSON, then `crc32 XXXXXXXX` on its own line.
+    /// The metadata as stored (always the version this vdisk writes): pretty JSON, then
+    /// `crc32 XXXXXXXX` on its own line.
     pub fn encode(&self) -> Vec<u8> {
-        let mut text = serde_json::to_string_pretty(self).unwrap_or_default();
+        let current = RepoMeta {
+            version: VERSION,
+            ..self.clone()
+        };
+        let mut text = serde_json::to_string_pretty(&current).unwrap_or_default();
         text.push('\n');
         let crc = crc32fast::hash(text.as_bytes());
         text.push_str(&format!("crc32 {crc:08x}\n"));
@@ -150,17 +177,21 @@ impl RepoMeta {
         if meta.format != FORMAT {
             return Err(Error::invalid("not a vdisk repository"));
         }
-        if meta.version != VERSION {
+        if !(OLDEST_VERSION..=VERSION).contains(&meta.version) {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!(
-                    "repository version {} (vdisk reads {VERSION})",
+                    "repository version {} (vdisk reads versions {OLDEST_VERSION} to {VERSION})",
                     meta.version
                 ),
             ));
         }
         meta.validate()?;
-        Ok(meta)
+        // Held in memory as the current version (what the next write stores).
+        Ok(RepoMeta {
+            version: VERSION,
+            ..meta
+        })
     }
 
     /// Cross-checks no JSON schema can express: numbering, parents, names that stay inside the
@@ -265,6 +296,7 @@ mod tests {
                     bytes: 512,
                     crc32: 9,
                     length: 512,
+                    covers: Covers::Prefix,
                 }],
             });
         }

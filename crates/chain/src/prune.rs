@@ -11,7 +11,7 @@ use vdisk_vmdk::Descriptor;
 use crate::checksums::file_checks;
 use crate::meta::PointKind;
 use crate::repo::Repository;
-use crate::POINT_FORMAT;
+use crate::POINT_LAYOUT;
 
 /// What `prune` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +88,7 @@ impl Repository {
             cid: Some(base.cid),
             ..Default::default()
         };
-        let sink = writer::create(&self.path(&full_name), base.size, POINT_FORMAT, &wopts)?;
+        let sink = writer::create_sparse(&self.path(&full_name), base.size, POINT_LAYOUT, &wopts)?;
         copy_into(&img, sink, opts)?;
         drop(img);
         let stored_name = format!("point-{:06}.g{generation}.stored", base.point);

@@ -10,7 +10,7 @@ use vdisk_bitmap::ChangeMap;
 use vdisk_core::{DiskImage, Result, Throttle};
 use vdisk_diff::{block_hash, ManifestFile};
 
-use crate::checksums::read_prefix;
+use crate::checksums::check_file;
 use crate::hashes::stored_map;
 use crate::meta::{RepoMeta, RestorePoint};
 use crate::repo::Repository;
@@ -155,14 +155,13 @@ impl Repository {
     /// assert_eq!(reports.len(), 2);
     /// assert!(reports.iter().all(|r| r.sound()));
     ///
-    /// // Damage the last grain point 1 stores (its file ends with it): point 1 is damaged,
-    /// // and point 2, which reads through it, is affected.
+    /// // Damage the fourth grain point 1 stores (grains follow a 4 KiB header area, in
+    /// // order): point 1 is damaged, and point 2, which reads through it, is affected.
     /// let extent = std::fs::OpenOptions::new()
     ///     .write(true)
     ///     .open(dir.path().join("point-000001-s001.vmdk"))
     ///     .unwrap();
-    /// let len = extent.metadata().unwrap().len();
-    /// extent.write_all_at(&[0xee], len - 1).unwrap();
+    /// extent.write_all_at(&[0xee], 4096 + 3 * 65536 + 10).unwrap();
     /// let reports = repo.verify(None, &VerifyOptions::default())?;
     /// assert!(matches!(reports[0].problems[..], [PointProblem::GrainMismatch { grain: 3, .. }]));
     /// assert_eq!(reports[1].depends_on_damaged, Some(1));
@@ -213,9 +212,9 @@ impl Repository {
                 }),
                 _ => {}
             }
-            match read_prefix(&self.path(&f.name), f.bytes) {
-                Ok(bytes) if crc32fast::hash(&bytes) == f.crc32 => {}
-                Ok(_) => problems.push(PointProblem::MetadataChecksum {
+            match check_file(&self.dir, f) {
+                Ok(true) => {}
+                Ok(false) => problems.push(PointProblem::MetadataChecksum {
                     file: f.name.clone(),
                 }),
                 Err(e) => problems.push(unreadable(e)),

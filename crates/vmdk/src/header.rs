@@ -520,7 +520,7 @@ mod tests {
         let target = LinkTarget {
             parent_path: &base,
             parent: &parent,
-            subformat: Subformat::MonolithicSparse,
+            layout: crate::writer::Layout::Monolithic,
             opts: &opts,
             on_grain: None,
         };

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use vdisk_core::{is_zero, DiskImage, Error, Result, SECTOR};
 
-use super::{Layout, OutputFiles, SparseImage, Subformat, WriteOptions, GRAIN_SECTORS};
+use super::clustered::ClusteredImage;
+use super::{Layout, OutputFiles, SparseImage, WriteOptions, GRAIN_SECTORS};
 use crate::VmdkImage;
 
 /// Called with every grain a link writer reads from the new image: (grain index, bytes).
@@ -19,8 +20,8 @@ pub struct LinkTarget<'a> {
     pub parent_path: &'a Path,
     /// The parent, opened.
     pub parent: &'a VmdkImage,
-    /// monolithicSparse or twoGbMaxExtentSparse.
-    pub subformat: Subformat,
+    /// How the link's extents are laid out.
+    pub layout: Layout,
     /// Overwrite, adapter, CID.
     pub opts: &'a WriteOptions,
     /// Sees every grain read, e.g. to hash it on the way.
@@ -36,6 +37,33 @@ pub struct LinkStats {
     pub zeroed_grains: u64,
     /// Bytes read from the new image.
     pub bytes_read: u64,
+}
+
+/// The image a link is written as.
+enum LinkImage {
+    Sparse(SparseImage),
+    Clustered(ClusteredImage),
+}
+
+impl LinkImage {
+    fn put_grain(&mut self, g: u64, data: &[u8]) -> Result<()> {
+        match self {
+            LinkImage::Sparse(i) => i.put_grain(g, data),
+            LinkImage::Clustered(i) => i.put_grain(g, data),
+        }
+    }
+    fn put_zero(&mut self, g: u64) -> Result<()> {
+        match self {
+            LinkImage::Sparse(i) => i.put_zero(g),
+            LinkImage::Clustered(i) => i.put_zero(g),
+        }
+    }
+    fn finish_image(self) -> Result<()> {
+        match self {
+            LinkImage::Sparse(i) => i.finish_image(),
+            LinkImage::Clustered(i) => i.finish_image(),
+        }
+    }
 }
 
 /// What a link stores for one changed grain.
@@ -75,17 +103,17 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
     }
 }
 
-/// Write a delta link at `dst` (monolithicSparse, or twoGbMaxExtentSparse with a separate
-/// descriptor) on `link.parent`, holding every grain of `new` that touches a range of
-/// `changed` (`(start, length)` in bytes, sorted; a change map's `extents()` fits). The link reads as `new` wherever `changed`
-/// covers every difference between `new` and the parent.
+/// Write a delta link at `dst` (in `link.layout`: monolithicSparse, twoGbMaxExtentSparse or
+/// clustered) on `link.parent`, holding every grain of `new` that touches a range of
+/// `changed` (`(start, length)` in bytes, sorted; a change map's `extents()` fits). The link
+/// reads as `new` wherever `changed` covers every difference between `new` and the parent.
 ///
 /// A changed grain that is all zero is left out when the parent reads as zero there too, and
 /// written as a zeroed grain otherwise. The link's size is `new`'s size.
 ///
 /// ```
 /// use vdisk_core::{copy_into, CopyOptions, DiskImage, MemImage};
-/// use vdisk_vmdk::writer::{self, write_delta_link, LinkTarget, Subformat, WriteOptions};
+/// use vdisk_vmdk::writer::{self, write_delta_link, Layout, LinkTarget, Subformat, WriteOptions};
 /// use vdisk_vmdk::VmdkImage;
 ///
 /// const G: usize = 64 << 10; // the grain size of every sparse output
@@ -108,7 +136,7 @@ fn parent_hint(dst: &Path, parent: &Path) -> Result<PathBuf> {
 /// let target = LinkTarget {
 ///     parent_path: &base,
 ///     parent: &parent,
-///     subformat: Subformat::MonolithicSparse,
+///     layout: Layout::Monolithic,
 ///     opts: &opts,
 ///     on_grain: None,
 /// };
@@ -159,21 +187,10 @@ pub fn write_delta_link_from(
     let LinkTarget {
         parent_path,
         parent,
-        subformat,
+        layout,
         opts,
         on_grain,
     } = *link;
-    let layout = match subformat {
-        Subformat::MonolithicSparse => Layout::Monolithic,
-        Subformat::TwoGbMaxExtentSparse => Layout::Split,
-        other => {
-            return Err(Error::new(
-                vdisk_core::ErrorKind::InvalidArgument,
-                format!("delta links are sparse: {} cannot be one", other.name()),
-            )
-            .with_path(dst))
-        }
-    };
     let parent_cid = parent.layers()[0]
         .descriptor()
         .cid
@@ -182,7 +199,13 @@ pub fn write_delta_link_from(
     let size = new.size();
     let sectors = size.div_ceil(SECTOR);
     let files = OutputFiles::new(dst, &opts.policy)?;
-    let mut out = SparseImage::create(files, sectors, layout, opts, Some((parent_cid, hint)))?;
+    let parent_link = Some((parent_cid, hint));
+    let mut out = match layout {
+        Layout::Clustered => {
+            LinkImage::Clustered(ClusteredImage::create(files, sectors, opts, parent_link)?)
+        }
+        l => LinkImage::Sparse(SparseImage::create(files, sectors, l, opts, parent_link)?),
+    };
 
     let gb = GRAIN_SECTORS * SECTOR;
     let grain_count = size.div_ceil(gb);
@@ -197,7 +220,7 @@ pub fn write_delta_link_from(
         (off, gb.min(size - off))
     };
     let mut flush =
-        |batch: &mut Vec<u64>, ext: &mut SparseImage, stats: &mut LinkStats| -> Result<()> {
+        |batch: &mut Vec<u64>, ext: &mut LinkImage, stats: &mut LinkStats| -> Result<()> {
             if bufs.len() < batch.len() {
                 bufs.resize_with(batch.len(), Vec::new);
             }

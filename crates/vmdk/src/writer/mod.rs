@@ -8,6 +8,7 @@
 //! image is started), so replacing a multi-file image is atomic: until the descriptor is
 //! renamed over the old one, the old image is whole; after it, the old extents are removed.
 
+mod clustered;
 mod flat;
 mod link;
 mod sparse;
@@ -243,11 +244,43 @@ pub fn create(
 
 /// How a sparse image's extents are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Layout {
+pub enum Layout {
     /// One file, the descriptor embedded (monolithicSparse).
     Monolithic,
     /// A descriptor file and extents of at most 2 GiB (twoGbMaxExtentSparse).
     Split,
+    /// A descriptor file and extents cut along the data, tables only where grains are: what
+    /// backup points are written as, so that a point costs its data, not its disk's size
+    /// (see the `clustered` module). New images only.
+    Clustered,
+}
+
+impl Layout {
+    /// The layout of a sparse subformat (`None` for flat and streamOptimized ones).
+    pub fn of(subformat: Subformat) -> Option<Layout> {
+        match subformat {
+            Subformat::MonolithicSparse => Some(Layout::Monolithic),
+            Subformat::TwoGbMaxExtentSparse => Some(Layout::Split),
+            _ => None,
+        }
+    }
+}
+
+/// Start writing a sparse VMDK of `size` bytes at `dst` in `layout` (no parent).
+pub fn create_sparse(
+    dst: &Path,
+    size: u64,
+    layout: Layout,
+    opts: &WriteOptions,
+) -> Result<Box<dyn ImageSink>> {
+    let sectors = size.div_ceil(SECTOR);
+    let files = OutputFiles::new(dst, &opts.policy)?;
+    Ok(match layout {
+        Layout::Clustered => Box::new(clustered::ClusteredImage::create(
+            files, sectors, opts, None,
+        )?),
+        l => Box::new(SparseImage::create(files, sectors, l, opts, None)?),
+    })
 }
 
 /// The files of one output image: created unnamed, published together, extents first.

@@ -213,6 +213,11 @@ impl SparseImage {
         parent: Option<(u32, PathBuf)>,
     ) -> Result<Self> {
         let zeroed = parent.is_some();
+        if layout == Layout::Clustered {
+            return Err(Error::invalid(
+                "the clustered layout has a writer of its own",
+            ));
+        }
         let split = layout == Layout::Split;
         let (create_type, extents) = if split {
             let count = sectors.div_ceil(SPLIT_SECTORS).max(1);
