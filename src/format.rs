@@ -1,7 +1,7 @@
 use std::path::Path;
 
 use vdisk_core::{DiskImage, Error, ErrorKind, Extent, FileId, Result};
-use vdisk_raw::{RawImage, ReadAhead};
+use vdisk_raw::{Cache, RawImage, ReadAhead};
 use vdisk_vmdk::{FsStore, VmdkImage};
 
 /// An image format vdisk reads.
@@ -37,6 +37,8 @@ pub struct OpenOptions {
     /// Read-ahead on the image's files: off when its reads will be paced (`--io-limit`),
     /// from the first read on.
     pub read_ahead: ReadAhead,
+    /// What becomes of the page cache behind data read once ([`Cache::Forget`]: dropped).
+    pub cache: Cache,
 }
 
 impl OpenOptions {
@@ -44,6 +46,7 @@ impl OpenOptions {
     pub fn store(&self) -> FsStore {
         FsStore {
             read_ahead: self.read_ahead,
+            cache: self.cache,
         }
     }
 }
@@ -118,6 +121,18 @@ impl DiskImage for Image {
             Image::Vmdk(i) => i.read_as_asked(),
         }
     }
+    fn read_once(&self, offset: u64, len: u64) {
+        match self {
+            Image::Raw(i) => i.read_once(offset, len),
+            Image::Vmdk(i) => i.read_once(offset, len),
+        }
+    }
+    fn forget(&self, offset: u64, len: u64) {
+        match self {
+            Image::Raw(i) => i.forget(offset, len),
+            Image::Vmdk(i) => i.forget(offset, len),
+        }
+    }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
@@ -153,7 +168,11 @@ pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
         None => detect(path)?,
     };
     Ok(match format {
-        Format::Raw => Image::Raw(RawImage::open_with(path, opts.read_ahead)?),
+        Format::Raw => Image::Raw(RawImage::open_with_cache(
+            path,
+            opts.read_ahead,
+            opts.cache,
+        )?),
         Format::Vmdk => Image::Vmdk(VmdkImage::open_with(&opts.store(), path, &opts.vmdk)?),
     })
 }

@@ -35,6 +35,11 @@ struct GlobalArgs {
     /// Force the input format instead of detecting it.
     #[arg(short = 'f', long = "format", global = true, value_name = "raw|vmdk")]
     format: Option<Format>,
+    /// Keep what is read once (a backup, a hash, a verify, a restore) in the host's page
+    /// cache; by default the pages a run brings in are dropped behind it, so it does not
+    /// push out the cache of the host and its VMs.
+    #[arg(long, global = true)]
+    keep_cache: bool,
     /// Follow descriptor paths (extents, parents) that are absolute or leave the
     /// descriptor's folder. (A repository's points never name such paths.)
     #[arg(long, global = true)]
@@ -224,6 +229,11 @@ fn main() -> ExitCode {
                 vdisk::raw::ReadAhead::Off
             } else {
                 vdisk::raw::ReadAhead::On
+            },
+            cache: if g.keep_cache {
+                vdisk::raw::Cache::Keep
+            } else {
+                vdisk::raw::Cache::Forget
             },
         },
         throttle: vdisk::Throttle::new(g.io_limit),

@@ -22,7 +22,9 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
-    let mut repository = Repository::open_writable(&a.repo)?.with_read_ahead(ctx.open.read_ahead);
+    let mut repository = Repository::open_writable(&a.repo)?
+        .with_read_ahead(ctx.open.read_ahead)
+        .with_cache(ctx.open.cache);
     let progress = ctx.progress(repository.prune_bytes(a.keep));
     let tick = |n: u64| progress.tick(n);
     let opts = CopyOptions {

@@ -35,7 +35,9 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let target = target(a.output_format, a.vmdk.subformat).map_err(|e| e.with_path(&a.dst))?;
-    let repository = Repository::open(&a.repo)?.with_read_ahead(ctx.open.read_ahead);
+    let repository = Repository::open(&a.repo)?
+        .with_read_ahead(ctx.open.read_ahead)
+        .with_cache(ctx.open.cache);
     let image = repository.checked_point(a.point)?;
     let mut protected = Protected::new();
     protected.add_folder(repository.dir())?;

@@ -22,7 +22,9 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
-    let repository = Repository::open(&a.repo)?.with_read_ahead(ctx.open.read_ahead);
+    let repository = Repository::open(&a.repo)?
+        .with_read_ahead(ctx.open.read_ahead)
+        .with_cache(ctx.open.cache);
     let progress = ctx.progress(repository.verify_bytes(a.point));
     let tick = |n: u64| progress.tick(n);
     let opts = VerifyOptions {

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use vdisk_core::{Error, ErrorKind, Result};
-use vdisk_raw::ReadAhead;
+use vdisk_raw::{Cache, ReadAhead};
 use vdisk_vmdk::{FsStore, OpenOptions, VmdkImage};
 
 use crate::lock::{RepoLock, LOCK_FILE};
@@ -21,6 +21,8 @@ pub struct Repository {
     lock: Option<RepoLock>,
     /// Read-ahead on the points' files (off when reads are paced).
     read_ahead: ReadAhead,
+    /// The page-cache policy for the points' files.
+    cache: Cache,
 }
 
 pub(crate) fn repo_err(dir: &Path, kind: ErrorKind, msg: impl Into<String>) -> Error {
@@ -56,6 +58,7 @@ impl Repository {
             meta: Some(Self::load(dir)?),
             lock: None,
             read_ahead: ReadAhead::On,
+            cache: Cache::Keep,
         })
     }
 
@@ -72,6 +75,7 @@ impl Repository {
             meta: Some(meta),
             lock: Some(lock),
             read_ahead: ReadAhead::On,
+            cache: Cache::Keep,
         };
         repo.clean_up()?;
         Ok(repo)
@@ -117,6 +121,7 @@ impl Repository {
             meta,
             lock: Some(lock),
             read_ahead: ReadAhead::On,
+            cache: Cache::Keep,
         };
         repo.clean_up()?;
         Ok(repo)
@@ -166,6 +171,13 @@ impl Repository {
         self
     }
 
+    /// Drop the points' data from the page cache behind reads of it (verify, restore), or
+    /// keep it ([`Cache::Keep`], the default).
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = cache;
+        self
+    }
+
     /// The metadata (`None` before the first backup).
     pub fn meta(&self) -> Option<&RepoMeta> {
         self.meta.as_ref()
@@ -211,6 +223,7 @@ impl Repository {
     pub fn open_point(&self, p: &RestorePoint) -> Result<VmdkImage> {
         let store = FsStore {
             read_ahead: self.read_ahead,
+            cache: self.cache,
         };
         VmdkImage::open_with(&store, &self.path(&p.image), &OpenOptions::default()).map_err(|e| {
             if e.kind() == ErrorKind::PathRefused {

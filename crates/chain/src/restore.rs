@@ -307,6 +307,14 @@ impl DiskImage for CheckedPoint {
         self.image.read_as_asked()
     }
 
+    fn read_once(&self, offset: u64, len: u64) {
+        self.image.read_once(offset, len)
+    }
+
+    fn forget(&self, offset: u64, len: u64) {
+        self.image.forget(offset, len)
+    }
+
     fn files(&self) -> Vec<FileId> {
         let mut f = self.image.files();
         f.push(self.manifest.id());

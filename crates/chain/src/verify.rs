@@ -274,9 +274,11 @@ impl Repository {
                         t.take(len);
                     }
                     let data = &mut buf[..len as usize];
+                    img.read_once(off, len);
                     let ok = img
                         .read_layer_only(0, data, off)
                         .and_then(|_| Ok(manifest.hash(b)? == Some(block_hash(data))));
+                    img.forget(off, len);
                     if let Some(pr) = opts.progress {
                         pr(len);
                     }

@@ -89,6 +89,20 @@ pub trait DiskImage: Send + Sync {
     /// the pace holds in every second, not just on average.
     fn read_as_asked(&self) {}
 
+    /// `len` bytes at `offset` are about to be read once (a backup, a hash, a restore): the
+    /// image notes which of the pages behind them the host caches already, so that
+    /// [`DiskImage::forget`] drops only what this read brings in. Images opened to keep the
+    /// cache (the default) do nothing.
+    fn read_once(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
+    /// The range read once is done: drop from the host's page cache the pages this read
+    /// brought in (behind the reader), keeping what was cached before.
+    fn forget(&self, offset: u64, len: u64) {
+        let _ = (offset, len);
+    }
+
     /// The files this image reads (every file of a chain: descriptors, extents, parents), by
     /// identity. Writers refuse an output that is one of them, whatever its name.
     fn files(&self) -> Vec<FileId> {
@@ -152,6 +166,12 @@ macro_rules! forward_disk_image {
             }
             fn read_as_asked(&self) {
                 (**self).read_as_asked()
+            }
+            fn read_once(&self, offset: u64, len: u64) {
+                (**self).read_once(offset, len)
+            }
+            fn forget(&self, offset: u64, len: u64) {
+                (**self).forget(offset, len)
             }
             fn files(&self) -> Vec<FileId> {
                 (**self).files()

@@ -155,6 +155,7 @@ pub fn copy_into<'s>(
                 // byte.
                 let n = len as usize;
                 let dst = &mut buf[..n];
+                img.read_once(off, len);
                 match opts.throttle {
                     // Read in small paced pieces, so no second reads much more than the rate.
                     Some(t) => t.paced(len, |o, k| {
@@ -191,6 +192,10 @@ pub fn copy_into<'s>(
      -> Result<()> {
         let (stored, fresh) = rayon::join(|| store(sink, pending), || read(batch));
         stored?;
+        // Read once and stored: drop behind the reader what the read brought into the cache.
+        for (off, n, _) in pending.iter() {
+            img.forget(*off, *n as u64);
+        }
         if let Ok(mut p) = pool.lock() {
             p.extend(pending.drain(..).map(|(_, _, buf)| buf));
         }
@@ -241,6 +246,9 @@ pub fn copy_into<'s>(
     }
     step(&mut batch, &mut pending, &mut sink)?;
     store(&mut sink, &pending)?;
+    for (off, n, _) in &pending {
+        img.forget(*off, *n as u64);
+    }
     sink.finish()?;
     Ok(CopyStats { size, bytes_read })
 }

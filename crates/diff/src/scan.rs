@@ -227,6 +227,8 @@ pub fn diff(
             end,
             g,
         );
+        old.read_once(start, end - start);
+        new.read_once(start, end - start);
         let changed: Vec<Vec<u64>> = work
             .par_iter()
             .map_init(
@@ -269,6 +271,8 @@ pub fn diff(
         }
         old.release(start, end - start);
         new.release(start, end - start);
+        old.forget(start, end - start);
+        new.forget(start, end - start);
         opts.tick(end - start);
         start = end;
     }
@@ -299,6 +303,7 @@ fn digest_window(
 ) -> Result<Vec<BlockDigest>> {
     let g = opts.granularity;
     let work = tasks(&[data_ranges(img, start, end)?], start, end, g);
+    img.read_once(start, end - start);
     let parts: Vec<Vec<BlockDigest>> = work
         .par_iter()
         .map_init(Vec::new, |buf, &(s, e)| -> Result<Vec<BlockDigest>> {
@@ -334,6 +339,7 @@ fn digest_window(
         })
         .collect::<Result<_>>()?;
     img.release(start, end - start);
+    img.forget(start, end - start);
     Ok(parts.into_iter().flatten().collect())
 }
 

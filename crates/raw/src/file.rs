@@ -20,6 +20,25 @@ pub enum ReadAhead {
     Off,
 }
 
+/// What becomes of the host's page cache behind data read once (a backup, a hash, a
+/// restore).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cache {
+    /// Leave it as the kernel does: what was read stays cached.
+    #[default]
+    Keep,
+    /// Drop the pages a read brought in once it is done with them, so that reading a disk
+    /// once does not push the host's (and its VMs') own cache out; pages that were cached
+    /// before the read stay.
+    Forget,
+}
+
+/// Residency is noted per region of this many bytes (a 256 KiB vector each)...
+const REGION: u64 = 1 << 30;
+/// ...for at most this many regions per file at once (16 MiB).
+const MAX_SNAPSHOTS: usize = 64;
+const PAGE: u64 = 4096;
+
 /// Reads of at least this many bytes use pread rather than a copy from the map.
 const PREAD_FROM: usize = 32 << 10;
 
@@ -37,6 +56,10 @@ pub struct MappedFile {
     len: u64,
     path: PathBuf,
     id: FileId,
+    cache: Cache,
+    /// Page residency of regions before anything in them was read (region start, one byte
+    /// per page).
+    snapshots: std::sync::Mutex<Vec<(u64, Vec<u8>)>>,
 }
 
 impl MappedFile {
@@ -79,6 +102,8 @@ impl MappedFile {
             len,
             path: path.to_path_buf(),
             id: crate::output::file_id(&meta),
+            cache: Cache::Keep,
+            snapshots: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -90,6 +115,100 @@ impl MappedFile {
     /// Whether the file is empty.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The same file, with `cache` as its page-cache policy for data read once.
+    pub fn with_cache(mut self, cache: Cache) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// `len` bytes at `offset` are about to be read once: note which pages of the regions
+    /// they fall in the host caches already (so that [`MappedFile::forget`] drops only what
+    /// reading brings in). A region is looked at once, before anything in it is read, so that
+    /// pages the kernel reads ahead for this run are not taken for the host's. Does nothing
+    /// under [`Cache::Keep`] or without a map.
+    pub fn read_once(&self, offset: u64, len: u64) {
+        let (Cache::Forget, Some(m)) = (self.cache, &self.map) else {
+            return;
+        };
+        let end = offset.saturating_add(len).min(self.len);
+        if offset >= end {
+            return;
+        }
+        let mut snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        for region in offset / REGION..=(end - 1) / REGION {
+            let start = region * REGION;
+            if snaps.iter().any(|(s, _)| *s == start) {
+                continue;
+            }
+            let stop = (start + REGION).min(self.len);
+            let mut resident = vec![0u8; (stop - start).div_ceil(PAGE) as usize];
+            // SAFETY: mincore only reads the residency of pages of our own mapping, from a
+            // page-aligned address inside it, into a vector of one byte per page.
+            let r = unsafe {
+                libc::mincore(
+                    m.as_ptr().add(start as usize) as *mut libc::c_void,
+                    (stop - start) as usize,
+                    resident.as_mut_ptr(),
+                )
+            };
+            if r != 0 {
+                return;
+            }
+            if snaps.len() >= MAX_SNAPSHOTS {
+                snaps.remove(0);
+            }
+            snaps.push((start, resident));
+        }
+    }
+
+    /// The range read once is done: drop from the page cache the pages of it that were not
+    /// cached when [`MappedFile::read_once`] looked at their region (pages of regions never
+    /// looked at are kept).
+    pub fn forget(&self, offset: u64, len: u64) {
+        if self.cache != Cache::Forget {
+            return;
+        }
+        let start = offset.min(self.len) / PAGE * PAGE;
+        let end = offset.saturating_add(len).min(self.len);
+        let snaps = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut runs = Vec::new();
+        let mut drop_from: Option<u64> = None;
+        let mut page = start;
+        while page < end {
+            let region = page / REGION * REGION;
+            let was_cached = snaps
+                .iter()
+                .find(|(s, _)| *s == region)
+                .is_none_or(|(s, v)| v[((page - s) / PAGE) as usize] & 1 != 0);
+            match (was_cached, drop_from) {
+                (false, None) => drop_from = Some(page),
+                (true, Some(f)) => {
+                    runs.push((f, page));
+                    drop_from = None;
+                }
+                _ => {}
+            }
+            page += PAGE;
+        }
+        if let Some(f) = drop_from {
+            runs.push((f, end));
+        }
+        drop(snaps);
+        use std::os::unix::io::AsRawFd;
+        for (a, b) in runs {
+            // SAFETY: posix_fadvise only asks the kernel to drop clean cached pages of our
+            // file; the data stays on disk and later reads fetch it again.
+            unsafe {
+                libc::posix_fadvise(
+                    self.file.as_raw_fd(),
+                    a as libc::off_t,
+                    (b - a) as libc::off_t,
+                    libc::POSIX_FADV_DONTNEED,
+                );
+            }
+        }
     }
 
     /// The file's identity (device and inode), taken when it was opened.

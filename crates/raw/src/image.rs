@@ -2,7 +2,7 @@ use std::path::Path;
 
 use vdisk_core::{check_range, Allocation, DiskImage, Extent, FileId, Result};
 
-use crate::{data_ranges, MappedFile, ReadAhead};
+use crate::{data_ranges, Cache, MappedFile, ReadAhead};
 
 /// A raw disk image: the file's bytes are the disk's bytes.
 #[derive(Debug)]
@@ -42,7 +42,13 @@ impl RawImage {
 
     /// Open `path` as a raw image, with read-ahead as `read_ahead` says.
     pub fn open_with(path: &Path, read_ahead: ReadAhead) -> Result<Self> {
-        let file = MappedFile::open_with(path, read_ahead)?;
+        Self::open_with_cache(path, read_ahead, Cache::Keep)
+    }
+
+    /// Open `path` as a raw image, with read-ahead as `read_ahead` says and `cache` as its
+    /// page-cache policy for data read once.
+    pub fn open_with_cache(path: &Path, read_ahead: ReadAhead, cache: Cache) -> Result<Self> {
+        let file = MappedFile::open_with(path, read_ahead)?.with_cache(cache);
         vdisk_core::check_disk_size(file.len()).map_err(|e| e.with_path(path))?;
         Ok(RawImage { file })
     }
@@ -124,6 +130,14 @@ impl DiskImage for RawImage {
 
     fn read_as_asked(&self) {
         self.file.read_as_asked()
+    }
+
+    fn read_once(&self, offset: u64, len: u64) {
+        self.file.read_once(offset, len)
+    }
+
+    fn forget(&self, offset: u64, len: u64) {
+        self.file.forget(offset, len)
     }
 }
 

@@ -18,7 +18,7 @@ mod output;
 mod writer;
 
 pub use device::{DeviceWriter, RawSink};
-pub use file::{MappedFile, ReadAhead};
+pub use file::{Cache, MappedFile, ReadAhead};
 pub use holes::data_ranges;
 pub use image::RawImage;
 pub use output::{disk_usage, file_id, read_head, Destination, Existing, OutputPolicy, Protected};

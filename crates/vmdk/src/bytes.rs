@@ -29,6 +29,20 @@ impl Bytes {
         self.len() == 0
     }
 
+    /// See [`MappedFile::read_once`] (files on disk only).
+    pub fn read_once(&self, offset: u64, len: u64) {
+        if let Bytes::File(f) = self {
+            f.read_once(offset, len)
+        }
+    }
+
+    /// See [`MappedFile::forget`] (files on disk only).
+    pub fn forget(&self, offset: u64, len: u64) {
+        if let Bytes::File(f) = self {
+            f.forget(offset, len)
+        }
+    }
+
     /// Stop read-ahead on a file on disk (reads are being paced).
     pub fn read_as_asked(&self) {
         if let Bytes::File(f) = self {
@@ -131,11 +145,15 @@ pub trait FileStore: Send + Sync {
 pub struct FsStore {
     /// Read-ahead on the files (off when reads are paced).
     pub read_ahead: vdisk_raw::ReadAhead,
+    /// The page-cache policy for data read once.
+    pub cache: vdisk_raw::Cache,
 }
 
 impl FileStore for FsStore {
     fn load(&self, path: &Path) -> Result<Bytes> {
-        Ok(Bytes::File(MappedFile::open_with(path, self.read_ahead)?))
+        Ok(Bytes::File(
+            MappedFile::open_with(path, self.read_ahead)?.with_cache(self.cache),
+        ))
     }
 
     fn identity(&self, path: &Path) -> Result<PathBuf> {

@@ -57,6 +57,55 @@ impl VmdkImage {
         Ok(())
     }
 
+    /// Hand `f` the file ranges reads of `len` bytes at `offset` would touch, through the
+    /// chain: `(file, offset in it, length)`.
+    fn file_ranges<'a>(
+        &'a self,
+        depth: usize,
+        offset: u64,
+        len: u64,
+        f: &mut dyn FnMut(&'a Bytes, u64, u64),
+    ) -> Result<()> {
+        let layer = &self.layers[depth];
+        let end = offset + len;
+        let mut off = offset;
+        while off < end && off < layer.size {
+            let (n, run) = layer.run_at(off, (end - off).min(layer.size - off))?;
+            let n = n.clamp(1, end - off);
+            match run {
+                LayerRun::File(file, at) => f(file, at, n),
+                LayerRun::Compressed(ext, grain, _) => {
+                    if let crate::sparse::GrainEntry::Data(pos) = ext.grain(grain) {
+                        if let Ok((start, size, _)) = ext.compressed_span(pos) {
+                            f(ext.bytes(), start as u64, size as u64);
+                        }
+                    }
+                }
+                LayerRun::Zero => {}
+                LayerRun::Unallocated if depth + 1 < self.layers.len() => {
+                    self.file_ranges(depth + 1, off, n, f)?
+                }
+                LayerRun::Unallocated => {}
+            }
+            off += n;
+        }
+        Ok(())
+    }
+
+    /// Call `f` on each file range behind `[offset, offset + len)`, adjacent ranges of a
+    /// file joined.
+    fn each_file_range(&self, offset: u64, len: u64, f: impl Fn(&Bytes, u64, u64)) {
+        // Ranges of one file that touch (grains appended in order usually do) are joined.
+        let mut joined: Vec<(&Bytes, u64, u64)> = Vec::new();
+        let _ = self.file_ranges(0, offset, len, &mut |b, at, n| match joined.last_mut() {
+            Some(l) if std::ptr::eq(l.0, b) && l.1 + l.2 == at => l.2 += n,
+            _ => joined.push((b, at, n)),
+        });
+        for (b, at, n) in joined {
+            f(b, at, n);
+        }
+    }
+
     fn allocation_layer(
         &self,
         depth: usize,
@@ -208,6 +257,14 @@ impl DiskImage for VmdkImage {
         for l in &self.layers {
             l.read_as_asked();
         }
+    }
+
+    fn read_once(&self, offset: u64, len: u64) {
+        self.each_file_range(offset, len, |b, at, n| b.read_once(at, n));
+    }
+
+    fn forget(&self, offset: u64, len: u64) {
+        self.each_file_range(offset, len, |b, at, n| b.forget(at, n));
     }
 
     fn release(&self, offset: u64, len: u64) {

@@ -230,6 +230,7 @@ pub fn write_delta_link_from(
                 .zip(bufs.par_iter_mut())
                 .map(|(&g, buf)| {
                     let (off, len) = grain_range(g);
+                    new.read_once(off, len);
                     let lent = new.mapped(off, len);
                     let data = match lent {
                         Some(d) => d,
@@ -253,7 +254,8 @@ pub fn write_delta_link_from(
                 })
                 .collect::<Result<_>>()?;
             for ((&g, buf), (lent, plan)) in batch.iter().zip(&bufs).zip(plans) {
-                stats.bytes_read += grain_range(g).1;
+                let (off, len) = grain_range(g);
+                stats.bytes_read += len;
                 match plan {
                     GrainPlan::Data => {
                         ext.put_grain(g, lent.unwrap_or(buf))?;
@@ -265,6 +267,8 @@ pub fn write_delta_link_from(
                     }
                     GrainPlan::Skip => {}
                 }
+                // Read once and written: drop behind the reader what it brought into the cache.
+                new.forget(off, len);
             }
             batch.clear();
             Ok(())
