@@ -20,7 +20,7 @@ pub struct Repository {
     /// Held by writable handles.
     lock: Option<RepoLock>,
     /// Read-ahead on the points' files (off when reads are paced).
-    read_ahead: ReadAhead,
+    pub(crate) read_ahead: ReadAhead,
 }
 
 pub(crate) fn repo_err(dir: &Path, kind: ErrorKind, msg: impl Into<String>) -> Error {
