@@ -1674,7 +1674,8 @@ fn sample_reads(dir: &Path, args: &[&str]) -> (Option<i32>, String, Vec<(f64, u6
         .unwrap();
     let io = format!("/proc/{}/io", child.id());
     let start = Instant::now();
-    let mut samples = Vec::new();
+    // Nothing was read before the process started.
+    let mut samples = vec![(0.0, 0)];
     let status = loop {
         if let Ok(text) = std::fs::read_to_string(&io) {
             let t = start.elapsed().as_secs_f64();
@@ -1715,16 +1716,29 @@ fn read_at_time(samples: &[(f64, u64)], t: f64) -> f64 {
     b0 as f64 + (b1 as f64 - b0 as f64) * (t - t0) / (t1 - t0)
 }
 
-/// The share of `rate` read in each one-second window from the first byte read to the
-/// last, by the window's start.
-fn second_windows(what: &str, samples: &[(f64, u64)], rate: u64) -> Vec<(f64, f64)> {
+/// The share of `rate` read in each one-second window that ends by the last read, by
+/// the window's start: all of them (`from_start`: a burst as the command opens its files
+/// counts too), or those from the first byte read on (before it, the process was starting).
+fn second_windows(
+    what: &str,
+    samples: &[(f64, u64)],
+    rate: u64,
+    from_start: bool,
+) -> Vec<(f64, f64)> {
     let first = samples
         .iter()
         .position(|s| s.1 > 0)
         .unwrap_or_else(|| panic!("{what}: nothing read from the disk"));
+    // The end of the paced reading: a few small reads may follow much later (folder blocks
+    // when the output is linked into place after a long sync), and are not part of it.
     let total = samples.last().unwrap().1;
-    let end = samples.iter().find(|s| s.1 == total).unwrap().0;
-    let windows: Vec<(f64, f64)> = samples[first..]
+    let end = samples
+        .iter()
+        .find(|s| s.1 + (256 << 10) >= total)
+        .unwrap()
+        .0;
+    let from = if from_start { 0 } else { first };
+    let windows: Vec<(f64, f64)> = samples[from..]
         .iter()
         .filter(|s| s.0 + 1.0 <= end)
         .map(|&(t, b)| (t, (read_at_time(samples, t + 1.0) - b as f64) / rate as f64))
@@ -1741,13 +1755,13 @@ fn second_windows(what: &str, samples: &[(f64, u64)], rate: u64) -> Vec<(f64, f6
 /// for every command". The commands run one after another (their reads would add up), each
 /// on files evicted from the page cache, on a real disk (the build's temporary folder).
 ///
-/// No second may read more than 1.1 times the limit, in any run. Less than 0.9 times is also
-/// what a stalled disk or a starved process on a busy machine shows (the throttle never makes
-/// up lost time beyond a 20 ms credit, so that no second bursts), so a command whose slowest
-/// second falls short runs again from the same state, three times in all. If none of the
-/// three holds every second, the best must still read 0.9 to 1.1 times the limit over its
-/// whole run, and no second under half of it: what counting bytes twice or sleeping too long
-/// would break.
+/// No second may read more than 1.1 times the limit, in any run (from the process's start:
+/// a burst while opening files counts). Less than 0.9 times is also what a stalled disk or a
+/// starved process on a busy machine shows (the throttle never makes up lost time beyond a
+/// 20 ms credit, so that no second bursts), so a command whose slowest second falls short
+/// runs again from the same state, three times in all; one of them must hold every second.
+/// What falls short by design (bytes counted twice, reads too slow for the pace) falls short
+/// every time.
 #[test]
 fn io_limit_holds_every_second_for_every_command() {
     let _serial = serial();
@@ -1792,7 +1806,6 @@ fn io_limit_holds_every_second_for_every_command() {
     let mut report = Vec::new();
     for (i, (args, code)) in commands.iter().enumerate() {
         let what = args.join(" ");
-        let mut best: Option<(f64, f64)> = None;
         for attempt in 1..=3 {
             prepare(i);
             evict_page_cache(dir);
@@ -1800,38 +1813,23 @@ fn io_limit_holds_every_second_for_every_command() {
             full.extend(args);
             let (got, err, samples) = sample_reads(dir, &full);
             assert_eq!(got, Some(*code), "{what}: {err}");
-            let windows = second_windows(&what, &samples, rate);
-            let low = windows.iter().map(|w| w.1).fold(f64::MAX, f64::min);
-            let high = windows.iter().map(|w| w.1).fold(f64::MIN, f64::max);
-            if let Some((t, share)) = windows.iter().find(|w| w.1 > 1.1) {
+            let all = second_windows(&what, &samples, rate, true);
+            if let Some((t, share)) = all.iter().find(|w| w.1 > 1.1) {
                 panic!("{what}: the second from {t:.2} s read {share:.3} x the limit");
             }
+            let windows = second_windows(&what, &samples, rate, false);
+            let low = windows.iter().map(|w| w.1).fold(f64::MAX, f64::min);
+            let high = all.iter().map(|w| w.1).fold(f64::MIN, f64::max);
             if low >= 0.9 {
                 report.push(format!("{what}: {low:.3}..{high:.3}"));
-                best = None;
                 break;
             }
-            // The whole run's rate, from the first byte read to the last.
-            let first = samples.iter().find(|s| s.1 > 0).unwrap();
-            let last = samples
-                .iter()
-                .find(|s| s.1 == samples.last().unwrap().1)
-                .unwrap();
-            let overall = (last.1 - first.1) as f64 / (last.0 - first.0) / rate as f64;
             let (t, _) = windows.iter().find(|w| w.1 == low).unwrap();
-            eprintln!(
-                "{what} (run {attempt}): the second from {t:.2} s read {low:.3} x the limit, the run {overall:.3} x"
-            );
-            if best.is_none_or(|b| low > b.0) {
-                best = Some((low, overall));
-            }
-        }
-        if let Some((low, overall)) = best {
             assert!(
-                low >= 0.5 && (0.9..=1.1).contains(&overall),
-                "{what}: in the best of three runs a second read {low:.3} x the limit, the run {overall:.3} x"
+                attempt < 3,
+                "{what}: three runs in a row had a second under 0.9 x the limit (the last: {low:.3} from {t:.2} s)"
             );
-            report.push(format!("{what}: {low:.3} (stalled), run {overall:.3}"));
+            eprintln!("{what} (run {attempt}): the second from {t:.2} s read {low:.3} x the limit");
         }
         if i == 4 {
             copy_folder(&dir.join("repo"), &dir.join("repo-1"));
