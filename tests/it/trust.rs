@@ -700,7 +700,7 @@ fn a_point_naming_a_file_outside_the_repository_is_refused_without_suggesting_an
             "{args:?}: {r:#?}"
         );
     }
-    // Point 1 does not depend on point 2 and still restores.
+    // Put back, the repository verifies again.
     std::fs::write(&desc_path, desc).unwrap();
     ok(dir, &["verify", "repo"]);
 }
@@ -766,7 +766,8 @@ fn a_disk_of_a_million_bytes_backs_up_verifies_and_restores_exactly() {
 }
 
 // ---------------------------------------------------------------------------------------
-// System-call injection (strace): runs killed, or failed with ENOSPC, at the Nth call.
+// 2, 9, 10. System-call injection (strace): runs killed, or failed with ENOSPC, at the Nth
+// call.
 
 /// Tests that inject with strace or measure read rates run one at a time: each counts on
 /// its own child's timing and I/O.
