@@ -34,7 +34,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         Some(p) => Some(super::bitmap::load(p)?),
         None => None,
     };
-    let mut repository = Repository::open_or_create(&a.repo)?;
+    // Paced reads read no more than asked, in the repository too (the previous point, which
+    // an incremental links to, is read through a map).
+    let mut repository = Repository::open_or_create(&a.repo)?
+        .with_read_ahead(ctx.open.read_ahead)
+        .with_cache(ctx.open.cache);
     let progress = ctx.progress(img.size());
     let tick = |n: u64| progress.tick(n);
     let opts = BackupOptions {

@@ -38,8 +38,13 @@ impl Run {
 }
 
 /// Run `cmd` to completion, measuring time and peak RSS. Panics if it cannot start.
-pub fn run(mut cmd: Command) -> Run {
-    cmd.stdin(Stdio::null())
+pub fn run(cmd: Command) -> Run {
+    run_with_stdin(cmd, Stdio::null())
+}
+
+/// [`run`], with `stdin` as the command's standard input.
+pub fn run_with_stdin(mut cmd: Command, stdin: Stdio) -> Run {
+    cmd.stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let start = Instant::now();

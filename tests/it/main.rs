@@ -14,4 +14,5 @@ mod hostile;
 mod interop;
 mod roundtrip;
 mod stream_spec;
+mod trust;
 mod write;

@@ -15,7 +15,7 @@ use vdisk_raw::{OutputPolicy, Protected};
 use vdisk_vmdk::writer::{
     self, write_delta_link, write_delta_link_from, LinkStats, LinkTarget, WriteOptions,
 };
-use vdisk_vmdk::VmdkImage;
+use vdisk_vmdk::{FsStore, OpenOptions, VmdkImage};
 
 use crate::hashes::{merge_manifest, open_manifest, stored_map, write_manifest};
 use crate::meta::{now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint};
@@ -217,7 +217,11 @@ impl Repository {
         image: &str,
         stored_name: &str,
     ) -> Result<(VmdkImage, ChangeMap, Vec<FileCheck>)> {
-        let img = VmdkImage::open(&self.path(image))?;
+        let store = FsStore {
+            read_ahead: self.read_ahead,
+            cache: self.cache,
+        };
+        let img = VmdkImage::open_with(&store, &self.path(image), &OpenOptions::default())?;
         let stored = stored_map(&img)?;
         vdisk_raw::write_file(
             &self.path(stored_name),

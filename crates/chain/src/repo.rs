@@ -20,9 +20,9 @@ pub struct Repository {
     /// Held by writable handles.
     lock: Option<RepoLock>,
     /// Read-ahead on the points' files (off when reads are paced).
-    read_ahead: ReadAhead,
+    pub(crate) read_ahead: ReadAhead,
     /// The page-cache policy for the points' files.
-    cache: Cache,
+    pub(crate) cache: Cache,
 }
 
 pub(crate) fn repo_err(dir: &Path, kind: ErrorKind, msg: impl Into<String>) -> Error {
