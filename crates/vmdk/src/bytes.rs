@@ -124,6 +124,12 @@ pub trait FileStore: Send + Sync {
 
     /// A name that is the same for every path that reaches the same file (for loop detection).
     fn identity(&self, path: &Path) -> Result<PathBuf>;
+
+    /// Whether there is a file at `path` (to choose between the names a descriptor's file
+    /// may have: decoded from its `encoding`, or as written).
+    fn exists(&self, path: &Path) -> bool {
+        self.identity(path).is_ok()
+    }
 }
 
 /// Files on the local file system, memory-mapped.
@@ -171,5 +177,9 @@ impl FileStore for MemStore {
 
     fn identity(&self, path: &Path) -> Result<PathBuf> {
         Ok(path.to_path_buf())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
     }
 }

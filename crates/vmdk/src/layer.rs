@@ -200,7 +200,7 @@ impl Layer {
                     | ExtentType::SeSparse,
                 ) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
-                    let p = resolve_relative(dir, name, opts.allow_outside_paths, "extent file")?;
+                    let p = resolve_name(store, &descriptor, dir, name, opts, "extent file")?;
                     let storage = open_extent(store, &p, line, &mut opened, &mut identities)
                         .map_err(|e| e.with_path(&p))?;
                     (Some(p), storage)
@@ -355,9 +355,17 @@ impl Layer {
         let max = max.min(ext.len - within);
         Ok(match &ext.storage {
             Storage::Zero => (max, LayerRun::Zero),
+            // A flat file shorter than its extent reads as zero past its end, and qemu-img
+            // maps that tail as zero: so does vdisk.
             Storage::Flat {
                 file, offset: base, ..
-            } => (max, LayerRun::File(file, base.saturating_add(within))),
+            } => {
+                let pos = base.saturating_add(within);
+                match file.len().checked_sub(pos) {
+                    Some(left) if left > 0 => (max.min(left), LayerRun::File(file, pos)),
+                    _ => (max, LayerRun::Zero),
+                }
+            }
             Storage::Sparse(s) => {
                 if within >= s.capacity() {
                     return Ok((max, LayerRun::Unallocated));
@@ -416,6 +424,30 @@ impl Layer {
         };
         Ok((len, alloc))
     }
+}
+
+/// Resolve `name`, a file name as written in `descriptor` (at `dir`), to the file the store
+/// has: the name decoded from the descriptor's `encoding` first, then the bytes as written.
+/// When neither exists, the decoded name is returned (its error names what was looked for).
+pub(crate) fn resolve_name(
+    store: &dyn FileStore,
+    descriptor: &Descriptor,
+    dir: &Path,
+    name: &Path,
+    opts: &OpenOptions,
+    what: &str,
+) -> Result<PathBuf> {
+    let candidates = descriptor.name_candidates(name);
+    let mut resolved = Vec::with_capacity(candidates.len());
+    for c in &candidates {
+        resolved.push(resolve_relative(dir, c, opts.allow_outside_paths, what)?);
+    }
+    if resolved.len() > 1 {
+        if let Some(p) = resolved.iter().find(|p| store.exists(p)) {
+            return Ok(p.clone());
+        }
+    }
+    Ok(resolved.swap_remove(0))
 }
 
 fn open_extent(
