@@ -176,7 +176,7 @@ impl Layer {
         }
         if !crate::descriptor::looks_like_descriptor(head) {
             return Err(Error::invalid(
-                "not a VMDK: no sparse header magic and no \"# Disk DescriptorFile\" line",
+                "not a VMDK: no sparse header magic, and not descriptor text (its first line sets neither version=, CID= nor createType=)",
             ));
         }
         let text = bytes.require_slice()?;
@@ -200,7 +200,8 @@ impl Layer {
                     | ExtentType::SeSparse,
                 ) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
-                    let p = resolve_name(store, &descriptor, dir, name, opts, "extent file")?;
+                    let p = resolve_name(store, &descriptor, dir, name, opts, "extent file")
+                        .map_err(|e| device_refusal(e, &descriptor))?;
                     let storage = open_extent(store, &p, line, &mut opened, &mut identities)
                         .map_err(|e| e.with_path(&p))?;
                     (Some(p), storage)
@@ -423,6 +424,25 @@ impl Layer {
             LayerRun::Unallocated => Allocation::Unallocated,
         };
         Ok((len, alloc))
+    }
+}
+
+/// A refused extent path of a raw-device descriptor (VirtualBox's `createrawvmdk`, VMware's
+/// physical disks) says why it is outside: the descriptor reads a disk of this machine.
+fn device_refusal(e: Error, descriptor: &Descriptor) -> Error {
+    match descriptor.create_type.as_deref() {
+        Some(ct @ ("fullDevice" | "partitionedDevice"))
+            if e.kind() == vdisk_core::ErrorKind::PathRefused =>
+        {
+            Error::new(
+                e.kind(),
+                format!(
+                    "{} (this {ct} descriptor reads a disk of the machine it was made on)",
+                    e.message()
+                ),
+            )
+        }
+        _ => e,
     }
 }
 

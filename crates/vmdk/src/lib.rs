@@ -36,7 +36,7 @@ mod stream_reader;
 pub mod testing;
 pub mod writer;
 
-pub use bytes::{Bytes, FileStore, FsStore, MemStore};
+pub use bytes::{Bytes, FileRange, FileStore, FsStore, MemStore};
 pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
 pub use cowd::{
     CowdExtent, CowdGrain, CowdHeader, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES, COWD_MAGIC,

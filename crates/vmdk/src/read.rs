@@ -5,7 +5,6 @@ use vdisk_core::{
     check_range, coalesce, Allocation, DiskImage, Error, ErrorKind, Extent, FileId, Result,
 };
 
-use crate::bytes::Bytes;
 use crate::chain::VmdkImage;
 use crate::layer::{LayerRun, Storage};
 
@@ -225,9 +224,7 @@ impl DiskImage for VmdkImage {
                 file, offset: base, ..
             } = &ext.storage
             {
-                if let Bytes::File(f) = &**file {
-                    f.release(base.saturating_add(off - ext.start), stop - off);
-                }
+                file.release(base.saturating_add(off - ext.start), stop - off);
             }
             off = stop;
         }
