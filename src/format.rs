@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use vdisk_core::{DiskImage, Error, ErrorKind, Extent, FileId, Result};
+use vdisk_ova::OvaImage;
 use vdisk_raw::{RawImage, ReadAhead};
 use vdisk_vmdk::{FsStore, VmdkImage};
 
@@ -11,6 +12,8 @@ pub enum Format {
     Raw,
     /// A VMDK: a descriptor or a sparse extent, with its chain.
     Vmdk,
+    /// An OVA appliance: a tar archive whose disk (a VMDK) is read in place.
+    Ova,
 }
 
 impl std::str::FromStr for Format {
@@ -19,9 +22,10 @@ impl std::str::FromStr for Format {
         match s {
             "raw" => Ok(Format::Raw),
             "vmdk" => Ok(Format::Vmdk),
+            "ova" => Ok(Format::Ova),
             _ => Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!("unknown format \"{s}\" (raw or vmdk)"),
+                format!("unknown format \"{s}\" (raw, vmdk or ova)"),
             )),
         }
     }
@@ -37,6 +41,9 @@ pub struct OpenOptions {
     /// Read-ahead on the image's files: off when its reads will be paced (`--io-limit`),
     /// from the first read on.
     pub read_ahead: ReadAhead,
+    /// The disk of an OVA to read, by its name in the archive (`--disk`); needed when the
+    /// archive holds several. Images that are not archives ignore it.
+    pub disk: Option<String>,
 }
 
 impl OpenOptions {
@@ -55,6 +62,8 @@ pub enum Image {
     Raw(RawImage),
     /// A VMDK image with its chain.
     Vmdk(VmdkImage),
+    /// A disk of an OVA appliance (a VMDK inside a tar archive), read in place.
+    Ova(OvaImage),
 }
 
 impl DiskImage for Image {
@@ -62,70 +71,83 @@ impl DiskImage for Image {
         match self {
             Image::Raw(i) => i.size(),
             Image::Vmdk(i) => i.size(),
+            Image::Ova(i) => i.size(),
         }
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         match self {
             Image::Raw(i) => i.read_at(buf, offset),
             Image::Vmdk(i) => i.read_at(buf, offset),
+            Image::Ova(i) => i.read_at(buf, offset),
         }
     }
     fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
         match self {
             Image::Raw(i) => i.allocation(offset, length),
             Image::Vmdk(i) => i.allocation(offset, length),
+            Image::Ova(i) => i.allocation(offset, length),
         }
     }
     fn format_name(&self) -> &'static str {
         match self {
             Image::Raw(i) => i.format_name(),
             Image::Vmdk(i) => i.format_name(),
+            Image::Ova(i) => i.format_name(),
         }
     }
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
         match self {
             Image::Raw(i) => i.mapped(offset, len),
             Image::Vmdk(i) => i.mapped(offset, len),
+            Image::Ova(i) => i.mapped(offset, len),
         }
     }
     fn release(&self, offset: u64, len: u64) {
         match self {
             Image::Raw(i) => i.release(offset, len),
             Image::Vmdk(i) => i.release(offset, len),
+            Image::Ova(i) => i.release(offset, len),
         }
     }
     fn populate(&self, offset: u64, len: u64) {
         match self {
             Image::Raw(i) => i.populate(offset, len),
             Image::Vmdk(i) => i.populate(offset, len),
+            Image::Ova(i) => i.populate(offset, len),
         }
     }
     fn files(&self) -> Vec<FileId> {
         match self {
             Image::Raw(i) => i.files(),
             Image::Vmdk(i) => i.files(),
+            Image::Ova(i) => i.files(),
         }
     }
     fn unclean_shutdown(&self) -> bool {
         match self {
             Image::Raw(i) => i.unclean_shutdown(),
             Image::Vmdk(i) => i.unclean_shutdown(),
+            Image::Ova(i) => i.unclean_shutdown(),
         }
     }
     fn read_as_asked(&self) {
         match self {
             Image::Raw(i) => i.read_as_asked(),
             Image::Vmdk(i) => i.read_as_asked(),
+            Image::Ova(i) => i.read_as_asked(),
         }
     }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
-/// descriptor text makes a VMDK; anything else is raw.
+/// descriptor text makes a VMDK; a tar header (ustar magic, correct checksum) an OVA;
+/// anything else is raw.
 pub fn detect(path: impl AsRef<Path>) -> Result<Format> {
     let head = vdisk_raw::read_head(path.as_ref(), 4096)?;
     Ok(if vdisk_vmdk::probe(&head) {
         Format::Vmdk
+    } else if vdisk_ova::is_tar(&head) {
+        Format::Ova
     } else {
         Format::Raw
     })
@@ -155,5 +177,11 @@ pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
     Ok(match format {
         Format::Raw => Image::Raw(RawImage::open_with(path, opts.read_ahead)?),
         Format::Vmdk => Image::Vmdk(VmdkImage::open_with(&opts.store(), path, &opts.vmdk)?),
+        Format::Ova => Image::Ova(OvaImage::open(
+            path,
+            opts.disk.as_deref(),
+            &opts.vmdk,
+            opts.read_ahead,
+        )?),
     })
 }

@@ -33,8 +33,17 @@ struct GlobalArgs {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// Force the input format instead of detecting it.
-    #[arg(short = 'f', long = "format", global = true, value_name = "raw|vmdk")]
+    #[arg(
+        short = 'f',
+        long = "format",
+        global = true,
+        value_name = "raw|vmdk|ova"
+    )]
     format: Option<Format>,
+    /// The disk of an OVA appliance to read, by its name in the archive (needed when it
+    /// holds several; `vdisk info X.ova` lists them). Other images ignore it.
+    #[arg(long, global = true, value_name = "NAME")]
+    disk: Option<String>,
     /// Follow descriptor paths (extents, parents) that are absolute or leave the
     /// descriptor's folder. (A repository's points never name such paths.)
     #[arg(long, global = true)]
@@ -123,6 +132,7 @@ fn hint(e: &Error, repository: bool) -> Option<&'static str> {
         ErrorKind::AlreadyExists => Some("pass --force to replace it"),
         ErrorKind::Unsafe => Some("pass --force to go ahead anyway"),
         ErrorKind::PathRefused if !repository => Some("pass --allow-outside-paths to read it"),
+        ErrorKind::Ambiguous => Some("pick one with --disk NAME"),
         _ => None,
     }
 }
@@ -225,6 +235,7 @@ fn main() -> ExitCode {
             } else {
                 vdisk::raw::ReadAhead::On
             },
+            disk: g.disk,
         },
         throttle: vdisk::Throttle::new(g.io_limit),
         quiet: g.quiet,

@@ -156,7 +156,7 @@ impl Ova {
                     (Some(m), _) => Ok(m),
                     (None, [m]) => Ok(*m),
                     _ => err(
-                        ErrorKind::NotFound,
+                        ErrorKind::InvalidArgument,
                         format!(
                             "the archive holds no disk \"{}\"; its disks: {}",
                             want.display(),
