@@ -131,7 +131,7 @@ impl Ova {
             None => match disks.as_slice() {
                 [one] => Ok(one),
                 [] => err(
-                    ErrorKind::InvalidFormat,
+                    ErrorKind::Unsupported,
                     "the archive holds no disk (no member is a VMDK)".into(),
                 ),
                 _ => err(
