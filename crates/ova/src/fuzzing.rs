@@ -3,7 +3,7 @@
 use crate::{find_disks, list_members};
 
 /// List the members of `data` as a tar archive and find its disks; every member listed must
-/// lie inside the archive.
+/// lie inside the archive and be found again by its name.
 pub fn members(data: &[u8]) {
     let _ = crate::is_tar(data);
     if let Ok(members) = list_members(data) {
