@@ -451,6 +451,43 @@ fn hostile_ovas_are_one_line_errors() {
         std::fs::read(d.join("nodisk.ova")).unwrap(),
         "holds no disk",
     ));
+    // What ovftool makes that cannot be read in place: gzip-compressed disks (--compress) and
+    // disks split in chunks (--chunkSize), each refused with what to do.
+    tool(d, "gzip", &["-k", "disk1.vmdk"]);
+    tool(
+        d,
+        "tar",
+        &[
+            "--format=ustar",
+            "-cf",
+            "gz.ova",
+            "appliance.ovf",
+            "disk1.vmdk.gz",
+        ],
+    );
+    cases.push(("gz.ova", std::fs::read(d.join("gz.ova")).unwrap(), "gzip"));
+    tool(
+        d,
+        "split",
+        &["-b", "65536", "-d", "-a", "9", "disk1.vmdk", "disk1.vmdk."],
+    );
+    tool(
+        d,
+        "tar",
+        &[
+            "--format=ustar",
+            "-cf",
+            "chunks.ova",
+            "appliance.ovf",
+            "disk1.vmdk.000000000",
+            "disk1.vmdk.000000001",
+        ],
+    );
+    cases.push((
+        "chunks.ova",
+        std::fs::read(d.join("chunks.ova")).unwrap(),
+        "chunkSize",
+    ));
     for (name, bytes, want) in &cases {
         std::fs::write(d.join(name), bytes).unwrap();
         for cmd in ["info", "map"] {
@@ -464,7 +501,7 @@ fn hostile_ovas_are_one_line_errors() {
             );
         }
         let r = vdisk_in(d, &["check", name, "--json"]);
-        if *name == "nodisk.ova" {
+        if ["nodisk.ova", "gz.ova", "chunks.ova"].contains(name) {
             one_line_error(&r, 2, "check of an archive without a disk");
         } else {
             r.expect_code(1, &format!("check {name}: damage is a finding"));

@@ -64,6 +64,14 @@ pub fn find_disks(archive: &[u8], members: &[Member]) -> Vec<usize> {
         .collect()
 }
 
+/// Whether `name` is the first chunk of a disk ovftool split with `--chunkSize`
+/// (`disk1.vmdk.000000000`, `.000000001`, …).
+fn is_first_chunk(name: &Path) -> bool {
+    name.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.len() == 9 && e.bytes().all(|b| b == b'0'))
+}
+
 /// An OVA archive, mapped, with its members listed.
 #[derive(Debug)]
 pub struct Ova {
@@ -130,10 +138,7 @@ impl Ova {
         match name {
             None => match disks.as_slice() {
                 [one] => Ok(one),
-                [] => err(
-                    ErrorKind::Unsupported,
-                    "the archive holds no disk (no member is a VMDK)".into(),
-                ),
+                [] => err(ErrorKind::Unsupported, self.why_no_disk()),
                 _ => err(
                     ErrorKind::Ambiguous,
                     format!(
@@ -169,6 +174,25 @@ impl Ova {
                     ),
                 }
             }
+        }
+    }
+
+    /// Why no member is a disk, in the words of what ovftool makes: disks compressed with
+    /// `--compress` (`NAME.vmdk.gz`, `ovf:compression="gzip"`) are not VMDKs until inflated.
+    fn why_no_disk(&self) -> String {
+        let gz: Vec<String> = self
+            .members
+            .iter()
+            .filter(|m| m.name.extension().is_some_and(|e| e == "gz"))
+            .map(|m| format!("\"{}\"", m.name.display()))
+            .collect();
+        if gz.is_empty() {
+            "the archive holds no disk (no member is a VMDK)".into()
+        } else {
+            format!(
+                "the archive holds no disk that can be read in place: {} compressed with gzip (ovftool --compress); extract and gunzip it",
+                gz.join(", ")
+            )
         }
     }
 
@@ -225,6 +249,13 @@ impl OvaImage {
     ) -> Result<Self> {
         let ova = Ova::open(path, read_ahead)?;
         let disk = ova.pick(disk)?.clone();
+        if is_first_chunk(&disk.name) {
+            return Err(Error::unsupported(format!(
+                "\"{}\" is the first piece of a disk split by ovftool --chunkSize; vdisk reads whole members in place: join the pieces (cat NAME.0*) first",
+                disk.name.display()
+            ))
+            .with_path(path));
+        }
         let image = VmdkImage::open_with(&ova, &ova.member_path(&disk), opts)?;
         Ok(OvaImage { ova, disk, image })
     }
