@@ -1,6 +1,7 @@
 use std::path::Path;
 
 use vdisk_core::{DiskImage, Error, ErrorKind, Extent, FileId, Result};
+use vdisk_ova::OvaImage;
 use vdisk_raw::{Cache, RawImage, ReadAhead};
 use vdisk_vmdk::{FsStore, VmdkImage};
 
@@ -11,6 +12,8 @@ pub enum Format {
     Raw,
     /// A VMDK: a descriptor or a sparse extent, with its chain.
     Vmdk,
+    /// An OVA appliance: a tar archive whose disk (a VMDK) is read in place.
+    Ova,
 }
 
 impl std::str::FromStr for Format {
@@ -19,9 +22,10 @@ impl std::str::FromStr for Format {
         match s {
             "raw" => Ok(Format::Raw),
             "vmdk" => Ok(Format::Vmdk),
+            "ova" => Ok(Format::Ova),
             _ => Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!("unknown format \"{s}\" (raw or vmdk)"),
+                format!("unknown format \"{s}\" (raw, vmdk or ova)"),
             )),
         }
     }
@@ -39,6 +43,9 @@ pub struct OpenOptions {
     pub read_ahead: ReadAhead,
     /// What becomes of the page cache behind data read once ([`Cache::Forget`]: dropped).
     pub cache: Cache,
+    /// The disk of an OVA to read, by its name in the archive (`--disk`); needed when the
+    /// archive holds several. Images that are not archives ignore it.
+    pub disk: Option<String>,
 }
 
 impl OpenOptions {
@@ -58,89 +65,69 @@ pub enum Image {
     Raw(RawImage),
     /// A VMDK image with its chain.
     Vmdk(VmdkImage),
+    /// A disk of an OVA appliance (a VMDK inside a tar archive), read in place.
+    Ova(OvaImage),
+}
+
+/// Each method forwarded to the image inside, whatever its format.
+macro_rules! each_format {
+    ($self:ident, $i:ident => $e:expr) => {
+        match $self {
+            Image::Raw($i) => $e,
+            Image::Vmdk($i) => $e,
+            Image::Ova($i) => $e,
+        }
+    };
 }
 
 impl DiskImage for Image {
     fn size(&self) -> u64 {
-        match self {
-            Image::Raw(i) => i.size(),
-            Image::Vmdk(i) => i.size(),
-        }
+        each_format!(self, i => i.size())
     }
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        match self {
-            Image::Raw(i) => i.read_at(buf, offset),
-            Image::Vmdk(i) => i.read_at(buf, offset),
-        }
+        each_format!(self, i => i.read_at(buf, offset))
     }
     fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        match self {
-            Image::Raw(i) => i.allocation(offset, length),
-            Image::Vmdk(i) => i.allocation(offset, length),
-        }
+        each_format!(self, i => i.allocation(offset, length))
     }
     fn format_name(&self) -> &'static str {
-        match self {
-            Image::Raw(i) => i.format_name(),
-            Image::Vmdk(i) => i.format_name(),
-        }
+        each_format!(self, i => i.format_name())
     }
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        match self {
-            Image::Raw(i) => i.mapped(offset, len),
-            Image::Vmdk(i) => i.mapped(offset, len),
-        }
+        each_format!(self, i => i.mapped(offset, len))
     }
     fn release(&self, offset: u64, len: u64) {
-        match self {
-            Image::Raw(i) => i.release(offset, len),
-            Image::Vmdk(i) => i.release(offset, len),
-        }
+        each_format!(self, i => i.release(offset, len))
     }
     fn populate(&self, offset: u64, len: u64) {
-        match self {
-            Image::Raw(i) => i.populate(offset, len),
-            Image::Vmdk(i) => i.populate(offset, len),
-        }
+        each_format!(self, i => i.populate(offset, len))
     }
     fn files(&self) -> Vec<FileId> {
-        match self {
-            Image::Raw(i) => i.files(),
-            Image::Vmdk(i) => i.files(),
-        }
+        each_format!(self, i => i.files())
     }
     fn unclean_shutdown(&self) -> bool {
-        match self {
-            Image::Raw(i) => i.unclean_shutdown(),
-            Image::Vmdk(i) => i.unclean_shutdown(),
-        }
+        each_format!(self, i => i.unclean_shutdown())
     }
     fn read_as_asked(&self) {
-        match self {
-            Image::Raw(i) => i.read_as_asked(),
-            Image::Vmdk(i) => i.read_as_asked(),
-        }
+        each_format!(self, i => i.read_as_asked())
     }
     fn read_once(&self, offset: u64, len: u64) {
-        match self {
-            Image::Raw(i) => i.read_once(offset, len),
-            Image::Vmdk(i) => i.read_once(offset, len),
-        }
+        each_format!(self, i => i.read_once(offset, len))
     }
     fn forget(&self, offset: u64, len: u64) {
-        match self {
-            Image::Raw(i) => i.forget(offset, len),
-            Image::Vmdk(i) => i.forget(offset, len),
-        }
+        each_format!(self, i => i.forget(offset, len))
     }
 }
 
 /// Detect the format of the file at `path` from its first bytes: a VMDK sparse magic or
-/// descriptor text makes a VMDK; anything else is raw.
+/// descriptor text makes a VMDK; a tar header (ustar magic, correct checksum) an OVA;
+/// anything else is raw.
 pub fn detect(path: impl AsRef<Path>) -> Result<Format> {
     let head = vdisk_raw::read_head(path.as_ref(), 4096)?;
     Ok(if vdisk_vmdk::probe(&head) {
         Format::Vmdk
+    } else if vdisk_ova::is_tar(&head) {
+        Format::Ova
     } else {
         Format::Raw
     })
@@ -174,5 +161,11 @@ pub fn open_with(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
             opts.cache,
         )?),
         Format::Vmdk => Image::Vmdk(VmdkImage::open_with(&opts.store(), path, &opts.vmdk)?),
+        Format::Ova => Image::Ova(OvaImage::open(
+            path,
+            opts.disk.as_deref(),
+            &opts.vmdk,
+            opts.read_ahead,
+        )?),
     })
 }

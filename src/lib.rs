@@ -79,6 +79,8 @@ pub use vdisk_chain as chain;
 pub use vdisk_diff as diff;
 /// vdisk-nbd: the read-only NBD server.
 pub use vdisk_nbd as nbd;
+/// vdisk-ova: the disks of OVA appliances, read in place.
+pub use vdisk_ova as ova;
 /// vdisk-raw: raw images, output files and devices.
 pub use vdisk_raw as raw;
 /// vdisk-vmdk: VMDK images.
@@ -163,11 +165,15 @@ pub fn write_delta(
     dst: impl AsRef<Path>,
 ) -> Result<LinkStats> {
     let dst = dst.as_ref();
-    let Image::Vmdk(vmdk) = parent else {
-        return Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "the parent of a delta link must be a VMDK (convert it first)",
-        ));
+    let vmdk = match parent {
+        Image::Vmdk(v) => v,
+        Image::Ova(_) => return Err(ova_parent()),
+        Image::Raw(_) => {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the parent of a delta link must be a VMDK (convert it first)",
+            ))
+        }
     };
     let mut protected = Protected::new();
     protected.add_image(parent);
@@ -190,6 +196,15 @@ pub fn write_delta(
     )
 }
 
+/// The error for a delta link asked on a disk inside an OVA: a link names its parent by a
+/// file name, and no reader opens a file inside an archive.
+pub fn ova_parent() -> Error {
+    Error::new(
+        ErrorKind::InvalidArgument,
+        "the parent of a delta link must be a VMDK file of its own, not a disk inside an OVA archive (extract it first)",
+    )
+}
+
 /// Back up the image at `src` into the repository at `repo` (created by the first backup):
 /// a full point the first time, an incremental point (found by hashing) after.
 ///
@@ -208,9 +223,18 @@ pub fn write_delta(
 pub fn backup(src: impl AsRef<Path>, repo: impl AsRef<Path>) -> Result<BackupSummary> {
     let src = src.as_ref();
     let img = open(src)?;
-    let source = Source::of(src, &img)?;
+    let source = source_of(src, &img)?;
     let mut repository = Repository::open_or_create(repo)?;
     repository.backup(&img, &source, &BackupOptions::default())
+}
+
+/// The source identity of the image `img` opened from `src`: its canonical path, and for a
+/// disk of an OVA the archive's canonical path joined with the disk's name in it.
+pub fn source_of(src: &Path, img: &Image) -> Result<Source> {
+    match img {
+        Image::Ova(o) => Source::of_member(src, &o.disk().name, img),
+        _ => Source::of(src, img),
+    }
 }
 
 /// Restore point `point` (the newest when `None`) of the repository at `repo` as a raw image

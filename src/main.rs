@@ -33,13 +33,22 @@ struct GlobalArgs {
     #[arg(short, long, global = true)]
     quiet: bool,
     /// Force the input format instead of detecting it.
-    #[arg(short = 'f', long = "format", global = true, value_name = "raw|vmdk")]
+    #[arg(
+        short = 'f',
+        long = "format",
+        global = true,
+        value_name = "raw|vmdk|ova"
+    )]
     format: Option<Format>,
     /// Keep what is read once (a backup, a hash, a verify, a restore) in the host's page
     /// cache; by default the pages a run brings in are dropped behind it, so it does not
     /// push out the cache of the host and its VMs.
     #[arg(long, global = true)]
     keep_cache: bool,
+    /// The disk of an OVA appliance to read, by its name in the archive (needed when it
+    /// holds several; `vdisk info X.ova` lists them). Other images ignore it.
+    #[arg(long, global = true, value_name = "NAME")]
+    disk: Option<String>,
     /// Follow descriptor paths (extents, parents) that are absolute or leave the
     /// descriptor's folder. (A repository's points never name such paths.)
     #[arg(long, global = true)]
@@ -128,6 +137,7 @@ fn hint(e: &Error, repository: bool) -> Option<&'static str> {
         ErrorKind::AlreadyExists => Some("pass --force to replace it"),
         ErrorKind::Unsafe => Some("pass --force to go ahead anyway"),
         ErrorKind::PathRefused if !repository => Some("pass --allow-outside-paths to read it"),
+        ErrorKind::Ambiguous => Some("pick one with --disk NAME"),
         _ => None,
     }
 }
@@ -235,6 +245,7 @@ fn main() -> ExitCode {
             } else {
                 vdisk::raw::Cache::Forget
             },
+            disk: g.disk,
         },
         throttle: vdisk::Throttle::new(g.io_limit),
         quiet: g.quiet,

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::size::human;
-use vdisk::{BackupOptions, DiskImage, Repository, Result, Source};
+use vdisk::{BackupOptions, DiskImage, Repository, Result};
 
 use super::{print_json, Ctx, Status};
 
@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let img = vdisk::open_with(&a.src, &ctx.open)?;
-    let source = Source::of(&a.src, &img)?;
+    let source = vdisk::source_of(&a.src, &img)?;
     let changed = match &a.changed {
         Some(p) => Some(super::bitmap::load(p)?),
         None => None,

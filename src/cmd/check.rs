@@ -19,10 +19,11 @@ pub struct Args {
 }
 
 /// Whether an error opening `path` is damage to report (exit 1) rather than a reason the
-/// image could not be examined at all (exit 2): the file is there and is a VMDK, but it, an
-/// extent or a parent is cut, corrupt or missing.
+/// image could not be examined at all (exit 2): the file is there and is a VMDK (or an OVA
+/// archive), but it, an extent, a parent or the archive is cut, corrupt or missing.
 fn is_damage(path: &std::path::Path, e: &Error) -> bool {
-    let vmdk = vdisk::read_head(path, 4096).is_ok_and(|h| vdisk::vmdk::probe(&h));
+    let vmdk = vdisk::read_head(path, 4096)
+        .is_ok_and(|h| vdisk::vmdk::probe(&h) || vdisk::ova::is_tar(&h));
     vmdk && matches!(
         e.kind(),
         ErrorKind::Corrupt
@@ -38,6 +39,7 @@ fn is_damage(path: &std::path::Path, e: &Error) -> bool {
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     let findings = match vdisk::open_with(&args.image, &ctx.open) {
         Ok(Image::Vmdk(v)) => check(&v),
+        Ok(Image::Ova(o)) => check(o.vmdk()),
         Ok(Image::Raw(_)) => Vec::new(), // a raw image has no metadata to be inconsistent
         Err(e) if is_damage(&args.image, &e) => vec![Finding {
             severity: Severity::Error,

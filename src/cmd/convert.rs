@@ -57,6 +57,10 @@ pub fn target(format: Format, subformat: Option<Subformat>) -> Result<Target> {
         )),
         (Format::Raw, None) => Ok(Target::Raw),
         (Format::Vmdk, s) => Ok(Target::Vmdk(s.unwrap_or(Subformat::MonolithicSparse))),
+        (Format::Ova, _) => Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "vdisk reads OVA archives but writes raw or vmdk",
+        )),
     }
 }
 

@@ -87,12 +87,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         vdisk::raw::write_file(path, &map.encode(), &policy)?;
     }
     if let (Some(path), Some(old)) = (&a.delta, &old) {
-        let Image::Vmdk(parent) = old else {
-            return Err(Error::new(
-                ErrorKind::InvalidArgument,
-                "--delta needs OLD to be a VMDK (the link's parent)",
-            )
-            .with_path(&a.old));
+        let parent = match old {
+            Image::Vmdk(v) => v,
+            Image::Ova(_) => return Err(vdisk::ova_parent().with_path(&a.old)),
+            Image::Raw(_) => {
+                return Err(Error::new(
+                    ErrorKind::InvalidArgument,
+                    "--delta needs OLD to be a VMDK (the link's parent)",
+                )
+                .with_path(&a.old))
+            }
         };
         let opts = WriteOptions {
             policy: policy.clone(),

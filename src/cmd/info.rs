@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use vdisk::size::human;
 use vdisk::vmdk::{Layer, LayerExtent};
-use vdisk::{for_each_extent, Allocation, DiskImage, Image, Result};
+use vdisk::{for_each_extent, Allocation, DiskImage, ErrorKind, Image, Result};
 
 use super::{path_text, stdout_error, Ctx, Status};
 
@@ -44,6 +44,68 @@ struct Info<'a> {
     parent_cid: Option<Cid>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     chain: Vec<LayerInfo<'a>>,
+    /// For a disk of an OVA: the archive and its disks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    archive: Option<ArchiveInfo>,
+}
+
+/// An OVA archive: its members and disks, and the disk that was opened.
+#[derive(Serialize)]
+struct ArchiveInfo {
+    format: &'static str,
+    members: usize,
+    #[serde(serialize_with = "lossy_opt")]
+    opened: Option<PathBuf>,
+    disks: Vec<ArchiveDisk>,
+}
+
+/// One disk of an archive: its name, its bytes in the archive, and what it holds.
+#[derive(Serialize)]
+struct ArchiveDisk {
+    #[serde(serialize_with = "lossy")]
+    name: PathBuf,
+    size: u64,
+    virtual_size: Option<u64>,
+    subformat: Option<String>,
+}
+
+/// What `info --json` prints for an OVA holding several disks when none was named: the
+/// archive alone.
+#[derive(Serialize)]
+struct ArchiveOnly<'a> {
+    #[serde(serialize_with = "lossy")]
+    path: &'a Path,
+    format: &'static str,
+    archive: ArchiveInfo,
+}
+
+fn archive_info(ova: &vdisk::ova::Ova, opened: Option<&Path>, ctx: &Ctx) -> ArchiveInfo {
+    let disks = ova
+        .disks()
+        .map(|m| {
+            // Each disk is opened to tell its size; one that cannot be is listed all the same.
+            let img = vdisk::vmdk::VmdkImage::open_with(ova, &ova.member_path(m), &ctx.open.vmdk);
+            let (virtual_size, subformat) = match &img {
+                Ok(v) => (
+                    Some(v.size()),
+                    v.layers()[0].descriptor().create_type.clone(),
+                ),
+                Err(_) => (None, None),
+            };
+            ArchiveDisk {
+                name: m.name.clone(),
+                size: m.size,
+                virtual_size,
+                subformat,
+            }
+        })
+        .collect();
+    ArchiveInfo {
+        format: "ova",
+        members: ova.members().len(),
+        opened: opened.map(Path::to_path_buf),
+        disks,
+    }
 }
 
 /// A CID, printed as 8 hex digits; `null` when the descriptor has none.
@@ -150,7 +212,15 @@ fn layer_info(l: &Layer) -> LayerInfo<'_> {
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     let path = args.image.as_path();
     let json_out = args.json;
-    let img = vdisk::open_with(path, &ctx.open)?;
+    let img = match vdisk::open_with(path, &ctx.open) {
+        Ok(img) => img,
+        // An OVA of several disks and no --disk: list them.
+        Err(e) if e.kind() == ErrorKind::Ambiguous => {
+            let ova = vdisk::ova::Ova::open(path, ctx.open.read_ahead)?;
+            return print_archive_only(path, archive_info(&ova, None, ctx), json_out);
+        }
+        Err(e) => return Err(e),
+    };
     let mut allocated = 0u64;
     for_each_extent(&img, |e| {
         if e.allocation == Allocation::Data {
@@ -171,10 +241,20 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         cid: None,
         parent_cid: None,
         chain: Vec::new(),
+        archive: None,
     };
-    match &img {
-        Image::Raw(r) => info.disk_usage = r.disk_usage(),
-        Image::Vmdk(v) => {
+    let vmdk = match &img {
+        Image::Raw(_) => None,
+        Image::Vmdk(v) => Some(v),
+        Image::Ova(o) => {
+            info.archive = Some(archive_info(o.ova(), Some(&o.disk().name), ctx));
+            Some(o.vmdk())
+        }
+    };
+    match (&img, vmdk) {
+        (Image::Raw(r), _) => info.disk_usage = r.disk_usage(),
+        (_, None) => {}
+        (_, Some(v)) => {
             info.chain = v.layers().iter().map(layer_info).collect();
             let top = &info.chain[0];
             info.subformat = top.create_type;
@@ -199,6 +279,60 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     Ok(0)
 }
 
+fn print_archive_only(path: &Path, archive: ArchiveInfo, json_out: bool) -> Result<Status> {
+    let out = std::io::stdout().lock();
+    let mut out = std::io::BufWriter::new(out);
+    let io = stdout_error;
+    if json_out {
+        let doc = ArchiveOnly {
+            path,
+            format: "ova",
+            archive,
+        };
+        serde_json::to_writer_pretty(&mut out, &doc).map_err(|e| io(e.into()))?;
+        writeln!(out).map_err(io)?;
+    } else {
+        writeln!(out, "image: {}", path.display()).map_err(io)?;
+        writeln!(
+            out,
+            "format: ova ({} disks: pick one with --disk NAME)",
+            archive.disks.len()
+        )
+        .map_err(io)?;
+        print_archive(&mut out, &archive).map_err(io)?;
+    }
+    out.flush().map_err(io)?;
+    Ok(0)
+}
+
+fn print_archive(out: &mut impl Write, a: &ArchiveInfo) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "archive: {} member(s), {} disk(s)",
+        a.members,
+        a.disks.len()
+    )?;
+    for d in &a.disks {
+        let mark = if a.opened.as_deref() == Some(d.name.as_path()) {
+            " (opened)"
+        } else {
+            ""
+        };
+        let what = match (d.virtual_size, &d.subformat) {
+            (Some(v), Some(sub)) => format!("{sub}, virtual size {}", human(v)),
+            (Some(v), None) => format!("virtual size {}", human(v)),
+            _ => "cannot be opened".to_string(),
+        };
+        writeln!(
+            out,
+            "  {}: {} in the archive, {what}{mark}",
+            d.name.display(),
+            human(d.size)
+        )?;
+    }
+    Ok(())
+}
+
 fn print_text(out: &mut impl Write, i: &Info<'_>) -> std::io::Result<()> {
     let bytes = |n: u64| format!("{} ({n} bytes)", human(n));
     writeln!(out, "image: {}", i.path.display())?;
@@ -209,6 +343,9 @@ fn print_text(out: &mut impl Write, i: &Info<'_>) -> std::io::Result<()> {
     writeln!(out, "virtual size: {}", bytes(i.virtual_size))?;
     writeln!(out, "allocated: {}", bytes(i.allocated))?;
     writeln!(out, "disk usage: {}", bytes(i.disk_usage))?;
+    if let Some(a) = &i.archive {
+        print_archive(out, a)?;
+    }
     if i.chain.is_empty() {
         return Ok(());
     }

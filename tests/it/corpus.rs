@@ -18,6 +18,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("open_and_read", fuzzing::open_and_read),
     ("sesparse", fuzzing::sesparse),
     ("cowd", fuzzing::cowd),
+    ("ova_members", vdisk::ova::fuzzing::members),
     ("bitmap_decode", vdisk::bitmap::fuzzing::decode),
     ("extents_json", vdisk::bitmap::fuzzing::extents_json),
     ("manifest_decode", vdisk::diff::fuzzing::manifest),
@@ -119,6 +120,11 @@ fn corpus_sesparse() {
 #[test]
 fn corpus_cowd() {
     replay_target("cowd");
+}
+
+#[test]
+fn corpus_ova_members() {
+    replay_target("ova_members");
 }
 
 #[test]

@@ -12,6 +12,7 @@ mod diff;
 mod esx;
 mod hostile;
 mod interop;
+mod realworld;
 mod roundtrip;
 mod stream_spec;
 mod trust;

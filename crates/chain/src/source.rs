@@ -27,4 +27,16 @@ impl Source {
             unclean: img.unclean_shutdown(),
         })
     }
+
+    /// The source behind `img`, the member `member` of the archive at `archive` (a disk of an
+    /// OVA): the archive's canonical path joined with the member's name.
+    pub fn of_member(
+        archive: impl AsRef<Path>,
+        member: &Path,
+        img: &dyn DiskImage,
+    ) -> Result<Self> {
+        let mut s = Self::of(archive, img)?;
+        s.identity = Path::new(&s.identity).join(member).display().to_string();
+        Ok(s)
+    }
 }

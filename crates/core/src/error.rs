@@ -43,6 +43,9 @@ pub enum ErrorKind {
     InUse,
     /// Writing to standard output failed because its reader went away (`| head`).
     BrokenPipe,
+    /// The input holds several things the caller could mean (an OVA with several disks), and
+    /// it must name one.
+    Ambiguous,
 }
 
 /// One error type for the whole toolkit: a kind, a message, and where it happened.

@@ -2,7 +2,7 @@
 #![allow(unsafe_code)] // the memory map and its madvise calls
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
@@ -86,7 +86,16 @@ impl MappedFile {
         if meta.is_dir() {
             return Err(Error::new(ErrorKind::InvalidArgument, "is a directory").with_path(path));
         }
-        let len = meta.len();
+        // A block device (the disk a raw-device descriptor names) has no length in its
+        // metadata: its end is where a seek to the end lands.
+        let len = if meta.file_type().is_block_device() {
+            use std::io::Seek;
+            (&file)
+                .seek(std::io::SeekFrom::End(0))
+                .map_err(|e| Error::io("cannot find the size of the device", e).with_path(path))?
+        } else {
+            meta.len()
+        };
         let map = if meta.is_file() && len > 0 && usize::try_from(len).is_ok() {
             // SAFETY: the map is read-only and private to this struct. Its contents can change
             // if another process writes the file (which makes reads racy, not unsound for u8

@@ -13,6 +13,48 @@ pub enum Bytes {
     File(MappedFile),
     /// Bytes in memory, with the name used in messages.
     Owned(PathBuf, std::sync::Arc<Vec<u8>>),
+    /// A byte range of a mapped file, read in place: a member of an OVA archive.
+    Range(FileRange),
+}
+
+/// `len` bytes of a mapped file from `start`, seen as a file of its own (a member of a tar
+/// archive, read where it lies without a copy).
+#[derive(Debug, Clone)]
+pub struct FileRange {
+    file: Arc<MappedFile>,
+    start: u64,
+    len: u64,
+    path: PathBuf,
+}
+
+impl FileRange {
+    /// The range of `len` bytes at `start` in `file`, named `path` in messages; an error
+    /// when it does not lie inside the file.
+    pub fn new(file: Arc<MappedFile>, start: u64, len: u64, path: PathBuf) -> Result<Self> {
+        match start.checked_add(len) {
+            Some(end) if end <= file.len() => Ok(FileRange {
+                file,
+                start,
+                len,
+                path,
+            }),
+            _ => Err(Error::corrupt(format!(
+                "{len} bytes at offset {start} run past the end of the file ({} bytes)",
+                file.len()
+            ))
+            .with_path(file.path())),
+        }
+    }
+
+    /// The file the range is part of.
+    pub fn file(&self) -> &MappedFile {
+        &self.file
+    }
+
+    /// Where the range starts in its file.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
 }
 
 impl Bytes {
@@ -21,6 +63,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.len(),
             Bytes::Owned(_, v) => v.len() as u64,
+            Bytes::Range(r) => r.len,
         }
     }
 
@@ -45,8 +88,10 @@ impl Bytes {
 
     /// Stop read-ahead on a file on disk (reads are being paced).
     pub fn read_as_asked(&self) {
-        if let Bytes::File(f) = self {
-            f.read_as_asked()
+        match self {
+            Bytes::File(f) => f.read_as_asked(),
+            Bytes::Range(r) => r.file.read_as_asked(),
+            Bytes::Owned(..) => {}
         }
     }
 
@@ -54,6 +99,7 @@ impl Bytes {
     pub fn id(&self) -> Option<vdisk_core::FileId> {
         match self {
             Bytes::File(f) => Some(f.id()),
+            Bytes::Range(r) => Some(r.file.id()),
             Bytes::Owned(..) => None,
         }
     }
@@ -63,6 +109,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.path(),
             Bytes::Owned(p, _) => p,
+            Bytes::Range(r) => &r.path,
         }
     }
 
@@ -71,6 +118,11 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.bytes(),
             Bytes::Owned(_, v) => Some(v.as_slice()),
+            // start + len <= file length, checked by FileRange::new.
+            Bytes::Range(r) => r
+                .file
+                .bytes()?
+                .get(r.start as usize..(r.start + r.len) as usize),
         }
     }
 
@@ -96,6 +148,33 @@ impl Bytes {
                 buf[n..].fill(0);
                 Ok(())
             }
+            Bytes::Range(r) => {
+                let n = usize::try_from(r.len.saturating_sub(offset))
+                    .unwrap_or(usize::MAX)
+                    .min(buf.len());
+                let (head, tail) = buf.split_at_mut(n);
+                if n > 0 {
+                    // offset < len here, so start + offset <= the file's length.
+                    r.file.read_at(head, r.start + offset)?;
+                }
+                tail.fill(0);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drop the pages of `len` bytes at `offset` from this process's resident set (mapped
+    /// files and ranges of them; a no-op otherwise).
+    pub fn release(&self, offset: u64, len: u64) {
+        match self {
+            Bytes::File(f) => f.release(offset, len),
+            Bytes::Range(r) => {
+                let len = len.min(r.len.saturating_sub(offset));
+                if len > 0 {
+                    r.file.release(r.start + offset, len);
+                }
+            }
+            Bytes::Owned(..) => {}
         }
     }
 
@@ -104,6 +183,16 @@ impl Bytes {
     pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         match self {
             Bytes::File(f) => vdisk_raw::data_ranges(f.file(), start, end.min(f.len())),
+            Bytes::Range(r) => {
+                let end = end.min(r.len);
+                if start >= end {
+                    return Vec::new();
+                }
+                vdisk_raw::data_ranges(r.file.file(), r.start + start, r.start + end)
+                    .into_iter()
+                    .map(|(s, l)| (s - r.start, l))
+                    .collect()
+            }
             Bytes::Owned(_, v) => {
                 let end = end.min(v.len() as u64);
                 if start < end {
@@ -125,6 +214,8 @@ impl Bytes {
     pub fn disk_usage(&self) -> u64 {
         match self {
             Bytes::File(f) => f.disk_usage(),
+            // The member's share of its archive.
+            Bytes::Range(r) => r.len,
             Bytes::Owned(_, v) => v.len() as u64,
         }
     }
@@ -138,6 +229,12 @@ pub trait FileStore: Send + Sync {
 
     /// A name that is the same for every path that reaches the same file (for loop detection).
     fn identity(&self, path: &Path) -> Result<PathBuf>;
+
+    /// Whether there is a file at `path` (to choose between the names a descriptor's file
+    /// may have: decoded from its `encoding`, or as written).
+    fn exists(&self, path: &Path) -> bool {
+        self.identity(path).is_ok()
+    }
 }
 
 /// Files on the local file system, memory-mapped.
@@ -189,5 +286,9 @@ impl FileStore for MemStore {
 
     fn identity(&self, path: &Path) -> Result<PathBuf> {
         Ok(path.to_path_buf())
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        self.files.contains_key(path)
     }
 }

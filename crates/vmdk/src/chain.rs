@@ -7,8 +7,7 @@ use std::path::Path;
 use vdisk_core::{Error, ErrorKind, Result};
 
 use crate::bytes::{FileStore, FsStore};
-use crate::layer::{parent_dir, Layer};
-use crate::paths::resolve_relative;
+use crate::layer::{parent_dir, resolve_name, Layer};
 
 /// Deepest chain of delta links vdisk follows. VMware allows at most 255 redo logs on one
 /// disk (and recommends far fewer); a deeper chain is damaged or hostile.
@@ -136,10 +135,12 @@ impl VmdkImage {
             }
             let next = match &layer.descriptor.parent_hint {
                 Some(hint) => Some(
-                    resolve_relative(
+                    resolve_name(
+                        store,
+                        &layer.descriptor,
                         parent_dir(&current),
                         hint,
-                        opts.allow_outside_paths,
+                        opts,
                         "parent",
                     )
                     .map_err(|e| e.with_path(&current))?,

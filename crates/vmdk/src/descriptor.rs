@@ -153,17 +153,47 @@ pub struct Descriptor {
     pub parent_hint: Option<PathBuf>,
     /// Extent lines in order.
     pub extents: Vec<ExtentLine>,
-    /// `ddb.*` keys in order (adapterType, geometry, …).
+    /// `ddb.*` keys in order (adapterType, geometry, …), values decoded as `encoding` says.
     pub ddb: Vec<(String, String)>,
+    /// `encoding=`: the code page of the names and values in the descriptor, as written
+    /// (VMware on Windows writes `windows-1252`, `windows-1251`, `Shift_JIS`, …; `UTF-8`
+    /// elsewhere). File names are kept as the bytes written; see [`Descriptor::decode_name`].
+    pub encoding: Option<String>,
 }
 
-/// Whether `head` starts like a text descriptor.
+/// UTF-8 byte-order mark, which descriptors saved by Windows editors start with.
+const BOM: &[u8] = b"\xef\xbb\xbf";
+
+/// Keys a descriptor's first line of content is one of. qemu's probe accepts `version=` only
+/// (exactly `version=1`, `2` or `3`, after comment lines and lines of spaces); descriptors
+/// rebuilt by hand after VMware's recovery recipes start with any of the three, and often
+/// without the `# Disk DescriptorFile` line.
+const FIRST_KEYS: [&[u8]; 3] = [b"version", b"CID", b"createType"];
+
+/// Whether `head` (the first bytes of a file) is descriptor text: after an optional UTF-8
+/// byte-order mark, blank lines and `#` comments, the first line sets `version`, `CID` or
+/// `createType`; or a leading comment is the `# Disk DescriptorFile` line.
 pub(crate) fn looks_like_descriptor(head: &[u8]) -> bool {
-    let trimmed = head
-        .strip_prefix(b"\xef\xbb\xbf")
-        .unwrap_or(head)
-        .trim_ascii_start();
-    trimmed.starts_with(b"# Disk DescriptorFile") || trimmed.starts_with(b"# Disk Descriptor File")
+    let text = head.strip_prefix(BOM).unwrap_or(head);
+    for line in text.split(|&b| b == b'\n') {
+        let line = line.trim_ascii();
+        if line.is_empty() {
+            continue;
+        }
+        if line[0] == b'#' {
+            if line.starts_with(b"# Disk DescriptorFile")
+                || line.starts_with(b"# Disk Descriptor File")
+            {
+                return true;
+            }
+            continue;
+        }
+        return FIRST_KEYS.iter().any(|key| {
+            line.strip_prefix(*key)
+                .is_some_and(|rest| rest.trim_ascii_start().starts_with(b"="))
+        });
+    }
+    false
 }
 
 fn unquote(v: &[u8]) -> &[u8] {
@@ -199,7 +229,9 @@ impl Descriptor {
             Some(n) => &text[..n],
             None => text,
         };
+        let text = text.strip_prefix(BOM).unwrap_or(text);
         let mut d = Descriptor::default();
+        let mut ddb_raw: Vec<(String, &[u8])> = Vec::new();
         for (i, raw) in text.split(|&b| b == b'\n').enumerate() {
             let line_no = i + 1;
             let line = raw.trim_ascii();
@@ -233,6 +265,9 @@ impl Descriptor {
                 b"createType" => {
                     d.create_type = Some(String::from_utf8_lossy(unquote(value)).into_owned())
                 }
+                b"encoding" => {
+                    d.encoding = Some(String::from_utf8_lossy(unquote(value)).into_owned())
+                }
                 b"parentFileNameHint" => {
                     let v = unquote(value);
                     if !v.is_empty() {
@@ -240,15 +275,17 @@ impl Descriptor {
                     }
                 }
                 // At most 4096 keys are kept: enough for any real descriptor.
-                k if k.starts_with(b"ddb.") && d.ddb.len() < 4096 => {
-                    d.ddb.push((
-                        String::from_utf8_lossy(k).into_owned(),
-                        String::from_utf8_lossy(unquote(value)).into_owned(),
-                    ));
+                k if k.starts_with(b"ddb.") && ddb_raw.len() < 4096 => {
+                    ddb_raw.push((String::from_utf8_lossy(k).into_owned(), unquote(value)));
                 }
                 _ => {}
             }
         }
+        // Values are decoded once the whole text is read: `encoding` may come after them.
+        d.ddb = ddb_raw
+            .into_iter()
+            .map(|(k, v)| (k, d.decode_text(v)))
+            .collect();
         if d.extents.is_empty() {
             return Err(Error::invalid("descriptor lists no extents"));
         }
@@ -269,6 +306,9 @@ impl Descriptor {
             "parentCID={:08x}",
             self.parent_cid.unwrap_or(NO_PARENT_CID)
         );
+        if let Some(enc) = &self.encoding {
+            let _ = writeln!(t, "encoding=\"{enc}\"");
+        }
         if let Some(ct) = &self.create_type {
             let _ = writeln!(t, "createType=\"{ct}\"");
         }
@@ -291,6 +331,48 @@ impl Descriptor {
             let _ = writeln!(t, "{k} = \"{v}\"");
         }
         t
+    }
+
+    /// The code page `encoding=` names, when it is one other than UTF-8 that vdisk knows (the
+    /// labels of the WHATWG Encoding Standard: `windows-1252`, `windows-1251`, `Shift_JIS`,
+    /// `GBK`, `Big5`, `EUC-KR`, `ISO-8859-2`, …). An unknown label is ignored, and names are
+    /// then read as the bytes written, as qemu reads them.
+    fn code_page(&self) -> Option<&'static encoding_rs::Encoding> {
+        let label = self.encoding.as_deref()?;
+        encoding_rs::Encoding::for_label(label.trim().as_bytes())
+            .filter(|e| *e != encoding_rs::UTF_8)
+    }
+
+    /// Text written in the descriptor's code page, as a string (bytes that do not decode are
+    /// replaced).
+    fn decode_text(&self, raw: &[u8]) -> String {
+        match self.code_page() {
+            Some(enc) => enc.decode_without_bom_handling(raw).0.into_owned(),
+            None => String::from_utf8_lossy(raw).into_owned(),
+        }
+    }
+
+    /// A file name as written in the descriptor (`raw`, the bytes between the quotes),
+    /// decoded from the code page `encoding=` names into the UTF-8 name a file copied off a
+    /// Windows host has. `None` when there is nothing to decode: no encoding, UTF-8, an
+    /// unknown label, an ASCII name, or bytes that are not valid in that code page.
+    pub fn decode_name(&self, raw: &std::path::Path) -> Option<PathBuf> {
+        let enc = self.code_page()?;
+        let bytes = raw.as_os_str().as_bytes();
+        if bytes.is_ascii() {
+            return None;
+        }
+        let text = enc.decode_without_bom_handling_and_without_replacement(bytes)?;
+        (text.as_bytes() != bytes).then(|| PathBuf::from(text.into_owned()))
+    }
+
+    /// The names a file written as `raw` may have on disk, in the order to try them: the
+    /// name decoded from the descriptor's code page first (what `encoding=` says), then the
+    /// bytes as written (a file whose name kept the code page's bytes, as qemu reads it).
+    pub fn name_candidates(&self, raw: &std::path::Path) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = self.decode_name(raw).into_iter().collect();
+        out.push(raw.to_path_buf());
+        out
     }
 
     /// Whether the descriptor names a parent (a delta link).
@@ -396,6 +478,7 @@ fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     const QEMU_LINK: &str = "# Disk DescriptorFile\n\
         version=1\n\
@@ -521,5 +604,117 @@ mod tests {
         t.extend_from_slice(&[0; 100]);
         t.extend_from_slice(b"garbage");
         assert!(Descriptor::parse(&t).is_ok());
+    }
+
+    /// Detection as the real-world issue asks: by content, with or without the header line,
+    /// after a byte-order mark, blank lines and comments. qemu 10.0.2's `vmdk_probe` accepts
+    /// only `version=1|2|3` first (and no BOM, no empty line before it): vdisk accepts more.
+    #[test]
+    fn descriptors_are_recognised_by_their_first_key() {
+        for yes in [
+            &b"# Disk DescriptorFile\nversion=1\n"[..],
+            b"version=1\nCID=1\n",
+            b"CID=fffffffe\nversion=1\n",
+            b"createType=\"monolithicFlat\"\n",
+            b"\xef\xbb\xbfversion=1\r\n",
+            b"\xef\xbb\xbf# Disk DescriptorFile\r\n",
+            b"\n\n# made by hand\n   \r\nversion = 1\n",
+            b"# comment\n#another\nCID = 12345678",
+        ] {
+            assert!(
+                looks_like_descriptor(yes),
+                "{}",
+                String::from_utf8_lossy(yes)
+            );
+        }
+        for no in [
+            &b""[..],
+            b"\0\0\0\0",
+            b"\n\n\n",
+            b"# just a comment\n",
+            b"versions=1\n",
+            b"RW 100 FLAT \"a\" 0\nversion=1\n",
+            b"hello\nversion=1\n",
+            b"\xef\xbb\xbf\xef\xbb\xbfversion=1\n",
+            &[0u8; 4096][..],
+        ] {
+            assert!(
+                !looks_like_descriptor(no),
+                "{}",
+                String::from_utf8_lossy(no)
+            );
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_and_crlf_lines_parse() {
+        let d = Descriptor::parse(
+            b"\xef\xbb\xbfversion=1\r\nCID=0000abcd\r\ncreateType=\"monolithicFlat\"\r\n\
+              RW 8 FLAT \"a.bin\" 0\r\n",
+        )
+        .unwrap();
+        assert_eq!(d.version, Some(1));
+        assert_eq!(d.cid, Some(0xabcd));
+        assert_eq!(d.extents[0].file, Some(PathBuf::from("a.bin")));
+    }
+
+    /// VMware on Windows writes names in the code page `encoding` names: "Диск" in
+    /// windows-1251 is C4 E8 F1 EA; "Café" in windows-1252 has E9; "ディスク" in Shift_JIS
+    /// is 83 66 83 42 83 58 83 4E.
+    #[test]
+    fn names_decode_from_the_code_page_encoding_names() {
+        let cases: [(&str, &[u8], &str); 3] = [
+            (
+                "windows-1251",
+                b"\xc4\xe8\xf1\xea-flat.vmdk",
+                "Диск-flat.vmdk",
+            ),
+            ("windows-1252", b"Caf\xe9-flat.vmdk", "Café-flat.vmdk"),
+            (
+                "Shift_JIS",
+                b"\x83\x66\x83\x42\x83\x58\x83\x4e.vmdk",
+                "ディスク.vmdk",
+            ),
+        ];
+        for (enc, raw, utf8) in cases {
+            let mut text = format!("version=1\nencoding=\"{enc}\"\nRW 8 FLAT \"").into_bytes();
+            text.extend_from_slice(raw);
+            text.extend_from_slice(b"\" 0\nddb.comment = \"");
+            text.extend_from_slice(raw);
+            text.extend_from_slice(b"\"\n");
+            let d = Descriptor::parse(&text).unwrap();
+            let written = d.extents[0].file.clone().unwrap();
+            assert_eq!(
+                written.as_os_str().as_bytes(),
+                raw,
+                "{enc}: kept as written"
+            );
+            assert_eq!(d.decode_name(&written), Some(PathBuf::from(utf8)), "{enc}");
+            assert_eq!(
+                d.name_candidates(&written),
+                vec![PathBuf::from(utf8), written.clone()]
+            );
+            assert_eq!(
+                d.ddb("ddb.comment"),
+                Some(utf8),
+                "{enc}: ddb values decode too"
+            );
+        }
+        // No encoding, UTF-8, an unknown label, ASCII names: the bytes as written only.
+        for enc in ["", "encoding=\"UTF-8\"\n", "encoding=\"klingon\"\n"] {
+            let mut text = format!("version=1\n{enc}RW 8 FLAT \"").into_bytes();
+            text.extend_from_slice(b"Caf\xe9.bin\" 0\n");
+            let d = Descriptor::parse(&text).unwrap();
+            let written = d.extents[0].file.clone().unwrap();
+            assert_eq!(d.decode_name(&written), None, "{enc}");
+            assert_eq!(d.name_candidates(&written), vec![written.clone()]);
+        }
+        let d = Descriptor::parse(b"encoding=\"windows-1251\"\nRW 8 FLAT \"a.bin\" 0\n").unwrap();
+        assert_eq!(d.decode_name(Path::new("a.bin")), None);
+        // Bytes that are not text in the code page (a Shift_JIS lead byte with no trail byte)
+        // keep the name as written.
+        let d = Descriptor::parse(b"encoding=\"Shift_JIS\"\nRW 8 FLAT \"\x83.bin\" 0\n").unwrap();
+        let written = d.extents[0].file.clone().unwrap();
+        assert_eq!(d.decode_name(&written), None);
     }
 }

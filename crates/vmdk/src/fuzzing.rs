@@ -19,10 +19,23 @@ pub fn sparse_header(data: &[u8]) {
     }
 }
 
-/// Parse a descriptor.
+/// Detect and parse a descriptor, and decode its names from its `encoding`.
 pub fn descriptor(data: &[u8]) {
+    let _ = crate::probe(&data[..data.len().min(4096)]);
     if let Ok(d) = Descriptor::parse(data) {
         let _ = d.total_sectors();
+        for e in &d.extents {
+            if let Some(f) = &e.file {
+                let names = d.name_candidates(f);
+                assert!(
+                    names.last() == Some(f),
+                    "the name as written is always tried"
+                );
+            }
+        }
+        if let Some(hint) = &d.parent_hint {
+            let _ = d.decode_name(hint);
+        }
     }
 }
 

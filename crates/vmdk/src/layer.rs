@@ -176,7 +176,7 @@ impl Layer {
         }
         if !crate::descriptor::looks_like_descriptor(head) {
             return Err(Error::invalid(
-                "not a VMDK: no sparse header magic and no \"# Disk DescriptorFile\" line",
+                "not a VMDK: no sparse header magic, and not descriptor text (its first line sets neither version=, CID= nor createType=)",
             ));
         }
         let text = bytes.require_slice()?;
@@ -200,7 +200,8 @@ impl Layer {
                     | ExtentType::SeSparse,
                 ) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
-                    let p = resolve_relative(dir, name, opts.allow_outside_paths, "extent file")?;
+                    let p = resolve_name(store, &descriptor, dir, name, opts, "extent file")
+                        .map_err(|e| device_refusal(e, &descriptor))?;
                     let storage = open_extent(store, &p, line, &mut opened, &mut identities)
                         .map_err(|e| e.with_path(&p))?;
                     (Some(p), storage)
@@ -355,9 +356,17 @@ impl Layer {
         let max = max.min(ext.len - within);
         Ok(match &ext.storage {
             Storage::Zero => (max, LayerRun::Zero),
+            // A flat file shorter than its extent reads as zero past its end, and qemu-img
+            // maps that tail as zero: so does vdisk.
             Storage::Flat {
                 file, offset: base, ..
-            } => (max, LayerRun::File(file, base.saturating_add(within))),
+            } => {
+                let pos = base.saturating_add(within);
+                match file.len().checked_sub(pos) {
+                    Some(left) if left > 0 => (max.min(left), LayerRun::File(file, pos)),
+                    _ => (max, LayerRun::Zero),
+                }
+            }
             Storage::Sparse(s) => {
                 if within >= s.capacity() {
                     return Ok((max, LayerRun::Unallocated));
@@ -416,6 +425,49 @@ impl Layer {
         };
         Ok((len, alloc))
     }
+}
+
+/// A refused extent path of a raw-device descriptor (VirtualBox's `createrawvmdk`, VMware's
+/// physical disks) says why it is outside: the descriptor reads a disk of this machine.
+fn device_refusal(e: Error, descriptor: &Descriptor) -> Error {
+    match descriptor.create_type.as_deref() {
+        Some(ct @ ("fullDevice" | "partitionedDevice"))
+            if e.kind() == vdisk_core::ErrorKind::PathRefused =>
+        {
+            Error::new(
+                e.kind(),
+                format!(
+                    "{} (this {ct} descriptor reads a disk of the machine it was made on)",
+                    e.message()
+                ),
+            )
+        }
+        _ => e,
+    }
+}
+
+/// Resolve `name`, a file name as written in `descriptor` (at `dir`), to the file the store
+/// has: the name decoded from the descriptor's `encoding` first, then the bytes as written.
+/// When neither exists, the decoded name is returned (its error names what was looked for).
+pub(crate) fn resolve_name(
+    store: &dyn FileStore,
+    descriptor: &Descriptor,
+    dir: &Path,
+    name: &Path,
+    opts: &OpenOptions,
+    what: &str,
+) -> Result<PathBuf> {
+    let candidates = descriptor.name_candidates(name);
+    let mut resolved = Vec::with_capacity(candidates.len());
+    for c in &candidates {
+        resolved.push(resolve_relative(dir, c, opts.allow_outside_paths, what)?);
+    }
+    if resolved.len() > 1 {
+        if let Some(p) = resolved.iter().find(|p| store.exists(p)) {
+            return Ok(p.clone());
+        }
+    }
+    Ok(resolved.swap_remove(0))
 }
 
 fn open_extent(

@@ -282,9 +282,7 @@ impl DiskImage for VmdkImage {
                 file, offset: base, ..
             } = &ext.storage
             {
-                if let Bytes::File(f) = &**file {
-                    f.release(base.saturating_add(off - ext.start), stop - off);
-                }
+                file.release(base.saturating_add(off - ext.start), stop - off);
             }
             off = stop;
         }

@@ -206,6 +206,16 @@ impl SparseExtent {
     pub fn embedded_descriptor(&self) -> Option<&[u8]> {
         let h = &self.header;
         if h.descriptor_offset == 0 || h.descriptor_size == 0 {
+            // An empty disk whose header names no descriptor: qemu reads the descriptor at
+            // sector 1 all the same, and vdisk writes empty streamOptimized disks so (qemu
+            // takes a zero capacity with a descriptor offset for an ESX descriptor file,
+            // and refuses its createType).
+            if h.capacity == 0 {
+                let data = self.bytes.slice()?;
+                let end = (h.overhead.min(128) * SECTOR).min(data.len() as u64) as usize;
+                let text = data.get(SECTOR as usize..end)?;
+                return crate::descriptor::looks_like_descriptor(text).then_some(text);
+            }
             return None;
         }
         // Validated against the file length by RawSparseHeader::validate.

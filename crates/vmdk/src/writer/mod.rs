@@ -435,6 +435,7 @@ pub(crate) fn new_descriptor(
         parent_hint,
         extents,
         ddb: ddb_for(sectors, opts.adapter),
+        encoding: None,
     }
 }
 

@@ -71,8 +71,15 @@ impl SparseExtentWriter {
             flags: HeaderFlags(flags),
             capacity,
             grain_size: GRAIN_SECTORS,
-            descriptor_offset: if descriptor.is_some() { 1 } else { 0 },
-            descriptor_size: desc_sectors,
+            // An empty disk's header names no descriptor (the text stays at sector 1, where
+            // qemu reads it): qemu takes a zero-capacity sparse file that names one for an ESX
+            // descriptor file and refuses its createType (see writer::stream).
+            descriptor_offset: if descriptor.is_some() && capacity > 0 {
+                1
+            } else {
+                0
+            },
+            descriptor_size: if capacity > 0 { desc_sectors } else { 0 },
             gtes_per_gt: GTES as u32,
             rgd_offset: rgd,
             gd_offset: gd,

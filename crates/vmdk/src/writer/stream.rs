@@ -103,8 +103,12 @@ impl StreamImage {
             ),
             capacity: sectors,
             grain_size: GRAIN_SECTORS,
-            descriptor_offset: 1,
-            descriptor_size: desc_sectors,
+            // qemu opens a zero-capacity sparse file that names a descriptor as an ESX
+            // descriptor file, and refuses it ("Unsupported image type 'streamOptimized'",
+            // even for the files qemu-img itself creates at size 0). An empty disk's header
+            // names none; the text stays at sector 1, where qemu and vdisk find it.
+            descriptor_offset: if sectors == 0 { 0 } else { 1 },
+            descriptor_size: if sectors == 0 { 0 } else { desc_sectors },
             gtes_per_gt: GTES as u32,
             rgd_offset: 0,
             gd_offset: GD_AT_END,
