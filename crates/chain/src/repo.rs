@@ -32,7 +32,9 @@ pub(crate) fn repo_err(dir: &Path, kind: ErrorKind, msg: impl Into<String>) -> E
 /// Whether `name` is a file runs of vdisk write in a repository: point files, and the
 /// temporary names of files being written.
 fn is_ours(name: &str) -> bool {
-    name.starts_with("point-") || (name.starts_with('.') && name.ends_with(".vdisk-partial"))
+    name.starts_with("point-")
+        || (name.starts_with('.')
+            && (name.ends_with(".vdisk-partial") || name.ends_with(".vdisk-extents")))
 }
 
 impl Repository {

@@ -307,6 +307,7 @@ impl OutputFiles {
         if exists && policy.existing == Existing::Refuse {
             return Err(Error::new(ErrorKind::AlreadyExists, "already exists").with_path(dst));
         }
+        recover_journal(dst);
         let replaced = if exists {
             old_extent_files(dst, policy)
         } else {
@@ -374,12 +375,25 @@ impl OutputFiles {
     }
 
     /// Publish the extents, then `main` (the destination), then remove the files of the image
-    /// it replaced.
+    /// it replaced. While extents are published and the descriptor is not yet, a journal
+    /// beside the destination names them, so that a run killed in that window leaves files
+    /// the next run writing the destination knows to be its own and removes.
     pub(crate) fn commit(self, main: SparseWriter) -> Result<()> {
+        let journal = journal_path(&self.dst);
+        if !self.pending.is_empty() {
+            let names: String = self
+                .pending
+                .iter()
+                .filter_map(|f| f.destination().file_name())
+                .map(|n| format!("{}\n", n.to_string_lossy()))
+                .collect();
+            vdisk_raw::write_file(&journal, names.as_bytes(), &OutputPolicy::replacing())?;
+        }
         for f in self.pending {
             f.commit()?;
         }
         main.commit()?;
+        let _ = std::fs::remove_file(&journal);
         for old in &self.replaced {
             let reused = old
                 .file_name()
@@ -390,6 +404,41 @@ impl OutputFiles {
         }
         Ok(())
     }
+}
+
+/// The journal of an image being published at `dst`: `.NAME.vdisk-extents`.
+fn journal_path(dst: &Path) -> PathBuf {
+    let mut name = std::ffi::OsString::from(".");
+    name.push(dst.file_name().unwrap_or_default());
+    name.push(".vdisk-extents");
+    dst.with_file_name(name)
+}
+
+/// Finish what a run killed while publishing an image at `dst` left: the extents its journal
+/// names that the descriptor now at `dst` does not use are removed, then the journal.
+fn recover_journal(dst: &Path) {
+    let journal = journal_path(dst);
+    let Ok(text) = vdisk_raw::read_head(&journal, 1 << 20) else {
+        return;
+    };
+    let in_use: Vec<PathBuf> = vdisk_raw::read_head(dst, crate::descriptor::MAX_DESCRIPTOR_FILE)
+        .ok()
+        .filter(|t| crate::descriptor::looks_like_descriptor(t))
+        .and_then(|t| Descriptor::parse(&t).ok())
+        .map(|d| d.extents.into_iter().filter_map(|e| e.file).collect())
+        .unwrap_or_default();
+    for line in String::from_utf8_lossy(&text).lines() {
+        let name = Path::new(line);
+        // Only plain names beside the destination, as the journal was written.
+        if line.is_empty() || name.components().count() != 1 || in_use.iter().any(|u| u == name) {
+            continue;
+        }
+        let path = dst.with_file_name(name);
+        if std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    let _ = std::fs::remove_file(journal);
 }
 
 /// The extent files the descriptor at `dst` names, when it is a separate descriptor: files in
