@@ -483,6 +483,7 @@ impl ChangeMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunk::Node;
 
     fn blocks(m: &ChangeMap) -> Vec<u64> {
         (0..m.block_count()).filter(|&b| m.test(b)).collect()
@@ -501,10 +502,14 @@ mod tests {
     }
 
     #[test]
-    fn new_refuses_more_than_2_pow_32_blocks_before_allocating() {
+    fn new_accepts_256_tib_at_512_and_refuses_more() {
+        let m = ChangeMap::new(vdisk_core::MAX_DISK_SIZE, 512).unwrap();
+        assert_eq!(m.block_count(), MAX_BLOCKS);
+        assert_eq!(MAX_BLOCKS, 1 << 39);
+        assert_eq!(m.heap_bytes(), 0);
         let e = ChangeMap::new((MAX_BLOCKS + 1) * 512, 512).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-        assert!(e.message().contains("512 MiB"), "{}", e.message());
+        assert!(e.message().contains("2^39"), "{}", e.message());
         let e = ChangeMap::new(u64::MAX, 512).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument);
     }
@@ -517,7 +522,16 @@ mod tests {
         assert_eq!(ChangeMap::new(1025, 512).unwrap().block_count(), 3);
         let m = ChangeMap::new((2 << 26) + 1, 64 << 20).unwrap();
         assert_eq!(m.block_count(), 3);
-        assert!(ChangeMap::new(u64::MAX, 64 << 20).is_err());
+        // The largest sizes fit at coarse granularities: 2^38 and 2^39 blocks.
+        assert_eq!(
+            ChangeMap::new(u64::MAX, 64 << 20).unwrap().block_count(),
+            1 << 38
+        );
+        assert_eq!(
+            ChangeMap::new(u64::MAX, 32 << 20).unwrap().block_count(),
+            1 << 39
+        );
+        assert!(ChangeMap::new(u64::MAX, 16 << 20).is_err());
     }
 
     #[test]
@@ -583,6 +597,154 @@ mod tests {
         let e = m.mark_bytes(u64::MAX, 2).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::OutOfBounds);
         assert!(m.is_empty());
+    }
+
+    const C: u64 = chunk::CHUNK_BLOCKS;
+
+    /// A map of `chunks` chunks (and `extra` blocks) at 512 bytes.
+    fn chunked(chunks: u64, extra: u64) -> ChangeMap {
+        ChangeMap::new((chunks * C + extra) * 512, 512).unwrap()
+    }
+
+    fn runs(m: &ChangeMap) -> Vec<(u64, u64)> {
+        m.runs().collect()
+    }
+
+    fn forms(m: &ChangeMap) -> Vec<(u64, char)> {
+        m.nodes
+            .iter()
+            .map(|(&k, n)| {
+                let c = match n {
+                    Node::Full(_) => 'F',
+                    Node::List(_) => 'L',
+                    Node::Bits(_) => 'B',
+                };
+                (k, c)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_chunk_goes_from_list_to_bits_and_back() {
+        let mut m = chunked(2, 0);
+        // Every other block from C + 0: 1024 runs stay a list, the 1025th makes bits.
+        for i in 0..1024 {
+            m.set(C + 2 * i);
+        }
+        assert_eq!(forms(&m), [(1, 'L')]);
+        m.set(C + 2048);
+        assert_eq!(forms(&m), [(1, 'B')]);
+        fuzzing::check_form(&m);
+        assert_eq!(m.count(), 1025);
+        // Joining two runs brings it back to 1024: a list again.
+        m.set(C + 1);
+        assert_eq!(forms(&m), [(1, 'L')]);
+        assert_eq!(runs(&m)[0], (C, 3));
+        // Splitting a run of a 1024-run list makes bits; clearing a lone block makes a list.
+        m.clear(C + 1);
+        assert_eq!(forms(&m), [(1, 'B')]);
+        m.clear(C + 2048);
+        assert_eq!(forms(&m), [(1, 'L')]);
+        assert_eq!(m.count(), 1024);
+        fuzzing::check_map(&m);
+        // A range over a bits chunk keeps its counts.
+        m.set(C + 2048);
+        m.set_blocks(C + 100, C + 3000);
+        assert_eq!(forms(&m), [(1, 'L')]);
+        assert_eq!(m.count(), 50 + (3000 - 100));
+        fuzzing::check_map(&m);
+    }
+
+    #[test]
+    fn whole_chunks_become_one_full_stretch() {
+        let mut m = chunked(10, 7);
+        m.set_blocks(3 * C, 5 * C);
+        assert_eq!(forms(&m), [(3, 'F')]);
+        m.set_blocks(C + 5, 3 * C); // list in chunk 1, chunk 2 full: joins chunks 3..5
+        assert_eq!(forms(&m), [(1, 'L'), (2, 'F')]);
+        m.set_blocks(C, C + 5); // chunk 1 becomes full: one stretch 1..5
+        assert_eq!(forms(&m), [(1, 'F')]);
+        assert_eq!(runs(&m), [(C, 4 * C)]);
+        // Filling chunk 5 one block at a time joins it too.
+        for b in 5 * C..6 * C {
+            m.set(b);
+        }
+        assert_eq!(forms(&m), [(1, 'F')]);
+        assert_eq!(m.count(), 5 * C);
+        // The last chunk has 7 blocks: full when they are.
+        m.set_blocks(10 * C, 10 * C + 7);
+        assert_eq!(forms(&m), [(1, 'F'), (10, 'F')]);
+        m.set_blocks(0, m.block_count());
+        assert_eq!(forms(&m), [(0, 'F')]);
+        assert_eq!(runs(&m), [(0, 10 * C + 7)]);
+        assert_eq!(m.count(), m.block_count());
+        fuzzing::check_map(&m);
+    }
+
+    #[test]
+    fn clearing_splits_a_full_stretch() {
+        let mut m = chunked(6, 0);
+        m.set_blocks(0, 6 * C);
+        m.clear(3 * C + 9);
+        assert_eq!(forms(&m), [(0, 'F'), (3, 'L'), (4, 'F')]);
+        assert_eq!(runs(&m), [(0, 3 * C + 9), (3 * C + 10, 3 * C - 10)]);
+        assert!(!m.test(3 * C + 9) && m.test(3 * C + 8) && m.test(3 * C + 10));
+        m.clear(0);
+        m.clear(6 * C - 1);
+        assert_eq!(
+            forms(&m),
+            [(0, 'L'), (1, 'F'), (3, 'L'), (4, 'F'), (5, 'L')]
+        );
+        assert_eq!(m.count(), 6 * C - 3);
+        fuzzing::check_map(&m);
+        m.set(3 * C + 9);
+        m.set(0);
+        m.set(6 * C - 1);
+        assert_eq!(forms(&m), [(0, 'F')]);
+        // A map of one block, which is a whole chunk.
+        let mut one = ChangeMap::new(512, 512).unwrap();
+        one.set(0);
+        assert_eq!(forms(&one), [(0, 'F')]);
+        one.clear(0);
+        assert!(one.is_empty() && one.nodes.is_empty());
+    }
+
+    #[test]
+    fn set_blocks_matches_bit_by_bit_across_chunks() {
+        let n = 3 * C + 100;
+        for (first, end) in [
+            (0, n),
+            (5, n),
+            (0, 2 * C),
+            (C - 1, C + 1),
+            (C, 3 * C + 100),
+            (10, 3 * C + 1),
+        ] {
+            let mut a = chunked(3, 100);
+            a.set(C + 7);
+            a.set_blocks(2 * C + 50, 2 * C + 60);
+            let mut b = a.clone();
+            a.set_blocks(first, end);
+            for i in first..end {
+                b.set(i);
+            }
+            assert_eq!(a, b, "{first}..{end}");
+            fuzzing::check_map(&a);
+        }
+    }
+
+    #[test]
+    fn huge_maps_cost_what_they_hold() {
+        let mut m = ChangeMap::new(vdisk_core::MAX_DISK_SIZE, 512).unwrap();
+        for b in [0, 1 << 38, MAX_BLOCKS - 1] {
+            m.set(b);
+        }
+        assert!(m.heap_bytes() < 1024, "{}", m.heap_bytes());
+        m.set_blocks(0, MAX_BLOCKS);
+        assert_eq!(forms(&m), [(0, 'F')]);
+        assert!(m.heap_bytes() < 256, "{}", m.heap_bytes());
+        assert_eq!(m.count(), MAX_BLOCKS);
+        assert_eq!(m.changed_bytes(), vdisk_core::MAX_DISK_SIZE);
     }
 
     #[test]

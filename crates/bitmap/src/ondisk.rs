@@ -544,11 +544,31 @@ mod tests {
     use vdisk_core::ErrorKind;
 
     use super::*;
+    use crate::fuzzing;
+
+    const C: u64 = CHUNK_BLOCKS;
 
     fn sample() -> ChangeMap {
         let mut m = ChangeMap::new(100 * 512 + 7, 512).unwrap();
         m.set_blocks(3, 70);
         m.set(100);
+        m
+    }
+
+    /// A map with every kind of record: runs across chunk boundaries, a full stretch, a
+    /// chunk of more than 1024 runs (bits in memory) and one of 600 (a list in memory, bits
+    /// on disk), and a partial last chunk.
+    fn mixed() -> ChangeMap {
+        let mut m = ChangeMap::new((6 * C + 1000) * 512, 512).unwrap();
+        m.set_blocks(5, 10);
+        m.set_blocks(C - 3, 3 * C + 2);
+        for i in 0..1500 {
+            m.set(4 * C + 3 * i);
+        }
+        for i in 0..600 {
+            m.set(5 * C + 5 * i);
+        }
+        m.set_blocks(6 * C + 998, 6 * C + 1000);
         m
     }
 
@@ -562,31 +582,139 @@ mod tests {
         bytes
     }
 
+    /// A version 2 file with these run and chunk records, its checksum right.
+    fn v2(size: u64, g: u64, runs: &[(u64, u64)], chunks: &[(u64, &[u64])]) -> Vec<u8> {
+        let mut b = MAGIC.to_vec();
+        b.extend_from_slice(&2u32.to_le_bytes());
+        b.extend_from_slice(&0u32.to_le_bytes());
+        for v in [
+            size,
+            g,
+            size.div_ceil(g),
+            runs.len() as u64,
+            chunks.len() as u64,
+        ] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        for &(first, count) in runs {
+            b.extend_from_slice(&first.to_le_bytes());
+            b.extend_from_slice(&count.to_le_bytes());
+        }
+        for &(k, words) in chunks {
+            b.extend_from_slice(&k.to_le_bytes());
+            for i in 0..CHUNK_WORDS {
+                b.extend_from_slice(&words.get(i).copied().unwrap_or(0).to_le_bytes());
+            }
+        }
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn corrupt(bytes: &[u8], words: &str) {
+        let e = ChangeMap::decode(bytes).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.message());
+        assert!(e.message().contains(words), "{}", e.message());
+    }
+
     #[test]
     fn layout_field_by_field() {
         let mut m = ChangeMap::new(1000, 512).unwrap();
         m.set(1);
         let b = m.encode();
-        assert_eq!(b.len(), 40 + 8 + 4);
+        assert_eq!(b.len(), 56 + 16 + 4);
         assert_eq!(&b[0..8], b"VDBITMAP");
-        assert_eq!(b[8..12], [1, 0, 0, 0]); // version
+        assert_eq!(b[8..12], [2, 0, 0, 0]); // version
         assert_eq!(b[12..16], [0, 0, 0, 0]); // flags
         assert_eq!(b[16..24], [0xe8, 0x03, 0, 0, 0, 0, 0, 0]); // size 1000
         assert_eq!(b[24..32], [0, 0x02, 0, 0, 0, 0, 0, 0]); // granularity 512
         assert_eq!(b[32..40], [2, 0, 0, 0, 0, 0, 0, 0]); // 2 blocks
-        assert_eq!(b[40..48], [2, 0, 0, 0, 0, 0, 0, 0]); // block 1 set
-        assert_eq!(b[48..52], crc32fast::hash(&b[..48]).to_le_bytes());
+        assert_eq!(b[40..48], [1, 0, 0, 0, 0, 0, 0, 0]); // 1 run record
+        assert_eq!(b[48..56], [0, 0, 0, 0, 0, 0, 0, 0]); // no chunk record
+        assert_eq!(b[56..64], [1, 0, 0, 0, 0, 0, 0, 0]); // run from block 1
+        assert_eq!(b[64..72], [1, 0, 0, 0, 0, 0, 0, 0]); // of 1 block
+        assert_eq!(b[72..76], crc32fast::hash(&b[..72]).to_le_bytes());
+        assert_eq!(v2(1000, 512, &[(1, 1)], &[]), b);
+    }
+
+    #[test]
+    fn chunk_records_hold_the_fragmented_chunks() {
+        let m = mixed();
+        let b = m.encode();
+        // Runs: 5..10, C-3..3C+2 (one record across three chunk boundaries), the last two
+        // blocks; chunks 4 (1500 runs) and 5 (600 runs) as bits.
+        assert_eq!(u64_at(&b, 40), 3);
+        assert_eq!(u64_at(&b, 48), 2);
+        assert_eq!(b.len(), 56 + 3 * 16 + 2 * 8200 + 4);
+        assert_eq!(
+            (u64_at(&b, 56 + 16), u64_at(&b, 56 + 24)),
+            (C - 3, 2 * C + 5)
+        );
+        let chunk5 = 56 + 3 * 16 + 8200;
+        assert_eq!(u64_at(&b, chunk5), 5);
+        let first_word = (0..13).fold(0u64, |w, i| w | 1 << (5 * i));
+        assert_eq!(u64_at(&b, chunk5 + 8), first_word);
+        assert_eq!(ChangeMap::decode(&b).unwrap(), m);
     }
 
     #[test]
     fn round_trip() {
+        let mut full = ChangeMap::new((3 * C + 5) * 4096, 4096).unwrap();
+        full.set_blocks(0, full.block_count());
         for m in [
             sample(),
+            mixed(),
+            full,
             ChangeMap::new(0, 512).unwrap(),
             ChangeMap::new(64 * 512, 512).unwrap(),
         ] {
-            assert_eq!(ChangeMap::decode(&m.encode()).unwrap(), m);
+            let b = m.encode();
+            assert_eq!(ChangeMap::decode(&b).unwrap(), m);
+            fuzzing::decode(&b);
+            let v1 = m.encode_v1();
+            assert_eq!(ChangeMap::decode(&v1).unwrap(), m);
+            fuzzing::decode(&v1);
         }
+    }
+
+    #[test]
+    fn version_1_still_decodes() {
+        // Written out by hand: 1000 bytes at 512, block 1 set (as vdisk 0.1 wrote it).
+        let mut b = b"VDBITMAP".to_vec();
+        b.extend_from_slice(&[1, 0, 0, 0, 0, 0, 0, 0]); // version 1, flags 0
+        b.extend_from_slice(&[0xe8, 0x03, 0, 0, 0, 0, 0, 0]); // size 1000
+        b.extend_from_slice(&[0, 0x02, 0, 0, 0, 0, 0, 0]); // granularity 512
+        b.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]); // 2 blocks
+        b.extend_from_slice(&[2, 0, 0, 0, 0, 0, 0, 0]); // block 1 set
+        let crc = crc32fast::hash(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        let m = ChangeMap::decode(&b).unwrap();
+        assert_eq!(m.runs().collect::<Vec<_>>(), [(1, 1)]);
+        assert_eq!(m.encode_v1(), b);
+        // Re-encoding writes version 2.
+        assert_eq!(m.encode()[8], 2);
+    }
+
+    #[test]
+    fn version_1_checks_are_kept() {
+        let enc = sample().encode_v1(); // 101 blocks: bits 37.. of word 1 must be zero
+        corrupt(
+            &patched(enc.clone(), 40 + 8, &(1u64 << 40).to_le_bytes()),
+            "past its last block",
+        );
+        corrupt(
+            &patched(enc.clone(), 32, &102u64.to_le_bytes()),
+            "does not match",
+        );
+        for n in [20, 43, 44, enc.len() - 1] {
+            corrupt(&enc[..n], "truncated");
+        }
+        let mut longer = enc.clone();
+        longer.push(0);
+        corrupt(&longer, "trailing");
+        let mut flipped = enc;
+        flipped[45] ^= 0x10;
+        corrupt(&flipped, "checksum");
     }
 
     #[test]
@@ -603,19 +731,25 @@ mod tests {
 
     #[test]
     fn other_version_is_unsupported() {
-        let b = patched(sample().encode(), 8, &2u32.to_le_bytes());
-        let e = ChangeMap::decode(&b).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Unsupported);
-        assert!(e.message().contains("version 2"), "{}", e.message());
+        for (version, enc) in [(3u32, sample().encode()), (0, sample().encode_v1())] {
+            let b = patched(enc, 8, &version.to_le_bytes());
+            let e = ChangeMap::decode(&b).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+            assert!(
+                e.message().contains(&format!("version {version}")),
+                "{}",
+                e.message()
+            );
+        }
     }
 
     #[test]
     fn flags_with_good_checksum_are_unsupported() {
-        let b = patched(sample().encode(), 12, &1u32.to_le_bytes());
-        assert_eq!(
-            ChangeMap::decode(&b).unwrap_err().kind(),
-            ErrorKind::Unsupported
-        );
+        for enc in [sample().encode(), sample().encode_v1()] {
+            let b = patched(enc, 12, &1u32.to_le_bytes());
+            let e = ChangeMap::decode(&b).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported);
+        }
     }
 
     #[test]
@@ -626,59 +760,145 @@ mod tests {
             (24, 0, "power of two"),
             (16, 1 << 20, "does not match"),
             (32, 102, "does not match"),
+            (40, 3, "truncated"), // it has 2
+            (40, 1, "trailing"),
+            (48, 1, "truncated"),
         ] {
-            let e = ChangeMap::decode(&patched(enc.clone(), at, &value.to_le_bytes())).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.message());
-            assert!(e.message().contains(words), "{}", e.message());
+            corrupt(&patched(enc.clone(), at, &value.to_le_bytes()), words);
         }
     }
 
-    /// A header claiming 2^40 blocks over a few bytes must fail on the length check, not
-    /// allocate (the crosvm `test_huge_header` lesson).
+    /// Headers claiming more blocks or records than the input holds must fail on the length
+    /// check, not allocate (the crosvm `test_huge_header` lesson).
     #[test]
-    fn huge_block_count_does_not_allocate() {
+    fn huge_counts_do_not_allocate() {
         let g = 512u64;
-        for blocks in [1u64 << 40, MAX_BLOCKS + 1, MAX_BLOCKS] {
-            let b = patched(sample().encode(), 16, &(blocks * g).to_le_bytes());
-            let b = patched(b, 32, &blocks.to_le_bytes());
-            let e = ChangeMap::decode(&b).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Corrupt, "{}", e.message());
+        let shape = |enc, blocks: u64| {
+            let b = patched(enc, 16, &(blocks * g).to_le_bytes());
+            patched(b, 32, &blocks.to_le_bytes())
+        };
+        for blocks in [1u64 << 40, MAX_BLOCKS + 1] {
+            corrupt(&shape(sample().encode(), blocks), "limit of 2^39");
+            corrupt(&shape(sample().encode_v1(), blocks), "limit of 2^39");
+        }
+        // The largest map: a dense file would need 64 GiB; the runs need no more.
+        corrupt(&shape(sample().encode_v1(), MAX_BLOCKS), "truncated");
+        let m = ChangeMap::decode(&shape(sample().encode(), MAX_BLOCKS)).unwrap();
+        assert_eq!((m.block_count(), m.count()), (MAX_BLOCKS, 68));
+        for (runs, chunks) in [
+            (1u64 << 60, 0u64),
+            (0, 1 << 60),
+            (u64::MAX, u64::MAX),
+            (u64::MAX / 16, 0),
+            (1 << 59, u64::MAX / 8200 / 2 + 1),
+        ] {
+            let b = patched(sample().encode(), 40, &runs.to_le_bytes());
+            let b = patched(b, 48, &chunks.to_le_bytes());
+            corrupt(&b, "truncated");
         }
     }
 
     #[test]
     fn truncated_and_trailing_bytes() {
         let enc = sample().encode();
-        for n in [8, 20, 43, 44, enc.len() - 1] {
-            let e = ChangeMap::decode(&enc[..n]).unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::Corrupt);
-            assert!(e.message().contains("truncated"), "{n}: {}", e.message());
+        for n in [8, 20, 43, 44, 59, 60, enc.len() - 1] {
+            corrupt(&enc[..n], "truncated");
         }
         let mut longer = enc.clone();
         longer.push(0);
-        let e = ChangeMap::decode(&longer).unwrap_err();
-        assert!(e.message().contains("trailing"), "{}", e.message());
+        corrupt(&longer, "trailing");
     }
 
     #[test]
     fn checksum_mismatch() {
         let mut enc = sample().encode();
-        enc[45] ^= 0x10;
-        let e = ChangeMap::decode(&enc).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Corrupt);
-        assert!(e.message().contains("checksum"), "{}", e.message());
+        enc[60] ^= 0x10;
+        corrupt(&enc, "checksum");
+    }
+
+    /// Every changed byte and every cut of a version 2 file is refused, in the header, the
+    /// run records, a chunk record and the checksum.
+    #[test]
+    fn every_flipped_byte_and_every_cut_fails() {
+        let enc = mixed().encode();
+        for i in 0..enc.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut b = enc.clone();
+                b[i] ^= x;
+                assert!(
+                    ChangeMap::decode(&b).is_err(),
+                    "byte {i} ^ {x:#x} went unnoticed"
+                );
+            }
+        }
+        for n in 0..enc.len() {
+            assert!(
+                ChangeMap::decode(&enc[..n]).is_err(),
+                "cut at {n} went unnoticed"
+            );
+        }
     }
 
     #[test]
-    fn bits_past_the_last_block_are_corrupt() {
-        let enc = sample().encode(); // 101 blocks: bits 37.. of word 1 must be zero
-        let b = patched(enc, 40 + 8, &(1u64 << 40).to_le_bytes());
-        let e = ChangeMap::decode(&b).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Corrupt);
-        assert!(
-            e.message().contains("past its last block"),
-            "{}",
-            e.message()
-        );
+    fn records_must_be_canonical() {
+        let n = 3 * C + 10; // blocks
+        let size = n * 512;
+        let ok = v2(size, 512, &[(0, 5), (7, 1)], &[]);
+        assert!(ChangeMap::decode(&ok).is_ok());
+        // A chunk of 513 runs, as bits.
+        let dense: Vec<u64> = vec![0x5555_5555_5555_5555; 17];
+        assert_eq!(count_and_runs(&dense).1, 544);
+        let with_chunk = v2(size, 512, &[(0, 5), (2 * C, 3)], &[(1, &dense)]);
+        assert_eq!(ChangeMap::decode(&with_chunk).unwrap().count(), 8 + 544);
+        // Runs that touch the chunk record on either side are fine.
+        let touching = v2(size, 512, &[(C - 2, 2), (2 * C, 3)], &[(1, &dense)]);
+        assert!(ChangeMap::decode(&touching).is_ok());
+
+        for (runs, chunks, words) in [
+            (&[(0, 0)][..], &[][..], "is empty"),
+            (&[(n - 1, 2)], &[], "past the last block"),
+            (&[(u64::MAX, 2)], &[], "past the last block"),
+            (&[(5, 1), (0, 2)], &[], "does not start after"),
+            (&[(0, 5), (3, 5)], &[], "does not start after"),
+            (&[(0, 5), (5, 5)], &[], "does not start after"),
+            (&[(C - 2, 3)], &[(1, &dense[..])], "overlaps a bitmap chunk"),
+            (&[(C + 4, 1)], &[(1, &dense[..])], "overlaps a bitmap chunk"),
+            (
+                &[(2 * C - 1, 3)],
+                &[(1, &dense[..])],
+                "overlaps a bitmap chunk",
+            ),
+            (&[], &[(1, &dense[..16])], "512 runs, not more than 512"),
+            (&[], &[(1, &[][..])], "0 runs"),
+            (
+                &[],
+                &[(2, &dense[..]), (1, &dense[..])],
+                "not after the one before",
+            ),
+            (
+                &[],
+                &[(1, &dense[..]), (1, &dense[..])],
+                "not after the one before",
+            ),
+            (&[], &[(4, &dense[..])], "past the map's 4 chunks"),
+            (&[], &[(u64::MAX, &dense[..])], "past the map's 4 chunks"),
+        ] {
+            corrupt(&v2(size, 512, runs, chunks), words);
+        }
+        // 513 runs in one chunk must be a chunk record.
+        let many: Vec<(u64, u64)> = (0..513).map(|i| (2 * i, 1)).collect();
+        corrupt(&v2(size, 512, &many, &[]), "must be a chunk record");
+        // ... and 512 must not, even when a run from the chunk before ends in it.
+        let mut fine: Vec<(u64, u64)> = vec![(C - 1, 2)];
+        fine.extend((1..512).map(|i| (C + 2 * i, 1)));
+        assert!(ChangeMap::decode(&v2(size, 512, &fine, &[])).is_ok());
+        fine.push((C + 1030, 1));
+        corrupt(&v2(size, 512, &fine, &[]), "must be a chunk record");
+        // Bits past the last block of the last chunk (10 blocks).
+        let mut last = dense.clone();
+        last[0] = 1 << 10;
+        corrupt(&v2(size, 512, &[], &[(3, &last)]), "past its last block");
+        last[0] = 0;
+        corrupt(&v2(size, 512, &[], &[(3, &last)]), "past its last block");
     }
 }

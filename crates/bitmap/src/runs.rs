@@ -230,15 +230,38 @@ mod tests {
 
     #[test]
     fn extents_do_not_overflow_with_the_largest_shape() {
-        // 2^32 blocks of 64 MiB: the largest map, a 2^58-byte disk with a partial last block.
-        let size = (1u64 << 58) - 100;
+        // 2^38 blocks of 64 MiB: a disk of nearly 2^64 bytes, with a partial last block.
+        let size = u64::MAX - 100;
         let mut m = ChangeMap::new(size, 64 << 20).unwrap();
         let n = m.block_count();
+        assert_eq!(n, 1 << 38);
         m.set_blocks(n - 2, n);
         assert_eq!(
             m.extents().collect::<Vec<_>>(),
             [((n - 2) * (64 << 20), size - (n - 2) * (64 << 20))]
         );
         assert_eq!(m.changed_bytes(), size - (n - 2) * (64 << 20));
+        m.set_blocks(0, n);
+        assert_eq!(m.extents().collect::<Vec<_>>(), [(0, size)]);
+        assert_eq!(m.changed_bytes(), size);
+    }
+
+    #[test]
+    fn runs_join_across_chunks_and_forms() {
+        const C: u64 = crate::fuzzing::CHUNK;
+        let mut m = map(5 * C, &[]);
+        m.set_blocks(C - 1, 2 * C); // a list piece, then a full chunk
+        for i in 0..1100 {
+            m.set(2 * C + 2 * i + 1); // a bits chunk, its first block clear
+        }
+        m.set(2 * C); // now it starts at the chunk's first block: joined to the run before
+        m.set_blocks(3 * C - 1, 4 * C + 1); // the bits chunk's last block, a full one, a list
+        let runs: Vec<_> = m.runs().collect();
+        assert!(matches!(m.nodes.get(&2), Some(crate::chunk::Node::Bits(_))));
+        assert_eq!(runs[0], (C - 1, C + 3)); // C-1, chunk 1, then 2C and 2C+1
+        assert_eq!(runs[1], (2 * C + 3, 1));
+        assert_eq!(runs.len(), 1 + 1099 + 1);
+        assert_eq!(runs[1100], (3 * C - 1, C + 2));
+        assert_eq!(m.count(), runs.iter().map(|r| r.1).sum::<u64>());
     }
 }
