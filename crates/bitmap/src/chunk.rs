@@ -197,6 +197,16 @@ impl Bits {
 /// chunk must become [`Bits`] first.
 pub(crate) struct ListFull;
 
+/// Makes room for one more run in a list shorter than [`LIST_MAX_RUNS`]: doubling, as a `Vec`
+/// does, but never past [`LIST_MAX_RUNS`] (a list cloned at its length would otherwise grow
+/// to twice that), so a list never holds more than 4 KiB.
+fn reserve_one(list: &mut Vec<(u16, u16)>) {
+    if list.len() == list.capacity() {
+        let more = list.len().max(4).min(LIST_MAX_RUNS - list.len());
+        list.reserve_exact(more);
+    }
+}
+
 /// Adds blocks `lo..=hi` to a run list (sorted, maximal); returns how many were newly set.
 /// Refused, with the list unchanged, when it would need more than [`LIST_MAX_RUNS`] runs.
 pub(crate) fn list_add(list: &mut Vec<(u16, u16)>, lo: u16, hi: u16) -> Result<u32, ListFull> {
@@ -209,6 +219,7 @@ pub(crate) fn list_add(list: &mut Vec<(u16, u16)>, lo: u16, hi: u16) -> Result<u
         if list.len() >= LIST_MAX_RUNS {
             return Err(ListFull);
         }
+        reserve_one(list);
         list.insert(i0, (lo, hi));
         return Ok(hi32 - lo32 + 1);
     }
@@ -244,6 +255,7 @@ pub(crate) fn list_clear(list: &mut Vec<(u16, u16)>, off: u16) -> Result<bool, L
             if list.len() >= LIST_MAX_RUNS {
                 return Err(ListFull);
             }
+            reserve_one(list);
             list[j].1 = off - 1;
             list.insert(j + 1, (off + 1, last));
         }
