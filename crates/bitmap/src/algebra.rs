@@ -13,7 +13,10 @@ use std::borrow::Cow;
 use vdisk_core::Result;
 
 use crate::build::Builder;
-use crate::chunk::{chunk_len, fill_range, Node, CHUNK_SHIFT, CHUNK_WORDS};
+use crate::chunk::{
+    chunk_len, fill_range, list_and, list_and_not, list_complement, list_or, Node, CHUNK_SHIFT,
+    CHUNK_WORDS,
+};
 use crate::runs::Pieces;
 use crate::{blocks_for, check_granularity, check_shape, ChangeMap};
 
@@ -73,28 +76,17 @@ impl Combiner {
         let base = span.start << CHUNK_SHIFT;
         match span.node {
             Node::Full(_) => self.out.push_run(base, span.end << CHUNK_SHIFT),
-            Node::List(list) => {
-                for &(lo, hi) in list {
-                    self.out
-                        .push_run(base + u64::from(lo), base + u64::from(hi) + 1);
-                }
-            }
+            Node::List(list) => self.out.push_list(span.start, list.clone()),
             Node::Bits(bits) => self.out.push_words(span.start, &bits.words),
         }
     }
 
     /// Adds the blocks of chunk `k` that are not in `node` (a partial chunk).
     fn complement(&mut self, k: u64, node: &Node) {
-        let base = k << CHUNK_SHIFT;
-        let len = u64::from(chunk_len(self.block_count, k));
         match node {
             Node::List(list) => {
-                let mut from = 0u64;
-                for &(lo, hi) in list {
-                    self.out.push_run(base + from, base + u64::from(lo));
-                    from = u64::from(hi) + 1;
-                }
-                self.out.push_run(base + from, base + len);
+                let len = chunk_len(self.block_count, k);
+                self.out.push_list(k, list_complement(list, len));
             }
             Node::Bits(bits) => {
                 self.a.clear();
@@ -133,60 +125,12 @@ impl Combiner {
 
     /// Two lists of chunk `k`, run by run.
     fn lists(&mut self, k: u64, op: Op, p: &[(u16, u16)], q: &[(u16, u16)]) {
-        let base = k << CHUNK_SHIFT;
-        // Half-open runs, relative to the chunk.
-        let open = |&(lo, hi): &(u16, u16)| (u64::from(lo), u64::from(hi) + 1);
-        let out = &mut self.out;
-        let mut push = |s: u64, e: u64| out.push_run(base + s, base + e);
-        let (mut i, mut j) = (0, 0);
-        match op {
-            Op::Or => {
-                // In order of first block; the builder joins what overlaps or touches.
-                while i < p.len() || j < q.len() {
-                    let take_p = j == q.len() || (i < p.len() && p[i].0 <= q[j].0);
-                    let (s, e) = if take_p {
-                        i += 1;
-                        open(&p[i - 1])
-                    } else {
-                        j += 1;
-                        open(&q[j - 1])
-                    };
-                    push(s, e);
-                }
-            }
-            Op::And => {
-                while i < p.len() && j < q.len() {
-                    let ((ps, pe), (qs, qe)) = (open(&p[i]), open(&q[j]));
-                    push(ps.max(qs), pe.min(qe));
-                    if pe <= qe {
-                        i += 1;
-                    } else {
-                        j += 1;
-                    }
-                }
-            }
-            Op::AndNot => {
-                for run in p {
-                    let (s, e) = open(run);
-                    let mut from = s;
-                    // Skip the runs of q that end before this one starts.
-                    while j < q.len() && open(&q[j]).1 <= s {
-                        j += 1;
-                    }
-                    let mut t = j;
-                    while t < q.len() {
-                        let (qs, qe) = open(&q[t]);
-                        if qs >= e {
-                            break;
-                        }
-                        push(from, qs);
-                        from = from.max(qe);
-                        t += 1;
-                    }
-                    push(from, e);
-                }
-            }
-        }
+        let list = match op {
+            Op::Or => list_or(p, q),
+            Op::And => list_and(p, q),
+            Op::AndNot => list_and_not(p, q),
+        };
+        self.out.push_list(k, list);
     }
 
     /// Chunk `k` of two partial nodes, a word at a time.
@@ -333,6 +277,10 @@ impl ChangeMap {
                     Node::Full(_) => {
                         let end = (span.end << CHUNK_SHIFT).min(self.block_count);
                         out.push_run(base, end);
+                    }
+                    // A chunk wholly inside the new size is copied as it is.
+                    Node::List(list) if (span.start + 1) << CHUNK_SHIFT <= block_count => {
+                        out.push_list(span.start, list.clone())
                     }
                     Node::List(list) => {
                         for &(lo, hi) in list {

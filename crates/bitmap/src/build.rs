@@ -116,6 +116,30 @@ impl Builder {
         }
     }
 
+    /// Sets the blocks of chunk `k` in the run list `list` (sorted, maximal, inside the
+    /// chunk, of any length). The chunk must come after everything added.
+    pub(crate) fn push_list(&mut self, k: u64, list: Vec<(u16, u16)>) {
+        let base = k << CHUNK_SHIFT;
+        if base >= self.block_count || base < self.end {
+            debug_assert!(
+                base < self.block_count && base >= self.end,
+                "chunk {k} out of order"
+            );
+            return;
+        }
+        self.close();
+        self.end = base + u64::from(chunk_len(self.block_count, k));
+        self.count += list
+            .iter()
+            .map(|&(lo, hi)| u64::from(hi - lo) + 1)
+            .sum::<u64>();
+        if list.len() > LIST_MAX_RUNS {
+            self.nodes.push((k, Node::Bits(Bits::from_list(&list))));
+        } else {
+            self.put_list(k, list);
+        }
+    }
+
     /// The map.
     pub(crate) fn finish(mut self) -> ChangeMap {
         self.close();

@@ -263,6 +263,91 @@ pub(crate) fn list_clear(list: &mut Vec<(u16, u16)>, off: u16) -> Result<bool, L
     Ok(true)
 }
 
+/// The union of two run lists (sorted, maximal), sorted and maximal. It may have more than
+/// [`LIST_MAX_RUNS`] runs (the caller decides the form); its capacity exceeds that only when
+/// its length does.
+pub(crate) fn list_or(p: &[(u16, u16)], q: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out: Vec<(u16, u16)> = Vec::with_capacity((p.len() + q.len()).min(LIST_MAX_RUNS));
+    let (mut i, mut j) = (0, 0);
+    while i < p.len() || j < q.len() {
+        // In order of first block; what overlaps or touches the last run joins it.
+        let next = if j == q.len() || (i < p.len() && p[i].0 <= q[j].0) {
+            i += 1;
+            p[i - 1]
+        } else {
+            j += 1;
+            q[j - 1]
+        };
+        match out.last_mut() {
+            Some(last) if u32::from(next.0) <= u32::from(last.1) + 1 => last.1 = last.1.max(next.1),
+            _ => out.push(next),
+        }
+    }
+    out
+}
+
+/// The intersection of two run lists, sorted and maximal (blocks next to each other in both
+/// lists are in one run of each, so in one run of the result).
+pub(crate) fn list_and(p: &[(u16, u16)], q: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out = Vec::with_capacity((p.len() + q.len()).min(LIST_MAX_RUNS));
+    let (mut i, mut j) = (0, 0);
+    while i < p.len() && j < q.len() {
+        let (lo, hi) = (p[i].0.max(q[j].0), p[i].1.min(q[j].1));
+        if lo <= hi {
+            out.push((lo, hi));
+        }
+        if p[i].1 <= q[j].1 {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    out
+}
+
+/// The runs of `p` less the blocks of `q`, sorted and maximal.
+pub(crate) fn list_and_not(p: &[(u16, u16)], q: &[(u16, u16)]) -> Vec<(u16, u16)> {
+    let mut out = Vec::with_capacity((p.len() + q.len()).min(LIST_MAX_RUNS));
+    let mut j = 0;
+    for &(lo, hi) in p {
+        // Skip the runs of q that end before this one starts.
+        while j < q.len() && q[j].1 < lo {
+            j += 1;
+        }
+        // The part of the run not yet cut, as a half-open range.
+        let (mut from, end) = (u32::from(lo), u32::from(hi) + 1);
+        for &(qlo, qhi) in &q[j..] {
+            if u32::from(qlo) >= end {
+                break;
+            }
+            if u32::from(qlo) > from {
+                out.push((from as u16, qlo - 1));
+            }
+            from = from.max(u32::from(qhi) + 1);
+        }
+        if from < end {
+            out.push((from as u16, (end - 1) as u16));
+        }
+    }
+    out
+}
+
+/// The blocks of a chunk of `len` blocks not in the run list `p`.
+pub(crate) fn list_complement(p: &[(u16, u16)], len: u32) -> Vec<(u16, u16)> {
+    let mut out = Vec::with_capacity((p.len() + 1).min(LIST_MAX_RUNS));
+    let mut from = 0u32;
+    for &(lo, hi) in p {
+        if u32::from(lo) > from {
+            out.push((from as u16, lo - 1));
+        }
+        from = u32::from(hi) + 1;
+    }
+    if from < len {
+        out.push((from as u16, (len - 1) as u16));
+    }
+    out
+}
+
 /// Iterator over the maximal runs of set bits in a slice of words, as half-open
 /// `(start, end)` bit offsets, in increasing order. Zero words are skipped whole and
 /// all-ones words passed whole.
@@ -390,6 +475,25 @@ mod tests {
         assert_eq!(full.len(), LIST_MAX_RUNS);
         assert_eq!(list_add(&mut full, 1, 1).ok(), Some(1)); // joins two: fewer runs
         assert_eq!(full.len(), LIST_MAX_RUNS - 1);
+    }
+
+    #[test]
+    fn list_algebra() {
+        let p = [(0, 3), (10, 20), (30, 30), (65530, 65535)];
+        let q = [(2, 12), (21, 29), (31, 40), (65535, 65535)];
+        assert_eq!(list_or(&p, &q), [(0, 40), (65530, 65535)]);
+        assert_eq!(list_or(&p, &[]), p);
+        assert_eq!(list_and(&p, &q), [(2, 3), (10, 12), (65535, 65535)]);
+        assert_eq!(list_and(&p, &[]), []);
+        assert_eq!(
+            list_and_not(&p, &q),
+            [(0, 1), (13, 20), (30, 30), (65530, 65534)]
+        );
+        assert_eq!(list_and_not(&q, &p), [(4, 9), (21, 29), (31, 40)]);
+        assert_eq!(list_and_not(&[(0, 65535)], &q)[0], (0, 1));
+        assert_eq!(list_complement(&p, 65536), [(4, 9), (21, 29), (31, 65529)]);
+        assert_eq!(list_complement(&[(1, 2)], 3), [(0, 0)]);
+        assert_eq!(list_complement(&[], 5), [(0, 4)]);
     }
 
     #[test]

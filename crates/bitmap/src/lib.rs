@@ -385,38 +385,50 @@ impl ChangeMap {
         build::blocks_in(self.block_count, k0, k1)
     }
 
-    /// Sets offsets `lo..=hi` of chunk `k`.
+    /// Sets offsets `lo..=hi` of chunk `k`, with one B-tree lookup unless the chunk changes
+    /// form (the diff engine calls this for every changed block).
     fn set_in_chunk(&mut self, k: u64, lo: u16, hi: u16) {
-        if lo == 0 && u32::from(hi) + 1 == chunk_len(self.block_count, k) {
+        let len = chunk_len(self.block_count, k);
+        if lo == 0 && u32::from(hi) + 1 == len {
             self.set_full(k, k + 1);
             return;
         }
-        if let Some((&key, Node::Full(n))) = self.nodes.range(..=k).next_back() {
-            if key + n > k {
-                return;
-            }
-        }
-        let added = match self.nodes.get_mut(&k) {
-            None => {
-                self.nodes.insert(k, Node::List(vec![(lo, hi)]));
-                u32::from(hi - lo) + 1
-            }
-            Some(node) => match node {
-                Node::List(list) => match list_add(list, lo, hi) {
-                    Ok(added) => added,
-                    Err(ListFull) => {
-                        let mut bits = Bits::from_list(list);
-                        let added = bits.set_range(lo.into(), hi.into());
-                        *node = Node::Bits(bits);
-                        added
-                    }
-                },
-                Node::Bits(bits) => bits.set_range(lo.into(), hi.into()),
-                Node::Full(_) => 0,
+        // The node at or before chunk k: a full stretch over k, chunk k's own, or neither.
+        let found = match self.nodes.range_mut(..=k).next_back() {
+            Some((&key, Node::Full(n))) if key + *n > k => return,
+            Some((&key, node)) if key == k => Some(node),
+            _ => None,
+        };
+        let Some(node) = found else {
+            // A new chunk of one run, not the whole chunk (handled above): a list.
+            self.nodes.insert(k, Node::List(vec![(lo, hi)]));
+            self.count += u64::from(hi - lo) + 1;
+            return;
+        };
+        let (added, unsettled) = match node {
+            Node::List(list) => match list_add(list, lo, hi) {
+                Ok(added) => {
+                    let full = matches!(list[..], [(0, last)] if u32::from(last) + 1 == len);
+                    (added, full)
+                }
+                Err(ListFull) => {
+                    // A new run past the limit: bits, with more runs than any list.
+                    let mut bits = Bits::from_list(list);
+                    let added = bits.set_range(lo.into(), hi.into());
+                    *node = Node::Bits(bits);
+                    (added, false)
+                }
             },
+            Node::Bits(bits) => {
+                let added = bits.set_range(lo.into(), hi.into());
+                (added, bits.runs as usize <= chunk::LIST_MAX_RUNS)
+            }
+            Node::Full(_) => (0, false),
         };
         self.count += u64::from(added);
-        self.settle(k);
+        if unsettled {
+            self.settle(k);
+        }
     }
 
     /// Marks chunks `k0..k1` wholly changed, as one full stretch joined to its neighbours.
