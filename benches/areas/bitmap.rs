@@ -111,7 +111,11 @@ pub fn bench(c: &mut Criterion) {
     };
     let mut g = c.benchmark_group("bitmap_full");
     g.bench_function("difference_64TiB_64K_full_minus_10k_runs", |bench| {
-        bench.iter(|| black_box(&full).difference(black_box(&a)).expect("same shape"))
+        bench.iter(|| {
+            black_box(&full)
+                .difference(black_box(&a))
+                .expect("same shape")
+        })
     });
     g.finish();
 }
