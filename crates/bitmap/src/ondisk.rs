@@ -429,7 +429,7 @@ fn decode_v2(bytes: &[u8], h: &RawHeader) -> Result<ChangeMap> {
     let mut words = vec![0u64; CHUNK_WORDS];
     // The first block of a chunk record's chunk; a value past any block when it is out of
     // range (an error reported when the record is read).
-    let start_of = |k: u64| k.checked_mul(CHUNK_BLOCKS).unwrap_or(u64::MAX);
+    let start_of = |k: u64| k.saturating_mul(CHUNK_BLOCKS);
     loop {
         let next_chunk = chunks.peek().map(|(_, rec)| u64_at(rec, 0));
         let take_run = match (runs.peek(), next_chunk) {
