@@ -467,3 +467,45 @@ proptest! {
         fuzzing::check_map(&with);
     }
 }
+
+/// `bytes` with a right checksum in its last 4 bytes.
+fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Damage that keeps the checksum right (what a buggy or hostile writer makes): decode
+    /// refuses it, or accepts exactly the canonical encoding of a valid map. Never a panic,
+    /// never a second encoding of a map.
+    #[test]
+    fn mutations_behind_the_checksum_are_refused_or_canonical(
+        a in dense(),
+        v1 in any::<bool>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..4),
+    ) {
+        let m = a.to_map();
+        let mut bytes = if v1 { fuzzing::encode_v1(&m) } else { m.encode() };
+        // Past the magic and the version, before the checksum: every field and record.
+        let body = 12..bytes.len() - 4;
+        for (at, x, how) in edits {
+            let i = body.start + at.index(body.len());
+            match how {
+                0 => bytes[i] ^= x,
+                1 => bytes[i] = x,
+                // A u64 field or record word set to a small number or to a huge one.
+                2 if i + 8 <= body.end => {
+                    bytes[i..i + 8].copy_from_slice(&u64::from(x).to_le_bytes())
+                }
+                _ if i + 8 <= body.end => bytes[i..i + 8].copy_from_slice(&(!0u64 >> (x % 64)).to_le_bytes()),
+                _ => bytes[i] = !bytes[i],
+            }
+        }
+        let bytes = with_crc(bytes);
+        fuzzing::decode(&bytes);
+    }
+}
