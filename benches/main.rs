@@ -6,7 +6,8 @@
 //! - `write`: raw -> monolithicSparse and raw -> streamOptimized, and a delta link of 10% of
 //!   the grains on a monolithicSparse parent;
 //! - `diff`: diff of two raw images, hashing into a manifest, diff against a manifest;
-//! - `bitmap`: union, runs, encode and decode of maps of a 2 TiB disk.
+//! - `bitmap`: union, runs, encode and decode of maps of a 2 TiB disk, and of a sparse and a
+//!   full map of a 64 TiB disk.
 //!
 //! Inputs are made once per run by `fixtures` with qemu-img and qemu-io in a temporary folder;
 //! without qemu-img the benchmarks are skipped with a note. See benches/README.md.

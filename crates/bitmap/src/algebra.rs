@@ -3,30 +3,246 @@
 //! Maps of different shapes are first brought to a common one: the finer granularity (coarse
 //! blocks expand exactly to the fine blocks they cover; QEMU refuses to merge such bitmaps,
 //! vdisk does it) and the larger size (blocks past the end of the smaller map are unchanged
-//! in it). Maps of the same shape are combined a word at a time.
+//! in it). Maps of the same shape are combined chunk by chunk: a chunk only one map has is
+//! copied (or skipped), full stretches are handled whole, two lists are merged run by run, and
+//! a chunk where either side is bits is combined a word at a time. The result is built in
+//! order (see `build`), so every operation costs O(runs + chunks) of its inputs.
 
 use std::borrow::Cow;
 
 use vdisk_core::Result;
 
-use crate::{check_granularity, ChangeMap};
+use crate::build::Builder;
+use crate::chunk::{
+    chunk_len, fill_range, list_and, list_and_not, list_complement, list_or, Node, CHUNK_SHIFT,
+    CHUNK_WORDS,
+};
+use crate::runs::Pieces;
+use crate::{blocks_for, check_granularity, check_shape, ChangeMap};
 
-/// `op` applied word by word to two maps of the same shape. A plain zip-map-collect over two
-/// slices of equal length: LLVM vectorizes it (and `op` never sets a bit that is zero in both
-/// inputs' tails, so the tail stays zero).
-fn combine(a: &ChangeMap, b: &ChangeMap, op: impl Fn(u64, u64) -> u64) -> ChangeMap {
-    debug_assert!(a.same_shape(b));
-    ChangeMap {
-        size: a.size,
-        granularity: a.granularity,
-        block_count: a.block_count,
-        words: a
-            .words
-            .iter()
-            .zip(&b.words)
-            .map(|(&x, &y)| op(x, y))
-            .collect(),
+/// How two maps combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Op {
+    /// Union.
+    Or,
+    /// Intersection.
+    And,
+    /// Difference.
+    AndNot,
+}
+
+impl Op {
+    fn word(self, x: u64, y: u64) -> u64 {
+        match self {
+            Op::Or => x | y,
+            Op::And => x & y,
+            Op::AndNot => x & !y,
+        }
     }
+}
+
+/// A stretch of chunks `start..end` of one map and the node covering them: a full stretch
+/// may be taken apart, a partial chunk is a stretch of one.
+#[derive(Clone, Copy)]
+struct Span<'a> {
+    start: u64,
+    end: u64,
+    node: &'a Node,
+}
+
+fn spans(m: &ChangeMap) -> impl Iterator<Item = Span<'_>> {
+    m.nodes.iter().map(|(&k, node)| Span {
+        start: k,
+        end: match node {
+            Node::Full(n) => k + n,
+            _ => k + 1,
+        },
+        node,
+    })
+}
+
+/// The result under construction, with a scratch chunk for word-at-a-time work.
+struct Combiner {
+    out: Builder,
+    block_count: u64,
+    op: Op,
+    a: Vec<u64>,
+    b: Vec<u64>,
+}
+
+impl Combiner {
+    /// Adds the blocks of a span as they are.
+    fn copy(&mut self, span: Span<'_>) {
+        let base = span.start << CHUNK_SHIFT;
+        match span.node {
+            Node::Full(_) => self.out.push_run(base, span.end << CHUNK_SHIFT),
+            Node::List(list) => self.out.push_list(span.start, list.clone()),
+            Node::Bits(bits) => self.out.push_words(span.start, &bits.words),
+        }
+    }
+
+    /// Adds the blocks of chunk `k` that are not in `node` (a partial chunk).
+    fn complement(&mut self, k: u64, node: &Node) {
+        match node {
+            Node::List(list) => {
+                let len = chunk_len(self.block_count, k);
+                self.out.push_list(k, list_complement(list, len));
+            }
+            Node::Bits(bits) => {
+                self.a.clear();
+                self.a.extend(bits.words.iter().map(|w| !w));
+                // Bits past the map's end are dropped by the builder.
+                self.out.push_words(k, &self.a);
+            }
+            Node::Full(_) => {}
+        }
+    }
+
+    /// Combines two nodes covering the chunks `start..end` in both maps.
+    fn both(&mut self, start: u64, end: u64, x: &Node, y: &Node) {
+        let full = Span {
+            start,
+            end,
+            node: &Node::Full(1),
+        };
+        let one = |node| Span {
+            start,
+            end: start + 1,
+            node,
+        };
+        match (self.op, x, y) {
+            (Op::Or, Node::Full(_), _) | (Op::Or, _, Node::Full(_)) => self.copy(full),
+            (Op::And, Node::Full(_), Node::Full(_)) => self.copy(full),
+            (Op::And, Node::Full(_), other) | (Op::And, other, Node::Full(_)) => {
+                self.copy(one(other))
+            }
+            (Op::AndNot, _, Node::Full(_)) => {}
+            (Op::AndNot, Node::Full(_), other) => self.complement(start, other),
+            (op, Node::List(p), Node::List(q)) => self.lists(start, op, p, q),
+            (_, p, q) => self.words(start, p, q),
+        }
+    }
+
+    /// Two lists of chunk `k`, run by run.
+    fn lists(&mut self, k: u64, op: Op, p: &[(u16, u16)], q: &[(u16, u16)]) {
+        let list = match op {
+            Op::Or => list_or(p, q),
+            Op::And => list_and(p, q),
+            Op::AndNot => list_and_not(p, q),
+        };
+        self.out.push_list(k, list);
+    }
+
+    /// Chunk `k` of two partial nodes, a word at a time.
+    fn words(&mut self, k: u64, p: &Node, q: &Node) {
+        fill(&mut self.a, p);
+        fill(&mut self.b, q);
+        let op = self.op;
+        for (x, &y) in self.a.iter_mut().zip(&self.b) {
+            *x = op.word(*x, y);
+        }
+        self.out.push_words(k, &self.a);
+    }
+}
+
+/// The bits of a partial chunk, in `words`.
+fn fill(words: &mut Vec<u64>, node: &Node) {
+    words.clear();
+    match node {
+        Node::Bits(bits) => words.extend_from_slice(&bits.words),
+        Node::List(list) => {
+            words.resize(CHUNK_WORDS, 0);
+            for &(lo, hi) in list {
+                fill_range(words, lo.into(), hi.into());
+            }
+        }
+        Node::Full(_) => words.resize(CHUNK_WORDS, !0),
+    }
+}
+
+/// `op` applied to two maps of the same shape.
+fn combine(a: &ChangeMap, b: &ChangeMap, op: Op) -> ChangeMap {
+    debug_assert!(a.same_shape(b));
+    let mut c = Combiner {
+        out: Builder::like(a),
+        block_count: a.block_count,
+        op,
+        a: Vec::new(),
+        b: Vec::new(),
+    };
+    // A span only one map has is kept in a union, and in a difference when it is the left
+    // one's; the rest of a full span that started earlier is handled with the other map's span.
+    let keep_a = op != Op::And;
+    let keep_b = op == Op::Or;
+    let (mut xs, mut ys) = (spans(a), spans(b));
+    let (mut x, mut y) = (xs.next(), ys.next());
+    loop {
+        match (x, y) {
+            (None, None) => break,
+            (Some(sx), None) => {
+                if !keep_a {
+                    break;
+                }
+                c.copy(sx);
+                x = xs.next();
+            }
+            (None, Some(sy)) => {
+                if !keep_b {
+                    break;
+                }
+                c.copy(sy);
+                y = ys.next();
+            }
+            (Some(mut sx), Some(mut sy)) => {
+                if sx.end <= sy.start {
+                    if keep_a {
+                        c.copy(sx);
+                    }
+                    x = xs.next();
+                } else if sy.end <= sx.start {
+                    if keep_b {
+                        c.copy(sy);
+                    }
+                    y = ys.next();
+                } else if sx.start < sy.start {
+                    // sx spans more than one chunk, so it is full: its part before sy alone.
+                    if keep_a {
+                        c.copy(Span {
+                            end: sy.start,
+                            ..sx
+                        });
+                    }
+                    sx.start = sy.start;
+                    x = Some(sx);
+                } else if sy.start < sx.start {
+                    if keep_b {
+                        c.copy(Span {
+                            end: sx.start,
+                            ..sy
+                        });
+                    }
+                    sy.start = sx.start;
+                    y = Some(sy);
+                } else {
+                    let end = sx.end.min(sy.end);
+                    c.both(sx.start, end, sx.node, sy.node);
+                    sx.start = end;
+                    sy.start = end;
+                    x = if sx.start < sx.end {
+                        Some(sx)
+                    } else {
+                        xs.next()
+                    };
+                    y = if sy.start < sy.end {
+                        Some(sy)
+                    } else {
+                        ys.next()
+                    };
+                }
+            }
+        }
+    }
+    c.out.finish()
 }
 
 impl ChangeMap {
@@ -42,39 +258,66 @@ impl ChangeMap {
         )
     }
 
-    /// Marks in `self` every block that holds a byte changed in `other` (bytes past the end of
-    /// `self` are dropped). Exact when `self` is finer or as fine; an OR of the blocks that
-    /// fold together when `self` is coarser.
-    fn or_from(&mut self, other: &ChangeMap) {
-        if self.granularity == other.granularity {
-            // Same blocks: OR the words both maps have. When `other` is longer its bits past
-            // our last block land in our tail word, hence the clear.
-            let n = self.words.len().min(other.words.len());
-            for (x, &y) in self.words[..n].iter_mut().zip(&other.words[..n]) {
-                *x |= y;
-            }
-            self.clear_tail();
-            return;
-        }
-        let g = self.granularity;
-        for (start, len) in other.extents() {
-            if start >= self.size {
-                break;
-            }
-            // Clipped to our size, so `end` cannot overflow and `end - 1` is a byte we have.
-            let end = start + len.min(self.size - start);
-            self.set_blocks(start / g, (end - 1) / g + 1);
-        }
-    }
-
     /// `self` in the shape (`size`, `granularity`), copied only when the shape differs.
     fn reshaped(&self, size: u64, granularity: u64) -> Result<Cow<'_, ChangeMap>> {
         if self.size == size && self.granularity == granularity {
             return Ok(Cow::Borrowed(self));
         }
-        let mut out = ChangeMap::new(size, granularity)?;
-        out.or_from(self);
-        Ok(Cow::Owned(out))
+        let block_count = check_shape(size, granularity)?;
+        let mut out = Builder::new(size, granularity, block_count);
+        let (g, new_g) = (self.granularity, granularity);
+        if new_g == g {
+            // The same blocks, cut or extended at the end: dense chunks are copied whole.
+            for span in spans(self) {
+                let base = span.start << CHUNK_SHIFT;
+                if base >= block_count {
+                    break;
+                }
+                match span.node {
+                    Node::Full(_) => {
+                        let end = (span.end << CHUNK_SHIFT).min(self.block_count);
+                        out.push_run(base, end);
+                    }
+                    // A chunk wholly inside the new size is copied as it is.
+                    Node::List(list) if (span.start + 1) << CHUNK_SHIFT <= block_count => {
+                        out.push_list(span.start, list.clone())
+                    }
+                    Node::List(list) => {
+                        for &(lo, hi) in list {
+                            out.push_run(base + u64::from(lo), base + u64::from(hi) + 1);
+                        }
+                    }
+                    Node::Bits(bits) => out.push_words(span.start, &bits.words),
+                }
+            }
+        } else if new_g < g {
+            // Finer: each block becomes `ratio` blocks, but a partial last block only the
+            // fine blocks inside this map's size (and none past the new size).
+            let ratio = g / new_g;
+            let limit = blocks_for(self.size, new_g);
+            for (first, end) in Pieces::new(self) {
+                out.push_run(first * ratio, (end * ratio).min(limit));
+            }
+        } else {
+            // Coarser: a block is set when a block folded into it is. Runs come in order, so
+            // the coarse runs do too, overlapping only the one before.
+            let ratio = new_g / g;
+            for (first, end) in Pieces::new(self) {
+                out.push_run(first / ratio, (end - 1) / ratio + 1);
+            }
+        }
+        Ok(Cow::Owned(out.finish()))
+    }
+
+    /// Marks in `self` (of the finer or same granularity, and the larger or same size) the
+    /// blocks changed in `other`, in place: worth it when `other` is small next to `self`.
+    fn or_in_place(&mut self, other: &ChangeMap) {
+        let ratio = other.granularity / self.granularity;
+        // A coarse partial last block covers only the fine blocks inside `other`'s size.
+        let limit = blocks_for(other.size, self.granularity);
+        for (first, end) in Pieces::new(other) {
+            self.set_blocks(first * ratio, (end * ratio).min(limit));
+        }
     }
 
     /// Blocks changed in either map.
@@ -83,22 +326,22 @@ impl ChangeMap {
     /// when that shape has more than [`MAX_BLOCKS`](crate::MAX_BLOCKS) blocks (a fine small
     /// map with a coarse large one), with [`ErrorKind::InvalidArgument`](vdisk_core::ErrorKind).
     pub fn union(&self, other: &ChangeMap) -> Result<ChangeMap> {
-        if self.same_shape(other) {
-            return Ok(combine(self, other, |x, y| x | y));
-        }
         let (size, granularity) = self.common_shape(other);
-        let mut out = ChangeMap::new(size, granularity)?;
-        out.or_from(self);
-        out.or_from(other);
-        Ok(out)
+        let a = self.reshaped(size, granularity)?;
+        let b = other.reshaped(size, granularity)?;
+        Ok(combine(&a, &b, Op::Or))
     }
 
     /// Adds the blocks changed in `other` to `self`, which takes the finer granularity and the
     /// larger size of the two. On error (see [`union`](Self::union)) `self` is unchanged.
+    ///
+    /// When `other` is much smaller than `self` (and `self` already has the common shape),
+    /// its runs are marked in place, at O(log chunks) each, rather than rebuilding `self`.
     pub fn union_with(&mut self, other: &ChangeMap) -> Result<()> {
-        if self.granularity <= other.granularity && self.size >= other.size {
-            // Already the common shape: no new map needed.
-            self.or_from(other);
+        let small = other.nodes.len().saturating_mul(16) < self.nodes.len()
+            && other.nodes.values().all(|n| !matches!(n, Node::Bits(_)));
+        if self.granularity <= other.granularity && self.size >= other.size && small {
+            self.or_in_place(other);
         } else {
             *self = self.union(other)?;
         }
@@ -110,7 +353,7 @@ impl ChangeMap {
         let (size, granularity) = self.common_shape(other);
         let a = self.reshaped(size, granularity)?;
         let b = other.reshaped(size, granularity)?;
-        Ok(combine(&a, &b, |x, y| x & y))
+        Ok(combine(&a, &b, Op::And))
     }
 
     /// Blocks changed in `self` and not in `other`, in the common shape (see
@@ -120,7 +363,7 @@ impl ChangeMap {
         let (size, granularity) = self.common_shape(other);
         let a = self.reshaped(size, granularity)?;
         let b = other.reshaped(size, granularity)?;
-        Ok(combine(&a, &b, |x, y| x & !y))
+        Ok(combine(&a, &b, Op::AndNot))
     }
 
     /// The same disk at another granularity. Going coarser, a block is set when any of the

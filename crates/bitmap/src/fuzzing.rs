@@ -2,15 +2,108 @@
 //! arbitrary bytes and must return without panicking, whatever they are; when the input is
 //! accepted, the map's invariants are asserted (a failed assertion is a finding).
 
+use crate::chunk::{chunk_len, count_and_runs, Node, CHUNK_BLOCKS, CHUNK_SHIFT, LIST_MAX_RUNS};
 use crate::ChangeMap;
 
-/// Decode `data` as an on-disk bitmap. An accepted input must re-encode to the same bytes
-/// (the form has exactly one encoding per map) and satisfy [`check_map`].
+/// Blocks per chunk of the in-memory form and of version 2 chunk records, for tests that
+/// place runs across chunk boundaries.
+pub const CHUNK: u64 = CHUNK_BLOCKS;
+
+/// Decode `data` as an on-disk bitmap. An accepted input must re-encode, in its version, to
+/// the same bytes (each version has exactly one encoding per map) and satisfy [`check_map`].
 pub fn decode(data: &[u8]) {
     if let Ok(m) = ChangeMap::decode(data) {
-        assert_eq!(m.encode(), data, "decode accepted a non-canonical encoding");
+        // Accepted, so at least a header long.
+        let again = if data[8..12] == 1u32.to_le_bytes() {
+            // The size of the input, which is as dense as this.
+            m.encode_v1()
+        } else {
+            m.encode()
+        };
+        assert!(again == data, "decode accepted a non-canonical encoding");
         check_map(&m);
     }
+}
+
+/// The version 1 (dense) encoding of `m`, `block_count / 8` bytes: for tests and seeds of
+/// the version 1 reader. [`ChangeMap::encode`] writes version 2.
+pub fn encode_v1(m: &ChangeMap) -> Vec<u8> {
+    m.encode_v1()
+}
+
+/// Asserts the invariants of the in-memory form (see `ChangeMap`'s field docs): nodes apart,
+/// full stretches joined, each chunk in its canonical form, counts kept right, nothing past
+/// the last block.
+pub fn check_form(m: &ChangeMap) {
+    let mut count = 0u64;
+    // The end (in chunks) of the previous node, and whether it was a full stretch.
+    let mut prev: Option<(u64, bool)> = None;
+    for (&k, node) in &m.nodes {
+        assert!(
+            k << CHUNK_SHIFT < m.block_count,
+            "chunk {k} past the last block"
+        );
+        if let Some((end, full)) = prev {
+            assert!(k >= end, "node at chunk {k} overlaps the one before");
+            assert!(
+                !(full && k == end && matches!(node, Node::Full(_))),
+                "full stretches at chunk {k} not joined"
+            );
+        }
+        let len = chunk_len(m.block_count, k);
+        match node {
+            Node::Full(n) => {
+                assert!(*n >= 1);
+                let end = k + n;
+                assert!(
+                    (end - 1) << CHUNK_SHIFT < m.block_count,
+                    "full stretch past the end"
+                );
+                count += crate::build::blocks_in(m.block_count, k, end);
+                prev = Some((end, true));
+                continue;
+            }
+            Node::List(list) => {
+                assert!(!list.is_empty() && list.len() <= LIST_MAX_RUNS);
+                assert!(list.capacity() <= LIST_MAX_RUNS.max(4));
+                for w in list.windows(2) {
+                    assert!(
+                        u32::from(w[0].1) + 1 < u32::from(w[1].0),
+                        "list runs not sorted/apart"
+                    );
+                }
+                for &(lo, hi) in list {
+                    assert!(lo <= hi && u32::from(hi) < len, "list run past the chunk");
+                    count += u64::from(hi - lo) + 1;
+                }
+                assert!(
+                    !(list.len() == 1 && list[0].0 == 0 && u32::from(list[0].1) + 1 == len),
+                    "a full chunk {k} held as a list"
+                );
+            }
+            Node::Bits(bits) => {
+                assert_eq!(
+                    count_and_runs(&bits.words),
+                    (bits.count, bits.runs),
+                    "stale counts in chunk {k}"
+                );
+                assert!(
+                    bits.runs as usize > LIST_MAX_RUNS,
+                    "chunk {k} should be a list"
+                );
+                if len < CHUNK_BLOCKS as u32 {
+                    let words = &bits.words[(len / 64) as usize..];
+                    assert!(
+                        words[0] >> (len % 64) == 0 && words[1..].iter().all(|&w| w == 0),
+                        "bits past the last block"
+                    );
+                }
+                count += u64::from(bits.count);
+            }
+        }
+        prev = Some((k + 1, false));
+    }
+    assert_eq!(count, m.count, "stale count");
 }
 
 /// Import a JSON extent list. The first 5 bytes choose the disk: bytes 0..4, a u32 LE, masked
@@ -32,10 +125,11 @@ pub fn extents_json(data: &[u8]) {
     }
 }
 
-/// What holds for every map: runs are sorted, maximal and inside the map and add up to
+/// What holds for every map: its form is canonical ([`check_form`]); runs are sorted, maximal and inside the map and add up to
 /// `count`; extents are the runs in bytes, clipped to the size; the on-disk form round-trips;
 /// a map united with itself is itself, and minus itself is empty.
 pub fn check_map(m: &ChangeMap) {
+    check_form(m);
     let g = m.granularity();
     let mut total = 0u64;
     let mut prev_end: Option<u64> = None;

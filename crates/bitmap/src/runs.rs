@@ -1,55 +1,112 @@
 //! Walking the changed blocks of a map as maximal runs, or as byte extents.
 
+use std::collections::btree_map;
 use std::iter::FusedIterator;
+use std::slice;
 
+use crate::chunk::{Node, WordRuns, CHUNK_SHIFT};
 use crate::ChangeMap;
+
+/// The runs of one chunk not yet reported.
+#[derive(Clone, Debug)]
+enum Piece<'a> {
+    Idle,
+    List {
+        base: u64,
+        runs: slice::Iter<'a, (u16, u16)>,
+    },
+    Bits {
+        base: u64,
+        runs: WordRuns<'a>,
+    },
+}
+
+/// Iterator over the runs of a map chunk by chunk, as half-open `(first, end)` block ranges,
+/// in order; runs that continue into the next chunk come out in pieces.
+#[derive(Clone, Debug)]
+pub(crate) struct Pieces<'a> {
+    nodes: btree_map::Iter<'a, u64, Node>,
+    block_count: u64,
+    piece: Piece<'a>,
+}
+
+impl<'a> Pieces<'a> {
+    pub(crate) fn new(m: &'a ChangeMap) -> Pieces<'a> {
+        Pieces {
+            nodes: m.nodes.iter(),
+            block_count: m.block_count,
+            piece: Piece::Idle,
+        }
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = (u64, u64);
+
+    fn next(&mut self) -> Option<(u64, u64)> {
+        loop {
+            match &mut self.piece {
+                Piece::Idle => {}
+                Piece::List { base, runs } => {
+                    if let Some(&(lo, hi)) = runs.next() {
+                        return Some((*base + u64::from(lo), *base + u64::from(hi) + 1));
+                    }
+                }
+                Piece::Bits { base, runs } => {
+                    if let Some((s, e)) = runs.next() {
+                        return Some((*base + u64::from(s), *base + u64::from(e)));
+                    }
+                }
+            }
+            let (&k, node) = self.nodes.next()?;
+            let base = k << CHUNK_SHIFT;
+            self.piece = match node {
+                Node::Full(n) => {
+                    self.piece = Piece::Idle;
+                    return Some((base, ((k + n) << CHUNK_SHIFT).min(self.block_count)));
+                }
+                Node::List(list) => Piece::List {
+                    base,
+                    runs: list.iter(),
+                },
+                Node::Bits(bits) => Piece::Bits {
+                    base,
+                    runs: WordRuns::new(&bits.words),
+                },
+            };
+        }
+    }
+}
+
+impl FusedIterator for Pieces<'_> {}
 
 /// Iterator over the maximal runs of changed blocks, as `(first_block, block_count)` in
 /// increasing order; made by [`ChangeMap::runs`].
 #[derive(Clone, Debug)]
 pub struct Runs<'a> {
-    words: &'a [u64],
-    block_count: u64,
-    /// Index of the word being walked (`words.len()` when done).
-    index: usize,
-    /// The bits of that word not yet reported: those of runs already returned are cleared.
-    rest: u64,
+    pieces: Pieces<'a>,
+    /// The piece read past the end of the run last returned.
+    next: Option<(u64, u64)>,
 }
 
 impl Iterator for Runs<'_> {
     type Item = (u64, u64);
 
     fn next(&mut self) -> Option<(u64, u64)> {
-        // Whole zero words are skipped without looking at their bits: this is what makes a
-        // sparse map of millions of blocks fast to walk.
-        while self.rest == 0 {
-            self.index += 1;
-            self.rest = *self.words.get(self.index)?;
-        }
-        let base = self.index as u64 * 64;
-        let tz = self.rest.trailing_zeros();
-        let first = base + u64::from(tz);
-        // The zeros of the word from the run's first bit up: the lowest one ends the run.
-        let zeros = !self.rest & (!0u64 << tz);
-        if zeros != 0 {
-            let end = zeros.trailing_zeros();
-            self.rest &= !0u64 << end;
-            return Some((first, base + u64::from(end) - first));
-        }
-        // The run reaches the end of the word: follow it through all-ones words.
-        loop {
-            self.index += 1;
-            let Some(&w) = self.words.get(self.index) else {
-                self.rest = 0;
-                return Some((first, self.block_count - first));
-            };
-            if w != !0 {
-                // Bits past the last block are zero, so a run never ends past block_count.
-                let end = (!w).trailing_zeros();
-                self.rest = w & (!0u64 << end);
-                return Some((first, self.index as u64 * 64 + u64::from(end) - first));
+        let (first, mut end) = match self.next.take() {
+            Some(piece) => piece,
+            None => self.pieces.next()?,
+        };
+        // Pieces that touch are one run cut at a chunk boundary.
+        for (s, e) in self.pieces.by_ref() {
+            if s == end {
+                end = e;
+            } else {
+                self.next = Some((s, e));
+                break;
             }
         }
+        Some((first, end - first))
     }
 }
 
@@ -84,13 +141,12 @@ impl FusedIterator for Extents<'_> {}
 
 impl ChangeMap {
     /// The maximal runs of changed blocks, as `(first_block, block_count)`, in order.
-    /// Zero words are skipped whole, so walking a sparse map costs little more than reading it.
+    /// Costs O(runs): unchanged stretches are never visited, a full stretch of chunks is one
+    /// step, and a dense chunk's bits are walked a word at a time.
     pub fn runs(&self) -> Runs<'_> {
         Runs {
-            words: &self.words,
-            block_count: self.block_count,
-            index: 0,
-            rest: self.words.first().copied().unwrap_or(0),
+            pieces: Pieces::new(self),
+            next: None,
         }
     }
 
@@ -174,15 +230,38 @@ mod tests {
 
     #[test]
     fn extents_do_not_overflow_with_the_largest_shape() {
-        // 2^32 blocks of 64 MiB: the largest map, a 2^58-byte disk with a partial last block.
-        let size = (1u64 << 58) - 100;
+        // 2^38 blocks of 64 MiB: a disk of nearly 2^64 bytes, with a partial last block.
+        let size = u64::MAX - 100;
         let mut m = ChangeMap::new(size, 64 << 20).unwrap();
         let n = m.block_count();
+        assert_eq!(n, 1 << 38);
         m.set_blocks(n - 2, n);
         assert_eq!(
             m.extents().collect::<Vec<_>>(),
             [((n - 2) * (64 << 20), size - (n - 2) * (64 << 20))]
         );
         assert_eq!(m.changed_bytes(), size - (n - 2) * (64 << 20));
+        m.set_blocks(0, n);
+        assert_eq!(m.extents().collect::<Vec<_>>(), [(0, size)]);
+        assert_eq!(m.changed_bytes(), size);
+    }
+
+    #[test]
+    fn runs_join_across_chunks_and_forms() {
+        const C: u64 = crate::fuzzing::CHUNK;
+        let mut m = map(5 * C, &[]);
+        m.set_blocks(C - 1, 2 * C); // a list piece, then a full chunk
+        for i in 0..1100 {
+            m.set(2 * C + 2 * i + 1); // a bits chunk, its first block clear
+        }
+        m.set(2 * C); // now it starts at the chunk's first block: joined to the run before
+        m.set_blocks(3 * C - 1, 4 * C + 1); // the bits chunk's last block, a full one, a list
+        let runs: Vec<_> = m.runs().collect();
+        assert!(matches!(m.nodes.get(&2), Some(crate::chunk::Node::Bits(_))));
+        assert_eq!(runs[0], (C - 1, C + 3)); // C-1, chunk 1, then 2C and 2C+1
+        assert_eq!(runs[1], (2 * C + 3, 1));
+        assert_eq!(runs.len(), 1 + 1099 + 1);
+        assert_eq!(runs[1100], (3 * C - 1, C + 2));
+        assert_eq!(m.count(), runs.iter().map(|r| r.1).sum::<u64>());
     }
 }

@@ -1,6 +1,8 @@
 //! The seed corpora of the bitmap fuzz targets (`fuzz/seeds/bitmap_decode/`,
 //! `fuzz/seeds/extents_json/`), made here from the encoder and from hand-written JSON in each
-//! accepted shape, and run through the fuzzing entry points.
+//! accepted shape, and run through the fuzzing entry points. Bitmap seeds come in both
+//! on-disk versions: the version 1 (dense) ones as vdisk 0.1 wrote them, and version 2 (runs
+//! and chunk records) ones named `v2-*`.
 //!
 //! To (re)write the seed files: `VDISK_WRITE_SEEDS=1 cargo test -p vdisk-bitmap --test fuzz_seeds`.
 
@@ -22,16 +24,42 @@ fn decode_seeds() -> Vec<(&'static str, Vec<u8>)> {
     disk.set_blocks(0, 16);
     disk.set_blocks(500, 700);
     disk.set(1023);
+    let clear = ChangeMap::new(64 << 20, 1 << 20).unwrap();
+    // Version 2 only: runs across chunks of 2^16 blocks, a full stretch, a chunk of 600 runs
+    // (a list in memory, a chunk record on disk) and one of 1500 (bits in both), and the
+    // largest maps with a few blocks and with all of them.
+    const C: u64 = fuzzing::CHUNK;
+    let mut chunks = ChangeMap::new((4 * C + 100) * 512, 512).unwrap();
+    chunks.set_blocks(C - 2, 2 * C + 3);
+    for i in 0..600 {
+        chunks.set(2 * C + 7 * i);
+    }
+    for i in 0..1500 {
+        chunks.set(3 * C + 2 * i + 1);
+    }
+    chunks.set_blocks(4 * C + 90, 4 * C + 100);
+    let mut sparse = ChangeMap::new(vdisk_core::MAX_DISK_SIZE, 512).unwrap();
+    for b in [0, 1 << 38, (1 << 39) - 1] {
+        sparse.set(b);
+    }
+    let mut all = sparse.clone();
+    all.set_blocks(0, all.block_count());
+    let v1 = fuzzing::encode_v1;
     vec![
-        ("empty-size-0", empty.encode()),
-        ("tiny-1000b-512", tiny.encode()),
-        ("unaligned-3-words-4k", words.encode()),
-        ("full-2-words", full.encode()),
-        ("64m-at-64k", disk.encode()),
-        (
-            "clear-64m-at-1m",
-            ChangeMap::new(64 << 20, 1 << 20).unwrap().encode(),
-        ),
+        ("empty-size-0", v1(&empty)),
+        ("tiny-1000b-512", v1(&tiny)),
+        ("unaligned-3-words-4k", v1(&words)),
+        ("full-2-words", v1(&full)),
+        ("64m-at-64k", v1(&disk)),
+        ("clear-64m-at-1m", v1(&clear)),
+        ("v2-empty-size-0", empty.encode()),
+        ("v2-tiny-1000b-512", tiny.encode()),
+        ("v2-unaligned-4k", words.encode()),
+        ("v2-64m-at-64k", disk.encode()),
+        ("v2-clear-64m-at-1m", clear.encode()),
+        ("v2-chunk-records", chunks.encode()),
+        ("v2-256t-3-blocks", sparse.encode()),
+        ("v2-256t-all", all.encode()),
     ]
 }
 
@@ -110,9 +138,17 @@ fn extents_json_seeds() -> Vec<(&'static str, Vec<u8>)> {
 #[test]
 fn seeds_pass_the_fuzz_entry_points() {
     let decode = decode_seeds();
-    for (_, data) in &decode {
-        assert!(ChangeMap::decode(data).is_ok());
+    for (name, data) in &decode {
+        assert!(ChangeMap::decode(data).is_ok(), "{name}");
+        let version = if name.starts_with("v2-") { 2 } else { 1 };
+        assert_eq!(data[8], version, "{name}");
         fuzzing::decode(data);
+    }
+    // The version 1 seeds are the files vdisk 0.1 wrote: still on disk, byte for byte.
+    let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/bitmap_decode");
+    for (name, data) in decode.iter().filter(|(n, _)| !n.starts_with("v2-")) {
+        let committed = std::fs::read(seeds.join(name)).unwrap();
+        assert!(committed == *data, "{name} differs from the committed seed");
     }
     let json = extents_json_seeds();
     for (name, data) in &json {

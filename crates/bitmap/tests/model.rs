@@ -248,3 +248,264 @@ proptest! {
         prop_assert!(ac.difference(&merged).unwrap().is_empty());
     }
 }
+
+// Maps over several chunks (2^16 blocks each, the unit of the sparse form): runs across chunk
+// boundaries, whole chunks, and chunks fragmented past 512 and 1024 runs (where the on-disk
+// and the in-memory forms switch to bits). The model is a plain `Vec<bool>`, one per block.
+
+const CHUNK: u64 = fuzzing::CHUNK;
+
+#[derive(Clone, Debug)]
+enum Edit {
+    /// Blocks `first..first+len` set, with `set_blocks`.
+    Run(u64, u64),
+    /// `count` blocks from `first`, every `stride`, set one by one.
+    Stripe(u64, u64, u64),
+    /// One block cleared.
+    Clear(u64),
+}
+
+#[derive(Clone, Debug)]
+struct Dense {
+    size: u64,
+    granularity: u64,
+    edits: Vec<Edit>,
+    bits: Vec<bool>,
+}
+
+impl Dense {
+    fn to_map(&self) -> ChangeMap {
+        let mut m = ChangeMap::new(self.size, self.granularity).unwrap();
+        let n = m.block_count();
+        for e in &self.edits {
+            match *e {
+                Edit::Run(first, len) => m.set_blocks(first, (first + len).min(n)),
+                Edit::Stripe(first, count, stride) => {
+                    for b in (first..n).step_by(stride as usize).take(count as usize) {
+                        m.set(b);
+                    }
+                }
+                Edit::Clear(b) => m.clear(b),
+            }
+        }
+        m
+    }
+
+    /// The blocks at `granularity` (finer or equal) that hold a changed byte.
+    fn at(&self, granularity: u64) -> Vec<bool> {
+        let ratio = self.granularity / granularity;
+        (0..self.size.div_ceil(granularity))
+            .map(|f| self.bits[(f / ratio) as usize])
+            .collect()
+    }
+}
+
+fn dense_blocks(m: &ChangeMap) -> Vec<bool> {
+    let mut v = vec![false; m.block_count() as usize];
+    for (first, n) in m.runs() {
+        v[first as usize..(first + n) as usize].fill(true);
+    }
+    v
+}
+
+/// `a` and `b` padded with unset blocks to `n`, combined block by block.
+fn zip(a: &[bool], b: &[bool], n: usize, op: impl Fn(bool, bool) -> bool) -> Vec<bool> {
+    (0..n)
+        .map(|i| op(a.get(i) == Some(&true), b.get(i) == Some(&true)))
+        .collect()
+}
+
+/// Up to 4 chunks and a bit, at 512 B to 4 KiB, with a partial last block now and then.
+fn big_shape() -> impl Strategy<Value = (u64, u64)> {
+    (1u64..4 * CHUNK + 5000, 0u32..4, 0u64..512).prop_map(|(blocks, k, short)| {
+        let g = 512u64 << k;
+        (blocks * g - short.min(g - 1), g)
+    })
+}
+
+fn dense_of(shape: (u64, u64)) -> impl Strategy<Value = Dense> {
+    let (size, granularity) = shape;
+    let n = size.div_ceil(granularity);
+    let edit = prop_oneof![
+        3 => (0..n, 0..2 * CHUNK + 10).prop_map(|(f, l)| Edit::Run(f, l)),
+        // Up to 3000 blocks 2 to 4 apart: a chunk of more than 512 or 1024 runs.
+        3 => (0..n, 1u64..3000, 2u64..5).prop_map(|(f, c, s)| Edit::Stripe(f, c, s)),
+        2 => (0..n).prop_map(Edit::Clear),
+    ];
+    prop::collection::vec(edit, 0..8).prop_map(move |edits| {
+        let mut bits = vec![false; n as usize];
+        for e in &edits {
+            match *e {
+                Edit::Run(first, len) => {
+                    bits[first as usize..(first + len).min(n) as usize].fill(true)
+                }
+                Edit::Stripe(first, count, stride) => {
+                    for b in (first..n).step_by(stride as usize).take(count as usize) {
+                        bits[b as usize] = true;
+                    }
+                }
+                Edit::Clear(b) => bits[b as usize] = false,
+            }
+        }
+        Dense {
+            size,
+            granularity,
+            edits,
+            bits,
+        }
+    })
+}
+
+fn dense() -> impl Strategy<Value = Dense> {
+    big_shape().prop_flat_map(dense_of)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    #[test]
+    fn big_map_matches_its_model(a in dense()) {
+        let m = a.to_map();
+        prop_assert_eq!(dense_blocks(&m), a.bits.clone());
+        prop_assert_eq!(m.count(), a.bits.iter().filter(|&&b| b).count() as u64);
+        for (i, &b) in a.bits.iter().enumerate().step_by(97) {
+            prop_assert_eq!(m.test(i as u64), b);
+        }
+        fuzzing::check_map(&m);
+        // Both on-disk versions read back, and each re-encodes to itself.
+        let v2 = m.encode();
+        prop_assert_eq!(&ChangeMap::decode(&v2).unwrap(), &m);
+        fuzzing::decode(&v2);
+        let v1 = fuzzing::encode_v1(&m);
+        prop_assert_eq!(&ChangeMap::decode(&v1).unwrap(), &m);
+        fuzzing::decode(&v1);
+        // The v2 file is never much larger than the dense one: at most 8 KiB and 8 bytes a
+        // chunk (a chunk's runs are written only while they take no more than its bits), and
+        // the last, partial, chunk may take a full chunk's 8 KiB.
+        let chunks = m.block_count().div_ceil(CHUNK) as usize;
+        prop_assert!(v2.len() <= v1.len() + 8 * chunks + 8200 + 16);
+    }
+
+    #[test]
+    fn big_algebra_same_shape((a, b) in big_shape().prop_flat_map(|s| (dense_of(s), dense_of(s)))) {
+        let (ma, mb) = (a.to_map(), b.to_map());
+        let n = a.bits.len();
+        for (result, expected) in [
+            (ma.union(&mb).unwrap(), zip(&a.bits, &b.bits, n, |x, y| x | y)),
+            (ma.intersection(&mb).unwrap(), zip(&a.bits, &b.bits, n, |x, y| x & y)),
+            (ma.difference(&mb).unwrap(), zip(&a.bits, &b.bits, n, |x, y| x & !y)),
+            (mb.difference(&ma).unwrap(), zip(&b.bits, &a.bits, n, |x, y| x & !y)),
+        ] {
+            prop_assert_eq!(dense_blocks(&result), expected);
+            fuzzing::check_map(&result);
+        }
+        let mut with = ma.clone();
+        with.union_with(&mb).unwrap();
+        prop_assert_eq!(with, ma.union(&mb).unwrap());
+    }
+
+    #[test]
+    fn big_algebra_mixed_shapes(a in dense(), b in dense()) {
+        let (ma, mb) = (a.to_map(), b.to_map());
+        let g = a.granularity.min(b.granularity);
+        let size = a.size.max(b.size);
+        let n = size.div_ceil(g) as usize;
+        let (fa, fb) = (a.at(g), b.at(g));
+        for (result, expected) in [
+            (ma.union(&mb).unwrap(), zip(&fa, &fb, n, |x, y| x | y)),
+            (ma.intersection(&mb).unwrap(), zip(&fa, &fb, n, |x, y| x & y)),
+            (ma.difference(&mb).unwrap(), zip(&fa, &fb, n, |x, y| x & !y)),
+            (mb.difference(&ma).unwrap(), zip(&fb, &fa, n, |x, y| x & !y)),
+        ] {
+            prop_assert_eq!((result.size(), result.granularity()), (size, g));
+            prop_assert_eq!(dense_blocks(&result), expected);
+            fuzzing::check_map(&result);
+        }
+        let mut with = ma.clone();
+        with.union_with(&mb).unwrap();
+        prop_assert_eq!(&with, &ma.union(&mb).unwrap());
+    }
+
+    #[test]
+    fn big_resample_and_resize(a in dense(), k in 1u32..4, size in 1u64..5 * CHUNK * 512) {
+        let m = a.to_map();
+        let coarse = m.resample(a.granularity << k).unwrap();
+        let ratio = 1usize << k;
+        let expected: Vec<bool> = (0..coarse.block_count() as usize)
+            .map(|c| a.bits[c * ratio..((c + 1) * ratio).min(a.bits.len())].iter().any(|&b| b))
+            .collect();
+        prop_assert_eq!(dense_blocks(&coarse), expected);
+        fuzzing::check_map(&coarse);
+        if a.granularity >> k >= 512 {
+            let fine = m.resample(a.granularity >> k).unwrap();
+            prop_assert_eq!(dense_blocks(&fine), a.at(a.granularity >> k));
+            prop_assert_eq!(&fine.resample(a.granularity).unwrap(), &m);
+            fuzzing::check_map(&fine);
+        }
+        let r = m.resize(size).unwrap();
+        let count = size.div_ceil(a.granularity) as usize;
+        let expected: Vec<bool> = (0..count).map(|i| a.bits.get(i) == Some(&true)).collect();
+        prop_assert_eq!(dense_blocks(&r), expected);
+        fuzzing::check_map(&r);
+    }
+
+    /// `union_with` marks a small map into a large one in place: the same as the union.
+    #[test]
+    fn union_with_a_small_map_in_place(
+        singles in prop::collection::vec(0u64..64 * CHUNK, 40..80),
+        b in dense_of((4 * CHUNK * 512 + 1000, 1024)),
+    ) {
+        let mut a = ChangeMap::new(64 * CHUNK * 512, 512).unwrap();
+        for s in singles {
+            a.set(s);
+        }
+        let mb = b.to_map();
+        let mut with = a.clone();
+        with.union_with(&mb).unwrap();
+        let u = a.union(&mb).unwrap();
+        prop_assert_eq!(&with, &u);
+        fuzzing::check_map(&with);
+    }
+}
+
+/// `bytes` with a right checksum in its last 4 bytes.
+fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
+    let n = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..n]);
+    bytes[n..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Damage that keeps the checksum right (what a buggy or hostile writer makes): decode
+    /// refuses it, or accepts exactly the canonical encoding of a valid map. Never a panic,
+    /// never a second encoding of a map.
+    #[test]
+    fn mutations_behind_the_checksum_are_refused_or_canonical(
+        a in dense(),
+        v1 in any::<bool>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..4), 1..4),
+    ) {
+        let m = a.to_map();
+        let mut bytes = if v1 { fuzzing::encode_v1(&m) } else { m.encode() };
+        // Past the magic and the version, before the checksum: every field and record.
+        let body = 12..bytes.len() - 4;
+        for (at, x, how) in edits {
+            let i = body.start + at.index(body.len());
+            match how {
+                0 => bytes[i] ^= x,
+                1 => bytes[i] = x,
+                // A u64 field or record word set to a small number or to a huge one.
+                2 if i + 8 <= body.end => {
+                    bytes[i..i + 8].copy_from_slice(&u64::from(x).to_le_bytes())
+                }
+                _ if i + 8 <= body.end => bytes[i..i + 8].copy_from_slice(&(!0u64 >> (x % 64)).to_le_bytes()),
+                _ => bytes[i] = !bytes[i],
+            }
+        }
+        let bytes = with_crc(bytes);
+        fuzzing::decode(&bytes);
+    }
+}
