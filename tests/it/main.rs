@@ -14,6 +14,7 @@ mod hostile;
 mod interop;
 mod realworld;
 mod roundtrip;
+mod scale;
 mod stream_spec;
 mod trust;
 mod write;

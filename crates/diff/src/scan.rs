@@ -228,8 +228,10 @@ pub fn diff(
             end,
             g,
         );
-        old.read_once(start, end - start);
-        new.read_once(start, end - start);
+        for &(s, e) in &work {
+            old.read_once(s, e - s);
+            new.read_once(s, e - s);
+        }
         let changed: Vec<Vec<u64>> = work
             .par_iter()
             .map_init(
@@ -272,8 +274,10 @@ pub fn diff(
         }
         old.release(start, end - start);
         new.release(start, end - start);
-        old.forget(start, end - start);
-        new.forget(start, end - start);
+        for &(s, e) in &work {
+            old.forget(s, e - s);
+            new.forget(s, e - s);
+        }
         opts.tick(end - start);
         start = end;
     }
@@ -304,11 +308,11 @@ fn digest_window(
 ) -> Result<Vec<BlockDigest>> {
     let g = opts.granularity;
     let work = tasks(&[data_ranges(img, start, end)?], start, end, g);
-    img.read_once(start, end - start);
     let parts: Vec<Vec<BlockDigest>> = work
         .par_iter()
         .map_init(Vec::new, |buf, &(s, e)| -> Result<Vec<BlockDigest>> {
             let len = e - s;
+            img.read_once(s, len);
             // Paced once: bytes_at paces what it reads into the buffer, and mapped bytes are
             // paced block by block below as they are touched.
             let (data, mapped) = bytes_at(img, s, len, buf, opts)?;
@@ -340,7 +344,9 @@ fn digest_window(
         })
         .collect::<Result<_>>()?;
     img.release(start, end - start);
-    img.forget(start, end - start);
+    for &(s, e) in &work {
+        img.forget(s, e - s);
+    }
     Ok(parts.into_iter().flatten().collect())
 }
 

@@ -186,20 +186,29 @@ impl MappedFile {
         let mut drop_from: Option<u64> = None;
         let mut page = start;
         while page < end {
+            // One region at a time: its snapshot is looked up once.
             let region = page / REGION * REGION;
-            let was_cached = snaps
-                .iter()
-                .find(|(s, _)| *s == region)
-                .is_none_or(|(s, v)| v[((page - s) / PAGE) as usize] & 1 != 0);
-            match (was_cached, drop_from) {
-                (false, None) => drop_from = Some(page),
-                (true, Some(f)) => {
+            let segment_end = (region + REGION).min(end);
+            let Some((_, resident)) = snaps.iter().find(|(s, _)| *s == region) else {
+                // Never looked at: kept.
+                if let Some(f) = drop_from.take() {
                     runs.push((f, page));
-                    drop_from = None;
                 }
-                _ => {}
+                page = segment_end;
+                continue;
+            };
+            while page < segment_end {
+                let was_cached = resident[((page - region) / PAGE) as usize] & 1 != 0;
+                match (was_cached, drop_from) {
+                    (false, None) => drop_from = Some(page),
+                    (true, Some(f)) => {
+                        runs.push((f, page));
+                        drop_from = None;
+                    }
+                    _ => {}
+                }
+                page += PAGE;
             }
-            page += PAGE;
         }
         if let Some(f) = drop_from {
             runs.push((f, end));
