@@ -149,3 +149,91 @@ fn a_mostly_empty_64_gib_image_converts_to_an_almost_empty_file() {
         .unwrap();
     assert!(buf.iter().all(|&b| b == 0x17));
 }
+
+/// Usage errors keep clap's words on one line: what is missing, and the subcommand a typo
+/// was probably meant to be.
+#[test]
+fn usage_errors_name_what_is_missing_and_suggest_the_command() {
+    let tmp = tempfile::tempdir().unwrap();
+    let r = vdisk_in(tmp.path(), &["backup", "disk.raw"]);
+    assert_eq!(r.code, Some(2));
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("required arguments were not provided: <REPO>")
+            && r.stderr.contains("vdisk backup --help"),
+        "{}",
+        r.stderr
+    );
+    let r = vdisk_in(tmp.path(), &["dif", "a", "b"]);
+    assert_eq!(r.code, Some(2));
+    assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("unrecognized subcommand 'dif'") && r.stderr.contains("'diff'"),
+        "{}",
+        r.stderr
+    );
+    let r = vdisk_in(tmp.path(), &["hash", "a", "-o", "m", "--granularity", "1T"]);
+    assert_eq!(r.code, Some(2));
+    assert!(r.stderr.contains("power of two"), "{}", r.stderr);
+}
+
+/// Every command that reports a result prints one JSON document with `--json`.
+#[test]
+fn json_summaries_of_convert_hash_backup_restore_prune_merge() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let mut disk = vec![0u8; 4 << 20];
+    disk[1 << 20..(1 << 20) + 70_000].copy_from_slice(&pattern(7, 70_000));
+    std::fs::write(dir.join("d.raw"), &disk).unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let r = vdisk_in(dir, args);
+        r.expect_code(0, &args.join(" "));
+        serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("{args:?}: {e}: {}", r.stdout))
+    };
+    let v = json(&["convert", "d.raw", "d.vmdk", "-O", "vmdk", "--json"]);
+    assert_eq!(v["virtual_size"], 4u64 << 20);
+    assert_eq!(v["subformat"], "monolithicSparse");
+    assert!(v["bytes_read"].as_u64().unwrap() >= 70_000);
+    let v = json(&["hash", "d.raw", "-o", "d.hashes", "--json"]);
+    assert_eq!(
+        (v["size"].as_u64(), v["blocks"].as_u64()),
+        (Some(4 << 20), Some(64))
+    );
+    let v = json(&["backup", "d.raw", "repo", "--json"]);
+    assert_eq!(
+        (v["point"].as_u64(), v["kind"].as_str()),
+        (Some(1), Some("full"))
+    );
+    let v = json(&["backup", "d.raw", "repo", "--json"]);
+    assert_eq!(v["kind"], "incremental");
+    let v = json(&["restore", "repo", "back.raw", "--json"]);
+    assert_eq!(
+        (v["point"].as_u64(), v["size"].as_u64()),
+        (Some(2), Some(4 << 20))
+    );
+    assert_same_bytes(&dir.join("d.raw"), &dir.join("back.raw"));
+    let v = json(&["prune", "repo", "--keep", "1", "--json"]);
+    assert_eq!(
+        (v["folded"].as_u64(), v["kept"].as_u64()),
+        (Some(1), Some(1))
+    );
+    let v = json(&["merge", "d.vmdk", "-o", "m.vmdk", "--json"]);
+    assert_eq!(v["virtual_size"], 4u64 << 20);
+    qemu_img(dir, &["compare", "m.vmdk", "d.raw"]);
+}
+
+/// Shell completions for bash, zsh and fish name the subcommands.
+#[test]
+fn completions_for_bash_zsh_and_fish() {
+    let tmp = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let r = vdisk_in(tmp.path(), &["completions", shell]);
+        r.expect_code(0, shell);
+        for sub in ["backup", "restore", "serve", "verify"] {
+            assert!(r.stdout.contains(sub), "{shell}: no {sub}");
+        }
+    }
+    assert_eq!(vdisk_in(tmp.path(), &["completions", "tcsh"]).code, Some(2));
+}
