@@ -114,6 +114,9 @@ impl DiskImage for Image {
     fn read_once(&self, offset: u64, len: u64) {
         each_format!(self, i => i.read_once(offset, len))
     }
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        each_format!(self, i => i.next_data(offset))
+    }
     fn forget(&self, offset: u64, len: u64) {
         each_format!(self, i => i.forget(offset, len))
     }

@@ -89,6 +89,25 @@ pub trait DiskImage: Send + Sync {
     /// the pace holds in every second, not just on average.
     fn read_as_asked(&self) {}
 
+    /// Where the next range holding data starts at or after `offset`, or `None` when nothing
+    /// from `offset` to the end holds data: scans use it to pass over empty stretches of a
+    /// thin disk in one step. The default walks the allocation map; a raw file asks the file
+    /// system (`SEEK_DATA`).
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        let size = self.size();
+        let mut off = offset;
+        while off < size {
+            let len = (size - off).min(MAP_WINDOW);
+            for e in self.allocation(off, len)? {
+                if e.allocation == crate::Allocation::Data {
+                    return Ok(Some(e.start.max(offset)));
+                }
+            }
+            off += len;
+        }
+        Ok(None)
+    }
+
     /// `len` bytes at `offset` are about to be read once (a backup, a hash, a restore): the
     /// image notes which of the pages behind them the host caches already, so that
     /// [`DiskImage::forget`] drops only what this read brings in. Images opened to keep the
@@ -169,6 +188,9 @@ macro_rules! forward_disk_image {
             }
             fn read_once(&self, offset: u64, len: u64) {
                 (**self).read_once(offset, len)
+            }
+            fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+                (**self).next_data(offset)
             }
             fn forget(&self, offset: u64, len: u64) {
                 (**self).forget(offset, len)

@@ -495,6 +495,20 @@ impl<B: ManifestBytes> Manifest<B> {
         }))
     }
 
+    /// The first window at or after `w` that may hold data (version 2: the next one stored;
+    /// version 1: `w`), `None` when none does.
+    pub fn next_data_window(&self, w: u64) -> Option<u64> {
+        match &self.layout {
+            Layout::Sparse { index } => {
+                let i = index.partition_point(|e| e.0 < w);
+                index.get(i).map(|e| e.0)
+            }
+            Layout::Dense { .. } => {
+                (w < self.block_count().div_ceil(self.window_blocks)).then_some(w)
+            }
+        }
+    }
+
     /// Windows that hold data (version 2), or every window (version 1), in order.
     pub fn data_windows(&self) -> Vec<u64> {
         match &self.layout {

@@ -220,6 +220,18 @@ pub fn diff(
     let window = opts.window();
     let mut start = 0;
     while start < size {
+        // Stretches where neither side holds data are equal: passed over in one step.
+        let next = match (old.next_data(start)?, new.next_data(start)?) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => size,
+        };
+        if next >= start + window {
+            let to = (next / window * window).min(size);
+            opts.tick(to - start);
+            start = to;
+            continue;
+        }
         let end = (start + window).min(size);
         // Ranges that read as zero on both sides are equal: only data on either side is read.
         let work = tasks(
@@ -398,9 +410,18 @@ pub fn hash_image<W: Write>(
     let mut writer = ManifestWriter::new(out, size, g)?;
     opts.prepare(img);
     let read = AtomicU64::new(0);
+    let window = opts.window();
     let mut start = 0;
     while start < size {
-        let end = (start + opts.window()).min(size);
+        // Empty stretches cost nothing in the manifest: passed over in one step.
+        let next = img.next_data(start)?.unwrap_or(size);
+        if next >= start + window {
+            let to = (next / window * window).min(size);
+            opts.tick(to - start);
+            start = to;
+            continue;
+        }
+        let end = (start + window).min(size);
         for d in digest_window(img, start, end, opts, &read, &|_| None)? {
             writer.push(d.block, d.hash)?;
         }
@@ -479,8 +500,34 @@ pub fn diff_manifest_each<B: ManifestBytes>(
     let window = wb * g;
     let old_blocks = manifest.block_count();
     let read = AtomicU64::new(0);
+    // Blocks the old disk's end makes special (the one across the old end, the last one of a
+    // disk that shrank inside a block): their windows are never passed over.
+    let specials = [old_size / g * g, (size.div_ceil(g).saturating_sub(1)) * g];
     let mut start = 0;
     while start < size {
+        // Stretches where neither the new disk nor the manifest holds data, and no special
+        // block lies, are unchanged: passed over in one step.
+        let new_next = new.next_data(start)?.unwrap_or(size);
+        let old_next = if start / g < old_blocks {
+            manifest
+                .next_data_window(start / window)
+                .map_or(size, |w| w * window)
+        } else {
+            size
+        };
+        let special_next = specials
+            .iter()
+            .copied()
+            .filter(|&s| s >= start)
+            .min()
+            .unwrap_or(size);
+        let next = new_next.min(old_next).min(special_next);
+        if next >= start + window {
+            let to = (next / window * window).min(size);
+            opts.tick(to - start);
+            start = to;
+            continue;
+        }
         let end = (start + window).min(size);
         let w = start / window;
         let first = start / g;

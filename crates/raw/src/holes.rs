@@ -4,6 +4,24 @@
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 
+/// Where the first data of `file` at or after `pos` starts (`SEEK_DATA`), `None` when there
+/// is none before the end; `Some(pos)` where the file system cannot tell.
+pub fn next_data(file: &File, pos: u64) -> Option<u64> {
+    let Ok(off) = libc::off_t::try_from(pos) else {
+        return Some(pos);
+    };
+    // SAFETY: lseek on a file descriptor we own a reference to; it changes only the file
+    // offset, which vdisk never uses (all reads are positional).
+    let data = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
+    if data >= 0 {
+        Some(data as u64)
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
+        None
+    } else {
+        Some(pos)
+    }
+}
+
 /// The ranges of `file` between `start` and `end` that hold data, as `(offset, length)` pairs,
 /// found with `lseek(SEEK_DATA/SEEK_HOLE)`.
 ///

@@ -136,6 +136,10 @@ impl DiskImage for RawImage {
         self.file.read_once(offset, len)
     }
 
+    fn next_data(&self, offset: u64) -> Result<Option<u64>> {
+        Ok(crate::holes::next_data(self.file.file(), offset).filter(|&d| d < self.size()))
+    }
+
     fn forget(&self, offset: u64, len: u64) {
         self.file.forget(offset, len)
     }

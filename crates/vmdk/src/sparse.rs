@@ -286,11 +286,35 @@ impl SparseExtent {
             return Ok(((span_end - offset).min(max), Run::Unallocated));
         }
         let len = (gb - within).min(max);
-        let run = match self.grain(grain) {
-            GrainEntry::Unallocated => Run::Unallocated,
-            GrainEntry::Zero => Run::Zero,
+        let entry = self.grain(grain);
+        // Neighbours of the same kind in the same table join the run: unallocated or zeroed
+        // grains, and stored grains that follow each other in the file. A map of a sparse
+        // extent then costs a step per run, not per grain (a table of 512 unallocated
+        // entries is one step), and reads of consecutive grains are one read.
+        let table_end = ((slot as u64 + 1) * gtes).min(self.capacity().div_ceil(gb));
+        let extend = |same: &dyn Fn(u64, GrainEntry) -> bool| -> u64 {
+            let mut n = len;
+            let mut g = grain + 1;
+            while n < max && g < table_end && same(g, self.grain(g)) {
+                n += gb.min(max - n);
+                g += 1;
+            }
+            n
+        };
+        let run = match entry {
+            GrainEntry::Unallocated => {
+                let n = extend(&|_, e| e == GrainEntry::Unallocated);
+                return Ok((n, Run::Unallocated));
+            }
+            GrainEntry::Zero => {
+                let n = extend(&|_, e| e == GrainEntry::Zero);
+                return Ok((n, Run::Zero));
+            }
             GrainEntry::Data(_) if self.header.flags.compressed() => Run::Compressed(grain, within),
-            GrainEntry::Data(pos) => Run::Stored(pos + within),
+            GrainEntry::Data(pos) => {
+                let n = extend(&|g, e| e == GrainEntry::Data(pos + (g - grain) * gb));
+                return Ok((n, Run::Stored(pos + within)));
+            }
             GrainEntry::Invalid(raw) => {
                 return Err(Error::corrupt(format!(
                     "grain {grain} points to sector {raw}, {}",

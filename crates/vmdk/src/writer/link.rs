@@ -267,7 +267,9 @@ pub fn write_delta_link_from(
                     }
                     GrainPlan::Skip => {}
                 }
-                // Read once and written: drop behind the reader what it brought into the cache.
+                // Read once and written: unmap what the source's map lent (a page fault can map
+                // a whole 2 MiB folio) and drop behind the reader what it brought into the cache.
+                new.release(off, len);
                 new.forget(off, len);
             }
             batch.clear();
