@@ -14,6 +14,7 @@ mod hostile;
 mod interop;
 mod realworld;
 mod roundtrip;
+mod serve;
 mod stream_spec;
 mod trust;
 mod write;
