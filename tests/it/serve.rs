@@ -554,20 +554,27 @@ fn listen_on_tcp_binds_only_the_given_address() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     raw_disk(dir, "disk.raw");
+    // A name with a space: percent-encoded in the URI, and clients ask for it as given
+    // (the server answers only to its name and to the default, empty one).
     let srv = serve(
         dir,
-        &["disk.raw", "--listen", "127.0.0.1:0", "--name", "tcp"],
+        &["disk.raw", "--listen", "127.0.0.1:0", "--name", "vm 1"],
     );
     let port: u16 = srv
         .uri
         .strip_prefix("nbd://127.0.0.1:")
-        .and_then(|r| r.strip_suffix("/tcp"))
+        .and_then(|r| r.strip_suffix("/vm%201"))
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("not nbd://127.0.0.1:PORT/tcp: {}", srv.uri));
+        .unwrap_or_else(|| panic!("not nbd://127.0.0.1:PORT/vm%201: {}", srv.uri));
     assert_ne!(port, 0);
     // 127.0.0.1 is 0100007F in /proc/net/tcp: nothing on 0.0.0.0 or :: for that port.
     assert_eq!(tcp_listeners(port), vec!["0100007F".to_string()]);
     assert_reads_as(dir, &srv.uri, "disk.raw", "raw", "disk.raw");
+    // Another name is not this export.
+    let wrong = srv.uri.replace("/vm%201", "/vm%202");
+    let mut c = Command::new("qemu-img");
+    c.args(["info", &wrong]).current_dir(dir);
+    assert_ne!(run(c).code, Some(0), "{wrong} was served");
 }
 
 /// Flip a byte of the first grain point 2 stores (in the clustered layout, grains follow a
