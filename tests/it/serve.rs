@@ -709,6 +709,11 @@ fn stale_socket_is_replaced_and_other_files_are_refused() {
     assert!(r.stderr.starts_with("vdisk: error: "), "{}", r.stderr);
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert!(r.stderr.contains("notes.sock"), "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("--force"),
+        "serve has no --force: {}",
+        r.stderr
+    );
     assert_eq!(std::fs::read(dir.join("notes.sock")).unwrap(), b"keep me");
 }
 
