@@ -91,6 +91,28 @@ fn assert_map(dir: &Path, uri: &str, size: u64, data: &[u64], holes: &[u64]) {
     }
 }
 
+/// Wherever `qemu-img map ARGS` of the source shows a hole (no data, reads as zero), so does
+/// the map of the export: clients that skip holes skip the same ranges.
+fn assert_same_holes(dir: &Path, uri: &str, source: &[&str]) {
+    let src = map(dir, source);
+    let over = map(dir, &["-f", "raw", uri]);
+    for &(start, len, data, zero) in &src {
+        if data || !zero {
+            continue;
+        }
+        for e in over
+            .iter()
+            .filter(|e| e.0 < start + len && start < e.0 + e.1)
+        {
+            assert_eq!(
+                (e.2, e.3),
+                (false, true),
+                "the source has a hole at {start}+{len}, the export {e:?}; source {src:?}, export {over:?}"
+            );
+        }
+    }
+}
+
 /// `qemu-img compare` of the export with `file` (of format `fmt`) says identical, and
 /// `qemu-img convert` of the export is `reference` byte for byte.
 fn assert_reads_as(dir: &Path, uri: &str, file: &str, fmt: &str, reference: &str) {
@@ -125,6 +147,7 @@ fn raw_image_reads_maps_and_refuses_writes() {
         &[0, 8 * MIB, 10 * MIB, 20 * MIB, 31 * MIB],
         &[MIB, 4 * MIB, 12 * MIB, 25 * MIB],
     );
+    assert_same_holes(dir, &uri, &["-f", "raw", "disk.raw"]);
 
     // Pattern reads, read-only, at odd offsets and lengths too.
     let r = qemu_io_run(
@@ -273,6 +296,7 @@ fn qemu_made_vmdk_chain_of_three_links_reads_byte_identical() {
         &[0, MIB, 3 * MIB, 17 * MIB, 24 * MIB, 30 * MIB],
         &[5 * MIB, 12 * MIB, 20 * MIB, 28 * MIB],
     );
+    assert_same_holes(dir, &srv.uri, &["-f", "vmdk", "l2.vmdk"]);
     let r = qemu_io_run(
         dir,
         &[
@@ -309,6 +333,7 @@ fn stream_optimized_image_reads_byte_identical() {
     let srv = serve_unix(dir, "stream.vmdk", "stream", &[]);
     assert_reads_as(dir, &srv.uri, "stream.vmdk", "vmdk", "disk.raw");
     assert_map(dir, &srv.uri, 32 * MIB, &[0, 8 * MIB], &[4 * MIB, 25 * MIB]);
+    assert_same_holes(dir, &srv.uri, &["-f", "vmdk", "stream.vmdk"]);
 }
 
 /// A repository of three points of a 48 MiB disk made with qemu-io patterns:
@@ -375,6 +400,8 @@ fn repository_points_read_as_restore_writes_them() {
             data,
             &[5 * MIB, 16 * MIB, 30 * MIB],
         );
+        // The disk backed up: its holes are the point's.
+        assert_same_holes(dir, &srv.uri, &["-f", "raw", &format!("v{n}.raw")]);
     }
     // The newest point is the default: with no --point, what restore writes without one.
     vdisk_in(dir, &["restore", "repo", "newest.raw"]).expect_code(0, "restore");
