@@ -79,9 +79,10 @@ fn signal_pipe() -> Result<std::fs::File> {
 fn bind_unix(path: &Path) -> Result<UnixListener> {
     if let Ok(m) = std::fs::symlink_metadata(path) {
         if !m.file_type().is_socket() {
+            // Refused, not AlreadyExists: serve has no --force, and never replaces such a file.
             return Err(Error::new(
-                ErrorKind::AlreadyExists,
-                "already exists and is not a socket",
+                ErrorKind::Refused,
+                "already exists and is not a socket; remove it or choose another --socket path",
             )
             .with_path(path));
         }

@@ -303,3 +303,127 @@ pub fn hold_lock(repo: &Path) -> std::fs::File {
     assert_eq!(r, 0, "the test could not take the lock");
     f
 }
+
+/// Whether `prog` runs (`prog --version` succeeds): for tools that are optional where they do
+/// not install, such as `nbdinfo` (Debian's `libnbd-bin`).
+pub fn have_tool(prog: &str) -> bool {
+    matches!(
+        Command::new(prog)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status(),
+        Ok(s) if s.success()
+    )
+}
+
+/// A `vdisk serve` running as a child of the test, with the URI it printed; killed (SIGKILL)
+/// when dropped if it is still running.
+pub struct Served {
+    child: std::process::Child,
+    /// The first line the server printed on stdout.
+    pub uri: String,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+/// Start `vdisk serve ARGS` in `dir` and wait (up to 30 s) for the URI line on its stdout.
+/// Panics, with the server's stderr, when it exits or prints nothing in that time.
+pub fn serve(dir: &Path, args: &[&str]) -> Served {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(vdisk_bin())
+        .arg("serve")
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start vdisk serve");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let err2 = std::sync::Arc::clone(&err);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            err2.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep draining: nothing more is expected, but the pipe must not fill.
+        for _ in lines {}
+    });
+    let mut served = Served {
+        child,
+        uri: String::new(),
+        stderr: err,
+    };
+    match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(Some(Ok(line))) => served.uri = line,
+        other => {
+            let _ = served.child.kill();
+            let _ = served.child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!(
+                "vdisk serve {args:?} printed no URI ({other:?}); stderr: {}",
+                served.stderr()
+            );
+        }
+    }
+    served
+}
+
+impl Served {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the server wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Send `sig` to the server.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "kill failed");
+    }
+
+    /// Wait up to `limit` for the server to exit.
+    pub fn wait_timeout(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if start.elapsed() >= limit {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the server is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if self.running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -15,6 +15,7 @@ mod interop;
 mod realworld;
 mod roundtrip;
 mod scale;
+mod serve;
 mod stream_spec;
 mod trust;
 mod write;
