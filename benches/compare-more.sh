@@ -6,8 +6,8 @@
 #   diff     `vdisk diff` vs `cmp` and `qemu-img compare` on two warm 2 GiB raw images, plus
 #            `vdisk hash`, `vdisk diff MANIFEST NEW` and the heap peak of `vdisk diff` (massif)
 #   backup   on a 4 GiB mixed disk: full backup, hash-based vs CBT-driven incremental (1% of the
-#            64 KiB blocks changed), `vdisk hash`, and `vdisk restore` (checked, and unchecked through `vdisk convert`) vs
-#            `qemu-img convert`
+#            64 KiB blocks changed), `vdisk hash`, and `vdisk restore` (checked, and unchecked
+#            through `vdisk convert`) vs `qemu-img convert`
 #
 # Usage: bash benches/compare-more.sh [convert|diff|backup|all]...   (default: all)
 #
