@@ -56,6 +56,7 @@ enum Command {
     List(cmd::list::Args),
     Verify(cmd::verify::Args),
     Prune(cmd::prune::Args),
+    Sync(cmd::sync::Args),
     Convert(cmd::convert::Args),
     Serve(cmd::serve::Args),
     Completions(cmd::completions::Args),
@@ -91,6 +92,7 @@ fn is_repository_command(c: &Command) -> bool {
             | Command::List(_)
             | Command::Verify(_)
             | Command::Prune(_)
+            | Command::Sync(_)
             | Command::Serve(_)
     )
 }
@@ -111,6 +113,7 @@ fn subject(c: &Command) -> Option<std::path::PathBuf> {
         Command::List(a) => a.repo.clone(),
         Command::Verify(a) => a.repo.clone(),
         Command::Prune(a) => a.repo.clone(),
+        Command::Sync(a) => a.dst.clone(),
         Command::Convert(a) => a.src.clone(),
         Command::Serve(a) => a.source.clone(),
         Command::Completions(_) => return None,
@@ -244,6 +247,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Prune(a) => cmd::prune::run(&ctx, a),
+        Command::Sync(a) => cmd::sync::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Completions(a) => cmd::completions::run(&ctx, a),

@@ -13,7 +13,7 @@ use super::{print_json, Ctx, Status};
 pub struct Args {
     /// The disk to back up.
     pub src: PathBuf,
-    /// The repository folder (created on the first backup).
+    /// The repository: a folder (created on the first backup) or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
     /// Changed blocks from the hypervisor (a bitmap from `vdisk bitmap import`), trusted
     /// as a superset of the changes; without it, changes are found by hashing.
@@ -34,7 +34,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         Some(p) => Some(super::bitmap::load(p)?),
         None => None,
     };
-    let mut repository = Repository::open_or_create(&a.repo)?;
+    let mut repository = Repository::open_or_create(super::location(&a.repo)?)?;
     let progress = ctx.progress(img.size());
     let tick = |n: u64| progress.tick(n);
     let opts = BackupOptions {

@@ -13,5 +13,7 @@ mod esx;
 mod hostile;
 mod interop;
 mod roundtrip;
+mod s3;
+mod s3server;
 mod stream_spec;
 mod write;

@@ -5,14 +5,33 @@ use std::sync::Arc;
 use vdisk_core::{Error, ErrorKind, Result};
 use vdisk_raw::MappedFile;
 
-/// The bytes of one file of an image: a memory-mapped file, or a buffer already in memory
-/// (tests, fuzzing, a stream read from standard input).
+/// A file read by range (an object in an object store): nothing of it is resident until read,
+/// and every read may be a request, so readers ask for what they need and no more.
+pub trait RangedFile: Send + Sync + std::fmt::Debug {
+    /// The name used in messages.
+    fn path(&self) -> &Path;
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `buf` from `offset`; the range lies inside the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// The bytes of one file of an image: a memory-mapped file, a buffer already in memory
+/// (tests, fuzzing, a stream read from standard input), or a file read by range (an object
+/// in an object store).
 #[derive(Debug)]
 pub enum Bytes {
     /// A file on disk.
     File(MappedFile),
     /// Bytes in memory, with the name used in messages.
     Owned(PathBuf, std::sync::Arc<Vec<u8>>),
+    /// A file read by range, never whole (sparse extents read their directory at open and
+    /// their tables and grains as they are needed).
+    Ranged(Arc<dyn RangedFile>),
 }
 
 impl Bytes {
@@ -21,6 +40,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.len(),
             Bytes::Owned(_, v) => v.len() as u64,
+            Bytes::Ranged(r) => r.len(),
         }
     }
 
@@ -40,7 +60,7 @@ impl Bytes {
     pub fn id(&self) -> Option<vdisk_core::FileId> {
         match self {
             Bytes::File(f) => Some(f.id()),
-            Bytes::Owned(..) => None,
+            Bytes::Owned(..) | Bytes::Ranged(_) => None,
         }
     }
 
@@ -49,6 +69,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.path(),
             Bytes::Owned(p, _) => p,
+            Bytes::Ranged(r) => r.path(),
         }
     }
 
@@ -57,6 +78,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.bytes(),
             Bytes::Owned(_, v) => Some(v.as_slice()),
+            Bytes::Ranged(_) => None,
         }
     }
 
@@ -82,6 +104,21 @@ impl Bytes {
                 buf[n..].fill(0);
                 Ok(())
             }
+            Bytes::Ranged(r) => {
+                let len = r.len();
+                let n = if offset >= len {
+                    0
+                } else {
+                    usize::try_from(len - offset)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len())
+                };
+                if n > 0 {
+                    r.read_at(&mut buf[..n], offset)?;
+                }
+                buf[n..].fill(0);
+                Ok(())
+            }
         }
     }
 
@@ -90,8 +127,8 @@ impl Bytes {
     pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         match self {
             Bytes::File(f) => vdisk_raw::data_ranges(f.file(), start, end.min(f.len())),
-            Bytes::Owned(_, v) => {
-                let end = end.min(v.len() as u64);
+            Bytes::Owned(..) | Bytes::Ranged(_) => {
+                let end = end.min(self.len());
                 if start < end {
                     vec![(start, end - start)]
                 } else {
@@ -112,6 +149,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.disk_usage(),
             Bytes::Owned(_, v) => v.len() as u64,
+            Bytes::Ranged(r) => r.len(),
         }
     }
 }
