@@ -63,7 +63,8 @@ cat >"$WORK/weed/s3.json" <<EOF
 EOF
 weed server -dir="$WORK/weed/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$M_PORT" \
     -volume.port="$V_PORT" -filer -filer.port="$F_PORT" -s3 -s3.port="$S3_PORT" \
-    -s3.config="$WORK/weed/s3.json" -volume.max=0 >"$WORK/weed/weed.log" 2>&1 &
+    -s3.config="$WORK/weed/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=0 \
+    >"$WORK/weed/weed.log" 2>&1 &
 WEED=$!
 trap 'kill $WEED 2>/dev/null; wait $WEED 2>/dev/null' EXIT
 ENDPOINT=http://127.0.0.1:$S3_PORT

