@@ -118,12 +118,16 @@ fn s3_verify_finds_damaged_objects_and_restore_refuses_them() {
             assert_eq!(r.code, Some(1), "{name}: {r:#?}");
             let v: Value = serde_json::from_str(&r.stdout).unwrap();
             assert_eq!(v["points"][0]["status"], "damaged", "{name}: {v}");
-            let r = loc.run(dir, &["restore", "REPO", "x.raw", "--force"]);
-            assert_eq!(
-                r.code,
-                Some(2),
-                "{name}: restore returned other data: {r:#?}"
-            );
+            if !name.ends_with("1.vmdk") {
+                // Damaged data or hashes: restore fails rather than return other bytes (a
+                // damaged descriptor comment still reads the same disk).
+                let r = loc.run(dir, &["restore", "REPO", "x.raw", "--force"]);
+                assert_eq!(
+                    r.code,
+                    Some(2),
+                    "{name}: restore returned other data: {r:#?}"
+                );
+            }
         }
         std::fs::write(dir.join("obj"), &pristine).unwrap();
         assert_eq!(
@@ -319,35 +323,46 @@ fn s3_kill_at_each_request_loses_nothing() {
     let proxy = Proxy::start(server.port);
     let loc = Loc::s3(server, proxy.port, "kill");
     let direct = loc.via(server.port);
-    // 30 MiB in one extent: a multipart upload with its head part sent last.
-    let mut disk = source(dir, "disk.raw", 30, 4);
+    // 10 MiB of data in one extent: a multipart upload (a part, then the 8 MiB head part
+    // last), kept small since every request of every run is a kill point.
+    let mut disk = vec![0u8; 12 * MIB];
+    disk[MIB..11 * MIB].copy_from_slice(&pattern(4, 10 * MIB));
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
     let mut versions: Vec<(u64, Vec<u8>)> = Vec::new();
     let mut rounds = 0;
-    for round in 0..3u64 {
+    for round in 0..2u64 {
         if round > 0 {
-            let at = (round as usize * 7) * MIB;
+            let at = (round as usize * 3) * MIB;
             disk[at..at + MIB].copy_from_slice(&pattern(40 + round, MIB));
             std::fs::write(dir.join("disk.raw"), &disk).unwrap();
         }
-        let before = if round == 0 {
-            Vec::new()
-        } else {
-            points(dir, &direct)
+        let listed = |dir: &Path| -> Vec<Value> {
+            let r = direct.run(dir, &["list", "--json", "REPO"]);
+            if r.code == Some(2) && r.stderr.contains("not a vdisk repository") {
+                return Vec::new();
+            }
+            assert_eq!(r.code, Some(0), "{r:#?}");
+            let v: Value = serde_json::from_str(&r.stdout).unwrap();
+            v["points"].as_array().unwrap().clone()
         };
+        let before = listed(dir);
         let mut n = 1;
         loop {
             rounds += 1;
             if killed_at(dir, &loc, &proxy, &["backup", "disk.raw", "REPO"], n) {
                 break;
             }
-            // Killed at request n: the repository is as it was, and sound.
-            if round == 0 {
-                let r = direct.run(dir, &["list", "REPO"]);
-                assert_eq!(r.code, Some(2), "request {n}: {r:#?}");
-            } else {
-                assert_eq!(points(dir, &direct), before, "request {n}");
+            // Killed at request n: the repository is as it was (or, killed after its
+            // commit, holds the whole new point), and sound.
+            let after = listed(dir);
+            if !after.is_empty() {
                 direct.ok(dir, &["verify", "REPO"]);
             }
+            if after.len() == before.len() + 1 {
+                assert_eq!(after[..before.len()], before[..], "request {n}");
+                break;
+            }
+            assert_eq!(after, before, "request {n}");
             n += 1;
             assert!(n < 200, "the backup never finished");
         }
@@ -360,9 +375,9 @@ fn s3_kill_at_each_request_loses_nothing() {
     // A prune killed at each request.
     let before = points(dir, &direct);
     let mut n = 1;
-    while !killed_at(dir, &loc, &proxy, &["prune", "REPO", "--keep", "2"], n) {
+    while !killed_at(dir, &loc, &proxy, &["prune", "REPO", "--keep", "1"], n) {
         let after = points(dir, &direct);
-        assert!(after == before || after.len() == 2, "request {n}");
+        assert!(after == before || after.len() == 1, "request {n}");
         direct.ok(dir, &["verify", "REPO"]);
         n += 1;
         assert!(n < 200);
@@ -380,10 +395,13 @@ fn s3_kill_at_each_request_loses_nothing() {
     let mut n = 1;
     while !killed_at(dir, &dst, &proxy, &["sync", &direct.repo, "REPO"], n) {
         let r = dst_direct.run(dir, &["list", "REPO"]);
-        assert_eq!(
-            r.code,
-            Some(2),
-            "request {n}: a killed first sync left a repository"
+        if r.code == Some(0) {
+            // Killed after its commit: a whole copy.
+            break;
+        }
+        assert!(
+            r.stderr.contains("not a vdisk repository"),
+            "request {n}: {r:#?}"
         );
         n += 1;
         assert!(n < 300);

@@ -113,7 +113,7 @@ fn start(weed: &Path) -> Result<S3Server, String> {
     let cmd = format!(
         "{} server -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={master} -volume.port={volume} \
          -filer -filer.port={filer} -s3 -s3.port={s3} -s3.config={} -s3.port.iceberg=0 \
-         -s3.port.lance=0 -volume.max=0 -master.volumeSizeLimitMB=64 >{}/weed.log 2>&1",
+         -s3.port.lance=0 -volume.max=0 >{}/weed.log 2>&1",
         weed.display(),
         data.display(),
         config.display(),
@@ -152,7 +152,8 @@ fn start(weed: &Path) -> Result<S3Server, String> {
             break;
         }
         if t0.elapsed() > Duration::from_secs(60) {
-            let log = std::fs::read_to_string(server._dir.path().join("weed.log")).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(server._dir.path().join("weed.log")).unwrap_or_default();
             let last: Vec<&str> = log.lines().rev().take(5).collect();
             return Err(format!(
                 "SeaweedFS did not start (last answer {code}); its log ends: {last:?}"
@@ -305,14 +306,15 @@ impl Proxy {
 }
 
 /// Read one request's head (up to the blank line) from `c`; `None` at a clean end.
-fn read_head(c: &mut TcpStream) -> std::io::Result<Option<Vec<u8>>> {
+fn read_head(c: &mut impl std::io::BufRead) -> std::io::Result<Option<Vec<u8>>> {
     let mut head = Vec::new();
-    let mut b = [0u8; 1];
     loop {
-        match c.read(&mut b)? {
-            0 if head.is_empty() => return Ok(None),
-            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-            _ => head.push(b[0]),
+        let n = c.read_until(b'\n', &mut head)?;
+        if n == 0 {
+            if head.is_empty() {
+                return Ok(None);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
         if head.ends_with(b"\r\n\r\n") {
             return Ok(Some(head));
@@ -344,16 +346,21 @@ fn serve(
     killed: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut server = TcpStream::connect(("127.0.0.1", upstream))?;
+    // No Nagle delay on either side: each request and answer goes at once.
+    server.set_nodelay(true)?;
+    client.set_nodelay(true)?;
     let mut back = server.try_clone()?;
     let mut client_back = client.try_clone()?;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, client.try_clone()?);
     // Answers flow back untouched.
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut back, &mut client_back);
         let _ = client_back.shutdown(Shutdown::Both);
     });
-    while let Some(head) = read_head(&mut client)? {
-        let mut body = vec![0u8; content_length(&head) as usize];
-        client.read_exact(&mut body)?;
+    while let Some(mut head) = read_head(&mut reader)? {
+        let at = head.len();
+        head.resize(at + content_length(&head) as usize, 0);
+        reader.read_exact(&mut head[at..])?;
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
         let f = faults.lock().unwrap().clone();
         if let Some(d) = f.delay {
@@ -373,7 +380,6 @@ fn serve(
             return Ok(());
         }
         server.write_all(&head)?;
-        server.write_all(&body)?;
         if let Some((pid, at)) = f.kill_at {
             if n == at {
                 // SAFETY: kill(2) of the child the test started.
