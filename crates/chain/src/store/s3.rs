@@ -657,8 +657,12 @@ impl S3Store {
 /// few in the background.
 #[derive(Debug, Default)]
 struct BlockCache {
-    slots: Mutex<VecDeque<((u64, u64), Arc<OnceCell<Buf>>)>>,
+    /// Least recently used first: ((file, block), the block once fetched).
+    slots: Mutex<VecDeque<(BlockKey, Arc<OnceCell<Buf>>)>>,
 }
+
+/// A block: (file id, block number).
+type BlockKey = (u64, u64);
 
 impl BlockCache {
     /// The slot of block `b` of file `id`, and whether it was there already.

@@ -40,6 +40,8 @@ pub struct LinkStats {
 }
 
 /// The image a link is written as.
+// One value per link written: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum LinkImage {
     Sparse(SparseImage),
     Clustered(ClusteredImage),
