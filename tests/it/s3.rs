@@ -478,3 +478,39 @@ fn s3_sync_between_folders_and_buckets_moves_only_what_is_missing() {
     );
     one_line(&r, "no point 9");
 }
+
+#[test]
+fn s3_a_writer_renews_its_lease_and_a_second_writer_is_refused() {
+    let Some(server) = s3() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let loc = Loc::s3(server, server.port, "lease");
+    source(dir, "disk.raw", 4, 6);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    // 14 MiB of new data read at 1 MiB/s: a run of about 14 s, past one renewal (10 s).
+    let mut disk = vec![0u8; 16 * MIB];
+    disk[MIB..15 * MIB].copy_from_slice(&pattern(60, 14 * MIB));
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
+    let mut c = loc.command(dir, &["--io-limit", "1M", "backup", "disk.raw", "REPO"]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut slow = c.spawn().unwrap();
+    let lease_key = format!("{}/vdisk-lease.json", prefix(&loc));
+    let expires = || -> u64 {
+        let (code, body) = curl(server, &[], &lease_key);
+        assert_eq!(code, "200", "no lease while a backup runs");
+        let v: Value = serde_json::from_slice(&body).unwrap();
+        v["expires"].as_u64().unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let first = expires();
+    // A second writer is refused at once (and a reader is not).
+    let r = loc.run(dir, &["backup", "disk.raw", "REPO"]);
+    one_line(&r, "in use");
+    loc.ok(dir, &["list", "REPO"]);
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(expires() > first, "the lease was not renewed");
+    assert!(slow.wait().unwrap().success());
+    assert_eq!(points(dir, &loc).len(), 2);
+    restores_to(dir, &loc, 2, &disk);
+}
