@@ -77,7 +77,7 @@ done
 [[ $code == 200 || $code == 409 ]] || die "SeaweedFS did not start (see $WORK/weed/weed.log)"
 export AWS_ACCESS_KEY_ID=$KEY AWS_SECRET_ACCESS_KEY=$SECRET AWS_ENDPOINT_URL=$ENDPOINT \
     AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
-echo "== SeaweedFS $(weed version | head -n 1) at $ENDPOINT"
+echo "== SeaweedFS $(weed version 2>&1 | grep -m1 version) at $ENDPOINT"
 
 OUT=$WORK/out
 mkdir -p "$OUT"

@@ -180,7 +180,21 @@ fn raise_file_limit() {
     }
 }
 
+#[allow(unsafe_code)] // mallopt(3)
+/// Large buffers (an object store's upload parts and read blocks, freed on other threads
+/// than the ones that made them) go straight to mmap and back to the system when freed:
+/// glibc's sliding threshold would otherwise keep them in per-thread heaps, and a long
+/// upload's memory would grow with the disk.
+fn large_buffers_unmapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's threshold; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    large_buffers_unmapped();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -236,7 +236,11 @@ impl Repository {
             progress: opts.progress,
         };
         write_manifest(&*self.store, hashes_name, size, |manifest| {
-            let sink = HashingSink { inner, manifest };
+            let sink = HashingSink {
+                inner,
+                manifest,
+                src,
+            };
             Ok(copy_into(src, Box::new(sink), &copts)?.bytes_read)
         })
     }
@@ -385,10 +389,13 @@ fn hash_and_link<B: ManifestBytes, W: std::io::Write>(
     })
 }
 
-/// Wraps a point's sink: hashes every grain on its way in (in parallel) into the manifest.
+/// Wraps a point's sink: hashes every grain on its way in (in parallel) into the manifest,
+/// then lets the source drop its pages of what was stored (a mapped source would otherwise
+/// stay resident, and a backup's memory grow with the disk).
 struct HashingSink<'a, W: std::io::Write> {
     inner: Box<dyn ImageSink>,
     manifest: &'a mut ManifestWriter<W>,
+    src: &'a dyn DiskImage,
 }
 
 impl<W: std::io::Write + Send> ImageSink for HashingSink<'_, W> {
@@ -404,7 +411,12 @@ impl<W: std::io::Write + Send> ImageSink for HashingSink<'_, W> {
         for (b, h) in hashed {
             self.manifest.push(b, h)?;
         }
-        self.inner.put(blocks)
+        self.inner.put(blocks)?;
+        if let (Some(first), Some(last)) = (blocks.first(), blocks.last()) {
+            let end = last.0 + last.1.len() as u64;
+            self.src.release(first.0, end.saturating_sub(first.0));
+        }
+        Ok(())
     }
     fn finish(self: Box<Self>) -> Result<()> {
         self.inner.finish()

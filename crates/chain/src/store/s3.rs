@@ -18,7 +18,7 @@
 //!
 //! Large objects are uploaded as they are produced, in parts, with the first part (a sparse
 //! extent's header and its first grains) kept in memory and sent last. Objects are read by
-//! range through a small shared cache of 4 MiB blocks, with read-ahead.
+//! range through a small shared cache of 16 MiB blocks, with read-ahead.
 
 use std::collections::{HashSet, VecDeque};
 use std::future::Future;
@@ -59,12 +59,12 @@ const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// least 5 MiB).
 const HEAD_PART: u64 = 8 << 20;
 /// Bytes of parts in flight at once, per upload.
-const IN_FLIGHT_BYTES: u64 = 64 << 20;
-/// Block size of ranged reads through the cache, and blocks kept.
-const BLOCK: u64 = 4 << 20;
-const CACHED_BLOCKS: usize = 24;
+const IN_FLIGHT_BYTES: u64 = 96 << 20;
+/// Block size of ranged reads through the cache, and blocks kept (160 MiB).
+const BLOCK: u64 = 16 << 20;
+const CACHED_BLOCKS: usize = 10;
 /// Blocks fetched ahead of a sequential reader.
-const READ_AHEAD: u64 = 3;
+const READ_AHEAD: u64 = 4;
 /// Reads smaller than this of a file's metadata go straight to the store (a grain table
 /// is 2 KiB; a 4 MiB block for it would be waste).
 const SMALL_READ: usize = 64 << 10;
@@ -708,8 +708,9 @@ impl S3File {
     fn block(&self, b: u64) -> Result<Buf> {
         let i = &self.store.inner;
         let (cell, had) = i.cache.slot(self.id, b);
-        if !had {
-            // A miss: fetch the next blocks too, in the background.
+        // Keep the next blocks coming in the background (a window that slides with the
+        // reader: a hit on a block fetched ahead asks for the one after the window).
+        if !had || cell.initialized() {
             for next in b + 1..=b + READ_AHEAD {
                 let start = next * BLOCK;
                 if start >= self.len {
