@@ -59,7 +59,7 @@ const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// least 5 MiB).
 const HEAD_PART: u64 = 8 << 20;
 /// Bytes of parts in flight at once, per upload.
-const IN_FLIGHT_BYTES: u64 = 96 << 20;
+const IN_FLIGHT_BYTES: u64 = 64 << 20;
 /// Block size of ranged reads through the cache, and blocks kept (160 MiB).
 const BLOCK: u64 = 16 << 20;
 const CACHED_BLOCKS: usize = 10;
@@ -71,13 +71,14 @@ const SMALL_READ: usize = 64 << 10;
 /// Largest metadata object read.
 const MAX_META: u64 = 64 << 20;
 
-/// Size of part `idx` (0 is the head): 16 MiB, 64 MiB after 2,000 parts, 128 MiB after
-/// 6,000, so that 10,000 parts hold more than the largest extent (1 TiB of grains).
+/// Size of part `idx` (0 is the head): 16 MiB, 64 MiB from the 1,000th part, 128 MiB from
+/// the 2,000th, so that S3's 10,000 parts hold 1.08 TiB, more than the largest extent (1 TiB
+/// of grains and its tables), while the parts in memory stay under 300 MiB.
 fn part_size(idx: usize) -> u64 {
     match idx {
         0 => HEAD_PART,
-        1..2000 => 16 << 20,
-        2000..6000 => 64 << 20,
+        1..1000 => 16 << 20,
+        1000..2000 => 64 << 20,
         _ => 128 << 20,
     }
 }
