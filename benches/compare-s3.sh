@@ -64,9 +64,11 @@ EOF
 weed server -dir="$WORK/weed/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port="$M_PORT" \
     -volume.port="$V_PORT" -filer -filer.port="$F_PORT" -s3 -s3.port="$S3_PORT" \
     -s3.config="$WORK/weed/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 -volume.max=0 \
+    -master.volumeSizeLimitMB=1024 \
     >"$WORK/weed/weed.log" 2>&1 &
 WEED=$!
-trap 'kill $WEED 2>/dev/null; wait $WEED 2>/dev/null' EXIT
+# SIGKILL: weed can hang in its shutdown after SIGTERM.
+trap 'kill -9 $WEED 2>/dev/null; wait $WEED 2>/dev/null; rm -rf "$WORK/weed"' EXIT
 ENDPOINT=http://127.0.0.1:$S3_PORT
 SIGN=(--aws-sigv4 aws:amz:us-east-1:s3 --user "$KEY:$SECRET")
 for ((i = 0; i < 120; i++)); do

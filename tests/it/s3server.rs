@@ -110,19 +110,24 @@ fn start(weed: &Path) -> Result<S3Server, String> {
         free_port_pair(&mut used),
         free_port_pair(&mut used),
     );
+    // Volumes of 256 MB: with the default 30 GB, a disk with less free space than one volume
+    // gets no writable volume at all (every PUT answers 500).
     let cmd = format!(
         "{} server -dir={} -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port={master} -volume.port={volume} \
          -filer -filer.port={filer} -s3 -s3.port={s3} -s3.config={} -s3.port.iceberg=0 \
-         -s3.port.lance=0 -volume.max=0 >{}/weed.log 2>&1",
+         -s3.port.lance=0 -volume.max=0 -master.volumeSizeLimitMB=256 >{}/weed.log 2>&1",
         weed.display(),
         data.display(),
         config.display(),
         dir.path().display()
     );
-    // The server goes when this test process does, however it ends.
+    // The server, and its data, go when this test process does, however it ends (SIGKILL:
+    // weed can hang in its shutdown after SIGTERM).
     let watcher = format!(
-        "{cmd} & w=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill $w; wait $w",
-        pid = std::process::id()
+        "{cmd} & w=$!; while kill -0 {pid} 2>/dev/null; do sleep 1; done; kill -9 $w; wait $w; \
+         rm -rf {dir}",
+        pid = std::process::id(),
+        dir = dir.path().display()
     );
     let child = Command::new("sh")
         .arg("-c")
