@@ -70,6 +70,7 @@ enum Command {
     List(cmd::list::Args),
     Verify(cmd::verify::Args),
     Prune(cmd::prune::Args),
+    Sync(cmd::sync::Args),
     Convert(cmd::convert::Args),
     Serve(cmd::serve::Args),
     Completions(cmd::completions::Args),
@@ -105,6 +106,7 @@ fn is_repository_command(c: &Command) -> bool {
             | Command::List(_)
             | Command::Verify(_)
             | Command::Prune(_)
+            | Command::Sync(_)
             | Command::Serve(_)
     )
 }
@@ -125,6 +127,7 @@ fn subject(c: &Command) -> Option<std::path::PathBuf> {
         Command::List(a) => a.repo.clone(),
         Command::Verify(a) => a.repo.clone(),
         Command::Prune(a) => a.repo.clone(),
+        Command::Sync(a) => a.dst.clone(),
         Command::Convert(a) => a.src.clone(),
         Command::Serve(a) => a.source.clone(),
         Command::Completions(_) => return None,
@@ -192,7 +195,21 @@ fn raise_file_limit() {
     }
 }
 
+#[allow(unsafe_code)] // mallopt(3)
+/// Large buffers (an object store's upload parts and read blocks, freed on other threads
+/// than the ones that made them) go straight to mmap and back to the system when freed:
+/// glibc's sliding threshold would otherwise keep them in per-thread heaps, and a long
+/// upload's memory would grow with the disk.
+fn large_buffers_unmapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes the allocator's threshold; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    large_buffers_unmapped();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -265,6 +282,7 @@ fn main() -> ExitCode {
         Command::List(a) => cmd::list::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),
         Command::Prune(a) => cmd::prune::run(&ctx, a),
+        Command::Sync(a) => cmd::sync::run(&ctx, a),
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Completions(a) => cmd::completions::run(&ctx, a),

@@ -13,7 +13,7 @@ use super::{print_json, Ctx, Status};
 pub struct Args {
     /// The disk to back up.
     pub src: PathBuf,
-    /// The repository folder (created on the first backup).
+    /// The repository: a folder (created on the first backup) or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
     /// Changed blocks from the hypervisor (a bitmap from `vdisk bitmap import`), trusted
     /// as a superset of the changes; without it, changes are found by hashing.
@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     };
     // Paced reads read no more than asked, in the repository too (the previous point, which
     // an incremental links to, is read through a map).
-    let mut repository = Repository::open_or_create(&a.repo)?
+    let mut repository = Repository::open_or_create(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
     let progress = ctx.progress(img.size());

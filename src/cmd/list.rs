@@ -11,7 +11,7 @@ use super::{print_json, print_text, Ctx, Status};
 /// List a repository's restore points.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The repository.
+    /// The repository: a folder or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
     /// One JSON document on stdout.
     #[arg(long)]
@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 pub fn run(_ctx: &Ctx, a: Args) -> Result<Status> {
-    let repository = Repository::open(&a.repo)?;
+    let repository = Repository::open(super::location(&a.repo)?)?;
     let points = repository.points();
     if a.json {
         let v: Vec<_> = points

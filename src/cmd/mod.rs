@@ -15,6 +15,7 @@ pub mod merge;
 pub mod prune;
 pub mod restore;
 pub mod serve;
+pub mod sync;
 pub mod verify;
 
 use std::io::Write;
@@ -22,6 +23,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vdisk::{Error, OpenOptions, OutputPolicy, Protected, Result};
+
+/// A repository location as typed: a folder, or `s3://BUCKET/PREFIX`.
+pub fn location(repo: &Path) -> Result<vdisk::chain::Location> {
+    vdisk::chain::Location::parse(repo.as_os_str())
+}
 
 /// Exit status of a command that ran: 0 clean or identical, 1 problems or differences.
 pub type Status = u8;

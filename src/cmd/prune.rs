@@ -11,7 +11,7 @@ use super::{print_json, Ctx, Status};
 /// Fold the oldest points into the base so that N remain.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The repository.
+    /// The repository: a folder or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
     /// Points to keep.
     #[arg(long, value_name = "N")]
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
-    let mut repository = Repository::open_writable(&a.repo)?
+    let mut repository = Repository::open_writable(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
     let progress = ctx.progress(repository.prune_bytes(a.keep));

@@ -13,7 +13,7 @@ use super::{path_text, policy, print_json, Ctx, Status};
 /// Every grain read is checked against the hash kept at backup time.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The repository.
+    /// The repository: a folder or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
     /// The image to write, or a device (written in place).
     pub dst: PathBuf,
@@ -35,12 +35,14 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let target = target(a.output_format, a.vmdk.subformat).map_err(|e| e.with_path(&a.dst))?;
-    let repository = Repository::open(&a.repo)?
+    let repository = Repository::open(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
     let image = repository.checked_point(a.point)?;
     let mut protected = Protected::new();
-    protected.add_folder(repository.dir())?;
+    if let Some(dir) = repository.local_dir() {
+        protected.add_folder(dir)?;
+    }
     protected.add_image(&image);
     let progress = ctx.progress(image.size());
     let tick = |n: u64| progress.tick(n);

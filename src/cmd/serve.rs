@@ -18,7 +18,8 @@ use super::{stdout_error, Ctx, Status};
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("endpoint").required(true).args(["socket", "listen"])))]
 pub struct Args {
-    /// An image, or a repository (with --point, the newest point by default).
+    /// An image, or a repository: a folder or s3://BUCKET/PREFIX (with --point, the newest
+    /// point by default).
     pub source: PathBuf,
     /// The point of a repository to serve.
     #[arg(long, value_name = "N")]
@@ -100,8 +101,10 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
 
 /// The image to serve: an image file, or a checked restore point of a repository.
 fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
-    if a.source.join(vdisk::chain::META_FILE).is_file() {
-        let repo = Repository::open(&a.source)?;
+    let location = super::location(&a.source)?;
+    let is_s3 = matches!(location, vdisk::chain::Location::S3 { .. });
+    if is_s3 || a.source.join(vdisk::chain::META_FILE).is_file() {
+        let repo = Repository::open(location)?;
         return Ok(Arc::new(repo.checked_point(a.point)?));
     }
     if a.point.is_some() {

@@ -11,7 +11,7 @@ use super::{print_json, print_text, Ctx, Status};
 /// Check a repository's points against the hashes kept at backup time (exit 1 if damaged).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The repository.
+    /// The repository: a folder or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
     /// Check this point and those it depends on (all points by default).
     #[arg(long, value_name = "N")]
@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
-    let repository = Repository::open(&a.repo)?
+    let repository = Repository::open(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
     let progress = ctx.progress(repository.verify_bytes(a.point));

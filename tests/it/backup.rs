@@ -8,8 +8,20 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::common::*;
+use crate::s3server::{s3, Loc};
 
 const MIB: u64 = 1 << 20;
+
+/// Run `scenario` on a local folder, then on a fresh prefix of the test S3 server (skipped,
+/// with a printed reason, only where the server cannot be had and it is not required).
+fn on_both(scenario: impl Fn(&Path, &Loc)) {
+    let tmp = tempfile::tempdir().unwrap();
+    scenario(tmp.path(), &Loc::folder("repo"));
+    if let Some(server) = s3() {
+        let tmp = tempfile::tempdir().unwrap();
+        scenario(tmp.path(), &Loc::s3(server, server.port, "repo"));
+    }
+}
 
 /// A 128 MiB source disk: 24 MiB of data in a few runs, the rest holes.
 fn make_source(dir: &Path) -> Vec<u8> {
@@ -38,22 +50,24 @@ fn ok(dir: &Path, args: &[&str]) -> Run {
     r
 }
 
-fn list(dir: &Path) -> Vec<Value> {
-    let r = ok(dir, &["list", "--json", "repo"]);
+fn list(dir: &Path, loc: &Loc) -> Vec<Value> {
+    let r = loc.ok(dir, &["list", "--json", "REPO"]);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     v["points"].as_array().unwrap().clone()
 }
 
-/// Every point restores to its disk, and qemu-img opens its image as that disk.
-fn check_points(dir: &Path, versions: &[(u64, Vec<u8>)]) {
+/// Every point restores to its disk, and qemu-img opens its image as that disk (from a copy
+/// of the objects, for a repository on the object store).
+fn check_points(dir: &Path, loc: &Loc, versions: &[(u64, Vec<u8>)]) {
+    let copy = loc.local_copy(dir, "copy");
     for (n, disk) in versions {
         std::fs::write(dir.join("want.raw"), disk).unwrap();
         let out = format!("restored-{n}.raw");
-        ok(
+        loc.ok(
             dir,
             &[
                 "restore",
-                "repo",
+                "REPO",
                 &out,
                 "--point",
                 &n.to_string(),
@@ -61,17 +75,20 @@ fn check_points(dir: &Path, versions: &[(u64, Vec<u8>)]) {
             ],
         );
         assert_same_bytes(&dir.join("want.raw"), &dir.join(&out));
-        let image = list(dir).iter().find(|p| p["point"] == *n).unwrap()["image"]
+        let image = list(dir, loc).iter().find(|p| p["point"] == *n).unwrap()["image"]
             .as_str()
             .unwrap()
             .to_string();
-        qemu_img(dir, &["compare", &format!("repo/{image}"), "want.raw"]);
+        qemu_img(
+            dir,
+            &["compare", copy.join(&image).to_str().unwrap(), "want.raw"],
+        );
         std::fs::remove_file(dir.join(out)).unwrap();
     }
 }
 
-fn point_bytes(dir: &Path, n: u64) -> u64 {
-    std::fs::read_dir(dir.join("repo"))
+fn point_bytes(dir: &Path, loc: &Loc, n: u64) -> u64 {
+    std::fs::read_dir(loc.local_copy(dir, "sizes"))
         .unwrap()
         .map(|e| e.unwrap())
         .filter(|e| {
@@ -86,11 +103,13 @@ fn point_bytes(dir: &Path, n: u64) -> u64 {
 #[test]
 fn full_hash_and_cbt_incrementals_restore_every_point() {
     require_qemu();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    on_both(full_hash_and_cbt);
+}
+
+fn full_hash_and_cbt(dir: &Path, loc: &Loc) {
     let mut disk = make_source(dir);
     let mut versions = Vec::new();
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     versions.push((1, disk.clone()));
 
     // 1 % of the disk changes (1.28 MiB in 20 places), found by hashing.
@@ -99,9 +118,9 @@ fn full_hash_and_cbt_incrementals_restore_every_point() {
         disk[at..at + 65536].copy_from_slice(&pattern(300 + i, 65536));
     }
     write_disk(dir, "disk.raw", &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     versions.push((2, disk.clone()));
-    let inc = point_bytes(dir, 2);
+    let inc = point_bytes(dir, loc, 2);
     assert!(
         inc <= 2 * 1_342_177 + (1 << 20),
         "1 % incremental takes {inc} bytes"
@@ -110,12 +129,12 @@ fn full_hash_and_cbt_incrementals_restore_every_point() {
     // Data that becomes zero is masked, not stored as data.
     disk[(20 * MIB) as usize..(21 * MIB) as usize].fill(0);
     write_disk(dir, "disk.raw", &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     versions.push((3, disk.clone()));
     assert!(
-        point_bytes(dir, 3) < 512 << 10,
+        point_bytes(dir, loc, 3) < 512 << 10,
         "zeroed data took {} bytes",
-        point_bytes(dir, 3)
+        point_bytes(dir, loc, 3)
     );
 
     // CBT: the hypervisor's list, with a false positive (a range that did not change).
@@ -136,10 +155,10 @@ fn full_hash_and_cbt_incrementals_restore_every_point() {
             "bitmap", "import", "cbt.json", "--size", "128M", "-o", "cbt.bm",
         ],
     );
-    ok(dir, &["backup", "disk.raw", "repo", "--changed", "cbt.bm"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO", "--changed", "cbt.bm"]);
     versions.push((4, disk.clone()));
 
-    let points = list(dir);
+    let points = list(dir, loc);
     assert_eq!(points.len(), 4);
     assert_eq!(points[0]["kind"], "full");
     assert!(points[1..].iter().all(|p| p["kind"] == "incremental"));
@@ -148,22 +167,22 @@ fn full_hash_and_cbt_incrementals_restore_every_point() {
         2 * 65536,
         "the CBT point stores the listed grains"
     );
-    check_points(dir, &versions);
-    ok(dir, &["verify", "repo"]);
+    check_points(dir, loc, &versions);
+    loc.ok(dir, &["verify", "REPO"]);
 
     // A source whose size changed: grown, then shrunk.
     disk.resize((160 << 20) + 4096, 0);
     let len = disk.len();
     disk[len - 100..].fill(7);
     write_disk(dir, "disk.raw", &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     versions.push((5, disk.clone()));
     disk.truncate(100 << 20);
     write_disk(dir, "disk.raw", &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     versions.push((6, disk.clone()));
-    check_points(dir, &versions);
-    ok(dir, &["verify", "repo"]);
+    check_points(dir, loc, &versions);
+    loc.ok(dir, &["verify", "REPO"]);
 }
 
 #[test]
@@ -236,8 +255,10 @@ fn verify_finds_a_flipped_byte_anywhere_and_names_the_point() {
 #[test]
 fn prune_keeps_numbers_and_content_and_returns_space() {
     require_qemu();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    on_both(prune_keeps_numbers);
+}
+
+fn prune_keeps_numbers(dir: &Path, loc: &Loc) {
     let mut disk = make_source(dir);
     let mut versions = Vec::new();
     for round in 0..5u64 {
@@ -246,19 +267,20 @@ fn prune_keeps_numbers_and_content_and_returns_space() {
             disk[at..at + (2 << 20)].copy_from_slice(&pattern(500 + round, 2 << 20));
             write_disk(dir, "disk.raw", &disk);
         }
-        ok(dir, &["backup", "disk.raw", "repo"]);
+        loc.ok(dir, &["backup", "disk.raw", "REPO"]);
         versions.push((round + 1, disk.clone()));
     }
     let usage = |dir: &Path| -> u64 {
         use std::os::unix::fs::MetadataExt;
-        std::fs::read_dir(dir.join("repo"))
+        std::fs::read_dir(loc.local_copy(dir, "usage"))
             .unwrap()
-            .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+            .map(|e| e.unwrap().metadata().unwrap())
+            .map(|m| if loc.s3 { m.len() } else { m.blocks() * 512 })
             .sum()
     };
     let before = usage(dir);
-    ok(dir, &["prune", "repo", "--keep", "2"]);
-    let points = list(dir);
+    loc.ok(dir, &["prune", "REPO", "--keep", "2"]);
+    let points = list(dir, loc);
     assert_eq!(
         points
             .iter()
@@ -267,18 +289,18 @@ fn prune_keeps_numbers_and_content_and_returns_space() {
         vec![4, 5]
     );
     assert_eq!(points[0]["kind"], "full");
-    ok(dir, &["verify", "repo"]);
-    check_points(dir, &versions[3..]);
+    loc.ok(dir, &["verify", "REPO"]);
+    check_points(dir, loc, &versions[3..]);
     assert!(usage(dir) <= before, "{} > {before}", usage(dir));
     // Later backups and prunes go on from there.
     disk[5] ^= 0xff;
     write_disk(dir, "disk.raw", &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     versions.push((6, disk.clone()));
-    ok(dir, &["prune", "repo", "--keep", "1"]);
-    check_points(dir, &versions[5..]);
-    ok(dir, &["verify", "repo"]);
-    let r = vdisk_in(dir, &["restore", "repo", "x.raw", "--point", "4"]);
+    loc.ok(dir, &["prune", "REPO", "--keep", "1"]);
+    check_points(dir, loc, &versions[5..]);
+    loc.ok(dir, &["verify", "REPO"]);
+    let r = loc.run(dir, &["restore", "REPO", "x.raw", "--point", "4"]);
     assert_eq!(r.code, Some(2));
     assert!(r.stderr.contains("no point 4"), "{}", r.stderr);
 }
@@ -299,6 +321,7 @@ fn kill_after(dir: &Path, args: &[&str], ms: u64) {
 fn kill_9_at_any_instant_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
+    let local = Loc::folder("repo");
     let mut disk = make_source(dir);
     let mut versions = vec![];
     // A killed first backup leaves a repository that the next run completes.
@@ -310,10 +333,10 @@ fn kill_9_at_any_instant_loses_nothing() {
         let at = ((round as u64 + 1) * 9 * MIB) as usize;
         disk[at..at + (4 << 20)].copy_from_slice(&pattern(600 + round as u64, 4 << 20));
         write_disk(dir, "disk.raw", &disk);
-        let before = list(dir);
+        let before = list(dir, &local);
         kill_after(dir, &["backup", "disk.raw", "repo"], ms);
         // Nothing changed: same points, verify passes, earlier points restore.
-        let after = list(dir);
+        let after = list(dir, &local);
         assert!(
             after.len() == before.len() || after.len() == before.len() + 1,
             "{ms} ms"
@@ -327,7 +350,7 @@ fn kill_9_at_any_instant_loses_nothing() {
         } else {
             ok(dir, &["backup", "disk.raw", "repo"]);
             versions.push((
-                list(dir).last().unwrap()["point"].as_u64().unwrap(),
+                list(dir, &local).last().unwrap()["point"].as_u64().unwrap(),
                 disk.clone(),
             ));
         }
@@ -336,10 +359,10 @@ fn kill_9_at_any_instant_loses_nothing() {
     check_points_raw(dir, &versions);
     // And during prune.
     for ms in [30u64, 150, 400] {
-        let before = list(dir);
+        let before = list(dir, &local);
         kill_after(dir, &["prune", "repo", "--keep", "3"], ms);
         ok(dir, &["verify", "repo"]);
-        let after = list(dir);
+        let after = list(dir, &local);
         assert!(
             after == before || after.len() == 3,
             "{ms} ms: {before:?} -> {after:?}"
@@ -347,7 +370,7 @@ fn kill_9_at_any_instant_loses_nothing() {
     }
     ok(dir, &["prune", "repo", "--keep", "3"]);
     ok(dir, &["verify", "repo"]);
-    let kept: Vec<u64> = list(dir)
+    let kept: Vec<u64> = list(dir, &local)
         .iter()
         .map(|p| p["point"].as_u64().unwrap())
         .collect();
@@ -450,11 +473,13 @@ fn errors_are_clean() {
 
 #[test]
 fn io_limit_paces_the_reads() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    on_both(io_limit_paces);
+}
+
+fn io_limit_paces(dir: &Path, loc: &Loc) {
     make_source(dir);
     // 24 MiB of data at 8 MiB/s: about 3 s, never much less.
-    let r = vdisk_in(dir, &["--io-limit", "8M", "backup", "disk.raw", "repo"]);
+    let r = loc.run(dir, &["--io-limit", "8M", "backup", "disk.raw", "REPO"]);
     r.expect_code(0, "backup");
     assert!(r.elapsed >= Duration::from_millis(2600), "{:?}", r.elapsed);
     assert!(
@@ -470,8 +495,10 @@ fn io_limit_paces_the_reads() {
 #[test]
 fn a_vmdk_source_backs_up_and_restores_as_qemu_reads_it() {
     require_qemu();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+    on_both(vmdk_source);
+}
+
+fn vmdk_source(dir: &Path, loc: &Loc) {
     qemu_img(dir, &["create", "-f", "vmdk", "vm.vmdk", "96M"]);
     qemu_io(
         dir,
@@ -488,7 +515,7 @@ fn a_vmdk_source_backs_up_and_restores_as_qemu_reads_it() {
         qemu_img(dir, &["convert", "-O", "raw", "vm.vmdk", &name]);
         (n, std::fs::read(dir.join(&name)).unwrap())
     };
-    ok(dir, &["backup", "vm.vmdk", "repo"]);
+    loc.ok(dir, &["backup", "vm.vmdk", "REPO"]);
     let mut versions = vec![snapshot(1)];
     // Changes inside grains, across grain edges, in a hole, and a zeroed range over data.
     qemu_io(
@@ -502,16 +529,16 @@ fn a_vmdk_source_backs_up_and_restores_as_qemu_reads_it() {
             "write -z 40M 1M",
         ],
     );
-    ok(dir, &["backup", "vm.vmdk", "repo"]);
+    loc.ok(dir, &["backup", "vm.vmdk", "REPO"]);
     versions.push(snapshot(2));
     qemu_io(dir, "vmdk", "vm.vmdk", &["write -P 0x77 1M 3M"]);
-    ok(dir, &["backup", "vm.vmdk", "repo"]);
+    loc.ok(dir, &["backup", "vm.vmdk", "REPO"]);
     versions.push(snapshot(3));
-    let points = list(dir);
+    let points = list(dir, loc);
     assert_eq!(points.len(), 3);
     // Point 2 holds the grains of its four changes, not the disk: grain 0 (the 1 KiB write
     // and the first byte of the 2-byte one), grain 1, two at 70 MiB, sixteen zeroed at 40 MiB.
     assert_eq!(points[1]["changed_bytes"], 20 * 65536);
-    check_points(dir, &versions);
-    ok(dir, &["verify", "repo"]);
+    check_points(dir, loc, &versions);
+    loc.ok(dir, &["verify", "REPO"]);
 }

@@ -14,6 +14,8 @@ mod hostile;
 mod interop;
 mod realworld;
 mod roundtrip;
+mod s3;
+mod s3server;
 mod scale;
 mod serve;
 mod stream_spec;

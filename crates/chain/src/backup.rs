@@ -12,10 +12,8 @@ use vdisk_diff::{
     block_hash, diff_manifest_each, Manifest, ManifestBytes, ManifestWriter, ScanOptions,
 };
 use vdisk_raw::{OutputPolicy, Protected};
-use vdisk_vmdk::writer::{
-    self, write_delta_link, write_delta_link_from, LinkStats, LinkTarget, WriteOptions,
-};
-use vdisk_vmdk::{FsStore, OpenOptions, VmdkImage};
+use vdisk_vmdk::writer::{self, write_delta_link_into, LinkStats, LinkTarget, WriteOptions};
+use vdisk_vmdk::VmdkImage;
 
 use crate::hashes::{merge_manifest, open_manifest, stored_map, write_manifest};
 use crate::meta::{now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint};
@@ -139,7 +137,9 @@ impl Repository {
         }
         let repo_files = {
             let mut p = Protected::new();
-            p.add_folder(&self.dir)?;
+            if let Some(dir) = self.store.local_dir() {
+                p.add_folder(dir)?;
+            }
             p
         };
         if src.files().iter().any(|id| repo_files.contains(id)) {
@@ -163,28 +163,19 @@ impl Repository {
         let hashes_name = format!("point-{n:06}.hashes");
         let stored_name = format!("point-{n:06}.stored");
         let size = src.size();
-        let hashes_path = self.path(&hashes_name);
-        let (kind, parent, bytes_read) = match meta.points.last().cloned() {
+        let (kind, parent, bytes_read, manifest_len) = match meta.points.last().cloned() {
             None => {
-                let read = self.write_full(src, &image, &hashes_path, opts)?;
-                (PointKind::Full, None, read)
+                let (read, len) = self.write_full(src, &image, &hashes_name, opts)?;
+                (PointKind::Full, None, read, len)
             }
             Some(prev) => {
-                let read = self.write_incremental(src, &prev, &image, &hashes_path, opts)?;
-                (PointKind::Incremental, Some(prev.point), read)
+                let (read, len) = self.write_incremental(src, &prev, &image, &hashes_name, opts)?;
+                (PointKind::Incremental, Some(prev.point), read, len)
             }
         };
-        let manifest_len = std::fs::metadata(&hashes_path)
-            .map(|m| m.len())
-            .unwrap_or(0);
         let (point_img, stored, files) = self.record_point(&image, &stored_name)?;
         let cid = point_img.layers()[0].descriptor().cid.unwrap_or(0);
-        let bytes_written = files
-            .iter()
-            .filter_map(|f| std::fs::metadata(self.path(&f.name)).ok())
-            .map(|m| m.len())
-            .sum::<u64>()
-            + manifest_len;
+        let bytes_written = files.iter().map(|f| f.length).sum::<u64>() + manifest_len;
         meta.points.push(RestorePoint {
             point: n,
             image,
@@ -217,41 +208,39 @@ impl Repository {
         image: &str,
         stored_name: &str,
     ) -> Result<(VmdkImage, ChangeMap, Vec<FileCheck>)> {
-        let store = FsStore {
-            read_ahead: self.read_ahead,
-            cache: self.cache,
-        };
-        let img = VmdkImage::open_with(&store, &self.path(image), &OpenOptions::default())?;
+        let img = self.open_image(image)?;
         let stored = stored_map(&img)?;
-        vdisk_raw::write_file(
-            &self.path(stored_name),
-            &stored.encode(),
-            &OutputPolicy::replacing(),
-        )?;
-        let files = crate::checksums::file_checks(&self.dir, image)?;
+        self.store.put(stored_name, &stored.encode())?;
+        let files = crate::checksums::file_checks(&*self.store, image)?;
         Ok((img, stored, files))
     }
 
-    /// The first point: the whole disk, hashed on its way into the point.
+    /// The first point: the whole disk, hashed on its way into the point. Returns the bytes
+    /// read and the manifest's length.
     fn write_full(
         &self,
         src: &dyn DiskImage,
         image: &str,
-        hashes_path: &std::path::Path,
+        hashes_name: &str,
         opts: &BackupOptions<'_>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let size = src.size();
         let wopts = WriteOptions {
             policy: point_policy(src),
             ..Default::default()
         };
-        let inner = writer::create_sparse(&self.path(image), size, POINT_LAYOUT, &wopts)?;
+        let out = self.store.image_output(image, &wopts.policy)?;
+        let inner = writer::create_clustered(out, size, &wopts)?;
         let copts = CopyOptions {
             throttle: opts.throttle,
             progress: opts.progress,
         };
-        write_manifest(hashes_path, size, |manifest| {
-            let sink = HashingSink { inner, manifest };
+        write_manifest(&*self.store, hashes_name, size, |manifest| {
+            let sink = HashingSink {
+                inner,
+                manifest,
+                src,
+            };
             Ok(copy_into(src, Box::new(sink), &copts)?.bytes_read)
         })
     }
@@ -264,18 +253,19 @@ impl Repository {
         src: &dyn DiskImage,
         prev: &RestorePoint,
         image: &str,
-        hashes_path: &std::path::Path,
+        hashes_name: &str,
         opts: &BackupOptions<'_>,
-    ) -> Result<u64> {
+    ) -> Result<(u64, u64)> {
         let size = src.size();
-        let old = open_manifest(&self.path(&prev.hashes))?;
+        let store = &*self.store;
+        let old = open_manifest(store, &prev.hashes)?;
         let parent_path = self.path(&prev.image);
         let parent = self.open_point(prev)?;
         let wopts = WriteOptions {
             policy: point_policy(src),
             ..Default::default()
         };
-        let dst = self.path(image);
+        let hint = std::path::PathBuf::from(&prev.image);
         let throttle = opts.throttle;
         if throttle.is_some_and(|t| t.rate().is_some()) {
             src.read_as_asked();
@@ -302,11 +292,15 @@ impl Repository {
                     opts: &wopts,
                     on_grain: Some(&on_grain),
                 };
-                let stats = write_delta_link(&target, src, map.extents(), &dst)?;
+                let out = store.image_output(image, &wopts.policy)?;
+                let groups = grain_groups(map.extents(), size);
+                let stats = write_delta_link_into(&target, src, groups, out, hint)?;
                 let mut fresh = fresh.into_inner().unwrap_or_else(|e| e.into_inner());
                 fresh.sort_unstable_by_key(|e| e.0);
-                write_manifest(hashes_path, size, |m| merge_manifest(&old, size, &fresh, m))?;
-                Ok(stats.bytes_read)
+                let ((), len) = write_manifest(store, hashes_name, size, |m| {
+                    merge_manifest(&old, size, &fresh, m)
+                })?;
+                Ok((stats.bytes_read, len))
             }
             None => {
                 let scan = ScanOptions {
@@ -321,13 +315,30 @@ impl Repository {
                     opts: &wopts,
                     on_grain: None,
                 };
-                let (scanned, _) = write_manifest(hashes_path, size, |m| {
-                    hash_and_link(&old, src, &scan, &target, &dst, m)
+                let out = store.image_output(image, &wopts.policy)?;
+                let ((scanned, _), len) = write_manifest(store, hashes_name, size, |m| {
+                    hash_and_link(&old, src, &scan, &target, out, hint, m)
                 })?;
-                Ok(scanned)
+                Ok((scanned, len))
             }
         }
     }
+}
+
+/// The grains touching `extents` (`(start, length)` in bytes, sorted), in groups.
+fn grain_groups(
+    extents: impl IntoIterator<Item = (u64, u64)>,
+    size: u64,
+) -> impl Iterator<Item = Result<Vec<u64>>> {
+    let mut grains = extents.into_iter().flat_map(move |(start, len)| {
+        let first = start / GRAIN;
+        let end = start.saturating_add(len).min(size).div_ceil(GRAIN);
+        first..end.max(first)
+    });
+    std::iter::from_fn(move || {
+        let group: Vec<u64> = grains.by_ref().take(256).collect();
+        (!group.is_empty()).then_some(Ok(group))
+    })
 }
 
 /// Hash `src` against the previous point's manifest and write the link of what changed, at
@@ -340,13 +351,14 @@ fn hash_and_link<B: ManifestBytes, W: std::io::Write>(
     src: &dyn DiskImage,
     scan: &ScanOptions<'_>,
     target: &LinkTarget<'_>,
-    dst: &std::path::Path,
+    out: Box<dyn writer::ImageOutput>,
+    hint: std::path::PathBuf,
     manifest: &mut ManifestWriter<W>,
 ) -> Result<(u64, LinkStats)> {
     // A few windows of changes in flight: the scan runs ahead of the writer by at most that.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u64>>>(4);
     std::thread::scope(|s| {
-        let writer = s.spawn(move || write_delta_link_from(target, src, rx, dst));
+        let writer = s.spawn(move || write_delta_link_into(target, src, rx, out, hint));
         let mut writer_gone = false;
         let scanned = diff_manifest_each(old, src, scan, &mut |window| {
             for &(b, h) in &window.hashes {
@@ -377,10 +389,13 @@ fn hash_and_link<B: ManifestBytes, W: std::io::Write>(
     })
 }
 
-/// Wraps a point's sink: hashes every grain on its way in (in parallel) into the manifest.
+/// Wraps a point's sink: hashes every grain on its way in (in parallel) into the manifest,
+/// then lets the source drop its pages of what was stored (a mapped source would otherwise
+/// stay resident, and a backup's memory grow with the disk).
 struct HashingSink<'a, W: std::io::Write> {
     inner: Box<dyn ImageSink>,
     manifest: &'a mut ManifestWriter<W>,
+    src: &'a dyn DiskImage,
 }
 
 impl<W: std::io::Write + Send> ImageSink for HashingSink<'_, W> {
@@ -396,7 +411,12 @@ impl<W: std::io::Write + Send> ImageSink for HashingSink<'_, W> {
         for (b, h) in hashed {
             self.manifest.push(b, h)?;
         }
-        self.inner.put(blocks)
+        self.inner.put(blocks)?;
+        if let (Some(first), Some(last)) = (blocks.first(), blocks.last()) {
+            let end = last.0 + last.1.len() as u64;
+            self.src.release(first.0, end.saturating_sub(first.0));
+        }
+        Ok(())
     }
     fn finish(self: Box<Self>) -> Result<()> {
         self.inner.finish()

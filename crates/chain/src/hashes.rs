@@ -5,25 +5,33 @@ use std::io::Write;
 
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::Result;
-use vdisk_diff::{ManifestBytes, ManifestFile, ManifestWriter};
-use vdisk_raw::OutputPolicy;
+use vdisk_diff::{Manifest, ManifestBytes, ManifestWriter};
 use vdisk_vmdk::VmdkImage;
 
+use crate::store::{ManifestSource, Store};
 use crate::GRAIN;
 
-/// Write the manifest of a `size`-byte disk at `path`, its hashes pushed by `fill` in block
-/// order; complete and synced before it appears.
+/// A point's manifest, read from its store.
+pub(crate) type PointManifest = Manifest<ManifestSource>;
+
+/// Write the manifest of a `size`-byte disk as `name` in `store`, its hashes pushed by `fill`
+/// in block order; complete before it appears. Returns `fill`'s value and the manifest's
+/// length.
 pub(crate) fn write_manifest<T>(
-    path: &std::path::Path,
+    store: &dyn Store,
+    name: &str,
     size: u64,
     fill: impl FnOnce(&mut ManifestWriter<&mut (dyn Write + Send)>) -> Result<T>,
-) -> Result<T> {
-    vdisk_raw::write_stream(path, &OutputPolicy::replacing(), |w| {
-        let mut m = ManifestWriter::new(w, size, GRAIN)?;
-        let value = fill(&mut m)?;
-        m.finish()?;
-        Ok(value)
-    })
+) -> Result<(T, u64)> {
+    let mut out = store.create_stream(name)?;
+    let value = {
+        let mut m = ManifestWriter::new(out.writer(), size, GRAIN)?;
+        let value = fill(&mut m).map_err(|e| e.with_path(store.path(name)))?;
+        m.finish().map_err(|e| e.with_path(store.path(name)))?;
+        value
+    };
+    let len = out.finish()?;
+    Ok((value, len))
 }
 
 /// Push into `out` the hashes of a disk of `size` bytes that is the disk `old` describes
@@ -67,7 +75,7 @@ pub(crate) fn stored_map(img: &VmdkImage) -> Result<ChangeMap> {
     Ok(map)
 }
 
-/// Open the manifest of a point.
-pub(crate) fn open_manifest(path: &std::path::Path) -> Result<ManifestFile> {
-    ManifestFile::open(path)
+/// Open manifest `name` of `store`.
+pub(crate) fn open_manifest(store: &dyn Store, name: &str) -> Result<PointManifest> {
+    Manifest::decode(store.manifest_bytes(name)?).map_err(|e| e.with_path(store.path(name)))
 }

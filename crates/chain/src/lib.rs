@@ -1,6 +1,7 @@
 //! vdisk-chain: backup repositories.
 //!
-//! A repository is a folder holding the restore points of one disk: a full point and
+//! A repository is a folder, or a prefix of an S3 bucket ([`Location`]), holding the restore
+//! points of one disk: a full point and
 //! incremental points, each a twoGbMaxExtentSparse VMDK (a small descriptor plus sparse
 //! extents) linked to the one before by parentFileNameHint and parentCID, so qemu-img or
 //! VMware opens any point directly. Beside them, vdisk keeps per point a hash manifest of the
@@ -41,6 +42,8 @@ mod prune;
 mod repo;
 mod restore;
 mod source;
+mod store;
+mod sync;
 mod verify;
 
 #[doc(hidden)]
@@ -55,6 +58,8 @@ pub use prune::PruneSummary;
 pub use repo::Repository;
 pub use restore::CheckedPoint;
 pub use source::Source;
+pub use store::Location;
+pub use sync::SyncSummary;
 pub use verify::{PointProblem, PointReport, VerifyOptions};
 
 use vdisk_vmdk::writer::{self, Layout};

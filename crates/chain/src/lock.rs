@@ -30,7 +30,14 @@ impl RepoLock {
     /// Take the repository's lock at `dir`, or fail at once with [`ErrorKind::InUse`] when
     /// another run (or another handle of this process) holds it.
     pub fn acquire(dir: &Path) -> Result<Self> {
-        let path = dir.join(LOCK_FILE);
+        Self::acquire_file(&dir.join(LOCK_FILE), dir)
+    }
+
+    /// Take the lock on the file at `path` (created if needed) for the repository `repo`
+    /// (named in the error when another run holds it).
+    pub fn acquire_file(path: &Path, repo: &Path) -> Result<Self> {
+        let dir = repo;
+        let path = path.to_path_buf();
         let file = OpenOptions::new()
             .read(true)
             .write(true)

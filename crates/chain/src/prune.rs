@@ -11,7 +11,6 @@ use vdisk_vmdk::Descriptor;
 use crate::checksums::file_checks;
 use crate::meta::PointKind;
 use crate::repo::Repository;
-use crate::POINT_LAYOUT;
 
 /// What `prune` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +87,8 @@ impl Repository {
             cid: Some(base.cid),
             ..Default::default()
         };
-        let sink = writer::create_sparse(&self.path(&full_name), base.size, POINT_LAYOUT, &wopts)?;
+        let out = self.store.image_output(&full_name, &wopts.policy)?;
+        let sink = writer::create_clustered(out, base.size, &wopts)?;
         copy_into(&img, sink, opts)?;
         drop(img);
         let stored_name = format!("point-{:06}.g{generation}.stored", base.point);
@@ -109,19 +109,15 @@ impl Repository {
         let mut points = vec![new_base];
         for child in meta.points.iter().skip(fold + 1) {
             let old_path = self.path(&child.image);
-            let old = std::fs::read(&old_path)
-                .map_err(|e| Error::io("cannot read", e).with_path(&old_path))?;
+            let old = self.store.read(&child.image, 16 << 20)?;
             let mut d = Descriptor::parse(&old).map_err(|e| e.with_path(&old_path))?;
             d.parent_hint = Some(PathBuf::from(&parent_name));
             let name = format!("point-{:06}.g{generation}.vmdk", child.point);
-            vdisk_raw::write_file(
-                &self.path(&name),
-                d.render().as_bytes(),
-                &OutputPolicy::replacing(),
-            )?;
+            self.store.put(&name, d.render().as_bytes())?;
             let mut c = child.clone();
             c.files.retain(|f| f.name != child.image);
-            c.files.insert(0, file_checks(&self.dir, &name)?.remove(0));
+            c.files
+                .insert(0, file_checks(&*self.store, &name)?.remove(0));
             c.image = name.clone();
             parent_name = name;
             points.push(c);

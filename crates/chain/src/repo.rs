@@ -3,38 +3,29 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use vdisk_core::{Error, ErrorKind, Result};
 use vdisk_raw::{Cache, ReadAhead};
-use vdisk_vmdk::{FsStore, OpenOptions, VmdkImage};
+use vdisk_vmdk::{OpenOptions, VmdkImage};
 
-use crate::lock::{RepoLock, LOCK_FILE};
 use crate::meta::{RepoMeta, RestorePoint, META_FILE};
+use crate::store::{self, Location, Store, StoreFiles, WriterLock};
 
 /// A backup repository: read-only ([`Repository::open`]) or writable
-/// ([`Repository::open_or_create`], [`Repository::open_writable`]).
+/// ([`Repository::open_or_create`], [`Repository::open_writable`]), in a folder or on an
+/// object store ([`Location`]).
 #[derive(Debug)]
 pub struct Repository {
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) dir: PathBuf,
     pub(crate) meta: Option<RepoMeta>,
     /// Held by writable handles.
-    lock: Option<RepoLock>,
-    /// Read-ahead on the points' files (off when reads are paced).
-    pub(crate) read_ahead: ReadAhead,
-    /// The page-cache policy for the points' files.
-    pub(crate) cache: Cache,
+    lock: Option<Box<dyn WriterLock>>,
 }
 
 pub(crate) fn repo_err(dir: &Path, kind: ErrorKind, msg: impl Into<String>) -> Error {
     Error::new(kind, msg).with_path(dir)
-}
-
-/// Whether `name` is a file runs of vdisk write in a repository: point files, and the
-/// temporary names of files being written.
-fn is_ours(name: &str) -> bool {
-    name.starts_with("point-")
-        || (name.starts_with('.')
-            && (name.ends_with(".vdisk-partial") || name.ends_with(".vdisk-extents")))
 }
 
 impl Repository {
@@ -52,106 +43,80 @@ impl Repository {
     /// }
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
-    pub fn open(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        Self::check_is_repository(dir)?;
+    pub fn open(location: impl Into<Location>) -> Result<Self> {
+        let store = store::open(&location.into())?;
+        let meta = store
+            .load_meta()?
+            .ok_or_else(|| not_a_repository(&*store))?;
         Ok(Repository {
-            dir: dir.to_path_buf(),
-            meta: Some(Self::load(dir)?),
+            dir: store.root().to_path_buf(),
+            store,
+            meta: Some(meta),
             lock: None,
-            read_ahead: ReadAhead::On,
-            cache: Cache::Keep,
         })
     }
 
     /// Open an existing repository to write it (prune): takes the exclusive lock
     /// ([`ErrorKind::InUse`] if another run holds it) and removes what killed runs left.
-    pub fn open_writable(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        Self::check_is_repository(dir)?;
-        let lock = RepoLock::acquire(dir)?;
+    pub fn open_writable(location: impl Into<Location>) -> Result<Self> {
+        let store = store::open(&location.into())?;
+        store
+            .load_meta()?
+            .ok_or_else(|| not_a_repository(&*store))?;
+        let lock = store.lock()?;
         // Loaded under the lock: no writer can switch it now.
-        let meta = Self::load(dir)?;
+        let meta = store
+            .load_meta()?
+            .ok_or_else(|| not_a_repository(&*store))?;
         let repo = Repository {
-            dir: dir.to_path_buf(),
+            dir: store.root().to_path_buf(),
+            store,
             meta: Some(meta),
             lock: Some(lock),
-            read_ahead: ReadAhead::On,
-            cache: Cache::Keep,
         };
         repo.clean_up()?;
         Ok(repo)
     }
 
     /// Open a repository to back up into, creating the folder if needed (writable, as
-    /// [`Repository::open_writable`]). A folder that holds other files and no repository is
-    /// refused.
-    pub fn open_or_create(dir: impl AsRef<Path>) -> Result<Self> {
-        let dir = dir.as_ref();
-        if dir.join(META_FILE).exists() {
-            return Self::open_writable(dir);
-        }
-        if dir.exists() {
-            let foreign = std::fs::read_dir(dir)
-                .map_err(|e| Error::io("cannot list", e).with_path(dir))?
-                .filter_map(|e| e.ok())
-                .any(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n != LOCK_FILE && !is_ours(&n)
-                });
-            if foreign {
-                return Err(repo_err(
-                    dir,
-                    ErrorKind::Refused,
-                    "is not a vdisk repository and holds other files; back up into a new or empty folder",
-                ));
-            }
-        } else {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| Error::io("cannot create the repository", e).with_path(dir))?;
-        }
-        let lock = RepoLock::acquire(dir)?;
-        // Another run may have made the first backup while we waited for nothing: look again
-        // under the lock.
-        let meta = if dir.join(META_FILE).exists() {
-            Some(Self::load(dir)?)
-        } else {
-            None
+    /// [`Repository::open_writable`]). A location that holds other files and no repository
+    /// is refused.
+    pub fn open_or_create(location: impl Into<Location>) -> Result<Self> {
+        let store = store::open(&location.into())?;
+        let exists = match store.load_meta() {
+            Ok(m) => m.is_some(),
+            // A folder that does not exist yet is made below.
+            Err(e) if e.kind() == ErrorKind::NotFound && store.local_dir().is_some() => false,
+            Err(e) => return Err(e),
         };
+        if exists {
+            return Self::writable_from(store);
+        }
+        let foreign = store.list()?.iter().any(|f| !store.is_ours(&f.name));
+        if foreign {
+            return Err(repo_err(
+                store.root(),
+                ErrorKind::Refused,
+                "is not a vdisk repository and holds other files; back up into a new or empty folder",
+            ));
+        }
+        store.prepare()?;
+        Self::writable_from(store)
+    }
+
+    /// Take the lock on `store`, load its metadata (if any) under it, and clean up.
+    fn writable_from(store: Arc<dyn Store>) -> Result<Self> {
+        let lock = store.lock()?;
+        // Another run may have made the first backup before we took the lock: look again.
+        let meta = store.load_meta()?;
         let repo = Repository {
-            dir: dir.to_path_buf(),
+            dir: store.root().to_path_buf(),
+            store,
             meta,
             lock: Some(lock),
-            read_ahead: ReadAhead::On,
-            cache: Cache::Keep,
         };
         repo.clean_up()?;
         Ok(repo)
-    }
-
-    fn check_is_repository(dir: &Path) -> Result<()> {
-        if !dir.is_dir() {
-            return Err(repo_err(
-                dir,
-                ErrorKind::NotFound,
-                "no repository here (not a folder)",
-            ));
-        }
-        if !dir.join(META_FILE).exists() {
-            return Err(repo_err(
-                dir,
-                ErrorKind::InvalidFormat,
-                format!("not a vdisk repository (no {META_FILE})"),
-            ));
-        }
-        Ok(())
-    }
-
-    fn load(dir: &Path) -> Result<RepoMeta> {
-        let path = dir.join(META_FILE);
-        let bytes =
-            std::fs::read(&path).map_err(|e| Error::io("cannot read", e).with_path(&path))?;
-        RepoMeta::decode(&bytes).map_err(|e| e.with_path(&path))
     }
 
     /// Fail unless this handle holds the lock.
@@ -168,15 +133,15 @@ impl Repository {
 
     /// Read the points' files with read-ahead as `read_ahead` says (off when reads are paced:
     /// `--io-limit`).
-    pub fn with_read_ahead(mut self, read_ahead: ReadAhead) -> Self {
-        self.read_ahead = read_ahead;
+    pub fn with_read_ahead(self, read_ahead: ReadAhead) -> Self {
+        self.store.set_read_ahead(read_ahead);
         self
     }
 
     /// Drop the points' data from the page cache behind reads of it (verify, restore), or
     /// keep it ([`Cache::Keep`], the default).
-    pub fn with_cache(mut self, cache: Cache) -> Self {
-        self.cache = cache;
+    pub fn with_cache(self, cache: Cache) -> Self {
+        self.store.set_cache(cache);
         self
     }
 
@@ -190,13 +155,19 @@ impl Repository {
         self.meta.as_ref().map_or(&[], |m| &m.points)
     }
 
-    /// The repository folder.
+    /// The repository's path: its folder, or `s3://BUCKET/PREFIX` for a repository on an
+    /// object store (a name for messages, not a path to open).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The folder of a local repository (`None` on an object store).
+    pub fn local_dir(&self) -> Option<&Path> {
+        self.store.local_dir()
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
+        self.store.path(name)
     }
 
     /// The point numbered `n`, or the newest.
@@ -223,11 +194,7 @@ impl Repository {
     /// Open a point's image (its chain included), unchecked: reads return what the files hold
     /// now. [`Repository::checked_point`] checks every grain against the hashes kept at backup.
     pub fn open_point(&self, p: &RestorePoint) -> Result<VmdkImage> {
-        let store = FsStore {
-            read_ahead: self.read_ahead,
-            cache: self.cache,
-        };
-        VmdkImage::open_with(&store, &self.path(&p.image), &OpenOptions::default()).map_err(|e| {
+        self.open_image(&p.image).map_err(|e| {
             if e.kind() == ErrorKind::PathRefused {
                 // A point only ever names files inside the repository.
                 Error::new(
@@ -245,22 +212,32 @@ impl Repository {
         })
     }
 
-    /// Switch the metadata (complete and synced before it replaces the old one), then remove
-    /// the files nothing refers to any more.
+    /// Open the image whose descriptor is `name`, through the store.
+    pub(crate) fn open_image(&self, name: &str) -> Result<VmdkImage> {
+        VmdkImage::open_with(
+            &StoreFiles(&*self.store),
+            &self.path(name),
+            &OpenOptions::default(),
+        )
+    }
+
+    /// Switch the metadata (complete before it replaces the old one; on an object store, a
+    /// new numbered object that cannot replace a newer one), then remove the files nothing
+    /// refers to any more.
     pub(crate) fn commit(&mut self, meta: RepoMeta) -> Result<()> {
         self.writable()?;
-        vdisk_raw::write_file(
-            &self.path(META_FILE),
-            &meta.encode(),
-            &vdisk_raw::OutputPolicy::replacing(),
-        )?;
+        if let Some(lock) = &self.lock {
+            lock.check()?;
+        }
+        self.store.commit_meta(&meta)?;
         self.meta = Some(meta);
         self.clean_up()
     }
 
     /// Remove what runs left behind: files with our names that the metadata does not list
-    /// (written by a run killed before its switch, or replaced by a prune), and temporaries.
-    /// Runs only under the lock, so no other run's files in the making are touched.
+    /// (written by a run killed before its switch, or replaced by a prune), temporaries and
+    /// pending uploads. Runs only under the lock, so no other run's files in the making are
+    /// touched.
     pub(crate) fn clean_up(&self) -> Result<()> {
         self.writable()?;
         let mut keep: HashSet<String> = HashSet::new();
@@ -270,28 +247,20 @@ impl Repository {
                 keep.extend(p.files.iter().map(|f| f.name.clone()));
             }
         }
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| Error::io("cannot list", e).with_path(&self.dir))?;
-        for e in entries.filter_map(|e| e.ok()) {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if is_ours(&name) && !keep.contains(&name) && e.file_type().is_ok_and(|t| t.is_file()) {
-                std::fs::remove_file(e.path()).map_err(|err| {
-                    Error::io("cannot remove a leftover of an earlier run", err).with_path(e.path())
-                })?;
-            }
-        }
-        Ok(())
+        self.store.clean_up(&keep)
     }
 
-    /// Bytes the repository's files take on disk.
+    /// Bytes the repository's files take (on disk, or in the store).
     pub fn usage(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| vdisk_raw::disk_usage(&m))
-                    .sum()
-            })
-            .unwrap_or(0)
+        self.store.usage()
     }
+}
+
+fn not_a_repository(store: &dyn Store) -> Error {
+    let what = if store.local_dir().is_some() {
+        format!("not a vdisk repository (no {META_FILE})")
+    } else {
+        "not a vdisk repository (no vdisk-repo.*.json under this prefix)".to_string()
+    };
+    repo_err(store.root(), ErrorKind::InvalidFormat, what)
 }

@@ -9,9 +9,9 @@ use vdisk_core::{
     check_range, coalesce, copy_into, Allocation, CopyOptions, CopyStats, DiskImage, Error,
     ErrorKind, Extent, FileId, ImageSink, Result,
 };
-use vdisk_diff::{block_hash, ManifestFile};
+use vdisk_diff::block_hash;
 
-use crate::hashes::open_manifest;
+use crate::hashes::{open_manifest, PointManifest};
 use vdisk_vmdk::VmdkImage;
 
 use crate::repo::Repository;
@@ -25,7 +25,7 @@ use crate::GRAIN;
 #[derive(Debug)]
 pub struct CheckedPoint {
     image: VmdkImage,
-    manifest: ManifestFile,
+    manifest: PointManifest,
     size: u64,
     point: u64,
     dir: PathBuf,
@@ -53,7 +53,7 @@ impl Repository {
     pub fn checked_point(&self, n: Option<u64>) -> Result<CheckedPoint> {
         let p = self.point(n)?;
         let image = self.open_point(p)?;
-        let manifest = open_manifest(&self.path(&p.hashes))?;
+        let manifest = open_manifest(&*self.store, &p.hashes)?;
         let m = &manifest;
         let damaged = |what: String| {
             Error::new(
@@ -317,7 +317,7 @@ impl DiskImage for CheckedPoint {
 
     fn files(&self) -> Vec<FileId> {
         let mut f = self.image.files();
-        f.push(self.manifest.id());
+        f.extend(self.manifest.bytes().id());
         f
     }
 }

@@ -8,10 +8,10 @@ use std::path::PathBuf;
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::{DiskImage, Result, Throttle};
-use vdisk_diff::{block_hash, ManifestFile};
+use vdisk_diff::block_hash;
 
 use crate::checksums::check_file;
-use crate::hashes::stored_map;
+use crate::hashes::{open_manifest, stored_map};
 use crate::meta::{RepoMeta, RestorePoint};
 use crate::repo::Repository;
 use crate::GRAIN;
@@ -193,7 +193,7 @@ impl Repository {
         Ok(reports)
     }
 
-    fn verify_point(
+    pub(crate) fn verify_point(
         &self,
         p: &RestorePoint,
         meta: &RepoMeta,
@@ -203,16 +203,17 @@ impl Repository {
             error: e.to_string(),
         };
         let mut problems = Vec::new();
+        let store = &*self.store;
         for f in &p.files {
-            match std::fs::metadata(self.path(&f.name)) {
-                Ok(m) if m.len() != f.length => problems.push(PointProblem::FileLength {
+            match store.len(&f.name) {
+                Ok(len) if len != f.length => problems.push(PointProblem::FileLength {
                     file: f.name.clone(),
-                    now: m.len(),
+                    now: len,
                     then: f.length,
                 }),
                 _ => {}
             }
-            match check_file(&self.dir, f) {
+            match check_file(store, f) {
                 Ok(true) => {}
                 Ok(false) => problems.push(PointProblem::MetadataChecksum {
                     file: f.name.clone(),
@@ -220,9 +221,9 @@ impl Repository {
                 Err(e) => problems.push(unreadable(e)),
             }
         }
-        let manifest = ManifestFile::open(&self.path(&p.hashes)).map_err(unreadable);
-        let stored = std::fs::read(self.path(&p.stored))
-            .map_err(|e| vdisk_core::Error::io("cannot read", e).with_path(self.path(&p.stored)))
+        let manifest = open_manifest(store, &p.hashes).map_err(unreadable);
+        let stored = store
+            .read(&p.stored, 1 << 30)
             .and_then(|b| ChangeMap::decode(&b).map_err(|e| e.with_path(self.path(&p.stored))))
             .map_err(unreadable);
         let img = self.open_point(p).map_err(unreadable);

@@ -202,6 +202,13 @@ impl Manifest<ManifestFileBytes> {
     }
 }
 
+impl<B> Manifest<B> {
+    /// The bytes the manifest is read from.
+    pub fn bytes(&self) -> &B {
+        &self.bytes
+    }
+}
+
 impl<B: ManifestBytes> Manifest<B> {
     /// Check and open a manifest (version 1 or 2). Every field and the checksum are checked
     /// before use, reading the bytes once front to back a piece at a time; a damaged

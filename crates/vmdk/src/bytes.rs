@@ -5,8 +5,24 @@ use std::sync::Arc;
 use vdisk_core::{Error, ErrorKind, Result};
 use vdisk_raw::MappedFile;
 
-/// The bytes of one file of an image: a memory-mapped file, or a buffer already in memory
-/// (tests, fuzzing, a stream read from standard input).
+/// A file read by range (an object in an object store): nothing of it is resident until read,
+/// and every read may be a request, so readers ask for what they need and no more.
+pub trait RangedFile: Send + Sync + std::fmt::Debug {
+    /// The name used in messages.
+    fn path(&self) -> &Path;
+    /// Length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the file is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Fill `buf` from `offset`; the range lies inside the file.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()>;
+}
+
+/// The bytes of one file of an image: a memory-mapped file, a buffer already in memory
+/// (tests, fuzzing, a stream read from standard input), or a file read by range (an object
+/// in an object store).
 #[derive(Debug)]
 pub enum Bytes {
     /// A file on disk.
@@ -15,6 +31,9 @@ pub enum Bytes {
     Owned(PathBuf, std::sync::Arc<Vec<u8>>),
     /// A byte range of a mapped file, read in place: a member of an OVA archive.
     Range(FileRange),
+    /// A file read by range, never whole (sparse extents read their directory at open and
+    /// their tables and grains as they are needed).
+    Remote(Arc<dyn RangedFile>),
 }
 
 /// `len` bytes of a mapped file from `start`, seen as a file of its own (a member of a tar
@@ -64,6 +83,7 @@ impl Bytes {
             Bytes::File(f) => f.len(),
             Bytes::Owned(_, v) => v.len() as u64,
             Bytes::Range(r) => r.len,
+            Bytes::Remote(r) => r.len(),
         }
     }
 
@@ -91,7 +111,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => f.read_as_asked(),
             Bytes::Range(r) => r.file.read_as_asked(),
-            Bytes::Owned(..) => {}
+            Bytes::Owned(..) | Bytes::Remote(_) => {}
         }
     }
 
@@ -100,7 +120,7 @@ impl Bytes {
         match self {
             Bytes::File(f) => Some(f.id()),
             Bytes::Range(r) => Some(r.file.id()),
-            Bytes::Owned(..) => None,
+            Bytes::Owned(..) | Bytes::Remote(_) => None,
         }
     }
 
@@ -110,6 +130,7 @@ impl Bytes {
             Bytes::File(f) => f.path(),
             Bytes::Owned(p, _) => p,
             Bytes::Range(r) => &r.path,
+            Bytes::Remote(r) => r.path(),
         }
     }
 
@@ -123,6 +144,7 @@ impl Bytes {
                 .file
                 .bytes()?
                 .get(r.start as usize..(r.start + r.len) as usize),
+            Bytes::Remote(_) => None,
         }
     }
 
@@ -160,6 +182,21 @@ impl Bytes {
                 tail.fill(0);
                 Ok(())
             }
+            Bytes::Remote(r) => {
+                let len = r.len();
+                let n = if offset >= len {
+                    0
+                } else {
+                    usize::try_from(len - offset)
+                        .unwrap_or(usize::MAX)
+                        .min(buf.len())
+                };
+                if n > 0 {
+                    r.read_at(&mut buf[..n], offset)?;
+                }
+                buf[n..].fill(0);
+                Ok(())
+            }
         }
     }
 
@@ -174,7 +211,7 @@ impl Bytes {
                     r.file.release(r.start + offset, len);
                 }
             }
-            Bytes::Owned(..) => {}
+            Bytes::Owned(..) | Bytes::Remote(_) => {}
         }
     }
 
@@ -193,8 +230,8 @@ impl Bytes {
                     .map(|(s, l)| (s - r.start, l))
                     .collect()
             }
-            Bytes::Owned(_, v) => {
-                let end = end.min(v.len() as u64);
+            Bytes::Owned(..) | Bytes::Remote(_) => {
+                let end = end.min(self.len());
                 if start < end {
                     vec![(start, end - start)]
                 } else {
@@ -217,6 +254,7 @@ impl Bytes {
             // The member's share of its archive.
             Bytes::Range(r) => r.len,
             Bytes::Owned(_, v) => v.len() as u64,
+            Bytes::Remote(r) => r.len(),
         }
     }
 }

@@ -38,7 +38,7 @@ pub mod testing;
 mod testutil;
 pub mod writer;
 
-pub use bytes::{Bytes, FileRange, FileStore, FsStore, MemStore};
+pub use bytes::{Bytes, FileRange, FileStore, FsStore, MemStore, RangedFile};
 pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
 pub use cowd::{
     CowdExtent, CowdGrain, CowdHeader, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES, COWD_MAGIC,

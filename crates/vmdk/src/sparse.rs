@@ -1,7 +1,9 @@
 //! One hosted sparse extent: header, grain directory, grain tables and grains.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Decompress, FlushDecompress, Status};
@@ -16,6 +18,9 @@ use crate::marker::{Marker, MarkerType};
 const BAD_TABLE: u32 = u32::MAX;
 /// Bytes at the end of a VMware streamOptimized file: footer marker, footer, end-of-stream.
 const FOOTER_TAIL: u64 = 3 * SECTOR;
+/// Grain tables of a file read by range kept in memory at most (2 KiB each for 512-entry
+/// tables: 64 MiB); past this the cache starts over.
+const MAX_CACHED_TABLES: usize = 32 << 10;
 
 /// What a grain table entry says about one grain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +70,9 @@ pub struct SparseExtent {
     pub(crate) open_notes: Vec<Problem>,
     /// Unique among the extents of this process: the key of the per-thread inflated grain.
     id: u64,
+    /// Tables read so far, by sector, when the file is read by range (a mapped file is read
+    /// in place).
+    ranged_tables: Mutex<HashMap<u32, Arc<Vec<u32>>>>,
 }
 
 /// Source of [`SparseExtent`] ids.
@@ -78,24 +86,46 @@ impl SparseExtent {
     }
 
     fn open_inner(bytes: Bytes) -> Result<Self> {
-        let data = bytes.require_slice()?;
-        let len = data.len() as u64;
-        let mut header = RawSparseHeader::parse(data)?.validate(len)?;
+        let len = bytes.len();
+        let header = match bytes.slice() {
+            Some(data) => {
+                let header = RawSparseHeader::parse(data)?.validate(len)?;
+                if header.gd_offset == GD_AT_END {
+                    read_footer(data, &header)?
+                } else {
+                    header
+                }
+            }
+            None => {
+                // Read by range: the header sector now, the directory below, tables and
+                // grains when they are needed.
+                let mut head = vec![0u8; (RawSparseHeader::SIZE as u64).min(len) as usize];
+                bytes.read_at(&mut head, 0)?;
+                let header = RawSparseHeader::parse(&head)?.validate(len)?;
+                if header.gd_offset == GD_AT_END || header.flags.compressed() {
+                    return Err(Error::unsupported(
+                        "compressed (streamOptimized) extents are read from local files only",
+                    ));
+                }
+                header
+            }
+        };
         let mut notes = Vec::new();
-        if header.gd_offset == GD_AT_END {
-            header = read_footer(data, &header)?;
-        }
         let gtes = u64::from(header.gtes_per_gt);
         let n = header.gd_entries();
         // n <= MAX_GD_ENTRIES, so these products cannot overflow.
         let table_bytes = gtes * 4;
         // Directory entries whose table lies outside the file are marked unusable.
-        let load = |sector: u64| -> Option<Vec<u32>> {
+        let load = |sector: u64| -> Result<Option<Vec<u32>>> {
             if sector == 0 {
-                return None;
+                return Ok(None);
             }
-            let raw = read_u32s(data, sector, n)?;
-            Some(
+            let raw = match bytes.slice() {
+                Some(data) => read_u32s(data, sector, n),
+                None => read_u32s_ranged(&bytes, sector, n)?,
+            };
+            let Some(raw) = raw else { return Ok(None) };
+            Ok(Some(
                 raw.into_iter()
                     .map(|t| {
                         let ok = u64::from(t) * SECTOR + table_bytes <= len;
@@ -106,11 +136,11 @@ impl SparseExtent {
                         }
                     })
                     .collect(),
-            )
+            ))
         };
-        let primary = load(header.gd_offset);
+        let primary = load(header.gd_offset)?;
         let redundant = if header.flags.redundant_gd() && header.rgd_offset != GD_AT_END {
-            load(header.rgd_offset)
+            load(header.rgd_offset)?
         } else {
             None
         };
@@ -159,6 +189,7 @@ impl SparseExtent {
             data_start,
             open_notes: notes,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ranged_tables: Mutex::new(HashMap::new()),
         })
     }
 
@@ -225,11 +256,32 @@ impl SparseExtent {
         data.get(start..end)
     }
 
-    fn entry_at(&self, table: u32, index: u64) -> u32 {
-        let data = self.bytes.slice().unwrap_or(&[]);
+    fn entry_at(&self, table: u32, index: u64) -> Result<u32> {
+        let Some(data) = self.bytes.slice() else {
+            let t = self.ranged_table(table)?;
+            return Ok(t.get(index as usize).copied().unwrap_or(0));
+        };
         // Table bounds were checked at open: table * 512 + gtes * 4 <= file length.
         let pos = (u64::from(table) * SECTOR + index * 4) as usize;
-        LE::read_u32(&data[pos..pos + 4])
+        Ok(LE::read_u32(&data[pos..pos + 4]))
+    }
+
+    /// Grain table at `sector` of a file read by range, read once and kept.
+    fn ranged_table(&self, sector: u32) -> Result<Arc<Vec<u32>>> {
+        let lock = || self.ranged_tables.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = lock().get(&sector) {
+            return Ok(Arc::clone(t));
+        }
+        let n = u64::from(self.header.gtes_per_gt);
+        let t = read_u32s_ranged(&self.bytes, u64::from(sector), n)?
+            .ok_or_else(|| Error::corrupt("a grain table lies outside the file"))?;
+        let t = Arc::new(t);
+        let mut cache = lock();
+        if cache.len() >= MAX_CACHED_TABLES {
+            cache.clear();
+        }
+        cache.insert(sector, Arc::clone(&t));
+        Ok(t)
     }
 
     fn classify(&self, raw: u32) -> GrainEntry {
@@ -247,30 +299,36 @@ impl SparseExtent {
         }
     }
 
-    /// Look up grain `grain` (index from the start of the extent).
+    /// Look up grain `grain` (index from the start of the extent). A table that cannot be
+    /// read (a file read by range whose read failed) counts as [`GrainEntry::BadTable`].
     pub fn grain(&self, grain: u64) -> GrainEntry {
+        self.try_grain(grain).unwrap_or(GrainEntry::BadTable)
+    }
+
+    /// [`SparseExtent::grain`], with the error of a table that could not be read.
+    pub fn try_grain(&self, grain: u64) -> Result<GrainEntry> {
         let gtes = u64::from(self.header.gtes_per_gt);
         let slot = grain / gtes;
         let Some(&table) = self.tables.get(slot as usize) else {
-            return GrainEntry::Unallocated;
+            return Ok(GrainEntry::Unallocated);
         };
-        match table {
+        Ok(match table {
             0 => GrainEntry::Unallocated,
             BAD_TABLE => GrainEntry::BadTable,
             t => {
-                let first = self.classify(self.entry_at(t, grain % gtes));
+                let first = self.classify(self.entry_at(t, grain % gtes)?);
                 if let GrainEntry::Invalid(_) = first {
                     let alt = self.alternates[slot as usize];
                     if alt != 0 {
-                        let second = self.classify(self.entry_at(alt, grain % gtes));
+                        let second = self.classify(self.entry_at(alt, grain % gtes)?);
                         if !matches!(second, GrainEntry::Invalid(_)) {
-                            return second;
+                            return Ok(second);
                         }
                     }
                 }
                 first
             }
-        }
+        })
     }
 
     /// The run of the extent at byte `offset` (inside the capacity), at most `max` bytes long.
@@ -286,11 +344,14 @@ impl SparseExtent {
             return Ok(((span_end - offset).min(max), Run::Unallocated));
         }
         let len = (gb - within).min(max);
-        let entry = self.grain(grain);
+        let entry = self
+            .try_grain(grain)
+            .map_err(|e| e.with_path(self.bytes.path()))?;
         // Neighbours of the same kind in the same table join the run: unallocated or zeroed
         // grains, and stored grains that follow each other in the file. A map of a sparse
         // extent then costs a step per run, not per grain (a table of 512 unallocated
-        // entries is one step), and reads of consecutive grains are one read.
+        // entries is one step), and reads of consecutive grains are one read. A neighbour
+        // whose table cannot be read ends the run; the next call reports it.
         let table_end = ((slot as u64 + 1) * gtes).min(self.capacity().div_ceil(gb));
         let extend = |same: &dyn Fn(u64, GrainEntry) -> bool| -> u64 {
             let mut n = len;
@@ -444,6 +505,23 @@ pub(crate) fn read_u32s(data: &[u8], sector: u64, n: u64) -> Option<Vec<u32>> {
     let end = start.checked_add(n.checked_mul(4)?)?;
     let raw = data.get(usize::try_from(start).ok()?..usize::try_from(end).ok()?)?;
     Some(raw.chunks_exact(4).map(LE::read_u32).collect())
+}
+
+/// [`read_u32s`] for a file read by range: `None` when the entries do not lie inside it.
+fn read_u32s_ranged(bytes: &Bytes, sector: u64, n: u64) -> Result<Option<Vec<u32>>> {
+    let Some(start) = sector.checked_mul(SECTOR) else {
+        return Ok(None);
+    };
+    let Some(len) = n.checked_mul(4) else {
+        return Ok(None);
+    };
+    if start.checked_add(len).is_none_or(|end| end > bytes.len()) {
+        return Ok(None);
+    }
+    // n <= MAX_GD_ENTRIES (checked by the header) and the range lies inside the file.
+    let mut raw = vec![0u8; len as usize];
+    bytes.read_at(&mut raw, start)?;
+    Ok(Some(raw.chunks_exact(4).map(LE::read_u32).collect()))
 }
 
 /// Read the footer of a streamOptimized file whose header says the directory is at the end.

@@ -20,9 +20,8 @@
 use std::path::PathBuf;
 
 use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
-use vdisk_raw::SparseWriter;
 
-use super::{extent_line, new_descriptor, OutputFiles, WriteOptions, GRAIN_SECTORS};
+use super::{extent_line, new_descriptor, ImageOutput, OutputFile, WriteOptions, GRAIN_SECTORS};
 use crate::descriptor::ExtentType;
 use crate::header::{HeaderFlags, RawSparseHeader};
 
@@ -87,7 +86,7 @@ fn words(entries: &[u32]) -> Vec<u8> {
 
 /// One data extent being written: grains appended, each table after its last grain.
 struct DataExtent {
-    file: SparseWriter,
+    file: Box<dyn OutputFile>,
     /// First disk grain of the extent.
     first: u64,
     /// Last disk grain stored.
@@ -102,7 +101,7 @@ struct DataExtent {
 }
 
 impl DataExtent {
-    fn new(file: SparseWriter, first: u64, zeroed: bool) -> Self {
+    fn new(file: Box<dyn OutputFile>, first: u64, zeroed: bool) -> Self {
         DataExtent {
             file,
             first,
@@ -158,8 +157,7 @@ impl DataExtent {
         let gb = (GRAIN_SECTORS * SECTOR) as usize;
         let at = self.append(GRAIN_SECTORS)?;
         // A grain shorter than a grain reads as zero after its end, as the file's tail does.
-        self.file
-            .write_at(&data[..data.len().min(gb)], at * SECTOR)?;
+        self.file.write(&data[..data.len().min(gb)], at * SECTOR)?;
         if (self.next_sector - self.unflushed) * SECTOR >= WRITEBACK {
             self.file.start_writeback(
                 self.unflushed * SECTOR,
@@ -178,7 +176,7 @@ impl DataExtent {
     }
 
     /// Write the last table, the directory and the header for a capacity of `sectors`.
-    fn finish(mut self, sectors: u64) -> Result<SparseWriter> {
+    fn finish(mut self, sectors: u64) -> Result<Box<dyn OutputFile>> {
         self.flush_table()?;
         let entries = sectors.div_ceil(GRAIN_SECTORS).div_ceil(GTES);
         if self.gd.len() as u64 > entries {
@@ -190,17 +188,14 @@ impl DataExtent {
         self.file.write_raw(&bytes, gd_at * SECTOR)?;
         let h = header(sectors, GRAIN_SECTORS, self.zeroed, gd_at, DATA_START);
         self.file.write_raw(&h.to_bytes(), 0)?;
-        self.file
-            .file()
-            .set_len(self.next_sector * SECTOR)
-            .map_err(|e| Error::io("cannot size", e))?;
+        self.file.set_len(self.next_sector * SECTOR)?;
         Ok(self.file)
     }
 }
 
 /// A sparse image in the clustered layout (see the module docs), written front to back.
 pub(crate) struct ClusteredImage {
-    files: OutputFiles,
+    files: Box<dyn ImageOutput>,
     /// Disk size in sectors.
     sectors: u64,
     zeroed: bool,
@@ -216,7 +211,7 @@ pub(crate) struct ClusteredImage {
 
 impl ClusteredImage {
     pub(crate) fn create(
-        files: OutputFiles,
+        files: Box<dyn ImageOutput>,
         sectors: u64,
         opts: &WriteOptions,
         parent: Option<(u32, PathBuf)>,
@@ -248,7 +243,7 @@ impl ClusteredImage {
             .unwrap_or_default()
             .to_string_lossy();
         let name = PathBuf::from(format!("{stem}-s{:03}.vmdk", self.lines.len() + 1));
-        if std::fs::symlink_metadata(self.files.dst().with_file_name(&name)).is_ok() {
+        if self.files.exists(&name)? {
             return Err(Error::new(
                 vdisk_core::ErrorKind::AlreadyExists,
                 "already exists (an extent of the new image would replace it)",
@@ -267,7 +262,7 @@ impl ClusteredImage {
     fn push_empty(&mut self, a: u64, b: u64) -> Result<()> {
         let sectors = self.span(a, b);
         let name = self.next_name()?;
-        let file = self.files.open(Some(&name), 0)?;
+        let mut file = self.files.create(Some(&name))?;
         let entries = sectors.div_ceil(EMPTY_GRAIN_SECTORS).div_ceil(GTES);
         let gd = words(&vec![0u32; entries as usize]);
         file.write_raw(&gd, SECTOR)?;
@@ -316,7 +311,7 @@ impl ClusteredImage {
                 self.push_empty(self.decided, start)?;
             }
             let name = self.next_name()?;
-            let file = self.files.open(Some(&name), 0)?;
+            let file = self.files.create(Some(&name))?;
             self.current = Some(DataExtent::new(file, start, self.zeroed));
             self.data_extents += 1;
         }
@@ -354,7 +349,7 @@ impl ClusteredImage {
             self.parent.take(),
         );
         let text = d.render();
-        let main = self.files.open(None, text.len() as u64)?;
+        let mut main = self.files.create(None)?;
         main.write_raw(text.as_bytes(), 0)?;
         self.files.commit(main)
     }

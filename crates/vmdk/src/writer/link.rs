@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use vdisk_core::{is_zero, DiskImage, Error, Result, SECTOR};
 
 use super::clustered::ClusteredImage;
-use super::{Layout, OutputFiles, SparseImage, WriteOptions, GRAIN_SECTORS};
+use super::{ImageOutput, Layout, OutputFiles, SparseImage, WriteOptions, GRAIN_SECTORS};
 use crate::VmdkImage;
 
 /// Called with every grain a link writer reads from the new image: (grain index, bytes).
@@ -40,6 +40,8 @@ pub struct LinkStats {
 }
 
 /// The image a link is written as.
+// One value per link written: the size of its variants does not matter.
+#[allow(clippy::large_enum_variant)]
 enum LinkImage {
     Sparse(SparseImage),
     Clustered(ClusteredImage),
@@ -184,28 +186,61 @@ pub fn write_delta_link_from(
     groups: impl IntoIterator<Item = Result<Vec<u64>>>,
     dst: &Path,
 ) -> Result<LinkStats> {
-    let LinkTarget {
-        parent_path,
-        parent,
-        layout,
-        opts,
-        on_grain,
-    } = *link;
-    let parent_cid = parent.layers()[0]
+    let parent_cid = parent_cid(link)?;
+    let hint = parent_hint(dst, link.parent_path)?;
+    let sectors = new.size().div_ceil(SECTOR);
+    let files = OutputFiles::new(dst, &link.opts.policy)?;
+    let parent_link = Some((parent_cid, hint));
+    let out = match link.layout {
+        Layout::Clustered => LinkImage::Clustered(ClusteredImage::create(
+            Box::new(files),
+            sectors,
+            link.opts,
+            parent_link,
+        )?),
+        l => LinkImage::Sparse(SparseImage::create(
+            files,
+            sectors,
+            l,
+            link.opts,
+            parent_link,
+        )?),
+    };
+    write_link(link, new, groups, out)
+}
+
+/// [`write_delta_link_from`] into `out` (local files, or another storage's), in the clustered
+/// layout whatever `link.layout` says, naming the parent `parent_hint` (a name beside the
+/// link, or a path).
+pub fn write_delta_link_into(
+    link: &LinkTarget<'_>,
+    new: &dyn DiskImage,
+    groups: impl IntoIterator<Item = Result<Vec<u64>>>,
+    out: Box<dyn ImageOutput>,
+    parent_hint: PathBuf,
+) -> Result<LinkStats> {
+    let parent_link = Some((parent_cid(link)?, parent_hint));
+    let image = ClusteredImage::create(out, new.size().div_ceil(SECTOR), link.opts, parent_link)?;
+    write_link(link, new, groups, LinkImage::Clustered(image))
+}
+
+fn parent_cid(link: &LinkTarget<'_>) -> Result<u32> {
+    link.parent.layers()[0]
         .descriptor()
         .cid
-        .ok_or_else(|| Error::invalid("parent has no CID to link to").with_path(parent_path))?;
-    let hint = parent_hint(dst, parent_path)?;
+        .ok_or_else(|| Error::invalid("parent has no CID to link to").with_path(link.parent_path))
+}
+
+fn write_link(
+    link: &LinkTarget<'_>,
+    new: &dyn DiskImage,
+    groups: impl IntoIterator<Item = Result<Vec<u64>>>,
+    mut out: LinkImage,
+) -> Result<LinkStats> {
+    let LinkTarget {
+        parent, on_grain, ..
+    } = *link;
     let size = new.size();
-    let sectors = size.div_ceil(SECTOR);
-    let files = OutputFiles::new(dst, &opts.policy)?;
-    let parent_link = Some((parent_cid, hint));
-    let mut out = match layout {
-        Layout::Clustered => {
-            LinkImage::Clustered(ClusteredImage::create(files, sectors, opts, parent_link)?)
-        }
-        l => LinkImage::Sparse(SparseImage::create(files, sectors, l, opts, parent_link)?),
-    };
 
     let gb = GRAIN_SECTORS * SECTOR;
     let grain_count = size.div_ceil(gb);

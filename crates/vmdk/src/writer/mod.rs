@@ -24,7 +24,10 @@ use vdisk_raw::{Existing, OutputPolicy, SealedFile, SparseWriter};
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 use crate::paths::resolve_relative;
 
-pub use link::{write_delta_link, write_delta_link_from, GrainHook, LinkStats, LinkTarget};
+pub use link::{
+    write_delta_link, write_delta_link_from, write_delta_link_into, GrainHook, LinkStats,
+    LinkTarget,
+};
 pub(crate) use sparse::SparseImage;
 
 /// Grain size of every sparse output: 64 KiB, what qemu-img and VMware write.
@@ -277,10 +280,124 @@ pub fn create_sparse(
     let files = OutputFiles::new(dst, &opts.policy)?;
     Ok(match layout {
         Layout::Clustered => Box::new(clustered::ClusteredImage::create(
-            files, sectors, opts, None,
+            Box::new(files),
+            sectors,
+            opts,
+            None,
         )?),
         l => Box::new(SparseImage::create(files, sectors, l, opts, None)?),
     })
+}
+
+/// Start writing a sparse VMDK of `size` bytes in the clustered layout (no parent) into
+/// `out` (local files, or another storage's).
+pub fn create_clustered(
+    out: Box<dyn ImageOutput>,
+    size: u64,
+    opts: &WriteOptions,
+) -> Result<Box<dyn ImageSink>> {
+    Ok(Box::new(clustered::ClusteredImage::create(
+        out,
+        size.div_ceil(SECTOR),
+        opts,
+        None,
+    )?))
+}
+
+/// Where the files of an image in the clustered layout go: local files
+/// ([`local_output`]), or any other storage that can take files written front to back (an
+/// object store's multipart uploads).
+///
+/// The writer creates the extent files one at a time, writes each front to back (but for its
+/// first 4 KiB, written last), hands each finished one to [`ImageOutput::keep`], and finally
+/// creates the descriptor and hands it to [`ImageOutput::commit`], which publishes everything.
+pub trait ImageOutput: Send {
+    /// The path of the image (its descriptor), as messages name it; extents are named
+    /// beside it.
+    fn dst(&self) -> &Path;
+    /// Whether a file named `name` (beside the descriptor) exists already.
+    fn exists(&self, name: &Path) -> Result<bool>;
+    /// Start the file `name` beside the descriptor, or the descriptor itself when `None`.
+    fn create(&mut self, name: Option<&Path>) -> Result<Box<dyn OutputFile>>;
+    /// A finished extent file: make it durable, to be published with the image.
+    fn keep(&mut self, file: Box<dyn OutputFile>) -> Result<()>;
+    /// Publish the kept extents, then `main`, the descriptor.
+    fn commit(self: Box<Self>, main: Box<dyn OutputFile>) -> Result<()>;
+}
+
+/// One file of an image being written: appended to front to back, except for a first region
+/// of at most [`HEAD_REGION`] bytes (the header) that may be written at any time.
+pub trait OutputFile: Send {
+    /// Write `buf` at `offset`; all-zero blocks may be left as holes.
+    fn write(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Write `buf` at `offset` as it is (metadata).
+    fn write_raw(&mut self, buf: &[u8], offset: u64) -> Result<()>;
+    /// Set the file's final length.
+    fn set_len(&mut self, len: u64) -> Result<()>;
+    /// The `len` bytes at `offset` are final: a good time to start writing them back.
+    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
+    /// The local file behind this output, for [`ImageOutput::keep`] of local outputs.
+    fn into_local(self: Box<Self>) -> Option<SparseWriter> {
+        None
+    }
+    /// This output as its own type, for [`ImageOutput::keep`] of other outputs.
+    fn into_any(self: Box<Self>) -> Option<Box<dyn std::any::Any + Send>> {
+        None
+    }
+}
+
+/// Bytes at the start of an extent file that a clustered writer may write out of order (the
+/// header, written last); everything after them is written in order.
+pub const HEAD_REGION: u64 = 4096;
+
+impl OutputFile for SparseWriter {
+    fn write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        self.write_at(buf, offset)
+    }
+    fn write_raw(&mut self, buf: &[u8], offset: u64) -> Result<()> {
+        SparseWriter::write_raw(self, buf, offset)
+    }
+    fn set_len(&mut self, len: u64) -> Result<()> {
+        self.file()
+            .set_len(len)
+            .map_err(|e| Error::io("cannot size", e).with_path(self.destination()))
+    }
+    fn start_writeback(&mut self, offset: u64, len: u64) {
+        SparseWriter::start_writeback(self, offset, len)
+    }
+    fn into_local(self: Box<Self>) -> Option<SparseWriter> {
+        Some(*self)
+    }
+}
+
+/// The files of an image at `dst` on the local file system, for a writer that takes an
+/// [`ImageOutput`]: unnamed until complete, published together, extents first.
+pub fn local_output(dst: &Path, policy: &OutputPolicy) -> Result<Box<dyn ImageOutput>> {
+    Ok(Box::new(OutputFiles::new(dst, policy)?))
+}
+
+impl ImageOutput for OutputFiles {
+    fn dst(&self) -> &Path {
+        &self.dst
+    }
+    fn exists(&self, name: &Path) -> Result<bool> {
+        Ok(std::fs::symlink_metadata(self.dst.with_file_name(name)).is_ok())
+    }
+    fn create(&mut self, name: Option<&Path>) -> Result<Box<dyn OutputFile>> {
+        Ok(Box::new(self.open(name, 0)?))
+    }
+    fn keep(&mut self, file: Box<dyn OutputFile>) -> Result<()> {
+        let f = file
+            .into_local()
+            .ok_or_else(|| Error::invalid("a local image was given a file that is not local"))?;
+        OutputFiles::keep(self, f)
+    }
+    fn commit(self: Box<Self>, main: Box<dyn OutputFile>) -> Result<()> {
+        let f = main
+            .into_local()
+            .ok_or_else(|| Error::invalid("a local image was given a file that is not local"))?;
+        OutputFiles::commit(*self, f)
+    }
 }
 
 /// The files of one output image: created unnamed, published together, extents first.

@@ -1,0 +1,70 @@
+//! `vdisk sync`: make one repository hold another's points (folders and object stores,
+//! either way), moving only what the destination lacks.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use vdisk::chain::VerifyOptions;
+use vdisk::size::human;
+use vdisk::{Error, ErrorKind, Repository, Result};
+
+use super::{print_json, Ctx, Status};
+
+/// Make DST hold SRC's points: copy what DST lacks, check it against the hashes kept at
+/// backup time, then switch DST's metadata (a sync killed at any instant leaves DST as it was).
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The repository to copy: a folder or s3://BUCKET/PREFIX.
+    pub src: PathBuf,
+    /// The repository to make a copy of it (created if needed): a folder or
+    /// s3://BUCKET/PREFIX.
+    pub dst: PathBuf,
+    /// Print a JSON summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    let (src_loc, dst_loc) = (super::location(&a.src)?, super::location(&a.dst)?);
+    if src_loc == dst_loc {
+        return Err(Error::new(
+            ErrorKind::Refused,
+            "source and destination are the same repository",
+        )
+        .with_path(&a.dst));
+    }
+    let src = Repository::open(src_loc)
+        .map_err(|e| e.with_path(&a.src))?
+        .with_read_ahead(ctx.open.read_ahead)
+        .with_cache(ctx.open.cache);
+    let mut dst = Repository::open_or_create(dst_loc)?;
+    let progress = ctx.progress(src.verify_bytes(None));
+    let tick = |n: u64| progress.tick(n);
+    let opts = VerifyOptions {
+        throttle: Some(&ctx.throttle),
+        progress: Some(&tick),
+    };
+    let s = dst.sync_from(&src, &opts)?;
+    let secs = progress.seconds();
+    progress.done("synced");
+    if a.json {
+        print_json(&json!({
+            "points": s.points,
+            "points_copied": s.points_copied,
+            "files_copied": s.files_copied,
+            "bytes_copied": s.bytes_copied,
+            "points_removed": s.points_removed,
+            "seconds": secs,
+        }))?;
+    } else if ctx.summary() {
+        eprintln!(
+            "vdisk: {} point(s); copied {} point(s), {} file(s), {}; removed {} in {secs:.2} s",
+            s.points,
+            s.points_copied,
+            s.files_copied,
+            human(s.bytes_copied),
+            s.points_removed
+        );
+    }
+    Ok(0)
+}
