@@ -111,6 +111,15 @@ print(json.dumps(res))
 /// Run several `vdisk ARGS` in `dir` through the measuring wrapper: each `Run`'s `max_rss`
 /// and `cpu` are that vdisk process's own.
 pub fn vdisk_measured(dir: &Path, commands: &[Vec<&str>]) -> Vec<Run> {
+    vdisk_measured_env(dir, commands, &[])
+}
+
+/// [`vdisk_measured`] with `env` set for every run.
+pub fn vdisk_measured_env(
+    dir: &Path,
+    commands: &[Vec<&str>],
+    env: &[(String, String)],
+) -> Vec<Run> {
     let bin = vdisk_bin();
     let bin = bin.to_str().unwrap();
     let list: Vec<Vec<&str>> = commands
@@ -122,6 +131,9 @@ pub fn vdisk_measured(dir: &Path, commands: &[Vec<&str>]) -> Vec<Run> {
         .arg(MEASURE)
         .arg(serde_json::to_string(&list).unwrap())
         .current_dir(dir);
+    for (k, v) in env {
+        c.env(k, v);
+    }
     let r = run(c);
     assert_eq!(r.code, Some(0), "measuring wrapper failed: {}", r.stderr);
     let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
@@ -329,10 +341,16 @@ pub struct Served {
 /// Start `vdisk serve ARGS` in `dir` and wait (up to 30 s) for the URI line on its stdout.
 /// Panics, with the server's stderr, when it exits or prints nothing in that time.
 pub fn serve(dir: &Path, args: &[&str]) -> Served {
+    serve_env(dir, args, &[])
+}
+
+/// [`serve`] with `env` set for the server (an object store's credentials).
+pub fn serve_env(dir: &Path, args: &[&str], env: &[(String, String)]) -> Served {
     use std::io::{BufRead, Read};
     let mut child = Command::new(vdisk_bin())
         .arg("serve")
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -514,3 +514,290 @@ fn s3_a_writer_renews_its_lease_and_a_second_writer_is_refused() {
     assert_eq!(points(dir, &loc).len(), 2);
     restores_to(dir, &loc, 2, &disk);
 }
+
+// ---------------------------------------------------------------------------------------
+// The local repository's trust and scale tests (`trust.rs`, `scale.rs`, `serve.rs`), on the
+// object store.
+
+/// The repository's objects: (name under the prefix, size).
+fn objects(server: &S3Server, loc: &Loc) -> Vec<(String, u64)> {
+    let p = prefix(loc);
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut query = format!("?list-type=2&prefix={}%2F", p.replace('/', "%2F"));
+        if let Some(t) = &token {
+            query.push_str("&continuation-token=");
+            query.push_str(
+                &t.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D"),
+            );
+        }
+        let (code, body) = curl(server, &[], &query);
+        assert_eq!(code, "200", "{}", String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body).to_string();
+        for c in text.split("<Contents>").skip(1) {
+            let field = |tag: &str| {
+                c.split(&format!("<{tag}>"))
+                    .nth(1)
+                    .and_then(|s| s.split(&format!("</{tag}>")).next())
+                    .unwrap()
+                    .to_string()
+            };
+            let key = field("Key");
+            out.push((
+                key[p.len() + 1..].to_string(),
+                field("Size").parse().unwrap(),
+            ));
+        }
+        token = text
+            .split("<NextContinuationToken>")
+            .nth(1)
+            .and_then(|s| s.split("</NextContinuationToken>").next())
+            .map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    out.sort();
+    out
+}
+
+/// "`backup --changed` with a bitmap of another disk size silently drops the changes": on
+/// the object store too, refused in one line with the repository's objects untouched.
+#[test]
+fn s3_a_changed_block_bitmap_of_another_size_is_refused_and_changes_nothing() {
+    let Some(server) = s3() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let loc = Loc::s3(server, server.port, "bitmap");
+    let mut disk = source(dir, "disk.raw", 2, 71);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    disk[65536] ^= 0x5a;
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
+    std::fs::write(
+        dir.join("cbt.json"),
+        r#"{"changedArea":[{"start":65536,"length":65536}]}"#,
+    )
+    .unwrap();
+    for (size, name) in [("4M", "big.bm"), ("1M", "small.bm"), ("2M", "right.bm")] {
+        vdisk_in(
+            dir,
+            &["bitmap", "import", "cbt.json", "--size", size, "-o", name],
+        )
+        .expect_code(0, "bitmap import");
+    }
+    let before = objects(server, &loc);
+    for bm in ["big.bm", "small.bm"] {
+        let r = loc.run(dir, &["backup", "disk.raw", "REPO", "--changed", bm]);
+        one_line(&r, "bitmap");
+        assert_eq!(
+            objects(server, &loc),
+            before,
+            "{bm}: the repository changed"
+        );
+    }
+    loc.ok(
+        dir,
+        &["backup", "disk.raw", "REPO", "--changed", "right.bm"],
+    );
+    loc.ok(dir, &["verify", "REPO"]);
+    restores_to(dir, &loc, 2, &disk);
+}
+
+/// A disk whose size is not a multiple of 512 keeps its exact size through an object store.
+#[test]
+fn s3_a_disk_of_a_million_bytes_backs_up_verifies_and_restores_exactly() {
+    require_qemu();
+    let Some(server) = s3() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let loc = Loc::s3(server, server.port, "million");
+    let mut disk = pattern(141, 1_000_000);
+    disk[300_000..600_000].fill(0);
+    let first = disk.clone();
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    disk[999_999] ^= 0xff;
+    disk[10] ^= 0x01;
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    loc.ok(dir, &["verify", "REPO"]);
+    for p in points(dir, &loc) {
+        assert_eq!(p["size"], 1_000_000, "{p}");
+    }
+    restores_to(dir, &loc, 1, &first);
+    restores_to(dir, &loc, 2, &disk);
+    // As a VMDK, qemu-img reads whole sectors: the tail is zero.
+    loc.ok(
+        dir,
+        &["restore", "REPO", "out.vmdk", "-O", "vmdk", "--force"],
+    );
+    qemu_img(dir, &["check", "out.vmdk"]);
+    qemu_img(dir, &["convert", "-O", "raw", "out.vmdk", "q.raw"]);
+    let q = std::fs::read(dir.join("q.raw")).unwrap();
+    assert_eq!(q.len(), 1_000_448);
+    assert!(q[..1_000_000] == disk[..] && q[1_000_000..].iter().all(|&b| b == 0));
+}
+
+fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// "A killed run leaves a zombie … repositories stay locked after a kill -9": a backup to the
+/// object store SIGKILLed while it holds the lease, and never reaped, blocks nothing on this
+/// host (the lease's host-local kernel lock died with it), and uses up no point number.
+#[test]
+fn s3_a_killed_unreaped_backup_leaves_the_repository_free() {
+    let Some(server) = s3() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let loc = Loc::s3(server, server.port, "zombie");
+    let disk = source(dir, "disk.raw", 16, 81);
+    let mut c = loc.command(dir, &["--io-limit", "1M", "backup", "disk.raw", "REPO"]);
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut slow = c.spawn().unwrap();
+    let pid = slow.id();
+    let lease_key = format!("{}/vdisk-lease.json", prefix(&loc));
+    let t0 = std::time::Instant::now();
+    while curl(server, &[], &lease_key).0 != "200" {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no lease was taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    slow.kill().unwrap(); // SIGKILL, and no wait: it stays a zombie
+    while process_state(pid) != Some('Z') {
+        assert!(t0.elapsed() < Duration::from_secs(40), "never a zombie");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The lease object is still there, unexpired, naming this host.
+    assert_eq!(curl(server, &[], &lease_key).0, "200");
+    let r = loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    assert!(!r.stderr.contains("in use"), "{}", r.stderr);
+    assert_eq!(process_state(pid), Some('Z'));
+    let p = points(dir, &loc);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0]["point"], 1, "the killed run used up a number: {p:?}");
+    loc.ok(dir, &["verify", "REPO"]);
+    restores_to(dir, &loc, 1, &disk);
+    assert!(leftovers(server, &loc).is_empty());
+    slow.wait().unwrap();
+}
+
+/// A repository on a bucket that the reader may only read: list, verify, restore and serve
+/// need no write access (they take no lease); writers are refused in one line, and nothing
+/// changes.
+#[test]
+fn s3_a_read_only_key_lists_verifies_and_restores() {
+    require_qemu();
+    let Some(server) = s3() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let loc = Loc::s3(server, server.port, "readonly");
+    let mut disk = source(dir, "disk.raw", 6, 91);
+    let first = disk.clone();
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    disk[3 * MIB..3 * MIB + 4096].fill(0x77);
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    let before = objects(server, &loc);
+
+    let ro = loc.as_reader(server);
+    assert_eq!(points(dir, &ro).len(), 2);
+    ro.ok(dir, &["verify", "REPO"]);
+    restores_to(dir, &ro, 1, &first);
+    restores_to(dir, &ro, 2, &disk);
+    // Served over NBD with the reader's key: qemu-img reads the point.
+    {
+        let srv = serve_env(
+            dir,
+            &[
+                &ro.repo, "--point", "1", "--socket", "s.sock", "--name", "p",
+            ],
+            &ro.env,
+        );
+        qemu_img(
+            dir,
+            &["convert", "-f", "raw", "-O", "raw", &srv.uri, "nbd.raw"],
+        );
+        std::fs::write(dir.join("want.raw"), &first).unwrap();
+        assert_same_bytes(&dir.join("want.raw"), &dir.join("nbd.raw"));
+    }
+    for args in [
+        vec!["backup", "disk.raw", "REPO"],
+        vec!["prune", "REPO", "--keep", "1"],
+    ] {
+        let r = ro.run(dir, &args);
+        assert_eq!(r.code, Some(2), "{args:?}: {r:#?}");
+        assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
+        assert!(!r.stderr.contains(READER_SECRET) && !r.stderr.contains("panicked"));
+        assert_eq!(
+            objects(server, &loc),
+            before,
+            "{args:?} changed the repository"
+        );
+    }
+}
+
+/// Costs follow the data on the object store too: a 4 TiB thin disk holding 4 MiB is backed
+/// up (full and incremental), verified, restored, served and pruned in little memory, and
+/// its points take objects and bytes in proportion to what they store.
+#[test]
+fn s3_a_4_tib_thin_disk_costs_what_its_data_costs() {
+    use std::os::unix::fs::FileExt;
+    let Some(server) = s3() else { return };
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let tmp = tempfile::tempdir_in(base).unwrap();
+    let dir = tmp.path();
+    let size: u64 = 4 << 40;
+    let make = |name: &str, changed: bool| {
+        let f = std::fs::File::create(dir.join(name)).unwrap();
+        f.set_len(size).unwrap();
+        for i in 0..8u64 {
+            let seed = if changed && i == 3 { 999 } else { 100 + i };
+            f.write_all_at(&pattern(seed, 512 << 10), i * (size / 8))
+                .unwrap();
+        }
+    };
+    make("disk.raw", false);
+    make("new.raw", true);
+    let loc = Loc::s3(server, server.port, "thin");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["backup", "disk.raw", &loc.repo],
+        vec!["backup", "new.raw", &loc.repo, "--force"],
+        vec!["verify", &loc.repo],
+        vec!["restore", &loc.repo, "restored.raw", "--point", "1"],
+        vec!["prune", &loc.repo, "--keep", "1"],
+        vec!["restore", &loc.repo, "pruned.raw"],
+    ];
+    let runs = vdisk_measured_env(dir, &commands, &loc.env);
+    for (args, r) in commands.iter().zip(&runs) {
+        assert_eq!(r.code, Some(0), "{args:?}: {r:#?}");
+        eprintln!(
+            "{}: {} MiB, {:.2} s CPU",
+            args[0],
+            r.max_rss >> 20,
+            r.cpu.as_secs_f64()
+        );
+        assert!(
+            r.max_rss < 256 << 20,
+            "{args:?}: {} MiB resident on a 4 TiB disk",
+            r.max_rss >> 20
+        );
+        assert!(
+            r.cpu.as_secs_f64() < 20.0,
+            "{args:?}: {:.1} s of CPU for 4 MiB of data",
+            r.cpu.as_secs_f64()
+        );
+    }
+    assert_same_bytes(&dir.join("disk.raw"), &dir.join("restored.raw"));
+    assert_same_bytes(&dir.join("new.raw"), &dir.join("pruned.raw"));
+    // One point of 4 MiB of data is left: its objects cost the data and a little metadata.
+    let objs = objects(server, &loc);
+    let bytes: u64 = objs.iter().map(|o| o.1).sum();
+    eprintln!("{} objects, {bytes} bytes", objs.len());
+    assert!(bytes < (4 << 20) + (512 << 10), "{bytes} bytes: {objs:?}");
+    assert!(objs.len() <= 2 * 8 + 8, "{} objects: {objs:?}", objs.len());
+}

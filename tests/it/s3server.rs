@@ -21,6 +21,9 @@ use crate::common::*;
 pub const KEY: &str = "vdisk-test-key";
 pub const SECRET: &str = "vdisk-test-secret-5f1e0c2a9b";
 pub const BUCKET: &str = "vdisk-test";
+/// A second identity that may only read and list (an auditor's or a restore host's key).
+pub const READER_KEY: &str = "vdisk-test-reader";
+pub const READER_SECRET: &str = "vdisk-test-reader-secret-77c1d0";
 
 /// The running server.
 pub struct S3Server {
@@ -97,7 +100,7 @@ fn start(weed: &Path) -> Result<S3Server, String> {
     std::fs::write(
         &config,
         format!(
-            r#"{{"identities":[{{"name":"vdisk","credentials":[{{"accessKey":"{KEY}","secretKey":"{SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+            r#"{{"identities":[{{"name":"vdisk","credentials":[{{"accessKey":"{KEY}","secretKey":"{SECRET}"}}],"actions":["Admin","Read","Write","List","Tagging"]}},{{"name":"reader","credentials":[{{"accessKey":"{READER_KEY}","secretKey":"{READER_SECRET}"}}],"actions":["Read","List"]}}]}}"#
         ),
     )
     .unwrap();
@@ -199,6 +202,13 @@ impl Loc {
         }
     }
 
+    /// The same location reached with the read-only key.
+    pub fn as_reader(&self, server: &S3Server) -> Loc {
+        let mut l = self.clone();
+        l.env = s3_env_as(server.port, READER_KEY, READER_SECRET);
+        l
+    }
+
     /// The same location reached through another port.
     pub fn via(&self, port: u16) -> Loc {
         let mut l = self.clone();
@@ -245,8 +255,13 @@ impl Loc {
 }
 
 pub fn s3_env(port: u16, secret: &str) -> Vec<(String, String)> {
+    s3_env_as(port, KEY, secret)
+}
+
+/// The environment for vdisk runs with the key `key`.
+pub fn s3_env_as(port: u16, key: &str, secret: &str) -> Vec<(String, String)> {
     [
-        ("AWS_ACCESS_KEY_ID", KEY.to_string()),
+        ("AWS_ACCESS_KEY_ID", key.to_string()),
         ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
         ("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}")),
         ("AWS_ALLOW_HTTP", "true".to_string()),
