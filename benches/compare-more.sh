@@ -15,6 +15,8 @@
 #   WORK=DIR          scratch folder (default /tmp/vdisk-compare2); nothing is written to the repo
 #                     except cargo's build output. Inputs are kept there and reused.
 #   RUNS=N            timed runs per command (default 5); tools alternate run by run
+#   OUT=DIR           where the backup section's restores write (default /dev/shm/vdisk-compare2:
+#                     tmpfs, so that disk writeback does not decide the restore times)
 #   REGEN=1           remake the inputs even if WORK already holds them
 #   COMPARE_SRC=FILE  compare.sh's 2 GiB source, hard-linked (or copied) as the convert source when
 #                     present (default /tmp/vdisk-compare/src.raw); otherwise the same generator runs
@@ -34,6 +36,7 @@ export LC_ALL=C
 
 RUNS=${RUNS:-5}
 WORK=${WORK:-/tmp/vdisk-compare2}
+OUT=${OUT:-/dev/shm/vdisk-compare2}
 REGEN=${REGEN:-0}
 COMPARE_SRC=${COMPARE_SRC:-/tmp/vdisk-compare/src.raw}
 QEMU_FLUSH=${QEMU_FLUSH:-1}
@@ -384,7 +387,10 @@ section_backup() {
     rm -rf "$repo2" "$pristine" "$floor_src" "$floor_dst"
 
     # Restore point 2 (the hash-based incremental of the last run).
-    local point=2 pimg out="$WORK/bk-restore-vdisk.raw" out2="$WORK/bk-restore-qemu.raw" tools
+    # The restored disks go to tmpfs (OUT): on the shared disk, writeback of 2 GiB decided the
+    # times (one restore took 1.1 s in one round and 4.3 s in the next).
+    mkdir -p "$OUT"
+    local point=2 pimg out="$OUT/bk-restore-vdisk.raw" out2="$OUT/bk-restore-qemu.raw" tools
     pimg=$("$VDISK" list --json "$repo" | perl -MJSON::PP -0777 -ne '
         for (@{decode_json($_)->{points}}) { print $_->{image} if $_->{point} == '"$point"' }')
     [[ -n $pimg ]] || die "no point $point in $repo"
