@@ -801,3 +801,54 @@ fn s3_a_4_tib_thin_disk_costs_what_its_data_costs() {
     assert!(bytes < (4 << 20) + (512 << 10), "{bytes} bytes: {objs:?}");
     assert!(objs.len() <= 2 * 8 + 8, "{} objects: {objs:?}", objs.len());
 }
+
+/// A point whose descriptor names an object outside the repository's prefix (here a copy of
+/// its own extent, so that following the name would read plausible data) is refused, as in
+/// a folder, whatever `--allow-outside-paths` says.
+#[test]
+fn s3_a_point_naming_an_object_outside_the_repository_is_refused() {
+    let Some(server) = s3() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let loc = Loc::s3(server, server.port, "outside");
+    let mut disk = source(dir, "disk.raw", 2, 131);
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    disk[MIB + 5] ^= 0x44;
+    std::fs::write(dir.join("disk.raw"), &disk).unwrap();
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    let p = prefix(&loc);
+    let parent = p.rsplit_once('/').unwrap().0;
+    let put = |key: &str, bytes: &[u8]| {
+        std::fs::write(dir.join("obj"), bytes).unwrap();
+        let r = curl(server, &["-T", dir.join("obj").to_str().unwrap()], key);
+        assert_eq!(r.0, "200", "{key}");
+    };
+    let (code, extent) = curl(server, &[], &format!("{p}/point-000002-s001.vmdk"));
+    assert_eq!(code, "200");
+    put(&format!("{parent}/outside.vmdk"), &extent);
+    let desc_key = format!("{p}/point-000002.vmdk");
+    let (code, desc) = curl(server, &[], &desc_key);
+    assert_eq!(code, "200");
+    let desc = String::from_utf8(desc).unwrap();
+    assert!(desc.contains("\"point-000002-s001.vmdk\""), "{desc}");
+    put(
+        &desc_key,
+        desc.replace("\"point-000002-s001.vmdk\"", "\"../outside.vmdk\"")
+            .as_bytes(),
+    );
+    for extra in [&[][..], &["--allow-outside-paths"][..]] {
+        let mut args = extra.to_vec();
+        args.extend(["restore", "REPO", "out.raw", "--point", "2"]);
+        let r = loc.run(dir, &args);
+        one_line(&r, "outside the repository");
+        assert!(!r.stderr.contains("allow-outside-paths"), "{}", r.stderr);
+        assert!(!dir.join("out.raw").exists());
+        let mut args = extra.to_vec();
+        args.extend(["verify", "REPO"]);
+        let r = loc.run(dir, &args);
+        assert!(matches!(r.code, Some(1 | 2)), "{args:?}: {r:#?}");
+    }
+    put(&desc_key, desc.as_bytes());
+    loc.ok(dir, &["verify", "REPO"]);
+    restores_to(dir, &loc, 2, &disk);
+}
