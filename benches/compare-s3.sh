@@ -72,7 +72,7 @@ weed server -dir="$WORK/weed/data" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.port
     >"$WORK/weed/weed.log" 2>&1 &
 WEED=$!
 # SIGKILL: weed can hang in its shutdown after SIGTERM.
-trap 'kill -9 $WEED 2>/dev/null; wait $WEED 2>/dev/null; rm -rf "$WORK/weed"' EXIT
+trap 'kill -9 $WEED 2>/dev/null; wait $WEED 2>/dev/null || true; rm -rf "$WORK/weed"' EXIT
 ENDPOINT=http://127.0.0.1:$S3_PORT
 SIGN=(--aws-sigv4 aws:amz:us-east-1:s3 --user "$KEY:$SECRET")
 for ((i = 0; i < 120; i++)); do
