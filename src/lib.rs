@@ -56,7 +56,7 @@ use std::path::Path;
 
 pub use convert::{convert, convert_stream, convert_with, create_sink, ConvertOptions, Target};
 pub use format::{detect, open, open_with, Format, Image, OpenOptions};
-pub use vdisk_chain::{BackupOptions, BackupSummary, PointReport, Repository, Source};
+pub use vdisk_chain::{BackupOptions, BackupSummary, Location, PointReport, Repository, Source};
 pub use vdisk_core::{
     copy_into, for_each_extent, size, Allocation, CopyOptions, CopyStats, DiskImage, Error,
     ErrorKind, Extent, FileId, Granularity, ImageSink, MemImage, Result, Throttle, MAP_WINDOW,
@@ -207,6 +207,8 @@ pub fn ova_parent() -> Error {
 
 /// Back up the image at `src` into the repository at `repo` (created by the first backup):
 /// a full point the first time, an incremental point (found by hashing) after.
+/// `repo` is a folder or an object store: a path, `"s3://BUCKET/PREFIX"` (credentials from
+/// the `AWS_*` environment), or a [`Location`].
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
@@ -220,7 +222,7 @@ pub fn ova_parent() -> Error {
 /// assert_eq!(points[1].changed_bytes, 0);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn backup(src: impl AsRef<Path>, repo: impl AsRef<Path>) -> Result<BackupSummary> {
+pub fn backup(src: impl AsRef<Path>, repo: impl Into<Location>) -> Result<BackupSummary> {
     let src = src.as_ref();
     let img = open(src)?;
     let source = source_of(src, &img)?;
@@ -258,14 +260,17 @@ pub fn source_of(src: &Path, img: &Image) -> Result<Source> {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn restore(
-    repo: impl AsRef<Path>,
+    repo: impl Into<Location>,
     point: Option<u64>,
     dst: impl AsRef<Path>,
 ) -> Result<CopyStats> {
     let repository = Repository::open(repo)?;
     let image = repository.checked_point(point)?;
     let mut protected = Protected::new();
-    protected.add_folder(repository.dir())?;
+    if let Some(dir) = repository.local_dir() {
+        protected.add_folder(dir)?;
+    }
+    protected.add_image(&image);
     let opts = ConvertOptions {
         policy: OutputPolicy::new().protecting(protected),
         ..Default::default()
@@ -285,6 +290,6 @@ pub fn restore(
 /// assert_eq!(sound, [(1, true), (2, true)]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn verify(repo: impl AsRef<Path>) -> Result<Vec<PointReport>> {
+pub fn verify(repo: impl Into<Location>) -> Result<Vec<PointReport>> {
     Repository::open(repo)?.verify(None, &vdisk_chain::VerifyOptions::default())
 }

@@ -50,6 +50,13 @@ impl Location {
     /// assert_eq!(l.to_string(), "s3://backups/vm1/disk0");
     /// assert!(matches!(Location::parse("repo".as_ref())?, Location::Folder(_)));
     /// assert!(Location::parse("s3://backups/../x".as_ref()).is_err());
+    /// // Paths and text convert as the command line reads them.
+    /// assert_eq!(Location::from("s3://backups/vm1"), Location::S3 { bucket: "backups".into(), prefix: "vm1".into() });
+    /// assert!(matches!(Location::from("/srv/backups/vm1"), Location::Folder(_)));
+    /// // Text that looks like an object store but is not a valid one is refused, never a
+    /// // folder named "s3:".
+    /// let e = vdisk_chain::Repository::open_or_create("s3://No_Such/x").unwrap_err();
+    /// assert!(e.to_string().contains("bucket name"), "{e}");
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
     pub fn parse(s: &OsStr) -> Result<Location> {
@@ -112,9 +119,14 @@ impl fmt::Display for Location {
     }
 }
 
+/// A path as the command line reads it: `s3://BUCKET/PREFIX` text is an object store (a
+/// folder of that name would be `./s3:/…`), anything else a folder. Text that starts with
+/// `s3://` but is not a valid location stays a folder path, which opening refuses with the
+/// reason ([`Location::parse`] gives it directly).
 impl<P: AsRef<Path>> From<P> for Location {
     fn from(p: P) -> Self {
-        Location::Folder(p.as_ref().to_path_buf())
+        let p = p.as_ref();
+        Location::parse(p.as_os_str()).unwrap_or_else(|_| Location::Folder(p.to_path_buf()))
     }
 }
 
@@ -245,6 +257,12 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
 /// Open the store at `loc`.
 pub(crate) fn open(loc: &Location) -> Result<Arc<dyn Store>> {
     Ok(match loc {
+        Location::Folder(p) if p.as_os_str().as_encoded_bytes().starts_with(b"s3://") => {
+            // Not a valid object-store location: say why rather than make a folder "s3:".
+            return Err(Location::parse(p.as_os_str())
+                .err()
+                .unwrap_or_else(|| Error::invalid("not a repository location")));
+        }
         Location::Folder(p) => Arc::new(local::FolderStore::new(p)),
         Location::S3 { bucket, prefix } => Arc::new(s3::S3Store::open(bucket, prefix)?),
     })
