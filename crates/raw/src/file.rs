@@ -72,6 +72,24 @@ enum Residency {
     Pages(Vec<u8>),
 }
 
+/// Bytes sampled in every [`SAMPLE_STRIDE`] of a region when looking at its residency.
+const SAMPLE: u64 = 64 << 10;
+const SAMPLE_STRIDE: u64 = 4 << 20;
+
+/// (cached pages, pages) of samples of `file` between `start` and `stop`; `None` without
+/// cachestat.
+fn sampled_residency(file: &File, start: u64, stop: u64) -> Option<(u64, u64)> {
+    let (mut cached, mut sampled) = (0, 0);
+    let mut at = start;
+    while at < stop {
+        let len = SAMPLE.min(stop - at);
+        cached += cached_pages(file, at, len)?;
+        sampled += len.div_ceil(PAGE);
+        at += SAMPLE_STRIDE;
+    }
+    Some((cached, sampled))
+}
+
 /// `cachestat(2)` (Linux 6.5): the number of pages of `len` bytes at `offset` of `file` in
 /// the page cache, counted folio by folio; `None` where the kernel lacks it.
 fn cached_pages(file: &File, offset: u64, len: u64) -> Option<u64> {
@@ -199,12 +217,15 @@ impl MappedFile {
             }
             let stop = (start + REGION).min(self.len);
             let pages = (stop - start).div_ceil(PAGE);
-            // Counting is several times cheaper than a byte per page (a warm GiB: 8 ms
-            // against 21 ms for mincore, which looks each page up): the page map is taken
-            // only for a region partly cached.
-            let residency = match cached_pages(&self.file, start, stop - start) {
-                Some(n) if n >= pages => Some(Residency::All),
-                Some(0) => Some(Residency::Nothing),
+            // A sample first: 64 KiB in every 4 MiB, counted by cachestat (a warm GiB costs
+            // 8 ms counted whole, 21 ms with mincore's byte per page, well under 1 ms
+            // sampled). A region whose samples are all cached, or none, is taken as such; the
+            // page map is taken only for a region the samples find partly cached. (Residency
+            // scattered finer than the samples can be taken for all or nothing: a few pages
+            // kept or dropped wrongly, never data.)
+            let residency = match sampled_residency(&self.file, start, stop) {
+                Some((cached, sampled)) if cached >= sampled => Some(Residency::All),
+                Some((0, _)) => Some(Residency::Nothing),
                 _ => None,
             };
             if let Some(r) = residency {
