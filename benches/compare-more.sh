@@ -294,6 +294,8 @@ section_diff() {
         ge "$(q "${MED[diff/cmp]}" "$v")" 6
     goal "diff: vdisk diff at least 6x faster than qemu-img compare (identical pair)" "$(ratio "${MED[diff/qemu-cmp]}" "$v")" \
         ge "$(q "${MED[diff/qemu-cmp]}" "$v")" 6
+    goal "diff: vdisk diff at 0.95x or better of the bare mapped compare (identical pair)" \
+        "$(ratio "${MED[diff/bare]}" "$v")" ge "$(q "${MED[diff/bare]}" "$v")" 0.95
     goal "diff: vdisk diff A A2 reads at least 30 GB/s" "$(rate $((2 * size)) "$v")" \
         ge "$(awk -v b=$((2 * size)) -v t="$v" 'BEGIN { print b / t / 1e9 }')" 30
     goal "diff: vdisk diff A B (1% changed) reads at least 30 GB/s" "$(rate $((2 * size)) "${MED[diff/vdisk-1pct]}")" \
