@@ -172,6 +172,56 @@ struct Inner {
     meta_seq: Mutex<u64>,
     cache: BlockCache,
     next_file: AtomicU64,
+    /// Buffers of parts that have been sent, for the next parts.
+    part_buffers: Arc<PartBuffers>,
+}
+
+/// Part buffers kept for reuse (a fresh 16 MiB buffer costs 4,096 page faults that zero its
+/// pages, and giving it back to the system unmaps them again: a tenth of a backup's CPU
+/// time), at most [`PartBuffers::KEEP`] bytes of them.
+#[derive(Debug, Default)]
+struct PartBuffers(Mutex<Vec<Vec<u8>>>);
+
+impl PartBuffers {
+    /// Bytes of idle buffers kept: the parts in flight, and one being filled.
+    const KEEP: usize = (IN_FLIGHT_BYTES + 2 * (16 << 20)) as usize;
+
+    /// An empty buffer that holds `len` bytes without growing.
+    fn take(&self, len: usize) -> Vec<u8> {
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match idle.iter().position(|b| b.capacity() >= len) {
+            Some(i) => idle.swap_remove(i),
+            None => Vec::with_capacity(len),
+        }
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut idle = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let kept: usize = idle.iter().map(Vec::capacity).sum();
+        if kept + buf.capacity() <= Self::KEEP {
+            idle.push(buf);
+        }
+    }
+}
+
+/// A part's bytes, lent to the client; the buffer goes back to its pool when the last copy
+/// of the payload (retries clone it) is dropped.
+struct PooledPart {
+    buf: Vec<u8>,
+    pool: Arc<PartBuffers>,
+}
+
+impl AsRef<[u8]> for PooledPart {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for PooledPart {
+    fn drop(&mut self) {
+        self.pool.give_back(std::mem::take(&mut self.buf));
+    }
 }
 
 impl Inner {
@@ -342,6 +392,7 @@ impl S3Store {
                 meta_seq: Mutex::new(0),
                 cache: BlockCache::default(),
                 next_file: AtomicU64::new(1),
+                part_buffers: Arc::default(),
             }),
         })
     }
@@ -876,6 +927,9 @@ impl Upload {
     fn append(&mut self, mut buf: &[u8]) -> Result<()> {
         while !buf.is_empty() {
             let want = part_size(self.done.len() + self.parts.len() + 1) as usize;
+            if self.tail.is_empty() && self.tail.capacity() < want {
+                self.tail = self.store.inner.part_buffers.take(want);
+            }
             let n = (want - self.tail.len()).min(buf.len());
             self.tail.extend_from_slice(&buf[..n]);
             self.tail_len += n as u64;
@@ -909,8 +963,11 @@ impl Upload {
     fn send_part(&mut self) -> Result<()> {
         let (id, _) = self.start()?;
         let idx = self.done.len() + self.parts.len() + 1;
-        let payload = PutPayload::from(Buf::from(std::mem::take(&mut self.tail)));
         let i = &self.store.inner;
+        let payload = PutPayload::from(Buf::from_owner(PooledPart {
+            buf: std::mem::take(&mut self.tail),
+            pool: Arc::clone(&i.part_buffers),
+        }));
         let (s3, key) = (Arc::clone(&i.s3), self.key.clone());
         self.parts.push(
             i.rt.spawn(
