@@ -14,7 +14,9 @@
 # Usage: bash benches/compare-s3.sh
 #
 # Environment:
-#   WORK=DIR          inputs, server data and outputs (default /tmp/vdisk-compare-s3)
+#   WORK=DIR          inputs and server data (default /tmp/vdisk-compare-s3)
+#   OUT=DIR           outputs: restored disks, downloads, the local repository (default
+#                     /dev/shm/vdisk-compare-s3, tmpfs)
 #   SIZE_MIB=N        disk size (default 2048); the memory rows also use 2 x SIZE_MIB
 #   RUNS=N            timed runs of each row (default 5); the median is reported
 #   REGEN=1           remake the inputs
@@ -86,7 +88,9 @@ export AWS_ACCESS_KEY_ID=$KEY AWS_SECRET_ACCESS_KEY=$SECRET AWS_ENDPOINT_URL=$EN
     AWS_ALLOW_HTTP=true AWS_REGION=us-east-1
 echo "== SeaweedFS $(weed version 2>&1 | grep -m1 version) at $ENDPOINT"
 
-OUT=$WORK/out
+# Outputs (restored disks, downloads, the local repository) on tmpfs: on the shared disk,
+# writeback of 2 GiB decided the restore ratio.
+OUT=${OUT:-/dev/shm/vdisk-compare-s3}
 mkdir -p "$OUT"
 # Bytes of a repository's objects under PREFIX (whose names start with $2, if given).
 # (The whole bucket is listed: curl's signing of query strings is unreliable.)
