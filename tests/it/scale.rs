@@ -1,6 +1,7 @@
 //! Costs follow the data, not the disk: a 4 TiB thin disk holding a few MiB is backed up,
-//! hashed, diffed, verified, restored, pruned and converted in about the time and memory of a
-//! dense disk holding the same bytes, and its repository points cost what they store.
+//! hashed, diffed, verified, restored, pruned, synced, converted, and made into a chain that
+//! is merged, in about the time and memory of a dense disk holding the same bytes, and its
+//! repository points cost what they store.
 //! Fails if memory, time or repository metadata grow with the virtual size again.
 
 use std::os::unix::fs::FileExt;
@@ -57,6 +58,11 @@ fn costs(dir: &Path, size: u64) -> Costs {
         vec!["restore", "repo", "restored.raw", "--point", "1"],
         vec!["convert", "new.raw", "conv.vmdk", "-O", "vmdk"],
         vec!["prune", "repo", "--keep", "1"],
+        vec!["sync", "repo", "repo-copy"],
+        // A chain: a base, a delta link of what changed, merged into one image.
+        vec!["convert", "disk.raw", "base.vmdk", "-O", "vmdk"],
+        vec!["diff", "base.vmdk", "new.raw", "--delta", "link.vmdk"],
+        vec!["merge", "link.vmdk", "-o", "merged.vmdk"],
     ];
     let runs = vdisk_measured(dir, &commands);
     let mut out = Vec::new();
@@ -67,6 +73,10 @@ fn costs(dir: &Path, size: u64) -> Costs {
     }
     // The restored point is the disk.
     assert_same_bytes(&dir.join("disk.raw"), &dir.join("restored.raw"));
+    // The chain merged reads as the new disk, and the synced copy verifies.
+    vdisk_in(dir, &["convert", "merged.vmdk", "merged.raw"]).expect_code(0, "convert merged");
+    assert_same_bytes(&dir.join("new.raw"), &dir.join("merged.raw"));
+    vdisk_in(dir, &["verify", "repo-copy"]).expect_code(0, "verify the copy");
     let (repo_bytes, repo_files) = repo_shape(&dir.join("repo"));
     Costs {
         runs: out,

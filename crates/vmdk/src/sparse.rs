@@ -73,7 +73,16 @@ pub struct SparseExtent {
     /// Tables read so far, by sector, when the file is read by range (a mapped file is read
     /// in place).
     ranged_tables: Mutex<HashMap<u32, Arc<Vec<u32>>>>,
+    /// The file's data ranges in a window of it, `(start, end, ranges)`: grain tables that lie
+    /// in a hole read as all zero, so they are answered as unallocated without touching them
+    /// (writers that reserve every table up front, qemu-img and ours, leave the empty ones as
+    /// holes: 256 MiB of them for a 4 TiB disk).
+    hole_window: Mutex<Option<(u64, u64, Vec<(u64, u64)>)>>,
 }
+
+/// Bytes of a file's table area looked up at once for holes (a 64 MiB window covers 32,768
+/// tables: 1 TiB of disk with 64 KiB grains).
+const HOLE_WINDOW: u64 = 64 << 20;
 
 /// Source of [`SparseExtent`] ids.
 static NEXT_ID: AtomicU64 = AtomicU64::new(0);
@@ -190,6 +199,7 @@ impl SparseExtent {
             open_notes: notes,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ranged_tables: Mutex::new(HashMap::new()),
+            hole_window: Mutex::new(None),
         })
     }
 
@@ -266,6 +276,31 @@ impl SparseExtent {
         Ok(LE::read_u32(&data[pos..pos + 4]))
     }
 
+    /// Whether the grain table at `sector` lies in a hole of the file (reads as all zero).
+    fn table_in_hole(&self, sector: u32) -> bool {
+        if !matches!(self.bytes, Bytes::File(_)) {
+            return false;
+        }
+        let start = u64::from(sector) * SECTOR;
+        let end = start + u64::from(self.header.gtes_per_gt) * 4;
+        let mut w = self.hole_window.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh = match &*w {
+            Some((ws, we, _)) => start < *ws || end > *we,
+            None => true,
+        };
+        if fresh {
+            let ws = start;
+            let we = (start + HOLE_WINDOW).min(self.bytes.len()).max(end);
+            *w = Some((ws, we, self.bytes.data_ranges(ws, we)));
+        }
+        let Some((_, _, data)) = &*w else {
+            return false;
+        };
+        // Sorted and disjoint: the first range ending after `start` decides.
+        let i = data.partition_point(|&(s, l)| s + l <= start);
+        data.get(i).is_none_or(|&(s, _)| s >= end)
+    }
+
     /// Grain table at `sector` of a file read by range, read once and kept.
     fn ranged_table(&self, sector: u32) -> Result<Arc<Vec<u32>>> {
         let lock = || self.ranged_tables.lock().unwrap_or_else(|e| e.into_inner());
@@ -338,7 +373,8 @@ impl SparseExtent {
         let within = offset % gb;
         let gtes = u64::from(self.header.gtes_per_gt);
         let slot = (grain / gtes) as usize;
-        if self.tables.get(slot).copied().unwrap_or(0) == 0 {
+        let table = self.tables.get(slot).copied().unwrap_or(0);
+        if table == 0 || (table != BAD_TABLE && self.table_in_hole(table)) {
             // A whole table's span is unallocated at once.
             let span_end = (grain / gtes + 1) * gtes * gb;
             return Ok(((span_end - offset).min(max), Run::Unallocated));
