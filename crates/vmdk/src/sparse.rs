@@ -77,8 +77,11 @@ pub struct SparseExtent {
     /// in a hole read as all zero, so they are answered as unallocated without touching them
     /// (writers that reserve every table up front, qemu-img and ours, leave the empty ones as
     /// holes: 256 MiB of them for a 4 TiB disk).
-    hole_window: Mutex<Option<(u64, u64, Vec<(u64, u64)>)>>,
+    hole_window: Mutex<Option<HoleWindow>>,
 }
+
+/// A window of a file, `(start, end)`, and the data ranges in it (offset, length).
+type HoleWindow = (u64, u64, Vec<(u64, u64)>);
 
 /// Bytes of a file's table area looked up at once for holes (a 64 MiB window covers 32,768
 /// tables: 1 TiB of disk with 64 KiB grains).
