@@ -445,3 +445,10 @@ impl Drop for Served {
         }
     }
 }
+
+/// The state letter of process `pid` (`R`, `S`, `Z` …), from /proc/PID/stat.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) S …": the state follows the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}

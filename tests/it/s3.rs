@@ -300,17 +300,56 @@ fn killed_at(dir: &Path, loc: &Loc, proxy: &Proxy, args: &[&str], n: u64) -> boo
     status.success()
 }
 
+/// The repository's objects: (name under the prefix, size).
+fn objects(server: &S3Server, loc: &Loc) -> Vec<(String, u64)> {
+    let p = prefix(loc);
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut query = format!("?list-type=2&prefix={}%2F", p.replace('/', "%2F"));
+        if let Some(t) = &token {
+            query.push_str("&continuation-token=");
+            query.push_str(
+                &t.replace('+', "%2B")
+                    .replace('/', "%2F")
+                    .replace('=', "%3D"),
+            );
+        }
+        let (code, body) = curl(server, &[], &query);
+        assert_eq!(code, "200", "{}", String::from_utf8_lossy(&body));
+        let text = String::from_utf8_lossy(&body).to_string();
+        for c in text.split("<Contents>").skip(1) {
+            let field = |tag: &str| {
+                c.split(&format!("<{tag}>"))
+                    .nth(1)
+                    .and_then(|s| s.split(&format!("</{tag}>")).next())
+                    .unwrap()
+                    .to_string()
+            };
+            let key = field("Key");
+            out.push((
+                key[p.len() + 1..].to_string(),
+                field("Size").parse().unwrap(),
+            ));
+        }
+        token = text
+            .split("<NextContinuationToken>")
+            .nth(1)
+            .and_then(|s| s.split("</NextContinuationToken>").next())
+            .map(str::to_string);
+        if token.is_none() {
+            break;
+        }
+    }
+    out.sort();
+    out
+}
+
 /// The repository's objects that no point refers to, and pending upload markers.
 fn leftovers(server: &S3Server, loc: &Loc) -> Vec<String> {
-    let (code, body) = curl(server, &[], "");
-    assert_eq!(code, "200");
-    let text = String::from_utf8_lossy(&body).to_string();
-    let p = prefix(loc);
-    text.split("<Key>")
-        .skip(1)
-        .filter_map(|s| s.split("</Key>").next())
-        .filter(|k| k.starts_with(&format!("{p}/")))
-        .map(|k| k[p.len() + 1..].to_string())
+    objects(server, loc)
+        .into_iter()
+        .map(|(name, _)| name)
         .filter(|n| n.starts_with(".vdisk-upload") || n == "vdisk-lease.json")
         .collect()
 }
@@ -519,51 +558,6 @@ fn s3_a_writer_renews_its_lease_and_a_second_writer_is_refused() {
 // The local repository's trust and scale tests (`trust.rs`, `scale.rs`, `serve.rs`), on the
 // object store.
 
-/// The repository's objects: (name under the prefix, size).
-fn objects(server: &S3Server, loc: &Loc) -> Vec<(String, u64)> {
-    let p = prefix(loc);
-    let mut out = Vec::new();
-    let mut token: Option<String> = None;
-    loop {
-        let mut query = format!("?list-type=2&prefix={}%2F", p.replace('/', "%2F"));
-        if let Some(t) = &token {
-            query.push_str("&continuation-token=");
-            query.push_str(
-                &t.replace('+', "%2B")
-                    .replace('/', "%2F")
-                    .replace('=', "%3D"),
-            );
-        }
-        let (code, body) = curl(server, &[], &query);
-        assert_eq!(code, "200", "{}", String::from_utf8_lossy(&body));
-        let text = String::from_utf8_lossy(&body).to_string();
-        for c in text.split("<Contents>").skip(1) {
-            let field = |tag: &str| {
-                c.split(&format!("<{tag}>"))
-                    .nth(1)
-                    .and_then(|s| s.split(&format!("</{tag}>")).next())
-                    .unwrap()
-                    .to_string()
-            };
-            let key = field("Key");
-            out.push((
-                key[p.len() + 1..].to_string(),
-                field("Size").parse().unwrap(),
-            ));
-        }
-        token = text
-            .split("<NextContinuationToken>")
-            .nth(1)
-            .and_then(|s| s.split("</NextContinuationToken>").next())
-            .map(str::to_string);
-        if token.is_none() {
-            break;
-        }
-    }
-    out.sort();
-    out
-}
-
 /// "`backup --changed` with a bitmap of another disk size silently drops the changes": on
 /// the object store too, refused in one line with the repository's objects untouched.
 #[test]
@@ -639,11 +633,6 @@ fn s3_a_disk_of_a_million_bytes_backs_up_verifies_and_restores_exactly() {
     let q = std::fs::read(dir.join("q.raw")).unwrap();
     assert_eq!(q.len(), 1_000_448);
     assert!(q[..1_000_000] == disk[..] && q[1_000_000..].iter().all(|&b| b == 0));
-}
-
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// "A killed run leaves a zombie … repositories stay locked after a kill -9": a backup to the

@@ -160,13 +160,6 @@ fn copy_folder(from: &Path, to: &Path) {
     }
 }
 
-/// The state letter of process `pid` (`R`, `S`, `Z` …), from /proc/PID/stat.
-fn process_state(pid: u32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // "PID (COMM) S …": the state follows the last ')'.
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
-}
-
 /// Wait until process `pid` holds an flock (it has taken a repository's lock), as the kernel
 /// lists it in /proc/locks. Panics after `limit`.
 fn wait_until_locked(pid: u32, limit: Duration) {

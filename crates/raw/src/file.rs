@@ -224,34 +224,30 @@ impl MappedFile {
             // scattered finer than the samples can be taken for all or nothing: a few pages
             // kept or dropped wrongly, never data.)
             let residency = match sampled_residency(&self.file, start, stop) {
-                Some((cached, sampled)) if cached >= sampled => Some(Residency::All),
-                Some((0, _)) => Some(Residency::Nothing),
-                _ => None,
-            };
-            if let Some(r) = residency {
-                if snaps.len() >= MAX_SNAPSHOTS {
-                    snaps.remove(0);
+                Some((cached, sampled)) if cached >= sampled => Residency::All,
+                Some((0, _)) => Residency::Nothing,
+                _ => {
+                    let mut resident = vec![0u8; pages as usize];
+                    // SAFETY: mincore only reads the residency of pages of our own mapping,
+                    // from a page-aligned address inside it, into a vector of one byte per
+                    // page.
+                    let r = unsafe {
+                        libc::mincore(
+                            m.as_ptr().add(start as usize) as *mut libc::c_void,
+                            (stop - start) as usize,
+                            resident.as_mut_ptr(),
+                        )
+                    };
+                    if r != 0 {
+                        return;
+                    }
+                    Residency::Pages(resident)
                 }
-                snaps.push((start, r));
-                continue;
-            }
-            let mut resident = vec![0u8; pages as usize];
-            // SAFETY: mincore only reads the residency of pages of our own mapping, from a
-            // page-aligned address inside it, into a vector of one byte per page.
-            let r = unsafe {
-                libc::mincore(
-                    m.as_ptr().add(start as usize) as *mut libc::c_void,
-                    (stop - start) as usize,
-                    resident.as_mut_ptr(),
-                )
             };
-            if r != 0 {
-                return;
-            }
             if snaps.len() >= MAX_SNAPSHOTS {
                 snaps.remove(0);
             }
-            snaps.push((start, Residency::Pages(resident)));
+            snaps.push((start, residency));
         }
     }
 
