@@ -71,24 +71,6 @@ pub trait DiskImage: Send + Sync {
         None
     }
 
-    /// Hint that the range is about to be read through [`DiskImage::mapped`]: a mapped image
-    /// maps its pages in one call instead of faulting them in one by one.
-    fn populate(&self, offset: u64, len: u64) {
-        let _ = (offset, len);
-    }
-
-    /// Hint that the range will not be read again soon: a mapped image drops those pages from
-    /// its resident set (the page cache keeps them), so a scan's memory does not grow with
-    /// the image.
-    fn release(&self, offset: u64, len: u64) {
-        let _ = (offset, len);
-    }
-
-    /// Reads of this image are about to be paced (`--io-limit`): stop the kernel's read-ahead
-    /// and prefetching on its files, so that what the disk reads is what vdisk asks for and
-    /// the pace holds in every second, not just on average.
-    fn read_as_asked(&self) {}
-
     /// Where the next range holding data starts at or after `offset`, or `None` when nothing
     /// from `offset` to the end holds data: scans use it to pass over empty stretches of a
     /// thin disk in one step. The default walks the allocation map; a raw file asks the file
@@ -108,18 +90,11 @@ pub trait DiskImage: Send + Sync {
         Ok(None)
     }
 
-    /// `len` bytes at `offset` are about to be read once (a backup, a hash, a restore): the
-    /// image notes which of the pages behind them the host caches already, so that
-    /// [`DiskImage::forget`] drops only what this read brings in. Images opened to keep the
-    /// cache (the default) do nothing.
-    fn read_once(&self, offset: u64, len: u64) {
-        let _ = (offset, len);
-    }
-
-    /// The range read once is done: drop from the host's page cache the pages this read
-    /// brought in (behind the reader), keeping what was cached before.
-    fn forget(&self, offset: u64, len: u64) {
-        let _ = (offset, len);
+    /// A hint about how `len` bytes at `offset` are going to be read (or were): images that
+    /// can act on it (memory maps, the page cache) do; the default ignores it.
+    /// [`ReadOnce`] pairs [`Advice::ReadOnce`] with [`Advice::Forget`].
+    fn advise(&self, offset: u64, len: u64, advice: Advice) {
+        let _ = (offset, len, advice);
     }
 
     /// The files this image reads (every file of a chain: descriptors, extents, parents), by
@@ -132,6 +107,65 @@ pub trait DiskImage: Send + Sync {
     /// contents were probably not quiesced.
     fn unclean_shutdown(&self) -> bool {
         false
+    }
+}
+
+/// How a range of an image is going to be read, or was ([`DiskImage::advise`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Advice {
+    /// The range is about to be read through [`DiskImage::mapped`]: a mapped image maps its
+    /// pages in one call instead of faulting them in one by one.
+    Populate,
+    /// The range will not be read again soon: a mapped image drops those pages from its
+    /// resident set (the page cache keeps them), so a scan's memory does not grow with the
+    /// image.
+    Release,
+    /// The range is about to be read once (a backup, a hash, a restore): the image notes which
+    /// of the pages behind it the host caches already, so that [`Advice::Forget`] drops only
+    /// what this read brings in. Images opened to keep the cache do nothing.
+    ReadOnce,
+    /// The range read once is done: drop from the host's page cache the pages this read
+    /// brought in, keeping what was cached before.
+    Forget,
+    /// Reads of the whole image (whatever the range) are about to be paced (`--io-limit`):
+    /// stop the kernel's read-ahead and prefetching on its files, so that what the disk reads
+    /// is what vdisk asks for and the pace holds in every second, not just on average.
+    Paced,
+}
+
+/// A range of an image read once: [`Advice::ReadOnce`] when made, [`Advice::Forget`] when
+/// dropped, so the pages the read brought into the host's cache leave with it.
+///
+/// ```
+/// use vdisk_core::{DiskImage, MemImage, ReadOnce};
+/// let img = MemImage::new(vec![1u8; 8192]);
+/// let mut buf = vec![0u8; 4096];
+/// {
+///     let _once = ReadOnce::new(&img, 4096, 4096);
+///     img.read_at(&mut buf, 4096)?;
+/// } // forgotten here
+/// assert_eq!(buf[0], 1);
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
+#[must_use = "the range is forgotten when the guard is dropped"]
+pub struct ReadOnce<'a> {
+    img: &'a dyn DiskImage,
+    offset: u64,
+    len: u64,
+}
+
+impl<'a> ReadOnce<'a> {
+    /// Note that `len` bytes of `img` at `offset` are about to be read once.
+    pub fn new(img: &'a dyn DiskImage, offset: u64, len: u64) -> Self {
+        img.advise(offset, len, Advice::ReadOnce);
+        ReadOnce { img, offset, len }
+    }
+}
+
+impl Drop for ReadOnce<'_> {
+    fn drop(&mut self) {
+        self.img.advise(self.offset, self.len, Advice::Forget);
     }
 }
 
@@ -177,23 +211,11 @@ macro_rules! forward_disk_image {
             fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
                 (**self).mapped(offset, len)
             }
-            fn populate(&self, offset: u64, len: u64) {
-                (**self).populate(offset, len)
-            }
-            fn release(&self, offset: u64, len: u64) {
-                (**self).release(offset, len)
-            }
-            fn read_as_asked(&self) {
-                (**self).read_as_asked()
-            }
-            fn read_once(&self, offset: u64, len: u64) {
-                (**self).read_once(offset, len)
+            fn advise(&self, offset: u64, len: u64, advice: Advice) {
+                (**self).advise(offset, len, advice)
             }
             fn next_data(&self, offset: u64) -> Result<Option<u64>> {
                 (**self).next_data(offset)
-            }
-            fn forget(&self, offset: u64, len: u64) {
-                (**self).forget(offset, len)
             }
             fn files(&self) -> Vec<FileId> {
                 (**self).files()

@@ -9,11 +9,15 @@
 //! - [`ImageSink`] and [`copy_into`]: writing an image of any format from any image;
 //! - [`MemImage`]: a disk in memory, for tests and examples.
 //!
-//! This crate knows no on-disk format. Format crates (`vdisk-raw`, `vdisk-vmdk`) implement the
-//! traits; everything above them (diff, bitmaps, chains, the CLI) works on the traits only.
+//! - [`Finding`] and [`Severity`]: what a metadata check reports.
+//!
+//! This crate knows no on-disk format. Format crates (`vdisk-raw`, `vdisk-vmdk`, …) implement
+//! the traits; everything above them (diff, bitmaps, repositories, the CLI) works on the traits
+//! only.
 
 mod error;
 mod extent;
+mod finding;
 mod granularity;
 mod image;
 mod mem;
@@ -24,8 +28,11 @@ mod zero;
 
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{coalesce, Allocation, Extent};
+pub use finding::{Finding, Severity};
 pub use granularity::Granularity;
-pub use image::{check_range, for_each_extent, walk_map, DiskImage, FileId, MAP_WINDOW};
+pub use image::{
+    check_range, for_each_extent, walk_map, Advice, DiskImage, FileId, ReadOnce, MAP_WINDOW,
+};
 pub use mem::MemImage;
 pub use sink::{chunks, copy_into, CopyOptions, CopyStats, ImageSink, COPY_CHUNK};
 pub use throttle::Throttle;

@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::{for_each_extent, Allocation, DiskImage, Result, Throttle};
+use crate::{for_each_extent, Advice, Allocation, DiskImage, ReadOnce, Result, Throttle};
 
 /// Where a written image's blocks go (a raw file, a device, any VMDK subformat, an object in
 /// a store). Blocks come in increasing offset order.
@@ -71,8 +71,9 @@ pub fn chunks(start: u64, end: u64, chunk: u64) -> impl Iterator<Item = (u64, u6
     })
 }
 
-/// A chunk read from the source: (disk offset, length, buffer holding it at its start).
-type Chunk = (u64, usize, Vec<u8>);
+/// A chunk read from the source: (disk offset, length, buffer holding it at its start, the
+/// source's pages it brought in, forgotten once the chunk is stored).
+type Chunk<'i> = (u64, usize, Vec<u8>, ReadOnce<'i>);
 
 /// Copy every range of `img` that holds data into `sink`, then finish it.
 ///
@@ -125,8 +126,8 @@ type Chunk = (u64, usize, Vec<u8>);
 /// assert_eq!(*seen.lock().unwrap(), (vec![64 << 10, 9 << 16], true));
 /// # Ok::<(), vdisk_core::Error>(())
 /// ```
-pub fn copy_into<'s>(
-    img: &dyn DiskImage,
+pub fn copy_into<'s, 'i>(
+    img: &'i dyn DiskImage,
     mut sink: Box<dyn ImageSink + 's>,
     opts: &CopyOptions<'_>,
 ) -> Result<CopyStats> {
@@ -134,15 +135,15 @@ pub fn copy_into<'s>(
     let bs = sink.block_size();
     let mut bytes_read = 0u64;
     if opts.throttle.is_some_and(|t| t.rate().is_some()) {
-        img.read_as_asked();
+        img.advise(0, size, Advice::Paced);
     }
-    let mut pending: Vec<Chunk> = Vec::new();
+    let mut pending: Vec<Chunk<'i>> = Vec::new();
     let mut batch: Vec<(u64, u64)> = Vec::new();
 
     // Chunk buffers are reused and keep their full length: fresh 4 MiB buffers would each
     // cost a thousand page faults, and regrowing a shorter one would zero it again.
     let pool: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-    let read = |batch: &[(u64, u64)]| -> Result<Vec<Chunk>> {
+    let read = |batch: &[(u64, u64)]| -> Result<Vec<Chunk<'i>>> {
         batch
             .par_iter()
             .map(|&(off, len)| {
@@ -155,7 +156,7 @@ pub fn copy_into<'s>(
                 // byte.
                 let n = len as usize;
                 let dst = &mut buf[..n];
-                img.read_once(off, len);
+                let once = ReadOnce::new(img, off, len);
                 match opts.throttle {
                     // Read in small paced pieces, so no second reads much more than the rate.
                     Some(t) => t.paced(len, |o, k| {
@@ -166,14 +167,14 @@ pub fn copy_into<'s>(
                 if let Some(p) = opts.progress {
                     p(len);
                 }
-                Ok((off, n, buf))
+                Ok((off, n, buf, once))
             })
             .collect()
     };
     let runs = sink.takes_runs();
-    let store = |sink: &mut Box<dyn ImageSink + 's>, chunks: &[Chunk]| -> Result<()> {
+    let store = |sink: &mut Box<dyn ImageSink + 's>, chunks: &[Chunk<'i>]| -> Result<()> {
         let mut blocks: Vec<(u64, &[u8])> = Vec::new();
-        for (off, n, buf) in chunks {
+        for (off, n, buf, _) in chunks {
             let buf = &buf[..*n];
             if runs {
                 blocks.push((*off, buf));
@@ -187,17 +188,15 @@ pub fn copy_into<'s>(
     };
     // Read batch n+1 while batch n is stored.
     let step = |batch: &mut Vec<(u64, u64)>,
-                pending: &mut Vec<Chunk>,
+                pending: &mut Vec<Chunk<'i>>,
                 sink: &mut Box<dyn ImageSink + 's>|
      -> Result<()> {
         let (stored, fresh) = rayon::join(|| store(sink, pending), || read(batch));
         stored?;
-        // Read once and stored: drop behind the reader what the read brought into the cache.
-        for (off, n, _) in pending.iter() {
-            img.forget(*off, *n as u64);
-        }
+        // Read once and stored: dropping the guards drops behind the reader what the read
+        // brought into the cache.
         if let Ok(mut p) = pool.lock() {
-            p.extend(pending.drain(..).map(|(_, _, buf)| buf));
+            p.extend(pending.drain(..).map(|(_, _, buf, _)| buf));
         }
         *pending = fresh?;
         batch.clear();
@@ -205,7 +204,7 @@ pub fn copy_into<'s>(
     };
     let queue = |(start, end): (u64, u64),
                  batch: &mut Vec<(u64, u64)>,
-                 pending: &mut Vec<Chunk>,
+                 pending: &mut Vec<Chunk<'i>>,
                  sink: &mut Box<dyn ImageSink + 's>|
      -> Result<()> {
         for (s, e) in chunks(start, end, COPY_CHUNK) {
@@ -246,9 +245,7 @@ pub fn copy_into<'s>(
     }
     step(&mut batch, &mut pending, &mut sink)?;
     store(&mut sink, &pending)?;
-    for (off, n, _) in &pending {
-        img.forget(*off, *n as u64);
-    }
+    drop(pending);
     sink.finish()?;
     Ok(CopyStats { size, bytes_read })
 }

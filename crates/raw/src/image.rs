@@ -1,13 +1,12 @@
 use std::path::Path;
 
-use vdisk_core::{check_range, Allocation, DiskImage, Extent, FileId, Result};
-
-use crate::{data_ranges, Cache, MappedFile, ReadAhead};
+use vdisk_core::{check_range, Advice, Allocation, DiskImage, Extent, FileId, Result};
+use vdisk_io::{Bytes, Cache, Layer, MappedFile, ReadAhead};
 
 /// A raw disk image: the file's bytes are the disk's bytes.
 #[derive(Debug)]
 pub struct RawImage {
-    file: MappedFile,
+    bytes: Bytes,
 }
 
 impl RawImage {
@@ -49,40 +48,34 @@ impl RawImage {
     /// page-cache policy for data read once.
     pub fn open_with_cache(path: &Path, read_ahead: ReadAhead, cache: Cache) -> Result<Self> {
         let file = MappedFile::open_with(path, read_ahead)?.with_cache(cache);
-        vdisk_core::check_disk_size(file.len()).map_err(|e| e.with_path(path))?;
-        Ok(RawImage { file })
+        Self::from_bytes(Bytes::File(file))
     }
 
-    /// Wrap a file that is already open.
-    pub fn from_mapped(file: MappedFile) -> Self {
-        RawImage { file }
+    /// The raw image whose bytes are `bytes` (a file, a member of an archive, an object).
+    pub fn from_bytes(bytes: Bytes) -> Result<Self> {
+        vdisk_core::check_disk_size(bytes.len()).map_err(|e| e.with_path(bytes.path()))?;
+        Ok(RawImage { bytes })
     }
 
-    /// The file behind the image.
-    pub fn file(&self) -> &MappedFile {
-        &self.file
-    }
-
-    /// Bytes the file occupies on disk (its allocated blocks), which for a sparse file is less
-    /// than its size.
-    pub fn disk_usage(&self) -> u64 {
-        self.file.disk_usage()
+    /// The bytes behind the image.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
     }
 }
 
 impl DiskImage for RawImage {
     fn size(&self) -> u64 {
-        self.file.len()
+        self.bytes.len()
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
         check_range(self.size(), offset, buf.len() as u64)
-            .map_err(|e| e.with_path(self.file.path()))?;
-        self.file.read_at(buf, offset)
+            .map_err(|e| e.with_path(self.bytes.path()))?;
+        self.bytes.read_at(buf, offset)
     }
 
     fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        check_range(self.size(), offset, length).map_err(|e| e.with_path(self.file.path()))?;
+        check_range(self.size(), offset, length).map_err(|e| e.with_path(self.bytes.path()))?;
         let end = offset + length;
         let mut map = Vec::new();
         let mut pos = offset;
@@ -97,7 +90,7 @@ impl DiskImage for RawImage {
                 },
             )
         };
-        for (start, len) in data_ranges(self.file.file(), offset, end) {
+        for (start, len) in self.bytes.data_ranges(offset, end) {
             push(pos, start - pos, Allocation::Unallocated);
             push(start, len, Allocation::Data);
             pos = start + len;
@@ -111,37 +104,31 @@ impl DiskImage for RawImage {
     }
 
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        let bytes = self.file.bytes()?;
+        let bytes = self.bytes.slice()?;
         let end = offset.checked_add(len)?;
         bytes.get(usize::try_from(offset).ok()?..usize::try_from(end).ok()?)
     }
 
-    fn release(&self, offset: u64, len: u64) {
-        self.file.release(offset, len)
-    }
-
-    fn populate(&self, offset: u64, len: u64) {
-        self.file.populate(offset, len)
+    fn advise(&self, offset: u64, len: u64, advice: Advice) {
+        self.bytes.advise(offset, len, advice)
     }
 
     fn files(&self) -> Vec<FileId> {
-        vec![self.file.id()]
-    }
-
-    fn read_as_asked(&self) {
-        self.file.read_as_asked()
-    }
-
-    fn read_once(&self, offset: u64, len: u64) {
-        self.file.read_once(offset, len)
+        self.bytes.id().into_iter().collect()
     }
 
     fn next_data(&self, offset: u64) -> Result<Option<u64>> {
-        Ok(crate::holes::next_data(self.file.file(), offset).filter(|&d| d < self.size()))
+        Ok(self.bytes.next_data(offset))
+    }
+}
+
+impl Layer for RawImage {
+    fn path(&self) -> &Path {
+        self.bytes.path()
     }
 
-    fn forget(&self, offset: u64, len: u64) {
-        self.file.forget(offset, len)
+    fn disk_usage(&self) -> u64 {
+        self.bytes.disk_usage()
     }
 }
 

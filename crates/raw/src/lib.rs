@@ -1,25 +1,15 @@
-//! vdisk-raw: raw disk images.
+//! vdisk-raw: raw disk images, where the file is the disk.
 //!
-//! - [`MappedFile`]: a read-only file behind a memory map, with a plain positional-read
-//!   fallback where mapping is not possible (empty files, pipes, some special files);
 //! - [`RawImage`]: a raw image as a [`vdisk_core::DiskImage`], whose allocation map comes from
 //!   the file system's holes (`SEEK_DATA`/`SEEK_HOLE`);
-//! - [`SparseWriter`]: writes an image file that leaves holes where the data is zero, unnamed
-//!   (or under a temporary name) until it is complete;
-//! - [`RawSink`] and [`DeviceWriter`]: raw outputs, to a new file or onto a device in place;
-//! - [`OutputPolicy`], [`Existing`], [`Protected`]: the rules every output follows (an
-//!   existing destination is refused or replaced; an input is never written over).
+//! - [`RawSink`]: the raw output, to a new file (holes for zeros, published when complete) or
+//!   onto a device in place;
+//! - [`RAW`]: the format driver the registry holds.
 
-mod device;
-mod file;
-mod holes;
+mod format;
 mod image;
-mod output;
-mod writer;
+mod sink;
 
-pub use device::{DeviceWriter, RawSink};
-pub use file::{Cache, MappedFile, ReadAhead};
-pub use holes::data_ranges;
+pub use format::{Raw, RAW};
 pub use image::RawImage;
-pub use output::{disk_usage, file_id, read_head, Destination, Existing, OutputPolicy, Protected};
-pub use writer::{partial_path, write_file, write_stream, SealedFile, SparseWriter};
+pub use sink::RawSink;

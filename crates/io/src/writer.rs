@@ -1,18 +1,16 @@
 //! Output files that appear only when complete: written without a name (`O_TMPFILE`) or under
 //! a temporary one, synced, then linked or renamed into place.
-#![allow(unsafe_code)] // linkat(2) of O_TMPFILE files, sync_file_range(2)
 
-use std::ffi::{CString, OsString};
+use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vdisk_core::{is_zero, Error, ErrorKind, Result};
 
 use crate::output::{Destination, Existing, OutputPolicy};
+use crate::sys;
 
 /// The block size holes are made at: zero runs shorter than this are written as data.
 const HOLE_BLOCK: usize = 4096;
@@ -81,7 +79,7 @@ enum Temp {
 /// Writes take `&self` and are positional, so threads may write disjoint ranges at once.
 ///
 /// ```
-/// use vdisk_raw::{OutputPolicy, SparseWriter};
+/// use vdisk_io::{OutputPolicy, SparseWriter};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let dst = dir.path().join("out.raw");
@@ -115,48 +113,6 @@ fn folder_of(dst: &Path) -> &Path {
     }
 }
 
-/// Give the unnamed file `file` the name `name` (which must not exist).
-fn link_unnamed(file: &File, name: &Path) -> std::io::Result<()> {
-    let proc_path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let c_name = CString::new(name.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: both paths are valid NUL-terminated strings that outlive the call; linkat only
-    // creates a directory entry for the inode our descriptor refers to.
-    let r = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            proc_path.as_ptr(),
-            libc::AT_FDCWD,
-            c_name.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    if r == 0 {
-        return Ok(());
-    }
-    let err = std::io::Error::last_os_error();
-    if err.raw_os_error() != Some(libc::ENOENT) {
-        return Err(err);
-    }
-    // No /proc: AT_EMPTY_PATH links the descriptor itself (needs CAP_DAC_READ_SEARCH).
-    // SAFETY: as above; the empty path is a valid C string.
-    let r = unsafe {
-        libc::linkat(
-            file.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            c_name.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 /// Make `file` visible at `dst`: link an unnamed file, or rename a named one. An existing
 /// `dst` is replaced only when `replace` is set.
 fn publish(file: Option<&File>, temp: &Temp, dst: &Path, replace: bool) -> Result<()> {
@@ -169,14 +125,14 @@ fn publish(file: Option<&File>, temp: &Temp, dst: &Path, replace: bool) -> Resul
         .with_path(dst)
     };
     match (temp, file) {
-        (Temp::Unnamed, Some(f)) => match link_unnamed(f, dst) {
+        (Temp::Unnamed, Some(f)) => match sys::link_unnamed(f, dst) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && replace => {
                 // Link under the temporary name, then rename over the old file: the old file
                 // stays whole until the rename, which is atomic.
                 let tmp = partial_path(dst);
                 remove_stale(&tmp);
-                link_unnamed(f, &tmp)
+                sys::link_unnamed(f, &tmp)
                     .map_err(|e| Error::io("cannot link the new file", e).with_path(&tmp))?;
                 std::fs::rename(&tmp, dst).map_err(|e| {
                     let _ = std::fs::remove_file(&tmp);
@@ -251,14 +207,14 @@ impl SparseWriter {
             .read(true)
             .write(true)
             .mode(0o644)
-            .custom_flags(libc::O_TMPFILE)
+            .custom_flags(sys::flags::O_TMPFILE)
             .open(dir);
         let (file, temp) = match unnamed {
             Ok(f) => (f, Temp::Unnamed),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
-                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                    Some(sys::errno::EOPNOTSUPP | sys::errno::EISDIR | sys::errno::EINVAL)
                 ) =>
             {
                 let tmp = partial_path(dst);
@@ -267,7 +223,7 @@ impl SparseWriter {
                     .write(true)
                     .create_new(true)
                     .mode(0o644)
-                    .custom_flags(libc::O_NOFOLLOW)
+                    .custom_flags(sys::flags::O_NOFOLLOW)
                     .open(&tmp)
                     .map_err(|e| Error::io("cannot create", e).with_path(&tmp))?;
                 (f, Temp::Named(tmp))
@@ -331,7 +287,7 @@ impl SparseWriter {
     /// Start writing `len` bytes at `offset` back to disk now, without waiting: the final
     /// fsync then has little left to do, instead of flushing the whole image at once.
     pub fn start_writeback(&self, offset: u64, len: u64) {
-        start_writeback(&self.file, offset, len)
+        sys::start_writeback(&self.file, offset, len)
     }
 
     /// Make the output durable and visible: fsync the data, link or rename it to the
@@ -368,26 +324,13 @@ impl SparseWriter {
                 UNNAMED_SEALED.fetch_sub(1, Ordering::Relaxed);
                 let tmp = partial_path(&sealed.dst);
                 remove_stale(&tmp);
-                link_unnamed(&self.file, &tmp)
+                sys::link_unnamed(&self.file, &tmp)
                     .map_err(|e| Error::io("cannot link the new file", e).with_path(&tmp))?;
                 sealed.temp = Temp::Named(tmp);
             }
         }
         Ok(sealed)
     }
-}
-
-/// Start writeback of `len` bytes of `file` at `offset` without waiting.
-pub(crate) fn start_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(n)) = (
-        libc::off64_t::try_from(offset),
-        libc::off64_t::try_from(len),
-    ) else {
-        return;
-    };
-    // SAFETY: sync_file_range only schedules writeback of our own file's pages; failure
-    // (an unsupported file system, a device) is harmless, the final fsync covers everything.
-    let _ = unsafe { libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE) };
 }
 
 /// A complete, synced output file, not yet under its name. Dropping it without

@@ -1,30 +1,18 @@
-//! Raw outputs: a new file (holes for zeros, published when complete), or a device written in
-//! place (a logical volume, a LUN, a loop device): never renamed over, zeros written as zeros.
-#![allow(unsafe_code)] // the BLKZEROOUT ioctl
+//! Devices as outputs (a logical volume, a LUN, a loop device): written in place, never
+//! renamed over, zeros written as zeros.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
-use vdisk_core::{Error, ErrorKind, ImageSink, Result};
+use vdisk_core::{Error, ErrorKind, Result};
 
 use crate::output::{Destination, Existing, OutputPolicy};
-use crate::writer::{start_writeback, SparseWriter};
+use crate::sys;
 
-/// `BLKZEROOUT` (`_IO(0x12, 127)` in `linux/fs.h`): zero a byte range of a block device, by
-/// the device's own zeroing command where it has one (WRITE ZEROES, UNMAP with zeroing).
-const BLKZEROOUT: u32 = 0x127f;
 /// Zeros written at once where the device cannot zero a range itself.
 const ZERO_CHUNK: usize = 1 << 20;
-
-/// The size of the block device at `path` in bytes.
-pub(crate) fn block_device_size(path: &Path) -> Result<u64> {
-    let mut f = File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
-    f.seek(SeekFrom::End(0))
-        .map_err(|e| Error::io("cannot find the size of", e).with_path(path))
-}
 
 /// Whether a device is a block device (sized, seekable) or a character device (a stream).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,10 +73,10 @@ impl DeviceWriter {
         let mut o = OpenOptions::new();
         o.write(true);
         if kind == DeviceKind::Block {
-            o.custom_flags(libc::O_EXCL);
+            o.custom_flags(sys::flags::O_EXCL);
         }
         let file = o.open(dst).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
+            if e.raw_os_error() == Some(sys::errno::EBUSY) {
                 Error::new(
                     ErrorKind::InUse,
                     "device is in use (mounted, or opened by another program)",
@@ -131,12 +119,7 @@ impl DeviceWriter {
             let a = start.next_multiple_of(512);
             let b = end / 512 * 512;
             if b > a {
-                let range: [u64; 2] = [a, b - a];
-                // SAFETY: BLKZEROOUT reads a two-u64 array (start, length) that lives for
-                // the call; it touches nothing else of this process.
-                let r =
-                    unsafe { libc::ioctl(self.file.as_raw_fd(), BLKZEROOUT as _, range.as_ptr()) };
-                if r == 0 {
+                if sys::block_zero_out(&self.file, a, b - a).is_ok() {
                     self.zero_by_writing(start, a)?;
                     return self.zero_by_writing(b, end);
                 }
@@ -171,7 +154,7 @@ impl DeviceWriter {
         self.zero(self.pos, offset)?;
         self.write(data, offset)?;
         if self.kind == DeviceKind::Block {
-            start_writeback(&self.file, offset, data.len() as u64);
+            sys::start_writeback(&self.file, offset, data.len() as u64);
         }
         self.pos = end;
         Ok(())
@@ -184,7 +167,7 @@ impl DeviceWriter {
         match self.file.sync_all() {
             Ok(()) => Ok(()),
             // Character devices such as /dev/null cannot be synced, and need not be.
-            Err(e) if self.kind == DeviceKind::Char && e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if self.kind == DeviceKind::Char && e.raw_os_error() == Some(sys::errno::EINVAL) => {
                 Ok(())
             }
             Err(e) => Err(Error::io("cannot flush the device", e).with_path(&self.path)),
@@ -192,60 +175,3 @@ impl DeviceWriter {
     }
 }
 
-/// A raw image output: a new file (zero blocks left as holes, published when complete), or a
-/// device written in place.
-#[derive(Debug)]
-pub enum RawSink {
-    /// A file, published when complete.
-    File(SparseWriter),
-    /// A device, written in place.
-    Device(DeviceWriter),
-}
-
-impl RawSink {
-    /// Start writing a raw disk of `size` bytes at `dst`: onto it in place when it is a
-    /// device, otherwise as a new file.
-    pub fn create(dst: &Path, size: u64, policy: &OutputPolicy) -> Result<Self> {
-        if Destination::of(dst)?.is_device() {
-            Ok(RawSink::Device(DeviceWriter::open(dst, size, policy)?))
-        } else {
-            Ok(RawSink::File(SparseWriter::create(dst, size, policy)?))
-        }
-    }
-}
-
-impl ImageSink for RawSink {
-    fn block_size(&self) -> u64 {
-        // Data ranges are rounded out to file-system blocks only: no more is read than the
-        // source's map says holds data.
-        4096
-    }
-    fn takes_runs(&self) -> bool {
-        true
-    }
-    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
-        match self {
-            // One writer: threads writing one file contend for its inode lock (measured ~6 %
-            // of a restore). Writeback starts right away so the final fsync has little left.
-            RawSink::File(w) => {
-                for &(off, data) in blocks {
-                    w.write_at(data, off)?;
-                    w.start_writeback(off, data.len() as u64);
-                }
-                Ok(())
-            }
-            RawSink::Device(d) => {
-                for &(off, data) in blocks {
-                    d.put(data, off)?;
-                }
-                Ok(())
-            }
-        }
-    }
-    fn finish(self: Box<Self>) -> Result<()> {
-        match *self {
-            RawSink::File(w) => w.commit(),
-            RawSink::Device(d) => d.finish(),
-        }
-    }
-}

@@ -1,5 +1,5 @@
 //! Input files: memory-mapped, with a positional-read fallback.
-#![allow(unsafe_code)] // the memory map and its madvise calls
+#![allow(unsafe_code)] // the memory map and its madvise calls (system calls are in `sys`)
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, FileTypeExt};
@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 use vdisk_core::{Error, ErrorKind, FileId, Result};
+
+use crate::sys;
 
 /// Whether the kernel may read ahead of what is asked, for an input file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,47 +85,11 @@ fn sampled_residency(file: &File, start: u64, stop: u64) -> Option<(u64, u64)> {
     let mut at = start;
     while at < stop {
         let len = SAMPLE.min(stop - at);
-        cached += cached_pages(file, at, len)?;
+        cached += sys::cached_pages(file, at, len)?;
         sampled += len.div_ceil(PAGE);
         at += SAMPLE_STRIDE;
     }
     Some((cached, sampled))
-}
-
-/// `cachestat(2)` (Linux 6.5): the number of pages of `len` bytes at `offset` of `file` in
-/// the page cache, counted folio by folio; `None` where the kernel lacks it.
-fn cached_pages(file: &File, offset: u64, len: u64) -> Option<u64> {
-    use std::os::unix::io::AsRawFd;
-    #[repr(C)]
-    struct Range {
-        off: u64,
-        len: u64,
-    }
-    #[repr(C)]
-    #[derive(Default)]
-    struct Stat {
-        nr_cache: u64,
-        nr_dirty: u64,
-        nr_writeback: u64,
-        nr_evicted: u64,
-        nr_recently_evicted: u64,
-    }
-    /// The same number on every architecture Rust builds for (the unified syscall table).
-    const SYS_CACHESTAT: libc::c_long = 451;
-    let range = Range { off: offset, len };
-    let mut stat = Stat::default();
-    // SAFETY: cachestat reads the range and writes the statistics into structs laid out as
-    // the kernel's (five u64 counters), both alive for the call; flags must be 0.
-    let r = unsafe {
-        libc::syscall(
-            SYS_CACHESTAT,
-            file.as_raw_fd(),
-            &range as *const Range,
-            &mut stat as *mut Stat,
-            0 as libc::c_uint,
-        )
-    };
-    (r == 0).then_some(stat.nr_cache)
 }
 
 impl MappedFile {
@@ -174,7 +140,7 @@ impl MappedFile {
             map,
             len,
             path: path.to_path_buf(),
-            id: crate::output::file_id(&meta),
+            id: sys::file_id(&meta),
             cache: Cache::Keep,
             snapshots: std::sync::Mutex::new(Vec::new()),
         })
@@ -216,7 +182,6 @@ impl MappedFile {
                 continue;
             }
             let stop = (start + REGION).min(self.len);
-            let pages = (stop - start).div_ceil(PAGE);
             // A sample first: 64 KiB in every 4 MiB, counted by cachestat (a warm GiB costs
             // 8 ms counted whole, 21 ms with mincore's byte per page, well under 1 ms
             // sampled). A region whose samples are all cached, or none, is taken as such; the
@@ -227,20 +192,11 @@ impl MappedFile {
                 Some((cached, sampled)) if cached >= sampled => Residency::All,
                 Some((0, _)) => Residency::Nothing,
                 _ => {
-                    let mut resident = vec![0u8; pages as usize];
-                    // SAFETY: mincore only reads the residency of pages of our own mapping,
-                    // from a page-aligned address inside it, into a vector of one byte per
-                    // page.
-                    let r = unsafe {
-                        libc::mincore(
-                            m.as_ptr().add(start as usize) as *mut libc::c_void,
-                            (stop - start) as usize,
-                            resident.as_mut_ptr(),
-                        )
-                    };
-                    if r != 0 {
+                    // A page-aligned piece of our own mapping.
+                    let Some(resident) = sys::resident_pages(&m[start as usize..stop as usize])
+                    else {
                         return;
-                    }
+                    };
                     Residency::Pages(resident)
                 }
             };
@@ -301,18 +257,8 @@ impl MappedFile {
             runs.push((f, end));
         }
         drop(snaps);
-        use std::os::unix::io::AsRawFd;
         for (a, b) in runs {
-            // SAFETY: posix_fadvise only asks the kernel to drop clean cached pages of our
-            // file; the data stays on disk and later reads fetch it again.
-            unsafe {
-                libc::posix_fadvise(
-                    self.file.as_raw_fd(),
-                    a as libc::off_t,
-                    (b - a) as libc::off_t,
-                    libc::POSIX_FADV_DONTNEED,
-                );
-            }
+            sys::fadvise(&self.file, a, b - a, sys::FileAdvice::DontNeed);
         }
     }
 
@@ -325,7 +271,7 @@ impl MappedFile {
     pub fn disk_usage(&self) -> u64 {
         self.file
             .metadata()
-            .map(|m| crate::output::disk_usage(&m))
+            .map(|m| sys::disk_usage(&m))
             .unwrap_or(0)
     }
 
@@ -395,10 +341,7 @@ impl MappedFile {
     /// Stop read-ahead on the file and its map (`POSIX_FADV_RANDOM`, `MADV_RANDOM`): reads
     /// are being paced, and the disk must read only what is asked.
     pub fn read_as_asked(&self) {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: posix_fadvise only changes the kernel's read-ahead policy for our file.
-        let _ =
-            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+        sys::fadvise(&self.file, 0, 0, sys::FileAdvice::Random);
         if let Some(m) = &self.map {
             let _ = m.advise(memmap2::Advice::Random);
         }
@@ -446,15 +389,13 @@ mod tests {
 
     /// Ask the kernel to drop `file`'s cached pages, or to read `len` bytes at `offset`
     /// without read-ahead beyond them.
-    fn advise(file: &File, offset: u64, len: u64, advice: libc::c_int) {
-        use std::os::unix::io::AsRawFd;
-        // SAFETY: posix_fadvise on our own open file; it changes caching only.
-        unsafe { libc::posix_fadvise(file.as_raw_fd(), offset as i64, len as i64, advice) };
+    fn advise(file: &File, offset: u64, len: u64, advice: sys::FileAdvice) {
+        sys::fadvise(file, offset, len, advice)
     }
 
     /// Cached pages of `len` bytes at `offset`, read by a fresh descriptor.
     fn cached(path: &Path, offset: u64, len: u64) -> u64 {
-        cached_pages(&File::open(path).unwrap(), offset, len).unwrap()
+        sys::cached_pages(&File::open(path).unwrap(), offset, len).unwrap()
     }
 
     /// Behind a reader with [`Cache::Forget`], the page cache holds what it held before: a
@@ -468,8 +409,8 @@ mod tests {
         let data: Vec<u8> = (0..LEN).map(|i| (i * 7 % 251) as u8).collect();
         f.write_all(&data).unwrap();
         f.as_file().sync_all().unwrap();
-        advise(f.as_file(), 0, 0, libc::POSIX_FADV_DONTNEED);
-        if cached_pages(f.as_file(), 0, LEN) != Some(0) {
+        advise(f.as_file(), 0, 0, sys::FileAdvice::DontNeed);
+        if sys::cached_pages(f.as_file(), 0, LEN) != Some(0) {
             eprintln!("skipped: no cachestat(2), or a file system that keeps its pages (tmpfs)");
             return;
         }
@@ -497,9 +438,9 @@ mod tests {
             "a warm file was dropped"
         );
         // Half warm: the host's half stays, the rest goes.
-        advise(f.as_file(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        advise(f.as_file(), 0, 0, sys::FileAdvice::DontNeed);
         let warm = File::open(f.path()).unwrap();
-        advise(&warm, 0, 0, libc::POSIX_FADV_RANDOM);
+        advise(&warm, 0, 0, sys::FileAdvice::Random);
         let mut buf = vec![0u8; HALF as usize];
         warm.read_exact_at(&mut buf, 0).unwrap();
         let before = cached(f.path(), HALF, HALF);

@@ -2,8 +2,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vdisk_core::{Error, ErrorKind, Result};
-use vdisk_raw::MappedFile;
+use vdisk_core::{Advice, Error, ErrorKind, Result};
+use crate::mapped::MappedFile;
 
 /// A file read by range (an object in an object store): nothing of it is resident until read,
 /// and every read may be a request, so readers ask for what they need and no more.
@@ -92,26 +92,36 @@ impl Bytes {
         self.len() == 0
     }
 
-    /// See [`MappedFile::read_once`] (files on disk only).
-    pub fn read_once(&self, offset: u64, len: u64) {
-        if let Bytes::File(f) = self {
-            f.read_once(offset, len)
+    /// Act on a hint about `len` bytes at `offset` of the file (see [`Advice`]): mapped files
+    /// and ranges of them map, drop or stop reading ahead; other bytes ignore it.
+    pub fn advise(&self, offset: u64, len: u64, advice: Advice) {
+        let (file, offset, len) = match self {
+            Bytes::File(f) => (f, offset, len),
+            Bytes::Range(r) => {
+                let len = len.min(r.len.saturating_sub(offset));
+                (&*r.file, r.start.saturating_add(offset), len)
+            }
+            Bytes::Owned(..) | Bytes::Remote(_) => return,
+        };
+        match advice {
+            Advice::Populate => file.populate(offset, len),
+            Advice::Release => file.release(offset, len),
+            Advice::ReadOnce => file.read_once(offset, len),
+            Advice::Forget => file.forget(offset, len),
+            Advice::Paced => file.read_as_asked(),
+            _ => {}
         }
     }
 
-    /// See [`MappedFile::forget`] (files on disk only).
-    pub fn forget(&self, offset: u64, len: u64) {
-        if let Bytes::File(f) = self {
-            f.forget(offset, len)
+    /// Where the next data at or after `offset` starts (`SEEK_DATA` for a file on disk; in
+    /// memory and by range, everything is data).
+    pub fn next_data(&self, offset: u64) -> Option<u64> {
+        if offset >= self.len() {
+            return None;
         }
-    }
-
-    /// Stop read-ahead on a file on disk (reads are being paced).
-    pub fn read_as_asked(&self) {
         match self {
-            Bytes::File(f) => f.read_as_asked(),
-            Bytes::Range(r) => r.file.read_as_asked(),
-            Bytes::Owned(..) | Bytes::Remote(_) => {}
+            Bytes::File(f) => crate::holes::next_data(f.file(), offset).filter(|&d| d < f.len()),
+            _ => Some(offset),
         }
     }
 
@@ -200,32 +210,17 @@ impl Bytes {
         }
     }
 
-    /// Drop the pages of `len` bytes at `offset` from this process's resident set (mapped
-    /// files and ranges of them; a no-op otherwise).
-    pub fn release(&self, offset: u64, len: u64) {
-        match self {
-            Bytes::File(f) => f.release(offset, len),
-            Bytes::Range(r) => {
-                let len = len.min(r.len.saturating_sub(offset));
-                if len > 0 {
-                    r.file.release(r.start + offset, len);
-                }
-            }
-            Bytes::Owned(..) | Bytes::Remote(_) => {}
-        }
-    }
-
     /// Ranges holding data between `start` and `end` (file offsets), from the file system's
     /// holes; in-memory bytes are all data.
     pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
         match self {
-            Bytes::File(f) => vdisk_raw::data_ranges(f.file(), start, end.min(f.len())),
+            Bytes::File(f) => crate::holes::data_ranges(f.file(), start, end.min(f.len())),
             Bytes::Range(r) => {
                 let end = end.min(r.len);
                 if start >= end {
                     return Vec::new();
                 }
-                vdisk_raw::data_ranges(r.file.file(), r.start + start, r.start + end)
+                crate::holes::data_ranges(r.file.file(), r.start + start, r.start + end)
                     .into_iter()
                     .map(|(s, l)| (s - r.start, l))
                     .collect()
@@ -279,9 +274,9 @@ pub trait FileStore: Send + Sync {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct FsStore {
     /// Read-ahead on the files (off when reads are paced).
-    pub read_ahead: vdisk_raw::ReadAhead,
+    pub read_ahead: crate::mapped::ReadAhead,
     /// The page-cache policy for data read once.
-    pub cache: vdisk_raw::Cache,
+    pub cache: crate::mapped::Cache,
 }
 
 impl FileStore for FsStore {

@@ -1,14 +1,14 @@
 //! The rules every output follows: what happens to an existing destination, which files an
 //! output may never be (the run's inputs), and what kind of thing the destination is.
-#![allow(unsafe_code)] // posix_fadvise(2) in read_head
 
 use std::collections::HashSet;
-use std::fs::Metadata;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vdisk_core::{DiskImage, Error, ErrorKind, FileId, Result};
+
+use crate::sys::{self, file_id};
 
 /// What to do when an output's destination already exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -19,23 +19,6 @@ pub enum Existing {
     /// Replace it once the new output is complete (the CLI's `--force`). A device is written
     /// in place instead.
     Replace,
-}
-
-/// The identity of the file behind `meta`: device and inode, or for a device node the device
-/// it names.
-pub fn file_id(meta: &Metadata) -> FileId {
-    let t = meta.file_type();
-    if t.is_block_device() || t.is_char_device() {
-        FileId {
-            dev: meta.rdev(),
-            ino: 0,
-        }
-    } else {
-        FileId {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        }
-    }
 }
 
 /// Files and folders an output must never replace or write into: the inputs of a run (every
@@ -134,7 +117,7 @@ impl Protected {
 ///
 /// ```
 /// use vdisk_core::ErrorKind;
-/// use vdisk_raw::{write_file, OutputPolicy, Protected};
+/// use vdisk_io::{write_file, OutputPolicy, Protected};
 ///
 /// let dir = tempfile::tempdir()?;
 /// let out = dir.path().join("out.bin");
@@ -220,9 +203,7 @@ impl Destination {
         };
         let t = m.file_type();
         if t.is_block_device() {
-            Ok(Destination::BlockDevice(crate::device::block_device_size(
-                dst,
-            )?))
+            Ok(Destination::BlockDevice(block_device_size(dst)?))
         } else if t.is_char_device() {
             Ok(Destination::CharDevice)
         } else if t.is_dir() {
@@ -238,16 +219,22 @@ impl Destination {
     }
 }
 
+/// The size of the block device at `path` in bytes.
+pub(crate) fn block_device_size(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
+    f.seek(SeekFrom::End(0))
+        .map_err(|e| Error::io("cannot find the size of", e).with_path(path))
+}
+
 /// The first `n` bytes of the file at `path` (fewer if it is shorter): enough to tell what
 /// kind of file it is. The one reader of first bytes for format and manifest detection.
 pub fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
     use std::io::Read;
-    use std::os::unix::io::AsRawFd;
     let f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
     // A look at the first bytes needs no read-ahead, and must not leave read-ahead marks in
     // the page cache that a paced reader would trip over later.
-    // SAFETY: posix_fadvise only changes the kernel's read-ahead policy for our descriptor.
-    let _ = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM) };
+    sys::fadvise(&f, 0, 0, sys::FileAdvice::Random);
     // Grown as bytes arrive: a caller asking for a huge prefix of a short file allocates
     // what the file holds, not what was asked.
     let mut head = Vec::with_capacity(n.min(64 << 10));
@@ -255,12 +242,6 @@ pub fn read_head(path: &Path, n: usize) -> Result<Vec<u8>> {
         .read_to_end(&mut head)
         .map_err(|e| Error::io("cannot read", e).with_path(path))?;
     Ok(head)
-}
-
-/// Bytes a file takes on disk (its allocated blocks), which for a sparse file is less than
-/// its length. The one definition behind `info`'s disk usage and repository sizes.
-pub fn disk_usage(meta: &Metadata) -> u64 {
-    meta.blocks().saturating_mul(512)
 }
 
 #[cfg(test)]

@@ -1,25 +1,13 @@
 //! Finding the data in sparse files: SEEK_DATA/SEEK_HOLE.
-#![allow(unsafe_code)] // lseek(2) with SEEK_DATA/SEEK_HOLE
 
 use std::fs::File;
-use std::os::unix::io::AsRawFd;
+
+use crate::sys;
 
 /// Where the first data of `file` at or after `pos` starts (`SEEK_DATA`), `None` when there
 /// is none before the end; `Some(pos)` where the file system cannot tell.
 pub fn next_data(file: &File, pos: u64) -> Option<u64> {
-    let Ok(off) = libc::off_t::try_from(pos) else {
-        return Some(pos);
-    };
-    // SAFETY: lseek on a file descriptor we own a reference to; it changes only the file
-    // offset, which vdisk never uses (all reads are positional).
-    let data = unsafe { libc::lseek(file.as_raw_fd(), off, libc::SEEK_DATA) };
-    if data >= 0 {
-        Some(data as u64)
-    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) {
-        None
-    } else {
-        Some(pos)
-    }
+    sys::seek_data(file, pos).unwrap_or(Some(pos))
 }
 
 /// The ranges of `file` between `start` and `end` that hold data, as `(offset, length)` pairs,
@@ -29,35 +17,24 @@ pub fn next_data(file: &File, pos: u64) -> Option<u64> {
 /// data: that is always correct, only slower to read.
 pub fn data_ranges(file: &File, start: u64, end: u64) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
-    let fd = file.as_raw_fd();
     let mut pos = start;
     while pos < end {
-        let Ok(off) = libc::off_t::try_from(pos) else {
-            out.push((pos, end - pos));
-            break;
-        };
-        // SAFETY: lseek on a file descriptor we own a reference to; it changes only the file
-        // offset, which vdisk never uses (all reads are positional).
-        let data = unsafe { libc::lseek(fd, off, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::ENXIO) {
-                // Cannot tell: report the rest as data.
+        let data = match sys::seek_data(file, pos) {
+            Ok(Some(d)) => d,
+            // No data from pos to the end of the file.
+            Ok(None) => break,
+            // Cannot tell: report the rest as data.
+            Err(_) => {
                 out.push((pos, end - pos));
+                break;
             }
-            // ENXIO: no data from pos to the end of the file.
-            break;
-        }
-        let data = data as u64;
+        };
         if data >= end {
             break;
         }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        let hole = if hole < 0 {
-            end
-        } else {
-            (hole as u64).min(end)
+        let hole = match sys::seek_hole(file, data) {
+            Ok(Some(h)) => h.min(end),
+            _ => end,
         };
         if hole <= data {
             out.push((data, end - data));
