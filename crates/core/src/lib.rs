@@ -6,7 +6,8 @@
 //! - [`size`]: parsing and printing of byte sizes (`4K`, `1M`, …);
 //! - [`Throttle`]: a cap on bytes read per second, shared by threads;
 //! - [`Granularity`]: the block size of change maps, manifests and scans;
-//! - [`ImageSink`] and [`copy_into`]: writing an image of any format from any image;
+//! - [`ImageSink`] and [`copy_into`]: writing an image of any format from any image, and
+//!   [`write_delta`]: the changed blocks of a new state on top of a parent;
 //! - [`MemImage`]: a disk in memory, for tests and examples.
 //!
 //! - [`Finding`] and [`Severity`]: what a metadata check reports.
@@ -15,6 +16,7 @@
 //! the traits; everything above them (diff, bitmaps, repositories, the CLI) works on the traits
 //! only.
 
+mod delta;
 mod error;
 mod extent;
 mod finding;
@@ -26,6 +28,7 @@ pub mod size;
 mod throttle;
 mod zero;
 
+pub use delta::{reads_zero, write_delta, write_delta_from, BlockHook, DeltaStats, DeltaTarget};
 pub use error::{Error, ErrorKind, Result};
 pub use extent::{coalesce, Allocation, Extent};
 pub use finding::{Finding, Severity};

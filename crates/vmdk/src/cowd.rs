@@ -41,7 +41,7 @@
 use byteorder::{ByteOrder, LittleEndian as LE};
 use vdisk_core::{Error, Result, SECTOR};
 
-use crate::bytes::Bytes;
+use vdisk_io::Bytes;
 use crate::sparse::Run;
 
 /// Magic at byte 0.

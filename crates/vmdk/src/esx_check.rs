@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use vdisk_core::SECTOR;
 
-use crate::check::{Finding, Problem, Severity};
+use crate::findings::{Finding, Problem, Severity};
 use crate::cowd::{CowdExtent, CowdGrain, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES};
 use crate::sesparse::{SeSparseExtent, SeSparseGrain, SeSparseTable};
 

@@ -510,24 +510,26 @@ mod tests {
 
     #[test]
     fn a_written_delta_link_is_version_2_with_zeroed_grains() {
-        use crate::writer::{self, LinkTarget, Subformat, WriteOptions};
-        use vdisk_core::MemImage;
+        use crate::writer::{Layout, LinkSink, ParentLink, Subformat, WriteOptions};
+        use vdisk_core::ImageSink;
         let tmp = tempfile::tempdir().unwrap();
         let base = tmp.path().join("base.vmdk");
         std::fs::write(&base, written(Subformat::MonolithicSparse, 1 << 20)).unwrap();
-        let parent = crate::VmdkImage::open(&base).unwrap();
-        let opts = WriteOptions::default();
-        let target = LinkTarget {
-            parent_path: &base,
-            parent: &parent,
-            layout: crate::writer::Layout::Monolithic,
-            opts: &opts,
-            on_grain: None,
-        };
         let link = tmp.path().join("link.vmdk");
-        let new = MemImage::new(vec![0u8; 1 << 20]);
-        let stats = writer::write_delta_link(&target, &new, [(0, 4096)], &link).unwrap();
-        assert_eq!(stats.zeroed_grains, 1);
+        let parent = ParentLink {
+            cid: 0x1234_5678,
+            hint: "base.vmdk".into(),
+        };
+        let mut sink = LinkSink::create(
+            &link,
+            parent,
+            1 << 20,
+            Layout::Monolithic,
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        sink.put(&[(0, &[0u8; 64 << 10])]).unwrap();
+        Box::new(sink).finish().unwrap();
         let bytes = std::fs::read(&link).unwrap();
         let h = RawSparseHeader::parse(&bytes).unwrap();
         assert_eq!(h.to_bytes()[..], bytes[..512]);

@@ -1,5 +1,5 @@
-//! One layer of an image: a descriptor and its extents, without the parent (see
-//! [`crate::VmdkImage`] for the chain).
+//! One layer of an image: a descriptor and its extents, without the parent (the registry
+//! opens the chain).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -7,11 +7,10 @@ use std::sync::Arc;
 
 use vdisk_core::{Allocation, Error, FileId, Result, SECTOR};
 
-use crate::bytes::{Bytes, FileStore};
-use crate::chain::OpenOptions;
+use vdisk_io::{Backing, Bytes, FileStore, OpenContext};
 use crate::cowd::CowdExtent;
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType};
-use crate::paths::resolve_relative;
+use vdisk_io::resolve_relative;
 use crate::sesparse::{SeSparseExtent, SESPARSE_CONST_MAGIC, SESPARSE_VERSION};
 use crate::sparse::{Run, SparseExtent};
 
@@ -80,9 +79,10 @@ impl LayerExtent {
     }
 }
 
-/// One image file set: a descriptor and its extents (no parent).
+/// One VMDK file set: a descriptor and its extents, without its parent (the registry reads
+/// the chain).
 #[derive(Debug)]
-pub struct Layer {
+pub struct VmdkLayer {
     pub(crate) path: PathBuf,
     pub(crate) descriptor: Descriptor,
     embedded: bool,
@@ -90,6 +90,19 @@ pub struct Layer {
     pub(crate) size: u64,
     /// The identity of the file the layer was opened from (none for in-memory files).
     id: Option<FileId>,
+    /// The parent the descriptor names (parentFileNameHint and parentCID).
+    pub(crate) backing: Option<Backing>,
+}
+
+/// The parent `descriptor` names: its parentFileNameHint (decoded from the descriptor's
+/// `encoding` first, then as written) and its parentCID.
+fn backing_of(descriptor: &Descriptor) -> Option<Backing> {
+    let hint = descriptor.parent_hint.as_deref()?;
+    Some(Backing {
+        names: descriptor.name_candidates(hint),
+        format: None,
+        link: Some(crate::read::cid_link(descriptor.parent_cid)),
+    })
 }
 
 /// A run of a layer, for the read path.
@@ -100,19 +113,35 @@ pub(crate) enum LayerRun<'a> {
     Unallocated,
 }
 
-impl Layer {
+impl VmdkLayer {
     /// Open the image file at `path` (a descriptor, or a sparse extent with or without an
-    /// embedded descriptor), without following its parent.
-    pub fn open(store: &dyn FileStore, path: &Path, opts: &OpenOptions) -> Result<Self> {
-        let bytes = store.load(path)?;
-        Self::from_bytes(store, path, bytes, opts).map_err(|e| e.with_path(path))
+    /// embedded descriptor) from the local file system, without following its parent.
+    pub fn open(path: &Path) -> Result<Self> {
+        let store = vdisk_io::FsStore::default();
+        Self::open_in(&OpenContext {
+            files: &store,
+            path,
+            allow_outside_paths: false,
+        })
     }
 
-    fn from_bytes(
+    /// Open the image file `cx.path` through `cx.files`, without following its parent.
+    pub fn open_in(cx: &OpenContext<'_>) -> Result<Self> {
+        let bytes = cx.files.load(cx.path)?;
+        Self::from_bytes(bytes, cx)
+    }
+
+    /// Open the layer whose main file (descriptor or sparse extent) is `bytes`.
+    pub fn from_bytes(bytes: Bytes, cx: &OpenContext<'_>) -> Result<Self> {
+        Self::parse(cx.files, cx.path, bytes, cx.allow_outside_paths)
+            .map_err(|e| e.with_path(cx.path))
+    }
+
+    fn parse(
         store: &dyn FileStore,
         path: &Path,
         bytes: Bytes,
-        opts: &OpenOptions,
+        allow_outside_paths: bool,
     ) -> Result<Self> {
         let head = bytes.slice().map(|s| &s[..s.len().min(4096)]);
         let mut head_buf = [0u8; 64];
@@ -152,7 +181,8 @@ impl Layer {
                 path: Some(path.to_path_buf()),
                 storage: Storage::Sparse(Arc::new(sparse)),
             }];
-            return Ok(Layer {
+            return Ok(VmdkLayer {
+                backing: backing_of(&descriptor),
                 id: bytes_id,
                 path: path.to_path_buf(),
                 descriptor,
@@ -200,7 +230,7 @@ impl Layer {
                     | ExtentType::SeSparse,
                 ) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
-                    let p = resolve_name(store, &descriptor, dir, name, opts, "extent file")
+                    let p = resolve_name(store, &descriptor, dir, name, allow_outside_paths, "extent file")
                         .map_err(|e| device_refusal(e, &descriptor))?;
                     let storage = open_extent(store, &p, line, &mut opened, &mut identities)
                         .map_err(|e| e.with_path(&p))?;
@@ -222,7 +252,8 @@ impl Layer {
             });
             start += len;
         }
-        Ok(Layer {
+        Ok(VmdkLayer {
+            backing: backing_of(&descriptor),
             id: bytes.id(),
             path: path.to_path_buf(),
             descriptor,
@@ -303,15 +334,16 @@ impl Layer {
     }
 
     /// Stop read-ahead on every file of the layer (reads are being paced).
-    pub fn read_as_asked(&self) {
+    pub(crate) fn read_as_asked(&self) {
         for e in &self.extents {
-            match &e.storage {
-                Storage::Sparse(s) => s.bytes().read_as_asked(),
-                Storage::SeSparse(s) => s.bytes().read_as_asked(),
-                Storage::Cowd(s) => s.bytes().read_as_asked(),
-                Storage::Flat { file, .. } => file.read_as_asked(),
-                Storage::Zero => {}
-            }
+            let bytes = match &e.storage {
+                Storage::Sparse(s) => s.bytes(),
+                Storage::SeSparse(s) => s.bytes(),
+                Storage::Cowd(s) => s.bytes(),
+                Storage::Flat { file, .. } => file,
+                Storage::Zero => continue,
+            };
+            bytes.advise(0, bytes.len(), vdisk_core::Advice::Paced);
         }
     }
 
@@ -338,7 +370,7 @@ impl Layer {
                 .all(|e| e.path.as_deref() != Some(&self.path))
         {
             if let Ok(m) = std::fs::metadata(&self.path) {
-                total = total.saturating_add(vdisk_raw::disk_usage(&m));
+                total = total.saturating_add(vdisk_io::disk_usage(&m));
             }
         }
         total
@@ -454,13 +486,13 @@ pub(crate) fn resolve_name(
     descriptor: &Descriptor,
     dir: &Path,
     name: &Path,
-    opts: &OpenOptions,
+    allow_outside_paths: bool,
     what: &str,
 ) -> Result<PathBuf> {
     let candidates = descriptor.name_candidates(name);
     let mut resolved = Vec::with_capacity(candidates.len());
     for c in &candidates {
-        resolved.push(resolve_relative(dir, c, opts.allow_outside_paths, what)?);
+        resolved.push(resolve_relative(dir, c, allow_outside_paths, what)?);
     }
     if resolved.len() > 1 {
         if let Some(p) = resolved.iter().find(|p| store.exists(p)) {

@@ -1,4 +1,4 @@
-//! vdisk-vmdk: reading VMDK images.
+//! vdisk-vmdk: reading and writing VMDK images.
 //!
 //! - [`RawSparseHeader`] and [`SparseHeader`]: the hosted sparse extent header (`KDMV`) as
 //!   stored, and validated against its file;
@@ -8,26 +8,27 @@
 //!   directory as a fallback and compressed grains;
 //! - [`SeSparseExtent`] and [`CowdExtent`]: the data files of ESXi snapshots (SEsparse on
 //!   VMFS6, COWD/vmfsSparse on VMFS5 and older), read through their descriptors;
-//! - [`VmdkImage`]: a whole image (descriptor + extents) and its chain of parents, as a
-//!   [`vdisk_core::DiskImage`];
+//! - [`VmdkLayer`]: one VMDK file set (descriptor + extents) as a [`vdisk_io::Layer`]; its
+//!   parent is named ([`vdisk_io::Layer::backing`]) and opened by the registry;
+//! - [`VMDK`]: the format's driver;
 //! - [`check`]: metadata consistency checks;
 //! - [`writer`]: writing every subformat (as [`vdisk_core::ImageSink`]s), and delta links.
 //!
 //! Everything read from a file is checked before use: offsets against the file length, counts
 //! against what the file could hold, arithmetic with overflow checks.
 
-mod bytes;
-mod chain;
 pub mod check;
 mod cowd;
 mod descriptor;
 mod esx_check;
+mod findings;
+mod format;
 #[doc(hidden)]
 pub mod fuzzing;
 mod header;
+mod info;
 mod layer;
 mod marker;
-mod paths;
 mod read;
 mod sesparse;
 mod sparse;
@@ -38,30 +39,18 @@ pub mod testing;
 mod testutil;
 pub mod writer;
 
-pub use bytes::{Bytes, FileRange, FileStore, FsStore, MemStore, RangedFile};
-pub use chain::{OpenOptions, VmdkImage, MAX_CHAIN_DEPTH};
 pub use cowd::{
     CowdExtent, CowdGrain, CowdHeader, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES, COWD_MAGIC,
 };
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
+pub use format::{probe, Vmdk, VMDK};
 pub use header::{HeaderFlags, RawSparseHeader, SparseHeader, GD_AT_END, SPARSE_MAGIC};
-pub use layer::{Layer, LayerExtent};
+pub use layer::{LayerExtent, VmdkLayer};
 pub use marker::{Marker, MarkerType};
-pub use paths::resolve_relative;
+pub use read::CID_LINK;
 pub use sesparse::{
     SeSparseConstHeader, SeSparseExtent, SeSparseGrain, SeSparseTable, SeSparseVolatileHeader,
     SESPARSE_CONST_MAGIC, SESPARSE_VERSION, SESPARSE_VOLATILE_MAGIC,
 };
 pub use sparse::{GrainEntry, SparseExtent};
 pub use stream_reader::StreamReader;
-
-/// Whether `head` (the first bytes of a file) looks like a VMDK: a sparse header magic, the
-/// older COWD magic, an SEsparse constant header, or a text descriptor. (An ESX snapshot's
-/// data file is recognised so that it is refused with a useful message, not read as a raw
-/// disk.)
-pub fn probe(head: &[u8]) -> bool {
-    head.starts_with(b"KDMV")
-        || head.starts_with(b"COWD")
-        || layer::is_sesparse(head)
-        || descriptor::looks_like_descriptor(head)
-}

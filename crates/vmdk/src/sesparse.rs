@@ -24,7 +24,7 @@
 use byteorder::{ByteOrder, LittleEndian as LE};
 use vdisk_core::{Error, Result, SECTOR};
 
-use crate::bytes::Bytes;
+use vdisk_io::Bytes;
 use crate::sparse::Run;
 
 /// Magic of the constant header (u64 at byte 0).

@@ -9,8 +9,8 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Decompress, FlushDecompress, Status};
 use vdisk_core::{Error, Result, SECTOR};
 
-use crate::bytes::Bytes;
-use crate::check::Problem;
+use vdisk_io::Bytes;
+use crate::findings::Problem;
 use crate::header::{RawSparseHeader, SparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};
 
@@ -607,23 +607,24 @@ fn read_footer(data: &[u8], header: &SparseHeader) -> Result<SparseHeader> {
 mod tests {
     use super::*;
     use crate::testutil::*;
-    use crate::{HeaderFlags, MemStore, OpenOptions, VmdkImage};
+    use crate::{HeaderFlags, VmdkLayer};
     use vdisk_core::{Allocation, DiskImage, ErrorKind};
+    use vdisk_io::MemStore;
 
     /// `file` opened as a bare sparse extent (no descriptor), through the whole read path.
-    fn image(file: SparseFile) -> vdisk_core::Result<VmdkImage> {
+    fn image(file: SparseFile) -> vdisk_core::Result<VmdkLayer> {
         let mut store = MemStore::new();
         store.insert("disk.vmdk", file.finish());
-        VmdkImage::open_with(&store, "disk.vmdk".as_ref(), &OpenOptions::default())
+        open_layer(&store, "disk.vmdk".as_ref())
     }
 
-    fn read_all(img: &VmdkImage) -> Vec<u8> {
+    fn read_all(img: &VmdkLayer) -> Vec<u8> {
         let mut buf = vec![0u8; img.size() as usize];
         img.read_at(&mut buf, 0).unwrap();
         buf
     }
 
-    fn read_grain(img: &VmdkImage, g: usize) -> vdisk_core::Result<Vec<u8>> {
+    fn read_grain(img: &VmdkLayer, g: usize) -> vdisk_core::Result<Vec<u8>> {
         let mut buf = vec![0u8; G];
         img.read_at(&mut buf, (g * G) as u64).map(|()| buf)
     }
@@ -750,7 +751,7 @@ mod tests {
         }
     }
 
-    fn read_all_range(img: &VmdkImage, start: usize, len: usize) -> vdisk_core::Result<Vec<u8>> {
+    fn read_all_range(img: &VmdkLayer, start: usize, len: usize) -> vdisk_core::Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
         img.read_at(&mut buf, start as u64).map(|()| buf)
     }
@@ -820,8 +821,7 @@ mod tests {
         bytes.truncate(24 * S + 100); // grain 4 keeps 100 bytes
         let mut store = MemStore::new();
         store.insert("disk.vmdk", bytes);
-        let img =
-            VmdkImage::open_with(&store, "disk.vmdk".as_ref(), &OpenOptions::default()).unwrap();
+        let img = open_layer(&store, "disk.vmdk".as_ref()).unwrap();
         let g4 = read_grain(&img, 4).unwrap();
         assert_eq!(g4[..100], [fill(4); 100]);
         assert!(g4[100..].iter().all(|&b| b == 0));

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::bytes::{Bytes, MemStore};
+use vdisk_io::Bytes;
 use crate::header::{HeaderFlags, RawSparseHeader};
 
 /// Bytes per sector.
@@ -120,39 +120,110 @@ pub(crate) fn standard_disk() -> Vec<u8> {
     d
 }
 
-/// A text descriptor with the given CIDs, parent and extent lines.
-pub(crate) fn descriptor(
-    cid: u32,
-    parent_cid: u32,
-    parent: Option<&str>,
-    extents: &str,
-) -> Vec<u8> {
-    let mut t = format!(
-        "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID={parent_cid:08x}\n\
-         createType=\"monolithicSparse\"\n"
-    );
-    if let Some(p) = parent {
-        t.push_str(&format!("parentFileNameHint=\"{p}\"\n"));
-    }
-    t.push_str("\n# Extent description\n");
-    t.push_str(extents);
-    t.push('\n');
-    t.into_bytes()
+/// Open `name` from `store` as one layer (no parent), as the registry would.
+pub(crate) fn open_layer(
+    store: &dyn vdisk_io::FileStore,
+    name: &std::path::Path,
+) -> vdisk_core::Result<crate::VmdkLayer> {
+    crate::VmdkLayer::open_in(&vdisk_io::OpenContext {
+        files: store,
+        path: name,
+        allow_outside_paths: false,
+    })
 }
 
-/// A store holding a flat base `base.vmdk` of [`DISK`] bytes of `base_fill` (CID 1), with
-/// nothing above it yet.
-pub(crate) fn store_with_base(base_fill: u8) -> MemStore {
-    let mut store = MemStore::new();
-    store.insert(
-        "base.vmdk",
-        descriptor(
-            1,
-            crate::NO_PARENT_CID,
-            None,
-            &format!("RW {} FLAT \"base-flat.vmdk\" 0", DISK / S),
-        ),
-    );
-    store.insert("base-flat.vmdk", vec![base_fill; DISK]);
-    store
+/// A chain of VMDK layers read the way the registry reads chains (the registry, a crate
+/// above this one, is not available here): the opened file first, parents after, found
+/// through their parentFileNameHint beside the child.
+pub(crate) struct TestChain(pub(crate) Vec<crate::VmdkLayer>);
+
+impl TestChain {
+    /// Open `name` and its parents from `store` (at most 16 links).
+    pub(crate) fn open(
+        store: &dyn vdisk_io::FileStore,
+        name: &std::path::Path,
+    ) -> vdisk_core::Result<Self> {
+        use vdisk_io::Layer;
+        let mut layers = vec![open_layer(store, name)?];
+        while let Some(b) = layers.last().and_then(|l| l.backing().cloned()) {
+            assert!(layers.len() < 16, "test chains are short");
+            let dir = layers
+                .last()
+                .and_then(|l| l.path().parent())
+                .unwrap_or(std::path::Path::new(""));
+            layers.push(open_layer(store, &dir.join(&b.names[0]))?);
+        }
+        Ok(TestChain(layers))
+    }
+
+    /// Read the whole disk through the chain.
+    pub(crate) fn read_all(&self) -> Vec<u8> {
+        use vdisk_core::{Allocation, DiskImage};
+        let size = self.0[0].size();
+        let mut out = vec![0u8; size as usize];
+        for (depth, l) in self.0.iter().enumerate().rev() {
+            let map = l.allocation(0, l.size().min(size)).unwrap();
+            for e in map {
+                if e.allocation == Allocation::Unallocated && depth + 1 < self.0.len() {
+                    continue; // keeps what the parents below gave
+                }
+                let s = e.start as usize;
+                let buf = &mut out[s..s + e.length as usize];
+                l.read_at(buf, e.start).unwrap();
+            }
+        }
+        out
+    }
+}
+
+impl vdisk_core::DiskImage for TestChain {
+    fn size(&self) -> u64 {
+        self.0[0].size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_core::Result<()> {
+        let all = self.read_all();
+        let s = offset as usize;
+        buf.copy_from_slice(&all[s..s + buf.len()]);
+        Ok(())
+    }
+    fn allocation(&self, offset: u64, length: u64) -> vdisk_core::Result<Vec<vdisk_core::Extent>> {
+        use vdisk_core::Allocation;
+        fn resolve(
+            layers: &[crate::VmdkLayer],
+            depth: usize,
+            offset: u64,
+            length: u64,
+            out: &mut Vec<vdisk_core::Extent>,
+        ) {
+            let l = &layers[depth];
+            let own = length.min(l.size().saturating_sub(offset));
+            let mut map = if own > 0 {
+                l.allocation(offset, own).unwrap()
+            } else {
+                Vec::new()
+            };
+            if own < length {
+                map.push(vdisk_core::Extent {
+                    start: offset + own,
+                    length: length - own,
+                    allocation: Allocation::Unallocated,
+                    depth: 0,
+                });
+            }
+            for mut e in map {
+                if e.allocation == Allocation::Unallocated && depth + 1 < layers.len() {
+                    resolve(layers, depth + 1, e.start, e.length, out);
+                } else {
+                    e.depth = depth as u32;
+                    vdisk_core::coalesce(out, e);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        resolve(&self.0, 0, offset, length, &mut out);
+        Ok(out)
+    }
+    fn format_name(&self) -> &'static str {
+        "vmdk"
+    }
 }

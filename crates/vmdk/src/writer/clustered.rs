@@ -21,7 +21,8 @@ use std::path::PathBuf;
 
 use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
 
-use super::{extent_line, new_descriptor, ImageOutput, OutputFile, WriteOptions, GRAIN_SECTORS};
+use super::{extent_line, new_descriptor, WriteOptions, GRAIN_SECTORS};
+use vdisk_io::{ImageOutput, OutputFile};
 use crate::descriptor::ExtentType;
 use crate::header::{HeaderFlags, RawSparseHeader};
 
@@ -268,7 +269,7 @@ impl ClusteredImage {
         file.write_raw(&gd, SECTOR)?;
         let h = header(sectors, EMPTY_GRAIN_SECTORS, self.zeroed, 1, 1);
         file.write_raw(&h.to_bytes(), 0)?;
-        self.files.keep(file)?;
+        self.files.keep(file.seal()?)?;
         self.lines.push((sectors, name));
         self.decided = b;
         Ok(())
@@ -281,7 +282,7 @@ impl ClusteredImage {
             let sectors = self.span(cur.first, end);
             let name = self.next_name()?;
             let file = cur.finish(sectors)?;
-            self.files.keep(file)?;
+            self.files.keep(file.seal()?)?;
             self.lines.push((sectors, name));
             self.decided = end;
         }
@@ -351,7 +352,7 @@ impl ClusteredImage {
         let text = d.render();
         let mut main = self.files.create(None)?;
         main.write_raw(text.as_bytes(), 0)?;
-        self.files.commit(main)
+        self.files.commit(main.seal()?)
     }
 }
 

@@ -2,7 +2,7 @@
 //! holes wherever the disk is zero.
 
 use vdisk_core::{ImageSink, Result, SECTOR};
-use vdisk_raw::SparseWriter;
+use vdisk_io::SparseWriter;
 
 use super::{
     extent_line, new_descriptor, ExtentCursor, OutputFiles, Subformat, WriteOptions, SPLIT_SECTORS,

@@ -2,7 +2,7 @@
 //!
 //! An output is a [`vdisk_core::ImageSink`]: the caller hands it the disk's blocks in
 //! increasing order and then calls [`ImageSink::finish`]. Every file is written unnamed (or
-//! under a temporary name, see [`vdisk_raw::SparseWriter`]) and published only when all of
+//! under a temporary name, see [`vdisk_io::SparseWriter`]) and published only when all of
 //! them are complete, extents first and the descriptor (the name the user gave) last, so the
 //! destination never names a partial image. Extents get fresh names (no file has them when the
 //! image is started), so replacing a multi-file image is atomic: until the descriptor is
@@ -19,15 +19,12 @@ mod tests;
 use std::path::{Path, PathBuf};
 
 use vdisk_core::{Error, ErrorKind, ImageSink, Result, SECTOR};
-use vdisk_raw::{Existing, OutputPolicy, SealedFile, SparseWriter};
+use vdisk_io::{Existing, ImageOutput, OutputFile, OutputPolicy, SealedOutput, SparseWriter};
 
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
-use crate::paths::resolve_relative;
+use vdisk_io::resolve_relative;
 
-pub use link::{
-    write_delta_link, write_delta_link_from, write_delta_link_into, GrainHook, LinkStats,
-    LinkTarget,
-};
+pub use link::{LinkSink, ParentLink};
 pub(crate) use sparse::SparseImage;
 
 /// Grain size of every sparse output: 64 KiB, what qemu-img and VMware write.
@@ -191,7 +188,7 @@ pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
 /// ```
 /// use vdisk_core::{Allocation, DiskImage, ImageSink};
 /// use vdisk_vmdk::writer::{self, Subformat, WriteOptions};
-/// use vdisk_vmdk::VmdkImage;
+/// use vdisk_vmdk::VmdkLayer;
 ///
 /// let dir = tempfile::tempdir()?;
 /// let dst = dir.path().join("disk.vmdk");
@@ -204,7 +201,7 @@ pub fn ddb_for(sectors: u64, adapter: Adapter) -> Vec<(String, String)> {
 /// sink.put(&[(0, &data), (grain, &zeros), (3 * grain, &data)])?;
 /// sink.finish()?;
 ///
-/// let img = VmdkImage::open(&dst)?;
+/// let img = VmdkLayer::open(&dst)?;
 /// assert_eq!(img.size(), 1 << 20);
 /// let mut back = vec![0u8; 4 * grain as usize];
 /// img.read_at(&mut back, 0)?;
@@ -304,72 +301,6 @@ pub fn create_clustered(
     )?))
 }
 
-/// Where the files of an image in the clustered layout go: local files
-/// ([`local_output`]), or any other storage that can take files written front to back (an
-/// object store's multipart uploads).
-///
-/// The writer creates the extent files one at a time, writes each front to back (but for its
-/// first 4 KiB, written last), hands each finished one to [`ImageOutput::keep`], and finally
-/// creates the descriptor and hands it to [`ImageOutput::commit`], which publishes everything.
-pub trait ImageOutput: Send {
-    /// The path of the image (its descriptor), as messages name it; extents are named
-    /// beside it.
-    fn dst(&self) -> &Path;
-    /// Whether a file named `name` (beside the descriptor) exists already.
-    fn exists(&self, name: &Path) -> Result<bool>;
-    /// Start the file `name` beside the descriptor, or the descriptor itself when `None`.
-    fn create(&mut self, name: Option<&Path>) -> Result<Box<dyn OutputFile>>;
-    /// A finished extent file: make it durable, to be published with the image.
-    fn keep(&mut self, file: Box<dyn OutputFile>) -> Result<()>;
-    /// Publish the kept extents, then `main`, the descriptor.
-    fn commit(self: Box<Self>, main: Box<dyn OutputFile>) -> Result<()>;
-}
-
-/// One file of an image being written: appended to front to back, except for a first region
-/// of at most [`HEAD_REGION`] bytes (the header) that may be written at any time.
-pub trait OutputFile: Send {
-    /// Write `buf` at `offset`; all-zero blocks may be left as holes.
-    fn write(&mut self, buf: &[u8], offset: u64) -> Result<()>;
-    /// Write `buf` at `offset` as it is (metadata).
-    fn write_raw(&mut self, buf: &[u8], offset: u64) -> Result<()>;
-    /// Set the file's final length.
-    fn set_len(&mut self, len: u64) -> Result<()>;
-    /// The `len` bytes at `offset` are final: a good time to start writing them back.
-    fn start_writeback(&mut self, _offset: u64, _len: u64) {}
-    /// The local file behind this output, for [`ImageOutput::keep`] of local outputs.
-    fn into_local(self: Box<Self>) -> Option<SparseWriter> {
-        None
-    }
-    /// This output as its own type, for [`ImageOutput::keep`] of other outputs.
-    fn into_any(self: Box<Self>) -> Option<Box<dyn std::any::Any + Send>> {
-        None
-    }
-}
-
-/// Bytes at the start of an extent file that a clustered writer may write out of order (the
-/// header, written last); everything after them is written in order.
-pub const HEAD_REGION: u64 = 4096;
-
-impl OutputFile for SparseWriter {
-    fn write(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        self.write_at(buf, offset)
-    }
-    fn write_raw(&mut self, buf: &[u8], offset: u64) -> Result<()> {
-        SparseWriter::write_raw(self, buf, offset)
-    }
-    fn set_len(&mut self, len: u64) -> Result<()> {
-        self.file()
-            .set_len(len)
-            .map_err(|e| Error::io("cannot size", e).with_path(self.destination()))
-    }
-    fn start_writeback(&mut self, offset: u64, len: u64) {
-        SparseWriter::start_writeback(self, offset, len)
-    }
-    fn into_local(self: Box<Self>) -> Option<SparseWriter> {
-        Some(*self)
-    }
-}
-
 /// The files of an image at `dst` on the local file system, for a writer that takes an
 /// [`ImageOutput`]: unnamed until complete, published together, extents first.
 pub fn local_output(dst: &Path, policy: &OutputPolicy) -> Result<Box<dyn ImageOutput>> {
@@ -386,17 +317,12 @@ impl ImageOutput for OutputFiles {
     fn create(&mut self, name: Option<&Path>) -> Result<Box<dyn OutputFile>> {
         Ok(Box::new(self.open(name, 0)?))
     }
-    fn keep(&mut self, file: Box<dyn OutputFile>) -> Result<()> {
-        let f = file
-            .into_local()
-            .ok_or_else(|| Error::invalid("a local image was given a file that is not local"))?;
-        OutputFiles::keep(self, f)
+    fn keep(&mut self, file: Box<dyn SealedOutput>) -> Result<()> {
+        self.pending.push(file);
+        Ok(())
     }
-    fn commit(self: Box<Self>, main: Box<dyn OutputFile>) -> Result<()> {
-        let f = main
-            .into_local()
-            .ok_or_else(|| Error::invalid("a local image was given a file that is not local"))?;
-        OutputFiles::commit(*self, f)
+    fn commit(self: Box<Self>, main: Box<dyn SealedOutput>) -> Result<()> {
+        self.publish(main)
     }
 }
 
@@ -405,7 +331,7 @@ pub(crate) struct OutputFiles {
     dst: PathBuf,
     policy: OutputPolicy,
     /// Extent files, complete and synced, published before the descriptor.
-    pending: Vec<SealedFile>,
+    pending: Vec<Box<dyn SealedOutput>>,
     /// Extent names of the new image.
     names: Vec<PathBuf>,
     /// Files of the image at `dst` that this one replaces, removed once it is in place.
@@ -487,7 +413,7 @@ impl OutputFiles {
 
     /// Seal a finished extent file (sync, keep it unnamed) to publish with the rest.
     pub(crate) fn keep(&mut self, file: SparseWriter) -> Result<()> {
-        self.pending.push(file.seal()?);
+        self.pending.push(Box::new(file.seal()?));
         Ok(())
     }
 
@@ -496,6 +422,11 @@ impl OutputFiles {
     /// beside the destination names them, so that a run killed in that window leaves files
     /// the next run writing the destination knows to be its own and removes.
     pub(crate) fn commit(self, main: SparseWriter) -> Result<()> {
+        self.publish(Box::new(main.seal()?))
+    }
+
+    /// [`OutputFiles::commit`] of a sealed main file.
+    fn publish(self, main: Box<dyn SealedOutput>) -> Result<()> {
         let journal = journal_path(&self.dst);
         if !self.pending.is_empty() {
             let names: String = self
@@ -504,12 +435,12 @@ impl OutputFiles {
                 .filter_map(|f| f.destination().file_name())
                 .map(|n| format!("{}\n", n.to_string_lossy()))
                 .collect();
-            vdisk_raw::write_file(&journal, names.as_bytes(), &OutputPolicy::replacing())?;
+            vdisk_io::write_file(&journal, names.as_bytes(), &OutputPolicy::replacing())?;
         }
         for f in self.pending {
-            f.commit()?;
+            f.publish()?;
         }
-        main.commit()?;
+        main.publish()?;
         let _ = std::fs::remove_file(&journal);
         for old in &self.replaced {
             let reused = old
@@ -535,10 +466,10 @@ fn journal_path(dst: &Path) -> PathBuf {
 /// names that the descriptor now at `dst` does not use are removed, then the journal.
 fn recover_journal(dst: &Path) {
     let journal = journal_path(dst);
-    let Ok(text) = vdisk_raw::read_head(&journal, 1 << 20) else {
+    let Ok(text) = vdisk_io::read_head(&journal, 1 << 20) else {
         return;
     };
-    let in_use: Vec<PathBuf> = vdisk_raw::read_head(dst, crate::descriptor::MAX_DESCRIPTOR_FILE)
+    let in_use: Vec<PathBuf> = vdisk_io::read_head(dst, crate::descriptor::MAX_DESCRIPTOR_FILE)
         .ok()
         .filter(|t| crate::descriptor::looks_like_descriptor(t))
         .and_then(|t| Descriptor::parse(&t).ok())
@@ -562,7 +493,7 @@ fn recover_journal(dst: &Path) {
 /// its folder that the image replacing it leaves unused. Inputs of the run are never listed
 /// (an image may name another image's extents).
 fn old_extent_files(dst: &Path, policy: &OutputPolicy) -> Vec<PathBuf> {
-    let Ok(text) = vdisk_raw::read_head(dst, crate::descriptor::MAX_DESCRIPTOR_FILE) else {
+    let Ok(text) = vdisk_io::read_head(dst, crate::descriptor::MAX_DESCRIPTOR_FILE) else {
         return Vec::new();
     };
     if !crate::descriptor::looks_like_descriptor(&text) {

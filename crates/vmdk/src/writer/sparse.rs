@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
-use vdisk_raw::SparseWriter;
+use vdisk_io::SparseWriter;
 
 use super::{
     extent_line, new_descriptor, ExtentCursor, ExtentFile, Layout, OutputFiles, WriteOptions,

@@ -11,7 +11,7 @@ use flate2::write::ZlibEncoder;
 use flate2::Compression;
 use rayon::prelude::*;
 use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
-use vdisk_raw::SparseWriter;
+use vdisk_io::SparseWriter;
 
 use super::{extent_line, new_descriptor, OutputFiles, WriteOptions, GRAIN_SECTORS};
 use crate::descriptor::ExtentType;

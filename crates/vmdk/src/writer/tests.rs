@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use vdisk_core::{copy_into, Allocation, CopyOptions, DiskImage, ErrorKind, MemImage, SECTOR};
 
 use super::*;
-use crate::VmdkImage;
+use crate::testutil::TestChain;
+use crate::VmdkLayer;
+use vdisk_core::{write_delta, DeltaStats, DeltaTarget};
 
 /// The grain of every sparse output, spelled out (64 KiB) rather than taken from the writer.
 const G: usize = 64 << 10;
@@ -116,7 +118,7 @@ fn read_all(img: &dyn DiskImage) -> Vec<u8> {
 }
 
 /// The extents of `img`'s map that overlap `[start, end)`.
-fn overlapping(img: &VmdkImage, start: usize, end: usize) -> Vec<Allocation> {
+fn overlapping(img: &VmdkLayer, start: usize, end: usize) -> Vec<Allocation> {
     img.allocation(start as u64, (end - start) as u64)
         .unwrap()
         .iter()
@@ -135,7 +137,7 @@ enum Feed {
 }
 
 /// Write `bytes` as `subformat` at `dir/out.vmdk` and open the result.
-fn write(dir: &Path, bytes: &[u8], subformat: Subformat, feed: Feed) -> VmdkImage {
+fn write(dir: &Path, bytes: &[u8], subformat: Subformat, feed: Feed) -> VmdkLayer {
     let dst = dir.join("out.vmdk");
     let mut sink = create(
         &dst,
@@ -162,7 +164,7 @@ fn write(dir: &Path, bytes: &[u8], subformat: Subformat, feed: Feed) -> VmdkImag
             sink.finish().unwrap();
         }
     }
-    VmdkImage::open(&dst).unwrap()
+    VmdkLayer::open(&dst).unwrap()
 }
 
 #[test]
@@ -183,7 +185,7 @@ fn every_subformat_reads_back_what_was_written() {
             assert!(back[..bytes.len()] == bytes[..], "{what}: bytes differ");
             assert!(back[bytes.len()..].iter().all(|&b| b == 0), "{what}");
 
-            let layer = &img.layers()[0];
+            let layer = &img;
             assert_eq!(
                 layer.descriptor().create_type.as_deref(),
                 Some(subformat.name()),
@@ -237,7 +239,7 @@ fn sparse_outputs_hold_no_more_than_their_data_grains() {
     for subformat in [Subformat::MonolithicSparse, Subformat::TwoGbMaxExtentSparse] {
         let tmp = tempfile::tempdir().unwrap();
         let img = write(tmp.path(), &bytes, subformat, Feed::Dense);
-        let ext = img.layers()[0].first_sparse().unwrap();
+        let ext = img.first_sparse().unwrap();
         let overhead = ext.header().overhead * SECTOR;
         assert_eq!(
             ext.bytes().len(),
@@ -248,16 +250,17 @@ fn sparse_outputs_hold_no_more_than_their_data_grains() {
     }
 }
 
-/// Write a delta link of `subformat` at `dir/link.vmdk` on `parent` (at `parent_path`) for
-/// `new`, listing `changed` grains; returns the stats and the grains the hook saw.
+/// Write a delta link of `subformat` at `dst` on `parent` (whose top file is `parent_top`,
+/// named `base.vmdk`-style beside the link) for `new`, listing `changed` grains; returns the
+/// stats and the grains the hook saw.
 fn link(
-    parent_path: &Path,
-    parent: &VmdkImage,
+    parent_top: &VmdkLayer,
+    parent: &dyn DiskImage,
     new: &[u8],
     changed: &[usize],
     subformat: Subformat,
     dst: &Path,
-) -> Result<(LinkStats, Vec<u64>)> {
+) -> Result<(DeltaStats, Vec<u64>)> {
     let seen = Mutex::new(Vec::new());
     let hook = |g: u64, data: &[u8]| {
         // The hook sees the new image's bytes of the grain.
@@ -265,16 +268,28 @@ fn link(
         assert!(data == &new[start..(start + G).min(new.len())]);
         seen.lock().unwrap().push(g);
     };
-    let opts = WriteOptions::default();
-    let target = LinkTarget {
-        parent_path,
-        parent,
-        layout: Layout::of(subformat).expect("a sparse subformat"),
-        opts: &opts,
-        on_grain: Some(&hook),
-    };
+    let hint = parent_top.path().file_name().unwrap().into();
+    let sink = LinkSink::create(
+        dst,
+        ParentLink {
+            cid: parent_top.descriptor().cid.unwrap(),
+            hint,
+        },
+        new.len() as u64,
+        Layout::of(subformat).expect("a sparse subformat"),
+        &WriteOptions::default(),
+    )?;
     let ranges = changed.iter().map(|&g| ((g * G) as u64, G as u64));
-    let stats = write_delta_link(&target, &MemImage::new(new.to_vec()), ranges, dst)?;
+    let new = MemImage::new(new.to_vec());
+    let stats = write_delta(
+        DeltaTarget {
+            parent,
+            new: &new,
+            sink: Box::new(sink),
+            on_block: Some(&hook),
+        },
+        ranges,
+    )?;
     let mut seen = seen.into_inner().unwrap();
     seen.sort_unstable();
     Ok((stats, seen))
@@ -321,12 +336,12 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
         )
         .unwrap();
         copy_into(&MemImage::new(old.clone()), sink, &CopyOptions::default()).unwrap();
-        let parent = VmdkImage::open(&base_path).unwrap();
+        let parent = VmdkLayer::open(&base_path).unwrap();
         let dst = tmp.path().join("link.vmdk");
-        let (stats, seen) = link(&base_path, &parent, &new, &changed, subformat, &dst).unwrap();
+        let (stats, seen) = link(&parent, &parent, &new, &changed, subformat, &dst).unwrap();
         let what = subformat.name();
-        assert_eq!(stats.data_grains, data.len() as u64, "{what}");
-        assert_eq!(stats.zeroed_grains, zeroed.len() as u64, "{what}");
+        assert_eq!(stats.data_blocks, data.len() as u64, "{what}");
+        assert_eq!(stats.zeroed_blocks, zeroed.len() as u64, "{what}");
         assert_eq!(
             seen,
             changed.iter().map(|&g| g as u64).collect::<Vec<_>>(),
@@ -338,11 +353,11 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
             .sum();
         assert_eq!(stats.bytes_read, listed, "{what}");
 
-        let img = VmdkImage::open(&dst).unwrap();
-        assert_eq!(img.layers().len(), 2, "{what}");
-        let d = img.layers()[0].descriptor();
+        let img = TestChain::open(&vdisk_io::FsStore::default(), &dst).unwrap();
+        assert_eq!(img.0.len(), 2, "{what}");
+        let d = img.0[0].descriptor();
         assert_eq!(d.parent_hint.as_deref(), Some(Path::new("base.vmdk")));
-        assert_eq!(d.parent_cid, parent.layers()[0].descriptor().cid);
+        assert_eq!(d.parent_cid, parent.descriptor().cid);
         assert_eq!(d.create_type.as_deref(), Some(what));
         assert_eq!(img.size(), (new_size as u64).div_ceil(SECTOR) * SECTOR);
         let back = read_all(&img);
@@ -353,7 +368,7 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
         assert!(back[new_size..].iter().all(|&b| b == 0));
 
         // The link itself stores exactly the data and zeroed grains.
-        let own = img.layer_allocation(0, 0, img.size()).unwrap();
+        let own = img.0[0].allocation(0, img.size()).unwrap();
         for g in 0..new_size.div_ceil(G) {
             let (s, e) = (g * G, ((g + 1) * G).min(img.size() as usize));
             let kinds: Vec<_> = own
@@ -370,7 +385,7 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
             };
             assert_eq!(kinds, [want], "{what}: grain {g}");
         }
-        assert!(crate::check::check(&img).is_empty(), "{what}");
+        assert!(crate::check::check(&img.0[0]).is_empty(), "{what}");
 
         // A second link on the first: the chain of three still reads as the newest disk.
         let mut newer = new.clone();
@@ -378,7 +393,7 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
         newer[5 * G + 3] = 0x33;
         let dst2 = tmp.path().join("link2.vmdk");
         let (stats2, _) = link(
-            &dst,
+            &img.0[0],
             &img,
             &newer,
             &[0, 5],
@@ -386,9 +401,9 @@ fn a_delta_link_on_a_written_parent_reads_as_the_new_disk() {
             &dst2,
         )
         .unwrap();
-        assert_eq!((stats2.data_grains, stats2.zeroed_grains), (1, 1), "{what}");
-        let img2 = VmdkImage::open(&dst2).unwrap();
-        assert_eq!(img2.layers().len(), 3);
+        assert_eq!((stats2.data_blocks, stats2.zeroed_blocks), (1, 1), "{what}");
+        let img2 = TestChain::open(&vdisk_io::FsStore::default(), &dst2).unwrap();
+        assert_eq!(img2.0.len(), 3);
         assert!(
             read_all(&img2)[..new_size] == newer[..],
             "{what}: second link"
@@ -409,7 +424,7 @@ fn a_delta_link_is_sparse_and_its_destination_is_not_the_parent() {
     )
     .unwrap();
     copy_into(&MemImage::new(old.clone()), sink, &CopyOptions::default()).unwrap();
-    let parent = VmdkImage::open(&base_path).unwrap();
+    let parent = VmdkLayer::open(&base_path).unwrap();
     // Flat and streamOptimized subformats have no sparse layout: a link cannot be one.
     for subformat in [
         Subformat::MonolithicFlat,
@@ -420,7 +435,7 @@ fn a_delta_link_is_sparse_and_its_destination_is_not_the_parent() {
     }
     // An existing destination is refused, and left as it was.
     let e = link(
-        &base_path,
+        &parent,
         &parent,
         &old,
         &[0],
@@ -429,5 +444,5 @@ fn a_delta_link_is_sparse_and_its_destination_is_not_the_parent() {
     )
     .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
-    assert!(read_all(&VmdkImage::open(&base_path).unwrap()) == old);
+    assert!(read_all(&VmdkLayer::open(&base_path).unwrap()) == old);
 }
