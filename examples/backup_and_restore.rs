@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::ExitCode;
 
-use vdisk::{DiskImage, Target};
+use vdisk::DiskImage;
 
 fn main() -> ExitCode {
     match run() {
@@ -36,7 +36,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let repo = tmp.path().join("repo");
 
     // The disk being backed up: a raw copy of the fixture chain, which we can change.
-    vdisk::convert(&vdisk::open(&top)?, &disk, Target::Raw)?;
+    let raw = vdisk::output_format(&disk, None)?;
+    vdisk::convert(&vdisk::open(&top)?, &disk, raw, &Default::default())?;
     let mut states = vec![read_disk(&disk)?];
 
     // 1. A full point.

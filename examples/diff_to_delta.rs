@@ -49,12 +49,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. A delta link on the old image holding just that.
     let delta_path = dir.join("delta.vmdk");
-    let stats = vdisk::write_delta(&old, &new, &changes, &delta_path)?;
+    let stats = vdisk::write_delta(&old, &new, changes.map.extents(), &delta_path, &Default::default())?;
     println!(
         "{}: {} data grains, {} zeroed grains, {} bytes",
         delta_path.display(),
-        stats.data_grains,
-        stats.zeroed_grains,
+        stats.data_blocks,
+        stats.zeroed_blocks,
         std::fs::metadata(&delta_path)?.len()
     );
 
@@ -77,7 +77,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     // fixtures/README.md: top.vmdk changed one grain (0x54) and zeroed another over
     // the base's 0x42, so the link stores one grain and one zeroed-grain entry.
     if changes.map.extents().collect::<Vec<_>>() != [(128 << 10, 128 << 10)]
-        || (stats.data_grains, stats.zeroed_grains) != (1, 1)
+        || (stats.data_blocks, stats.zeroed_blocks) != (1, 1)
     {
         return Err(format!("unexpected changes or link contents: {stats:?}").into());
     }

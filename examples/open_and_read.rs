@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use vdisk::{Allocation, DiskImage, Image};
+use vdisk::{Allocation, DiskImage};
 
 const BLOCK: u64 = 64 << 10;
 
@@ -39,10 +39,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         img.size(),
         img.format_name()
     );
-    if let Image::Vmdk(vmdk) = &img {
-        for (depth, layer) in vmdk.layers().iter().enumerate() {
-            println!("  link {depth}: {}", layer.path().display());
-        }
+    for (depth, layer) in img.layers().iter().enumerate() {
+        println!(
+            "  link {depth}: {} ({})",
+            layer.path().display(),
+            img.format_of(depth).name()
+        );
     }
 
     // The allocation map, walked in windows (a hostile image may describe millions of runs).

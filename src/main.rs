@@ -6,7 +6,7 @@ mod progress;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use vdisk::{Error, ErrorKind, Format, OpenOptions};
+use vdisk::{Error, ErrorKind, OpenOptions};
 
 use cmd::{Ctx, Status};
 
@@ -32,14 +32,15 @@ struct GlobalArgs {
     /// No progress bars or summaries.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Force the input format instead of detecting it.
+    /// Force the input format instead of detecting it (raw, vmdk, ova).
     #[arg(
         short = 'f',
         long = "format",
         global = true,
-        value_name = "raw|vmdk|ova"
+        value_name = "FORMAT",
+        value_parser = parse_input_format
     )]
-    format: Option<Format>,
+    format: Option<String>,
     /// Keep what is read once (a backup, a hash, a verify, a restore) in the host's page
     /// cache; by default the pages a run brings in are dropped behind it, so it does not
     /// push out the cache of the host and its VMs.
@@ -85,6 +86,16 @@ const MAX_THREADS: usize = 1024;
 /// A size as users type it: `512`, `64K`, `1M`, `200M`.
 fn parse_size(s: &str) -> Result<u64, String> {
     vdisk::size::parse(s).ok_or_else(|| format!("\"{s}\" is not a size (e.g. 512, 64K, 200M)"))
+}
+
+/// A format vdisk reads, by name (or `ova`, an archive of disks).
+fn parse_input_format(s: &str) -> Result<String, String> {
+    if s.eq_ignore_ascii_case("ova") {
+        return Ok("ova".into());
+    }
+    vdisk::image::registry::require(s)
+        .map(|f| f.name().to_string())
+        .map_err(|e| e.message().to_string())
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -178,38 +189,11 @@ fn clap_error_line(e: &clap::Error) -> String {
     format!("{line} (see {} --help)", command.join(" "))
 }
 
-#[allow(unsafe_code)] // getrlimit(2)/setrlimit(2)
-/// Let a process with many unnamed output files open (a split image keeps each extent open
-/// until it is published) use every descriptor the system allows it.
-fn raise_file_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write a plain struct we own.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-#[allow(unsafe_code)] // mallopt(3)
-/// Large buffers (an object store's upload parts and read blocks, freed on other threads
-/// than the ones that made them) go straight to mmap and back to the system when freed:
-/// glibc's sliding threshold would otherwise keep them in per-thread heaps, and a long
-/// upload's memory would grow with the disk.
-fn large_buffers_unmapped() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes the allocator's threshold; called before any thread starts.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-    }
-}
-
 fn main() -> ExitCode {
-    large_buffers_unmapped();
+    // Large buffers (an object store's upload parts and read blocks, freed on other threads
+    // than the ones that made them) go straight to mmap and back to the system when freed: a
+    // long upload's memory would otherwise grow with the disk.
+    vdisk::io::sys::unmap_large_buffers(1 << 20);
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -244,25 +228,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    raise_file_limit();
+    // A split image keeps each extent open until it is published.
+    vdisk::io::sys::raise_file_limit();
     let ctx = Ctx {
         open: OpenOptions {
             format: g.format,
-            vmdk: vdisk::vmdk::OpenOptions {
-                allow_outside_paths: g.allow_outside_paths,
-                ..Default::default()
-            },
+            allow_outside_paths: g.allow_outside_paths,
             read_ahead: if g.io_limit.is_some() {
-                vdisk::raw::ReadAhead::Off
+                vdisk::io::ReadAhead::Off
             } else {
-                vdisk::raw::ReadAhead::On
+                vdisk::io::ReadAhead::On
             },
             cache: if g.keep_cache {
-                vdisk::raw::Cache::Keep
+                vdisk::io::Cache::Keep
             } else {
-                vdisk::raw::Cache::Forget
+                vdisk::io::Cache::Forget
             },
             disk: g.disk,
+            ..Default::default()
         },
         throttle: vdisk::Throttle::new(g.io_limit),
         quiet: g.quiet,

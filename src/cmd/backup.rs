@@ -29,7 +29,7 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let img = vdisk::open_with(&a.src, &ctx.open)?;
-    let source = vdisk::source_of(&a.src, &img)?;
+    let source = vdisk::Source::of(&img)?;
     let changed = match &a.changed {
         Some(p) => Some(super::bitmap::load(p)?),
         None => None,
@@ -48,7 +48,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         progress: Some(&tick),
     };
     let s = repository
-        .backup(&img, &source, &opts)
+        .backup_image(&img, &source, &opts)
         .map_err(|e| e.with_path(&a.src))?;
     let secs = progress.seconds();
     progress.done("backed up");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use vdisk::bitmap::ChangeMap;
-use vdisk::raw::MappedFile;
+use vdisk::io::MappedFile;
 use vdisk::size::human;
 use vdisk::{Error, ErrorKind, Granularity, Protected, Result};
 
@@ -78,7 +78,7 @@ pub fn run(_ctx: &Ctx, command: Command) -> Result<Status> {
                 .map_err(|e| e.with_path(&extents))?;
             let mut protected = Protected::new();
             protected.add_path(&extents);
-            vdisk::raw::write_file(&out, &map.encode(), &policy(force, protected))?;
+            vdisk::io::write_file(&out, &map.encode(), &policy(force, protected))?;
             if json {
                 let mut v = summary(&map);
                 v["output"] = path_text(&out).into();
@@ -136,7 +136,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool, json_out: bool) -> Res
     for p in inputs {
         protected.add_path(p);
     }
-    vdisk::raw::write_file(out, &acc.encode(), &policy(force, protected))?;
+    vdisk::io::write_file(out, &acc.encode(), &policy(force, protected))?;
     if json_out {
         let mut v = summary(&acc);
         v["output"] = path_text(out).into();

@@ -3,8 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::vmdk::check::{check, Finding, Problem, Severity};
-use vdisk::{Error, ErrorKind, Image, Result};
+use vdisk::{Error, ErrorKind, Finding, Result, Severity};
 
 use super::{path_text, print_json, print_text, Ctx, Status};
 
@@ -19,12 +18,12 @@ pub struct Args {
 }
 
 /// Whether an error opening `path` is damage to report (exit 1) rather than a reason the
-/// image could not be examined at all (exit 2): the file is there and is a VMDK (or an OVA
-/// archive), but it, an extent, a parent or the archive is cut, corrupt or missing.
+/// image could not be examined at all (exit 2): the file is there and a format vdisk reads
+/// claims it (or it is an OVA archive), but it, a file it names, a parent or the archive is
+/// cut, corrupt or missing.
 fn is_damage(path: &std::path::Path, e: &Error) -> bool {
-    let vmdk = vdisk::read_head(path, 4096)
-        .is_ok_and(|h| vdisk::vmdk::probe(&h) || vdisk::ova::is_tar(&h));
-    vmdk && matches!(
+    let claimed = vdisk::image::probe_file(path).is_ok_and(|f| f.is_some());
+    claimed && matches!(
         e.kind(),
         ErrorKind::Corrupt
             | ErrorKind::InvalidFormat
@@ -38,17 +37,18 @@ fn is_damage(path: &std::path::Path, e: &Error) -> bool {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     let findings = match vdisk::open_with(&args.image, &ctx.open) {
-        Ok(Image::Vmdk(v)) => check(&v),
-        Ok(Image::Ova(o)) => check(o.vmdk()),
-        Ok(Image::Raw(_)) => Vec::new(), // a raw image has no metadata to be inconsistent
-        Err(e) if is_damage(&args.image, &e) => vec![Finding {
-            severity: Severity::Error,
-            file: e.path().unwrap_or(&args.image).to_path_buf(),
-            problem: Problem::Unopenable(match e.offset() {
-                Some(o) => format!("{} (at offset {o})", e.message()),
-                None => e.message().to_string(),
-            }),
-        }],
+        // A raw image has no metadata to be inconsistent: no findings.
+        Ok(img) => img.check(),
+        Err(e) if is_damage(&args.image, &e) => vec![Finding::error(
+            e.path().unwrap_or(&args.image),
+            format!(
+                "cannot be opened: {}",
+                match e.offset() {
+                    Some(o) => format!("{} (at offset {o})", e.message()),
+                    None => e.message().to_string(),
+                }
+            ),
+        )],
         Err(e) => return Err(e),
     };
     let errors = findings
@@ -60,7 +60,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
             findings
                 .iter()
                 .filter(|f| f.severity == sev)
-                .map(|f| json!({"file": path_text(&f.file), "message": f.problem.to_string()}))
+                .map(|f| json!({"file": path_text(&f.file), "message": f.message}))
                 .collect::<Vec<_>>()
         };
         print_json(&json!({
@@ -77,7 +77,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
             } else {
                 "warning"
             };
-            text.push_str(&format!("{tag}: {}: {}\n", f.file.display(), f.problem));
+            text.push_str(&format!("{tag}: {}: {}\n", f.file.display(), f.message));
         }
         if errors == 0 {
             text.push_str("No errors were found on the image.\n");

@@ -1,31 +1,82 @@
-//! `vdisk convert`: any image (or a streamOptimized stream on stdin) to raw, a device, or any
-//! VMDK subformat.
+//! `vdisk convert`: any image (or a streamOptimized stream on stdin) to any format vdisk
+//! writes, or onto a device.
 
 use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use vdisk::size::human;
 use vdisk::{
-    Adapter, ConvertOptions, CopyStats, DiskImage, Error, ErrorKind, Format, Protected, Result,
-    Subformat, Target,
+    ConvertOptions, CopyStats, CreateOptions, DiskImage, Error, ErrorKind, Format, Protected,
+    Result,
 };
 
 use super::{path_text, policy, print_json, Ctx, Status};
 
-/// How a VMDK output is laid out (`convert`, `merge`, `restore -O vmdk`).
+/// How an output is written (`convert`, `merge`, `restore`).
 #[derive(clap::Args, Debug, Clone)]
-pub struct VmdkArgs {
-    /// VMDK subformat of the output: monolithicSparse (default), monolithicFlat,
-    /// twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized.
+pub struct OutputArgs {
+    /// Output format (raw, vmdk, …); without it, the output's extension decides (.vmdk, …),
+    /// and any other name is raw.
+    #[arg(short = 'O', value_name = "FORMAT")]
+    pub output_format: Option<String>,
+    /// The format's variant, e.g. a VMDK subformat: monolithicSparse (default),
+    /// monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized.
     #[arg(long)]
-    pub subformat: Option<Subformat>,
-    /// Adapter type recorded in a VMDK output (it sets the geometry).
-    #[arg(
-        long,
-        value_name = "ide|lsilogic|buslogic|pvscsi",
-        default_value = "ide"
-    )]
-    pub adapter: Adapter,
+    pub subformat: Option<String>,
+    /// Adapter type recorded in a VMDK output (it sets the geometry):
+    /// ide, lsilogic, buslogic, pvscsi.
+    #[arg(long, value_name = "ADAPTER")]
+    pub adapter: Option<String>,
+    /// Compress the output where its format can (a VMDK: streamOptimized).
+    #[arg(long)]
+    pub compress: bool,
+}
+
+/// The output's format, and its options under `policy`.
+pub struct Output {
+    /// The format.
+    pub format: &'static dyn Format,
+    /// How it is created.
+    pub create: CreateOptions,
+}
+
+impl OutputArgs {
+    /// The format an output at `dst` is written in, and its options: a subformat or adapter
+    /// the format does not take is refused before anything is written.
+    pub fn output(&self, dst: &Path, policy: vdisk::OutputPolicy) -> Result<Output> {
+        let format = vdisk::output_format(dst, self.output_format.as_deref())?;
+        let bad = |what: String| Err(Error::new(ErrorKind::InvalidArgument, what).with_path(dst));
+        if let Some(sub) = &self.subformat {
+            let subs = format.subformats();
+            if subs.is_empty() {
+                return bad(format!("a {} image has no subformat", format.name()));
+            }
+            if !subs.iter().any(|s| s.eq_ignore_ascii_case(sub)) {
+                return bad(format!(
+                    "unknown subformat \"{sub}\" ({})",
+                    subs.join(", ")
+                ));
+            }
+        }
+        if self.adapter.is_some() && format.name() != "vmdk" {
+            return bad("--adapter applies to VMDK outputs only".into());
+        }
+        // A VMDK compresses in the streamOptimized subformat.
+        let subformat = match (&self.subformat, self.compress, format.name()) {
+            (None, true, "vmdk") => Some("streamOptimized".to_string()),
+            (s, _, _) => s.clone(),
+        };
+        Ok(Output {
+            format,
+            create: CreateOptions {
+                policy,
+                subformat,
+                compress: self.compress && format.name() != "vmdk",
+                adapter: self.adapter.clone(),
+                ..Default::default()
+            },
+        })
+    }
 }
 
 /// Convert an image to another format.
@@ -35,11 +86,8 @@ pub struct Args {
     pub src: PathBuf,
     /// Destination file, or a device (written in place).
     pub dst: PathBuf,
-    /// Output format.
-    #[arg(short = 'O', value_name = "raw|vmdk", default_value = "raw")]
-    pub output_format: Format,
     #[command(flatten)]
-    pub vmdk: VmdkArgs,
+    pub output: OutputArgs,
     /// Replace an existing destination (a device is overwritten in place).
     #[arg(long)]
     pub force: bool,
@@ -48,39 +96,19 @@ pub struct Args {
     pub json: bool,
 }
 
-/// What `-O` and `--subformat` ask for.
-pub fn target(format: Format, subformat: Option<Subformat>) -> Result<Target> {
-    match (format, subformat) {
-        (Format::Raw, Some(_)) => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "--subformat applies to -O vmdk only",
-        )),
-        (Format::Raw, None) => Ok(Target::Raw),
-        (Format::Vmdk, s) => Ok(Target::Vmdk(s.unwrap_or(Subformat::MonolithicSparse))),
-        (Format::Ova, _) => Err(Error::new(
-            ErrorKind::InvalidArgument,
-            "vdisk reads OVA archives but writes raw or vmdk",
-        )),
-    }
-}
-
 /// The JSON summary of a conversion.
 pub fn summary(
     src: &Path,
     dst: &Path,
-    target: Target,
+    out: &Output,
     stats: &CopyStats,
     seconds: f64,
 ) -> Result<()> {
-    let (format, subformat) = match target {
-        Target::Raw => ("raw", None),
-        Target::Vmdk(s) => ("vmdk", Some(s.name())),
-    };
     print_json(&json!({
         "source": path_text(src),
         "destination": path_text(dst),
-        "format": format,
-        "subformat": subformat,
+        "format": out.format.name(),
+        "subformat": out.create.subformat.as_deref().or_else(|| out.format.subformats().first().copied()),
         "virtual_size": stats.size,
         "bytes_read": stats.bytes_read,
         "seconds": seconds,
@@ -88,8 +116,6 @@ pub fn summary(
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
-    let target =
-        target(args.output_format, args.vmdk.subformat).map_err(|e| e.with_path(&args.dst))?;
     let stdin = args.src == Path::new("-");
     let img = if stdin {
         None
@@ -100,19 +126,19 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     if let Some(img) = &img {
         protected.add_image(img);
     }
+    let out = args.output.output(&args.dst, policy(args.force, protected))?;
     let progress = ctx.progress(img.as_ref().map_or(0, |i| i.size()));
     let tick = |n: u64| progress.tick(n);
     let opts = ConvertOptions {
-        policy: policy(args.force, protected),
-        adapter: args.vmdk.adapter,
+        create: out.create.clone(),
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
     let stats = match &img {
-        Some(img) => vdisk::convert_with(img, &args.dst, target, &opts)?,
+        Some(img) => vdisk::convert(img, &args.dst, out.format, &opts)?,
         None => {
             let input = std::io::BufReader::with_capacity(1 << 20, std::io::stdin().lock());
-            vdisk::convert_stream(input, &args.dst, target, &opts)
+            vdisk::convert_stream(input, &args.dst, out.format, &opts)
                 .map_err(|e| e.with_path("<stdin>"))?
         }
     };
@@ -123,7 +149,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         human(stats.bytes_read)
     ));
     if args.json {
-        summary(&args.src, &args.dst, target, &stats, seconds)?;
+        summary(&args.src, &args.dst, &out, &stats, seconds)?;
     }
     Ok(0)
 }

@@ -6,8 +6,7 @@ use serde_json::json;
 use vdisk::bitmap::ChangeMap;
 use vdisk::diff::{diff, diff_manifest, is_manifest, ManifestFile, ScanOptions};
 use vdisk::size::human;
-use vdisk::vmdk::writer::{write_delta_link, LinkTarget, WriteOptions};
-use vdisk::{DiskImage, Error, ErrorKind, Granularity, Image, Protected, Result};
+use vdisk::{DiskImage, Error, ErrorKind, Granularity, Protected, Result};
 
 use super::{policy, print_json, print_text, Ctx, Status};
 
@@ -24,8 +23,9 @@ pub struct Args {
     /// Write the changed blocks as a bitmap.
     #[arg(long, value_name = "OUT")]
     pub bitmap: Option<PathBuf>,
-    /// Write a VMDK delta link on OLD holding the changed blocks (reads as NEW).
-    #[arg(long, value_name = "OUT.vmdk")]
+    /// Write a delta on OLD holding the changed blocks (it reads as NEW), in the format its
+    /// name says (OUT.vmdk), or OLD's.
+    #[arg(long, value_name = "OUT")]
     pub delta: Option<PathBuf>,
     /// One JSON document on stdout.
     #[arg(long)]
@@ -84,36 +84,30 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let map = report.map;
     let policy = policy(a.force, protected);
     if let Some(path) = &a.bitmap {
-        vdisk::raw::write_file(path, &map.encode(), &policy)?;
+        vdisk::io::write_file(path, &map.encode(), &policy)?;
     }
     if let (Some(path), Some(old)) = (&a.delta, &old) {
-        let parent = match old {
-            Image::Vmdk(v) => v,
-            Image::Ova(_) => return Err(vdisk::ova_parent().with_path(&a.old)),
-            Image::Raw(_) => {
-                return Err(Error::new(
-                    ErrorKind::InvalidArgument,
-                    "--delta needs OLD to be a VMDK (the link's parent)",
-                )
-                .with_path(&a.old))
-            }
+        if old.archive().is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "the parent of a delta must be a file of its own, not a disk inside an archive (extract it first)",
+            )
+            .with_path(&a.old));
+        }
+        // The delta's format: what its name says, or OLD's.
+        let format = match vdisk::output_format(path, None)? {
+            f if f.name() == "raw" => old.format(),
+            f => f,
         };
-        let opts = WriteOptions {
-            policy: policy.clone(),
-            ..Default::default()
-        };
-        write_delta_link(
-            &LinkTarget {
-                parent_path: &a.old,
-                parent,
-                layout: vdisk::vmdk::writer::Layout::Monolithic,
-                opts: &opts,
-                on_grain: None,
+        let opts = vdisk::DeltaOptions {
+            format: Some(format),
+            create: vdisk::CreateOptions {
+                policy: policy.clone(),
+                ..Default::default()
             },
-            &new,
-            map.extents(),
-            path,
-        )?;
+            on_block: None,
+        };
+        vdisk::write_delta(old, &new, map.extents(), path, &opts)?;
     }
     print_result(&map, old_size, a.json)?;
     Ok(u8::from(!map.is_empty() || old_size != map.size()))

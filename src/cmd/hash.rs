@@ -39,7 +39,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     };
     let mut protected = Protected::new();
     protected.add_image(&img);
-    let read = vdisk::raw::write_stream(&args.out, &policy(args.force, protected), |w| {
+    let read = vdisk::io::write_stream(&args.out, &policy(args.force, protected), |w| {
         Ok(hash_image(&img, w, &opts)?.1)
     })?;
     let seconds = progress.seconds();

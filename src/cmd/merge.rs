@@ -3,11 +3,10 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::merge::merge_chain;
 use vdisk::size::human;
-use vdisk::{ConvertOptions, Error, ErrorKind, Protected, Result, Subformat};
+use vdisk::{ConvertOptions, Error, ErrorKind, Protected, Result};
 
-use super::convert::VmdkArgs;
+use super::convert::OutputArgs;
 use super::{path_text, policy, print_json, Ctx, Status};
 
 /// Union changed-block bitmaps, or collapse a delta chain into one image (or, with --base,
@@ -24,7 +23,7 @@ pub struct Args {
     #[arg(long, value_name = "LINK")]
     pub base: Option<PathBuf>,
     #[command(flatten)]
-    pub vmdk: VmdkArgs,
+    pub output: OutputArgs,
     /// Replace an existing output.
     #[arg(long)]
     pub force: bool,
@@ -35,10 +34,10 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     if vdisk::read_head(&a.inputs[0], vdisk::bitmap::MAGIC.len())? == vdisk::bitmap::MAGIC {
-        if a.base.is_some() || a.vmdk.subformat.is_some() {
+        if a.base.is_some() || a.output.subformat.is_some() || a.output.output_format.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                "--base and --subformat apply to merging a chain, not bitmaps",
+                "--base, -O and --subformat apply to merging a chain, not bitmaps",
             ));
         }
         return super::bitmap::merge(&a.inputs, &a.out, a.force, a.json);
@@ -50,23 +49,27 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         )
         .with_path(&a.inputs[1]));
     };
-    let subformat = a.vmdk.subformat.unwrap_or(Subformat::MonolithicSparse);
+    let img = vdisk::open_with(image, &ctx.open)?;
+    let mut protected = Protected::new();
+    protected.add_image(&img);
+    let mut out = a.output.output(&a.out, policy(a.force, protected))?;
+    // Without -O or a telling name, a chain merges into the format of its top.
+    if a.output.output_format.is_none() && out.format.name() == "raw" {
+        if let Some(f) = [img.format()].into_iter().find(|f| f.writable() && f.name() != "raw") {
+            out = super::convert::Output {
+                format: f,
+                create: out.create,
+            };
+        }
+    }
     let progress = ctx.progress(0);
     let tick = |n: u64| progress.tick(n);
     let opts = ConvertOptions {
-        policy: policy(a.force, Protected::new()),
-        adapter: a.vmdk.adapter,
+        create: out.create.clone(),
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
-    let stats = merge_chain(
-        image,
-        &a.out,
-        a.base.as_deref(),
-        subformat,
-        &ctx.open,
-        &opts,
-    )?;
+    let stats = vdisk::merge(&img, &a.out, a.base.as_deref(), out.format, &ctx.open, &opts)?;
     progress.done(&format!(
         "merged {} of disk ({} read)",
         human(stats.size),
@@ -76,7 +79,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         print_json(&json!({
             "image": path_text(image),
             "output": path_text(&a.out),
-            "subformat": subformat.name(),
+            "format": out.format.name(),
+            "subformat": out.create.subformat.as_deref().or_else(|| out.format.subformats().first().copied()),
             "virtual_size": stats.size,
             "bytes_read": stats.bytes_read,
         }))?;

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::size::human;
-use vdisk::{ConvertOptions, DiskImage, Format, Protected, Repository, Result};
+use vdisk::{ConvertOptions, DiskImage, Protected, Repository, Result};
 
-use super::convert::{target, VmdkArgs};
+use super::convert::OutputArgs;
 use super::{path_text, policy, print_json, Ctx, Status};
 
 /// Write a restore point as a disk image, or onto a device (the newest point by default).
@@ -20,11 +20,8 @@ pub struct Args {
     /// The point to restore.
     #[arg(long, value_name = "N")]
     pub point: Option<u64>,
-    /// Output format.
-    #[arg(short = 'O', value_name = "raw|vmdk", default_value = "raw")]
-    pub output_format: Format,
     #[command(flatten)]
-    pub vmdk: VmdkArgs,
+    pub output: OutputArgs,
     /// Replace an existing destination (a device is overwritten in place).
     #[arg(long)]
     pub force: bool,
@@ -34,7 +31,8 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
-    let target = target(a.output_format, a.vmdk.subformat).map_err(|e| e.with_path(&a.dst))?;
+    // The output's format is settled before anything is read.
+    a.output.output(&a.dst, vdisk::OutputPolicy::new())?;
     let repository = Repository::open(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
@@ -46,13 +44,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     protected.add_image(&image);
     let progress = ctx.progress(image.size());
     let tick = |n: u64| progress.tick(n);
+    let out = a.output.output(&a.dst, policy(a.force, protected))?;
     let opts = ConvertOptions {
-        policy: policy(a.force, protected),
-        adapter: a.vmdk.adapter,
+        create: out.create.clone(),
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
-    let stats = vdisk::convert_with(&image, &a.dst, target, &opts)?;
+    let stats = vdisk::convert(&image, &a.dst, out.format, &opts)?;
     let seconds = progress.seconds();
     progress.done(&format!(
         "restored {} ({} read)",
@@ -63,7 +61,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         print_json(&json!({
             "point": image.point(),
             "destination": path_text(&a.dst),
-            "format": match target { vdisk::Target::Raw => "raw", vdisk::Target::Vmdk(_) => "vmdk" },
+            "format": out.format.name(),
             "size": stats.size,
             "bytes_read": stats.bytes_read,
             "seconds": seconds,

@@ -1,12 +1,10 @@
 //! `vdisk serve`: a read-only NBD export of an image or of a restore point (instant recovery).
-#![allow(unsafe_code)] // the SIGINT/SIGTERM handler and its self-pipe
 
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::Arc;
 
 use vdisk::nbd::{ExportConfig, Server};
@@ -33,46 +31,6 @@ pub struct Args {
     /// The export's name (clients ask for it; the default is the empty name).
     #[arg(long, value_name = "EXPORT", default_value = "")]
     pub name: String,
-}
-
-/// The write end of the pipe the signal handler wakes the main thread through.
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    if fd >= 0 {
-        let b = 1u8;
-        // SAFETY: write(2) is async-signal-safe; the buffer is a local byte.
-        unsafe {
-            libc::write(fd, (&b as *const u8).cast(), 1);
-        }
-    }
-}
-
-/// A pipe whose read end becomes readable on SIGINT or SIGTERM.
-fn signal_pipe() -> Result<std::fs::File> {
-    let mut fds = [0i32; 2];
-    // SAFETY: pipe2 fills the two-element array we own.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(Error::io(
-            "cannot make a pipe",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only calls write(2) on a descriptor that stays open for the
-        // life of the process; sigaction is given a zeroed, then filled, struct we own.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            sa.sa_flags = libc::SA_RESTART;
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-    // SAFETY: fds[0] is a fresh descriptor nothing else owns.
-    Ok(unsafe { <std::fs::File as std::os::unix::io::FromRawFd>::from_raw_fd(fds[0]) })
 }
 
 /// Bind the Unix socket at `path`, replacing a stale socket a killed server left (one nobody
@@ -120,7 +78,8 @@ fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let image = open_source(ctx, &a)?;
     let server = Arc::new(Server::new(image, ExportConfig::new(a.name.clone()))?);
-    let wake = signal_pipe()?;
+    let wake = vdisk::io::sys::interrupt_pipe()
+        .map_err(|e| Error::io("cannot catch SIGINT and SIGTERM", e))?;
     let handle = server.shutdown_handle();
     let (uri, socket, serving) = if let Some(path) = &a.socket {
         let listener = bind_unix(path)?;

@@ -240,8 +240,8 @@ pub fn assert_same_bytes(a: &Path, b: &Path) {
         a.display(),
         b.display()
     );
-    let data_a = vdisk::raw::data_ranges(&fa, 0, la);
-    let data_b = vdisk::raw::data_ranges(&fb, 0, lb);
+    let data_a = vdisk::io::data_ranges(&fa, 0, la);
+    let data_b = vdisk::io::data_ranges(&fb, 0, lb);
     // Compare every range that holds data in either file; elsewhere both read as zero.
     let mut ranges: Vec<(u64, u64)> = data_a.into_iter().chain(data_b).collect();
     ranges.sort();

@@ -5,10 +5,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use proptest::prelude::*;
-use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
-use vdisk::vmdk::VmdkImage;
-use vdisk::DiskImage;
-use vdisk::Target;
+use vdisk::vmdk::writer::Subformat;
+use vdisk::{ConvertOptions, CreateOptions, DiskImage};
 
 use crate::common::*;
 
@@ -64,7 +62,14 @@ proptest! {
         let src = vdisk::open(dir.join("src.raw")).unwrap();
         for sf in Subformat::ALL {
             let dst = dir.join(format!("{}.vmdk", sf.name()));
-            vdisk::convert(&src, &dst, Target::Vmdk(sf)).unwrap();
+            let opts = ConvertOptions {
+                create: CreateOptions {
+                    subformat: Some(sf.name().into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            vdisk::convert(&src, &dst, &vdisk::vmdk::VMDK, &opts).unwrap();
             let back = vdisk::open(&dst).unwrap();
             prop_assert_eq!(back.size(), size);
             let mut buf = vec![0u8; size as usize];
@@ -95,23 +100,18 @@ fn delta_links_read_as_the_new_disk_and_hold_only_the_changes() {
     new[6 << 20..(6 << 20) + (300 << 10)].copy_from_slice(&pattern(91, 300 << 10));
     std::fs::write(dir.join("new.raw"), &new).unwrap();
 
-    let parent = VmdkImage::open(&dir.join("parent.vmdk")).unwrap();
+    let parent = vdisk::open(dir.join("parent.vmdk")).unwrap();
     let new_img = vdisk::open(dir.join("new.raw")).unwrap();
-    let stats = write_delta_link(
-        &LinkTarget {
-            parent_path: &dir.join("parent.vmdk"),
-            parent: &parent,
-            layout: vdisk::vmdk::writer::Layout::Monolithic,
-            opts: &WriteOptions::default(),
-            on_grain: None,
-        },
+    let stats = vdisk::write_delta(
+        &parent,
         &new_img,
         changes,
         &dir.join("link.vmdk"),
+        &Default::default(),
     )
     .unwrap();
-    assert_eq!(stats.zeroed_grains, 4);
-    assert_eq!(stats.data_grains, 1 + 5); // 300 KiB at 6 MiB covers 5 grains
+    assert_eq!(stats.zeroed_blocks, 4);
+    assert_eq!(stats.data_blocks, 1 + 5); // 300 KiB at 6 MiB covers 5 grains
     qemu_img(dir, &["compare", "link.vmdk", "new.raw"]);
     qemu_img(dir, &["check", "link.vmdk"]);
     let info = qemu_img(dir, &["info", "link.vmdk"]);

@@ -6,20 +6,20 @@ use std::sync::Mutex;
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::{
-    copy_into, CopyOptions, DiskImage, Error, ErrorKind, ImageSink, Result, Throttle,
+    copy_into, write_delta_from, Advice, CopyOptions, DeltaStats, DeltaTarget, DiskImage, Error,
+    ErrorKind, ImageSink, Result, Throttle,
 };
 use vdisk_diff::{
     block_hash, diff_manifest_each, Manifest, ManifestBytes, ManifestWriter, ScanOptions,
 };
-use vdisk_raw::{OutputPolicy, Protected};
-use vdisk_vmdk::writer::{self, write_delta_link_into, LinkStats, LinkTarget, WriteOptions};
-use vdisk_vmdk::VmdkImage;
+use vdisk_image::Image;
+use vdisk_io::{CreateOptions, ImageOutput, OutputPolicy, Protected};
 
 use crate::hashes::{merge_manifest, open_manifest, stored_map, write_manifest};
 use crate::meta::{now_rfc3339, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint};
 use crate::repo::{repo_err, Repository};
 use crate::source::Source;
-use crate::{GRAIN, POINT_LAYOUT};
+use crate::{point_format, GRAIN};
 
 /// Options of a backup.
 #[derive(Default)]
@@ -60,7 +60,31 @@ fn point_policy(src: &dyn DiskImage) -> OutputPolicy {
 }
 
 impl Repository {
-    /// Back up `src`: a full point the first time, an incremental point after.
+    /// Back up the image at `src` (a file of any format with its backing chain, a disk of an
+    /// archive: anything an image location converts from), opened with default options: a
+    /// full point the first time, an incremental point after.
+    ///
+    /// ```
+    /// use vdisk_chain::Repository;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../fixtures/chain");
+    /// let mut repo = Repository::open_or_create(dir.path().join("repo"))?;
+    /// let s = repo.backup(format!("{fixtures}/top.vmdk"), &Default::default())?;
+    /// assert_eq!((s.point, s.kind.name()), (1, "full"));
+    /// # Ok::<(), vdisk_core::Error>(())
+    /// ```
+    pub fn backup(
+        &mut self,
+        src: impl Into<vdisk_image::ImageLocation>,
+        opts: &BackupOptions<'_>,
+    ) -> Result<BackupSummary> {
+        let img = vdisk_image::open(src)?;
+        let source = Source::of(&img)?;
+        self.backup_image(&img, &source, opts)
+    }
+
+    /// Back up `src`, an image already open (or in memory), known to the repository as
+    /// `source`: a full point the first time, an incremental point after.
     ///
     /// Nothing changes in the repository unless the whole point was written and synced: a
     /// failure (or a kill) at any instant leaves it as it was.
@@ -75,12 +99,12 @@ impl Repository {
     /// let source = Source { identity: "vm1/disk0".into(), unclean: false };
     /// let mut disk = vec![1u8; 1 << 20];
     ///
-    /// let full = repo.backup(&MemImage::new(disk.clone()), &source, &BackupOptions::default())?;
+    /// let full = repo.backup_image(&MemImage::new(disk.clone()), &source, &BackupOptions::default())?;
     /// assert_eq!((full.point, full.kind), (1, PointKind::Full));
     ///
     /// // Changes are found by hashing the source against the previous point …
     /// disk[300_000] = 2; // grain 4
-    /// let second = repo.backup(&MemImage::new(disk.clone()), &source, &BackupOptions::default())?;
+    /// let second = repo.backup_image(&MemImage::new(disk.clone()), &source, &BackupOptions::default())?;
     /// assert_eq!((second.point, second.kind), (2, PointKind::Incremental));
     /// assert_eq!(repo.points()[1].changed_bytes, 64 << 10);
     ///
@@ -89,16 +113,16 @@ impl Repository {
     /// let mut cbt = ChangeMap::new(1 << 20, 64 << 10)?;
     /// cbt.mark_bytes(900_000, 1)?;
     /// let opts = BackupOptions { changed: Some(cbt), ..Default::default() };
-    /// let third = repo.backup(&MemImage::new(disk), &source, &opts)?;
+    /// let third = repo.backup_image(&MemImage::new(disk), &source, &opts)?;
     /// assert_eq!((third.point, third.points, third.bytes_read), (3, 3, 64 << 10));
     ///
     /// // Another disk is refused unless insisted on.
     /// let other = Source { identity: "vm2/disk0".into(), unclean: false };
-    /// let e = repo.backup(&MemImage::new(vec![0; 1 << 20]), &other, &BackupOptions::default());
+    /// let e = repo.backup_image(&MemImage::new(vec![0; 1 << 20]), &other, &BackupOptions::default());
     /// assert_eq!(e.unwrap_err().kind(), vdisk_core::ErrorKind::Unsafe);
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
-    pub fn backup(
+    pub fn backup_image(
         &mut self,
         src: &dyn DiskImage,
         source: &Source,
@@ -174,7 +198,11 @@ impl Repository {
             }
         };
         let (point_img, stored, files) = self.record_point(&image, &stored_name)?;
-        let cid = point_img.layers()[0].descriptor().cid.unwrap_or(0);
+        let cid = point_img
+            .top()
+            .link_id()
+            .and_then(|l| u32::from_str_radix(&l.value, 16).ok())
+            .unwrap_or(0);
         let bytes_written = files.iter().map(|f| f.length).sum::<u64>() + manifest_len;
         meta.points.push(RestorePoint {
             point: n,
@@ -207,7 +235,7 @@ impl Repository {
         &self,
         image: &str,
         stored_name: &str,
-    ) -> Result<(VmdkImage, ChangeMap, Vec<FileCheck>)> {
+    ) -> Result<(Image, ChangeMap, Vec<FileCheck>)> {
         let img = self.open_image(image)?;
         let stored = stored_map(&img)?;
         self.store.put(stored_name, &stored.encode())?;
@@ -225,12 +253,12 @@ impl Repository {
         opts: &BackupOptions<'_>,
     ) -> Result<(u64, u64)> {
         let size = src.size();
-        let wopts = WriteOptions {
+        let copts = CreateOptions {
             policy: point_policy(src),
             ..Default::default()
         };
-        let out = self.store.image_output(image, &wopts.policy)?;
-        let inner = writer::create_clustered(out, size, &wopts)?;
+        let out = self.store.image_output(image, &copts.policy)?;
+        let inner = vdisk_image::create_in(out, point_format()?, size, &copts)?;
         let copts = CopyOptions {
             throttle: opts.throttle,
             progress: opts.progress,
@@ -259,17 +287,19 @@ impl Repository {
         let size = src.size();
         let store = &*self.store;
         let old = open_manifest(store, &prev.hashes)?;
-        let parent_path = self.path(&prev.image);
         let parent = self.open_point(prev)?;
-        let wopts = WriteOptions {
+        let copts = CreateOptions {
             policy: point_policy(src),
             ..Default::default()
         };
         let hint = std::path::PathBuf::from(&prev.image);
         let throttle = opts.throttle;
         if throttle.is_some_and(|t| t.rate().is_some()) {
-            src.read_as_asked();
+            src.advise(0, src.size(), Advice::Paced);
         }
+        let link = |out: Box<dyn ImageOutput>| {
+            vdisk_image::create_delta_in(out, point_format()?, &parent, &hint, size, &copts)
+        };
         match &opts.changed {
             Some(cbt) => {
                 // Trusted as a superset; blocks the old hashes cannot speak for are added: the
@@ -285,16 +315,15 @@ impl Repository {
                     let h = block_hash(data);
                     fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));
                 };
-                let target = LinkTarget {
-                    parent_path: &parent_path,
+                let sink = link(store.image_output(image, &copts.policy)?)?;
+                let target = DeltaTarget {
                     parent: &parent,
-                    layout: POINT_LAYOUT,
-                    opts: &wopts,
-                    on_grain: Some(&on_grain),
+                    new: src,
+                    sink,
+                    on_block: Some(&on_grain),
                 };
-                let out = store.image_output(image, &wopts.policy)?;
                 let groups = grain_groups(map.extents(), size);
-                let stats = write_delta_link_into(&target, src, groups, out, hint)?;
+                let stats = write_delta_from(target, groups)?;
                 let mut fresh = fresh.into_inner().unwrap_or_else(|e| e.into_inner());
                 fresh.sort_unstable_by_key(|e| e.0);
                 let ((), len) = write_manifest(store, hashes_name, size, |m| {
@@ -308,16 +337,14 @@ impl Repository {
                     throttle: opts.throttle,
                     progress: opts.progress,
                 };
-                let target = LinkTarget {
-                    parent_path: &parent_path,
+                let target = DeltaTarget {
                     parent: &parent,
-                    layout: POINT_LAYOUT,
-                    opts: &wopts,
-                    on_grain: None,
+                    new: src,
+                    sink: link(store.image_output(image, &copts.policy)?)?,
+                    on_block: None,
                 };
-                let out = store.image_output(image, &wopts.policy)?;
                 let ((scanned, _), len) = write_manifest(store, hashes_name, size, |m| {
-                    hash_and_link(&old, src, &scan, &target, out, hint, m)
+                    hash_and_link(&old, &scan, target, m)
                 })?;
                 Ok((scanned, len))
             }
@@ -348,17 +375,15 @@ fn grain_groups(
 /// Returns the bytes the scan read and what the writer did.
 fn hash_and_link<B: ManifestBytes, W: std::io::Write>(
     old: &Manifest<B>,
-    src: &dyn DiskImage,
     scan: &ScanOptions<'_>,
-    target: &LinkTarget<'_>,
-    out: Box<dyn writer::ImageOutput>,
-    hint: std::path::PathBuf,
+    target: DeltaTarget<'_>,
     manifest: &mut ManifestWriter<W>,
-) -> Result<(u64, LinkStats)> {
+) -> Result<(u64, DeltaStats)> {
+    let src = target.new;
     // A few windows of changes in flight: the scan runs ahead of the writer by at most that.
     let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<u64>>>(4);
     std::thread::scope(|s| {
-        let writer = s.spawn(move || write_delta_link_into(target, src, rx, out, hint));
+        let writer = s.spawn(move || write_delta_from(target, rx));
         let mut writer_gone = false;
         let scanned = diff_manifest_each(old, src, scan, &mut |window| {
             for &(b, h) in &window.hashes {
@@ -414,7 +439,8 @@ impl<W: std::io::Write + Send> ImageSink for HashingSink<'_, W> {
         self.inner.put(blocks)?;
         if let (Some(first), Some(last)) = (blocks.first(), blocks.last()) {
             let end = last.0 + last.1.len() as u64;
-            self.src.release(first.0, end.saturating_sub(first.0));
+            self.src
+                .advise(first.0, end.saturating_sub(first.0), Advice::Release);
         }
         Ok(())
     }

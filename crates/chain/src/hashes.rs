@@ -6,7 +6,7 @@ use std::io::Write;
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::Result;
 use vdisk_diff::{Manifest, ManifestBytes, ManifestWriter};
-use vdisk_vmdk::VmdkImage;
+use vdisk_image::Image;
 
 use crate::store::{ManifestSource, Store};
 use crate::GRAIN;
@@ -69,9 +69,9 @@ pub(crate) fn merge_manifest<B: ManifestBytes, W: Write>(
 }
 
 /// The grains a point's own files store (data or zeroed).
-pub(crate) fn stored_map(img: &VmdkImage) -> Result<ChangeMap> {
-    let mut map = ChangeMap::new(img.layers()[0].size(), GRAIN)?;
-    img.for_each_stored(0, |e| map.mark_bytes(e.start, e.length))?;
+pub(crate) fn stored_map(img: &Image) -> Result<ChangeMap> {
+    let mut map = ChangeMap::new(img.top().size(), GRAIN)?;
+    vdisk_image::for_each_stored(img, 0, |s, l| map.mark_bytes(s, l))?;
     Ok(map)
 }
 

@@ -27,7 +27,7 @@
 //! let disk = MemImage::new(vec![7u8; 1 << 20]);
 //! let source = Source { identity: "vm1/disk0".into(), unclean: false };
 //! let mut repo = Repository::open_or_create(dir.path().join("repo"))?;
-//! let first = repo.backup(&disk, &source, &BackupOptions::default())?;
+//! let first = repo.backup_image(&disk, &source, &BackupOptions::default())?;
 //! assert_eq!(first.point, 1);
 //! let point = repo.checked_point(None)?; // a DiskImage whose reads are checked
 //! # Ok::<(), vdisk_core::Error>(())
@@ -36,6 +36,7 @@
 mod backup;
 mod checksums;
 mod hashes;
+mod jobs;
 mod lock;
 mod meta;
 mod prune;
@@ -50,6 +51,7 @@ mod verify;
 pub mod fuzzing;
 
 pub use backup::{BackupOptions, BackupSummary};
+pub use jobs::{backup, restore, verify};
 pub use lock::{RepoLock, LOCK_FILE};
 pub use meta::{
     now_rfc3339, Covers, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint, META_FILE,
@@ -62,14 +64,18 @@ pub use store::Location;
 pub use sync::SyncSummary;
 pub use verify::{PointProblem, PointReport, VerifyOptions};
 
-use vdisk_vmdk::writer::{self, Layout};
-
-/// Points are written in the clustered layout: a small descriptor file (which prune can
-/// rewrite atomically when a link's parent becomes a synthetic full) and sparse extents cut
-/// along the data, so a point costs its data, not its disk's size.
-const POINT_LAYOUT: Layout = Layout::Clustered;
+/// The format points are written in: a VMDK in the clustered layout (what a VMDK driver
+/// writes into a store), a small descriptor file (which prune can rewrite atomically when a
+/// link's parent becomes a synthetic full) and sparse extents cut along the data, so a point
+/// costs its data, not its disk's size.
+const POINT_FORMAT: &str = "vmdk";
 /// Grain size of the points, and so the block size of hashes and bitmaps.
-const GRAIN: u64 = writer::GRAIN_SECTORS * 512;
+const GRAIN: u64 = 64 << 10;
+
+/// The driver points are written with.
+fn point_format() -> vdisk_core::Result<&'static dyn vdisk_io::Format> {
+    vdisk_image::registry::require(POINT_FORMAT)
+}
 
 /// Make a small repository with two points at `dir`, for documentation examples.
 #[doc(hidden)]
@@ -81,7 +87,7 @@ pub fn doc_example_repository(dir: &std::path::Path) {
     let mut repo = Repository::open_or_create(dir).expect("a repository in a fresh folder");
     for fill in [1u8, 2] {
         let disk = vdisk_core::MemImage::new(vec![fill; 256 << 10]);
-        repo.backup(&disk, &source, &BackupOptions::default())
+        repo.backup_image(&disk, &source, &BackupOptions::default())
             .expect("a backup of an in-memory disk");
     }
 }

@@ -7,14 +7,13 @@
 //! like another process would be, and dropping one handle never unlocks another.
 //! Readers take no lock: the metadata is replaced atomically, so they always see a whole
 //! state, and they need no write access to the repository.
-#![allow(unsafe_code)] // flock(2) on the lock file
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 
 use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_io::sys;
 
 /// Name of the lock file inside a repository.
 pub const LOCK_FILE: &str = ".vdisk-lock";
@@ -43,23 +42,20 @@ impl RepoLock {
             .write(true)
             .create(true)
             .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .custom_flags(sys::flags::O_NOFOLLOW | sys::flags::O_CLOEXEC)
             .mode(0o644)
             .open(&path)
             .map_err(|e| Error::io("cannot open the lock file", e).with_path(&path))?;
-        // SAFETY: flock on a descriptor we own; it changes only the lock state of the open
-        // file description, which the kernel drops with the descriptor.
-        let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if r != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        match sys::try_lock_exclusive(&file) {
+            Ok(true) => {}
+            Ok(false) => {
                 return Err(Error::new(
                     ErrorKind::InUse,
                     "repository is in use by another vdisk run (a backup or prune is writing it)",
                 )
-                .with_path(dir));
+                .with_path(dir))
             }
-            return Err(Error::io("cannot lock the repository", err).with_path(&path));
+            Err(err) => return Err(Error::io("cannot lock the repository", err).with_path(&path)),
         }
         Ok(RepoLock { _file: file })
     }

@@ -1,16 +1,15 @@
 //! Pruning: the oldest points folded into the base (a synthetic full), without changing what
 //! any kept point restores to.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use vdisk_core::{copy_into, CopyOptions, Error, ErrorKind, Result};
-use vdisk_raw::OutputPolicy;
-use vdisk_vmdk::writer::{self, WriteOptions};
-use vdisk_vmdk::Descriptor;
+use vdisk_io::{CreateOptions, LinkId, OutputPolicy};
 
 use crate::checksums::file_checks;
 use crate::meta::PointKind;
 use crate::repo::Repository;
+use crate::point_format;
 
 /// What `prune` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,13 +81,16 @@ impl Repository {
         // above it stays valid.
         let full_name = format!("point-{:06}.g{generation}.vmdk", base.point);
         let img = self.checked_point(Some(base.point))?;
-        let wopts = WriteOptions {
+        let copts = CreateOptions {
             policy: OutputPolicy::replacing(),
-            cid: Some(base.cid),
+            link_id: Some(LinkId {
+                kind: "vmdk-cid",
+                value: format!("{:08x}", base.cid),
+            }),
             ..Default::default()
         };
-        let out = self.store.image_output(&full_name, &wopts.policy)?;
-        let sink = writer::create_clustered(out, base.size, &wopts)?;
+        let out = self.store.image_output(&full_name, &copts.policy)?;
+        let sink = vdisk_image::create_in(out, point_format()?, base.size, &copts)?;
         copy_into(&img, sink, opts)?;
         drop(img);
         let stored_name = format!("point-{:06}.g{generation}.stored", base.point);
@@ -110,10 +112,11 @@ impl Repository {
         for child in meta.points.iter().skip(fold + 1) {
             let old_path = self.path(&child.image);
             let old = self.store.read(&child.image, 16 << 20)?;
-            let mut d = Descriptor::parse(&old).map_err(|e| e.with_path(&old_path))?;
-            d.parent_hint = Some(PathBuf::from(&parent_name));
+            let rebased = point_format()?
+                .rebase(&old, Path::new(&parent_name))
+                .map_err(|e| e.with_path(&old_path))?;
             let name = format!("point-{:06}.g{generation}.vmdk", child.point);
-            self.store.put(&name, d.render().as_bytes())?;
+            self.store.put(&name, &rebased)?;
             let mut c = child.clone();
             c.files.retain(|f| f.name != child.image);
             c.files

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vdisk_core::{Error, ErrorKind, Result};
-use vdisk_raw::{Cache, ReadAhead};
-use vdisk_vmdk::{OpenOptions, VmdkImage};
+use vdisk_image::{Image, OpenOptions};
+use vdisk_io::{Cache, ReadAhead};
 
 use crate::meta::{RepoMeta, RestorePoint, META_FILE};
 use crate::store::{self, Location, Store, StoreFiles, WriterLock};
@@ -193,7 +193,7 @@ impl Repository {
 
     /// Open a point's image (its chain included), unchecked: reads return what the files hold
     /// now. [`Repository::checked_point`] checks every grain against the hashes kept at backup.
-    pub fn open_point(&self, p: &RestorePoint) -> Result<VmdkImage> {
+    pub fn open_point(&self, p: &RestorePoint) -> Result<Image> {
         self.open_image(&p.image).map_err(|e| {
             if e.kind() == ErrorKind::PathRefused {
                 // A point only ever names files inside the repository.
@@ -213,8 +213,8 @@ impl Repository {
     }
 
     /// Open the image whose descriptor is `name`, through the store.
-    pub(crate) fn open_image(&self, name: &str) -> Result<VmdkImage> {
-        VmdkImage::open_with(
+    pub(crate) fn open_image(&self, name: &str) -> Result<Image> {
+        vdisk_image::open_chain(
             &StoreFiles(&*self.store),
             &self.path(name),
             &OpenOptions::default(),

@@ -6,13 +6,13 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 
 use vdisk_core::{
-    check_range, coalesce, copy_into, Allocation, CopyOptions, CopyStats, DiskImage, Error,
-    ErrorKind, Extent, FileId, ImageSink, Result,
+    check_range, coalesce, copy_into, Advice, Allocation, CopyOptions, CopyStats, DiskImage,
+    Error, ErrorKind, Extent, FileId, ImageSink, Result,
 };
 use vdisk_diff::block_hash;
 
 use crate::hashes::{open_manifest, PointManifest};
-use vdisk_vmdk::VmdkImage;
+use vdisk_image::Image;
 
 use crate::repo::Repository;
 use crate::GRAIN;
@@ -24,7 +24,7 @@ use crate::GRAIN;
 /// Restore and `serve` read points through it.
 #[derive(Debug)]
 pub struct CheckedPoint {
-    image: VmdkImage,
+    image: Image,
     manifest: PointManifest,
     size: u64,
     point: u64,
@@ -91,14 +91,15 @@ impl Repository {
     ///
     /// ```
     /// use vdisk_core::CopyOptions;
-    /// use vdisk_raw::{OutputPolicy, RawSink};
+    /// use vdisk_io::CreateOptions;
     /// # let dir = tempfile::tempdir().unwrap();
     /// # vdisk_chain::doc_example_repository(&dir.path().join("repo"));
     /// let repo = vdisk_chain::Repository::open(dir.path().join("repo"))?;
     /// let dst = dir.path().join("point1.raw");
     /// let size = repo.point(Some(1))?.size;
-    /// let sink = RawSink::create(&dst, size, &OutputPolicy::new())?;
-    /// let stats = repo.restore_into(Some(1), Box::new(sink), &CopyOptions::default())?;
+    /// let raw = vdisk_image::registry::require("raw")?;
+    /// let sink = vdisk_image::create(&dst, raw, size, &CreateOptions::default())?;
+    /// let stats = repo.restore_into(Some(1), sink, &CopyOptions::default())?;
     /// assert_eq!(stats.size, 256 << 10);
     /// assert_eq!(std::fs::read(&dst).unwrap(), vec![1u8; 256 << 10]);
     /// # Ok::<(), vdisk_core::Error>(())
@@ -121,7 +122,7 @@ impl CheckedPoint {
     }
 
     /// The point's image, unchecked.
-    pub fn image(&self) -> &VmdkImage {
+    pub fn image(&self) -> &Image {
         &self.image
     }
 
@@ -292,27 +293,11 @@ impl DiskImage for CheckedPoint {
     }
 
     fn format_name(&self) -> &'static str {
-        "vmdk"
+        self.image.format_name()
     }
 
-    fn populate(&self, offset: u64, len: u64) {
-        self.image.populate(offset, len)
-    }
-
-    fn release(&self, offset: u64, len: u64) {
-        self.image.release(offset, len)
-    }
-
-    fn read_as_asked(&self) {
-        self.image.read_as_asked()
-    }
-
-    fn read_once(&self, offset: u64, len: u64) {
-        self.image.read_once(offset, len)
-    }
-
-    fn forget(&self, offset: u64, len: u64) {
-        self.image.forget(offset, len)
+    fn advise(&self, offset: u64, len: u64, advice: Advice) {
+        self.image.advise(offset, len, advice)
     }
 
     fn files(&self) -> Vec<FileId> {

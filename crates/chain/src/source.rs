@@ -3,40 +3,51 @@
 use std::path::Path;
 
 use vdisk_core::{DiskImage, Error, Result};
+use vdisk_image::{Image, ImageLocation};
 
 /// The disk a backup reads: a name that stays the same across backups, and whether it was
-/// closed cleanly. [`Source::of`] derives both from the image and its path.
+/// closed cleanly. [`Source::of`] derives both from an opened image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
-    /// What identifies the disk across backups (its canonical path).
+    /// What identifies the disk across backups (its canonical path; for a disk of an archive,
+    /// the archive's canonical path joined with the disk's name in it).
     pub identity: String,
     /// Whether the image says it was not closed cleanly (not quiesced).
     pub unclean: bool,
 }
 
+/// The canonical path of `path`, as text.
+fn canonical(path: &Path) -> Result<String> {
+    Ok(std::fs::canonicalize(path)
+        .map_err(|e| Error::io("cannot resolve", e).with_path(path))?
+        .display()
+        .to_string())
+}
+
 impl Source {
-    /// The source behind `img`, opened from `path`.
-    pub fn of(path: impl AsRef<Path>, img: &dyn DiskImage) -> Result<Self> {
-        let path = path.as_ref();
-        let identity = std::fs::canonicalize(path)
-            .map_err(|e| Error::io("cannot resolve", e).with_path(path))?
-            .display()
-            .to_string();
+    /// The source behind `img`, from where it was opened.
+    pub fn of(img: &Image) -> Result<Self> {
+        let identity = match img.location() {
+            ImageLocation::File(path) => canonical(path)?,
+            ImageLocation::Member { archive, .. } => {
+                let member = img.path().strip_prefix(archive).unwrap_or(img.path());
+                Path::new(&canonical(archive)?)
+                    .join(member)
+                    .display()
+                    .to_string()
+            }
+        };
         Ok(Source {
             identity,
             unclean: img.unclean_shutdown(),
         })
     }
 
-    /// The source behind `img`, the member `member` of the archive at `archive` (a disk of an
-    /// OVA): the archive's canonical path joined with the member's name.
-    pub fn of_member(
-        archive: impl AsRef<Path>,
-        member: &Path,
-        img: &dyn DiskImage,
-    ) -> Result<Self> {
-        let mut s = Self::of(archive, img)?;
-        s.identity = Path::new(&s.identity).join(member).display().to_string();
-        Ok(s)
+    /// The source behind `img`, a disk read from the file at `path`.
+    pub fn of_path(path: impl AsRef<Path>, img: &dyn DiskImage) -> Result<Self> {
+        Ok(Source {
+            identity: canonical(path.as_ref())?,
+            unclean: img.unclean_shutdown(),
+        })
     }
 }

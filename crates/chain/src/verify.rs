@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{DiskImage, Result, Throttle};
+use vdisk_core::{Advice, DiskImage, ReadOnce, Result, Throttle};
 use vdisk_diff::block_hash;
 
 use crate::checksums::check_file;
@@ -204,6 +204,13 @@ impl Repository {
         };
         let mut problems = Vec::new();
         let store = &*self.store;
+        // Where the point's metadata lies now, as its files say. A point that does not open
+        // is reported below, when its image is opened; its files' own checksums still are.
+        let regions: Option<std::collections::HashMap<String, Vec<(u64, u64)>>> =
+            crate::checksums::regions(store, &p.image)
+                .ok()
+                .map(|r| r.into_iter().collect());
+        let empty = std::collections::HashMap::new();
         for f in &p.files {
             match store.len(&f.name) {
                 Ok(len) if len != f.length => problems.push(PointProblem::FileLength {
@@ -213,7 +220,13 @@ impl Repository {
                 }),
                 _ => {}
             }
-            match check_file(store, f) {
+            let Some(regions) = regions.as_ref().or_else(|| {
+                // Without the point's own view of its metadata, only whole files are checked.
+                (f.covers == crate::meta::Covers::Prefix).then_some(&empty)
+            }) else {
+                continue;
+            };
+            match check_file(store, f, regions) {
                 Ok(true) => {}
                 Ok(false) => problems.push(PointProblem::MetadataChecksum {
                     file: f.name.clone(),
@@ -237,7 +250,7 @@ impl Repository {
             }
         };
         if opts.throttle.is_some_and(|t| t.rate().is_some()) {
-            img.read_as_asked();
+            img.advise(0, img.size(), Advice::Paced);
         }
         // The link goes to the right parent.
         if let Some(parent) = p.parent.and_then(|n| meta.point(n)) {
@@ -275,11 +288,13 @@ impl Repository {
                         t.take(len);
                     }
                     let data = &mut buf[..len as usize];
-                    img.read_once(off, len);
+                    // The point's own file, read once (its parents' grains are theirs).
+                    let once = ReadOnce::new(img.top(), off, len);
                     let ok = img
-                        .read_layer_only(0, data, off)
+                        .top()
+                        .read_at(data, off)
                         .and_then(|_| Ok(manifest.hash(b)? == Some(block_hash(data))));
-                    img.forget(off, len);
+                    drop(once);
                     if let Some(pr) = opts.progress {
                         pr(len);
                     }

@@ -46,7 +46,7 @@ fn a_source_failing_mid_scan_leaves_the_repository_as_it_was() {
     let base = disk(200 * MIB, 1);
     let mut repo = Repository::open_or_create(&repo_dir).unwrap();
     let src = MemImage::new(base.clone());
-    repo.backup(&src, &info(), &BackupOptions::default())
+    repo.backup_image(&src, &info(), &BackupOptions::default())
         .unwrap();
     let before = names(&repo_dir);
 
@@ -57,7 +57,7 @@ fn a_source_failing_mid_scan_leaves_the_repository_as_it_was() {
     }
     let failing = MemImage::new(changed.clone()).failing_from(190 * MIB as u64);
     let err = repo
-        .backup(&failing, &info(), &BackupOptions::default())
+        .backup_image(&failing, &info(), &BackupOptions::default())
         .unwrap_err();
     assert!(
         err.to_string().contains("told to fail here"),
@@ -80,7 +80,7 @@ fn a_source_failing_mid_scan_leaves_the_repository_as_it_was() {
     assert!(sound(&repo));
     let ok = MemImage::new(changed.clone());
     let summary = repo
-        .backup(&ok, &info(), &BackupOptions::default())
+        .backup_image(&ok, &info(), &BackupOptions::default())
         .unwrap();
     assert_eq!(summary.point, 2);
     assert!(sound(&repo));

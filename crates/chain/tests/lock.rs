@@ -20,7 +20,7 @@ fn a_second_writer_in_the_same_process_is_refused_and_readers_still_read() {
     let disk = vec![7u8; 256 << 10];
     {
         let mut repo = Repository::open_or_create(&repo_dir).unwrap();
-        repo.backup(
+        repo.backup_image(
             &MemImage::new(disk.clone()),
             &source(),
             &BackupOptions::default(),
@@ -60,7 +60,7 @@ fn a_second_writer_in_the_same_process_is_refused_and_readers_still_read() {
 
     // The holder still writes, and once it is gone the next writer gets the lock.
     first
-        .backup(
+        .backup_image(
             &MemImage::new(vec![8u8; 256 << 10]),
             &source(),
             &BackupOptions::default(),

@@ -28,3 +28,38 @@ pub use scan::{
 pub fn block_hash(data: &[u8]) -> u128 {
     twox_hash::XxHash3_128::oneshot(data)
 }
+
+/// Compare two images block by block in 64 KiB blocks ([`diff`] takes other block sizes, a
+/// throttle or progress). Only ranges that hold data on either side are read.
+///
+/// ```
+/// use vdisk_core::MemImage;
+/// let old = MemImage::new(vec![1u8; 1 << 20]);
+/// let mut bytes = vec![1u8; 1 << 20];
+/// bytes[70_000] = 2;
+/// let report = vdisk_diff::diff_images(&old, &MemImage::new(bytes))?;
+/// assert_eq!(report.map.extents().collect::<Vec<_>>(), [(64 << 10, 64 << 10)]);
+/// # Ok::<(), vdisk_core::Error>(())
+/// ```
+pub fn diff_images(
+    old: &dyn vdisk_core::DiskImage,
+    new: &dyn vdisk_core::DiskImage,
+) -> vdisk_core::Result<DiffReport> {
+    diff(old, new, &ScanOptions::new(vdisk_core::Granularity::DEFAULT))
+}
+
+/// Hash every 64 KiB block of `img` into a manifest at `manifest` (refused if it exists, and
+/// never one of `img`'s files), for a later [`diff_manifest`] that needs only the new image.
+/// Returns the bytes read.
+pub fn hash_to_file(
+    img: &dyn vdisk_core::DiskImage,
+    manifest: impl AsRef<std::path::Path>,
+) -> vdisk_core::Result<u64> {
+    let mut protected = vdisk_io::Protected::new();
+    protected.add_image(img);
+    let policy = vdisk_io::OutputPolicy::new().protecting(protected);
+    let opts = ScanOptions::new(vdisk_core::Granularity::DEFAULT);
+    vdisk_io::write_stream(manifest.as_ref(), &policy, |w| {
+        Ok(hash_image(img, w, &opts)?.1)
+    })
+}

@@ -190,7 +190,7 @@ impl Manifest<ManifestFileBytes> {
             .map_err(|e| Error::io("cannot stat", e).with_path(path))?;
         let bytes = ManifestFileBytes {
             len: meta.len(),
-            id: vdisk_raw::file_id(&meta),
+            id: vdisk_io::file_id(&meta),
             file,
         };
         Manifest::decode(bytes).map_err(|e| e.with_path(path))

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{is_zero, Allocation, DiskImage, Granularity, Result, Throttle};
+use vdisk_core::{
+    is_zero, Advice, Allocation, DiskImage, Granularity, ReadOnce, Result, Throttle,
+};
 
 use crate::block_hash;
 use crate::manifest::{Manifest, ManifestBytes, ManifestWriter, WindowHashes};
@@ -53,7 +55,7 @@ impl ScanOptions<'_> {
     /// Prepare `img` for this scan's reads: paced reads read what is asked, nothing ahead.
     fn prepare(&self, img: &dyn DiskImage) {
         if self.paced() {
-            img.read_as_asked();
+            img.advise(0, img.size(), Advice::Paced);
         }
     }
 
@@ -155,7 +157,7 @@ fn bytes_at<'a>(
     let size = img.size();
     if off + len <= size && !opts.paced() {
         if let Some(s) = img.mapped(off, len) {
-            img.populate(off, len);
+            img.advise(off, len, Advice::Populate);
             return Ok((s, true));
         }
     }
@@ -205,9 +207,9 @@ fn bytes_at<'a>(
 /// assert_eq!(fine.map.extents().collect::<Vec<_>>(), [(68 << 10, 4 << 10)]);
 /// # Ok::<(), vdisk_core::Error>(())
 /// ```
-pub fn diff(
-    old: &dyn DiskImage,
-    new: &dyn DiskImage,
+pub fn diff<'a>(
+    old: &'a dyn DiskImage,
+    new: &'a dyn DiskImage,
     opts: &ScanOptions<'_>,
 ) -> Result<DiffReport> {
     opts.check()?;
@@ -242,10 +244,13 @@ pub fn diff(
         );
         // The two files' residency is noted side by side (a look at a warm GiB takes
         // milliseconds).
-        rayon::join(
-            || work.iter().for_each(|&(s, e)| old.read_once(s, e - s)),
-            || work.iter().for_each(|&(s, e)| new.read_once(s, e - s)),
-        );
+        // Dropped at the end of the window: what the reads brought into the cache leaves.
+        let once = |img: &'a dyn DiskImage| -> Vec<ReadOnce<'a>> {
+            work.iter()
+                .map(|&(s, e)| ReadOnce::new(img, s, e - s))
+                .collect()
+        };
+        let read_once = rayon::join(|| once(old), || once(new));
         let changed: Vec<Vec<u64>> = work
             .par_iter()
             .map_init(
@@ -282,9 +287,9 @@ pub fn diff(
                     // Unmapped here, by each worker, rather than a window at a time on one
                     // thread while the others wait (tearing down page tables is a tenth of a
                     // warm diff's work).
-                    new.release(s, len);
+                    new.advise(s, len, Advice::Release);
                     if old_has {
-                        old.release(s, len);
+                        old.advise(s, len, Advice::Release);
                     }
                     Ok(out)
                 },
@@ -293,10 +298,7 @@ pub fn diff(
         for b in changed.into_iter().flatten() {
             map.set(b);
         }
-        for &(s, e) in &work {
-            old.forget(s, e - s);
-            new.forget(s, e - s);
-        }
+        drop(read_once);
         opts.tick(end - start);
         start = end;
     }
@@ -327,11 +329,15 @@ fn digest_window(
 ) -> Result<Vec<BlockDigest>> {
     let g = opts.granularity;
     let work = tasks(&[data_ranges(img, start, end)?], start, end, g);
+    // Dropped at the end: what the reads brought into the cache leaves.
+    let read_once: Vec<ReadOnce<'_>> = work
+        .iter()
+        .map(|&(s, e)| ReadOnce::new(img, s, e - s))
+        .collect();
     let parts: Vec<Vec<BlockDigest>> = work
         .par_iter()
         .map_init(Vec::new, |buf, &(s, e)| -> Result<Vec<BlockDigest>> {
             let len = e - s;
-            img.read_once(s, len);
             // Paced once: bytes_at paces what it reads into the buffer, and mapped bytes are
             // paced block by block below as they are touched.
             let (data, mapped) = bytes_at(img, s, len, buf, opts)?;
@@ -360,13 +366,11 @@ fn digest_window(
                 off = stop;
             }
             // Unmapped by each worker, as in `diff`.
-            img.release(s, len);
+            img.advise(s, len, Advice::Release);
             Ok(v)
         })
         .collect::<Result<_>>()?;
-    for &(s, e) in &work {
-        img.forget(s, e - s);
-    }
+    drop(read_once);
     Ok(parts.into_iter().flatten().collect())
 }
 

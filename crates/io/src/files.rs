@@ -85,3 +85,50 @@ impl SealedOutput for SealedFile {
         self.commit()
     }
 }
+
+/// The files of an image in a local folder, for a writer that takes an [`ImageOutput`]:
+/// each written unnamed ([`SparseWriter`]), synced when finished, and all linked under their
+/// names together, the main file last. For new names (a repository's points); replacing an
+/// image of several files that already exists is a format's own business.
+pub struct LocalFiles {
+    dst: std::path::PathBuf,
+    policy: crate::OutputPolicy,
+    pending: Vec<Box<dyn SealedOutput>>,
+}
+
+impl LocalFiles {
+    /// The files of an image whose main file is `dst`, written under `policy`.
+    pub fn new(dst: &Path, policy: &crate::OutputPolicy) -> Self {
+        LocalFiles {
+            dst: dst.to_path_buf(),
+            policy: policy.clone(),
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl ImageOutput for LocalFiles {
+    fn dst(&self) -> &Path {
+        &self.dst
+    }
+    fn exists(&self, name: &Path) -> Result<bool> {
+        Ok(std::fs::symlink_metadata(self.dst.with_file_name(name)).is_ok())
+    }
+    fn create(&mut self, name: Option<&Path>) -> Result<Box<dyn OutputFile>> {
+        let path = match name {
+            Some(n) => self.dst.with_file_name(n),
+            None => self.dst.clone(),
+        };
+        Ok(Box::new(SparseWriter::create(&path, 0, &self.policy)?))
+    }
+    fn keep(&mut self, file: Box<dyn SealedOutput>) -> Result<()> {
+        self.pending.push(file);
+        Ok(())
+    }
+    fn commit(self: Box<Self>, main: Box<dyn SealedOutput>) -> Result<()> {
+        for f in self.pending {
+            f.publish()?;
+        }
+        main.publish()
+    }
+}

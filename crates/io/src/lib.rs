@@ -31,7 +31,7 @@ mod writer;
 
 pub use bytes::{Bytes, FileRange, FileStore, FsStore, MemStore, RangedFile};
 pub use device::DeviceWriter;
-pub use files::{ImageOutput, OutputFile, SealedOutput, HEAD_REGION};
+pub use files::{ImageOutput, LocalFiles, OutputFile, SealedOutput, HEAD_REGION};
 pub use format::{
     Backing, BitmapInfo, CreateOptions, DeltaParent, Format, Layer, LayerInfo, LinkId,
     MetadataRegion, OpenContext, ProbeBytes, PROBE_HEAD, PROBE_TAIL,

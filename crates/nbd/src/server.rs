@@ -1,6 +1,5 @@
 //! Accepting connections and their lifecycle: a thread per connection (up to a cap), a few
 //! worker threads per connection, and a shutdown that closes everything promptly.
-#![allow(unsafe_code)] // poll(2) on the listener and the wake-up socket
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -13,6 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use vdisk_core::{DiskImage, Error, ErrorKind, Result};
+use vdisk_io::sys::errno;
 
 use crate::export::{Export, ExportConfig};
 use crate::handshake::negotiate;
@@ -444,33 +444,14 @@ fn run_connection<S: Socket>(inner: &Inner, sock: S) {
 
 /// Wait until `a` or `b` is readable (or has an error or hang-up pending).
 fn wait_readable(a: RawFd, b: RawFd) -> io::Result<()> {
-    let mut fds = [
-        libc::pollfd {
-            fd: a,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: b,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    // SAFETY: `fds` is a live, writable array of two pollfd structs and its length is
-    // passed with it; poll writes only their `revents` fields. The descriptors are open:
-    // both are borrowed from objects the caller holds for the duration of the call.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    vdisk_io::sys::wait_readable(&[a, b]).map(|_| ())
 }
 
 /// Accept errors caused by a lack of resources: wait and try again.
 fn is_transient(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        Some(errno::EMFILE | errno::ENFILE | errno::ENOBUFS | errno::ENOMEM)
     )
 }
 
@@ -479,7 +460,7 @@ fn is_dropped_connection(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+    ) || matches!(e.raw_os_error(), Some(errno::EPROTO | errno::EPERM))
 }
 
 /// A listening socket of either family.

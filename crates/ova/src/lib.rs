@@ -3,9 +3,9 @@
 //! An OVA is a tar archive holding an OVF descriptor (`.ovf`), often a manifest and a
 //! certificate, and the disks (usually streamOptimized VMDKs). [`Ova`] lists its members as
 //! byte ranges of the mapped archive ([`list_members`]), tells which are disks
-//! ([`find_disks`]: by content, as vdisk detects any image), and serves them as files of a
-//! [`FileStore`], so that a VMDK inside is opened as if it had been extracted, without a copy.
-//! [`OvaImage`] is one disk of an archive as a [`DiskImage`].
+//! ([`find_disks`]: by content, with the probe the registry gives it, so a disk of any
+//! registered format counts), and serves them as files of a [`FileStore`], so that a disk
+//! inside is opened as if it had been extracted, without a copy. The registry opens them.
 
 mod archive;
 #[doc(hidden)]
@@ -15,52 +15,57 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vdisk_core::{DiskImage, Error, ErrorKind, Extent, FileId, Result};
-use vdisk_raw::{MappedFile, ReadAhead};
-use vdisk_vmdk::{Bytes, Descriptor, FileRange, FileStore, OpenOptions, VmdkImage};
+use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_io::{Bytes, FileRange, FileStore, MappedFile, ReadAhead};
 
 pub use archive::{is_tar, list_members, Member, MAX_MEMBERS};
 
-/// How many first bytes of a member decide whether it is a disk (as `vdisk::detect` reads).
+/// How many first bytes of a member decide whether it is a disk (as detection reads them).
 const PROBE_BYTES: usize = 4096;
 
-/// The indexes of the members of `archive` that are disks: members whose first bytes are a
-/// VMDK (a sparse header or descriptor text), less those that a descriptor in the archive
-/// names as one of its extents (the pieces of a split or flat disk are not disks of their own).
-pub fn find_disks(archive: &[u8], members: &[Member]) -> Vec<usize> {
+/// What the registry tells an archive about its members: which are disks, and which files a
+/// disk names as parts of itself.
+pub trait DiskProbe {
+    /// Whether a member is a disk image, from its first bytes (`head`), its last bytes
+    /// (`tail`, 512 at most) and its length.
+    fn is_disk(&self, head: &[u8], tail: &[u8], len: u64) -> bool;
+    /// The files a disk's main file names as parts of itself (a VMDK descriptor's extents).
+    fn parts(&self, main: &[u8]) -> Vec<PathBuf>;
+}
+
+/// The indexes of the members of `archive` that are disks: members `probe` recognises, less
+/// those that a disk in the archive names as one of its parts (the pieces of a split or flat
+/// VMDK are not disks of their own).
+pub fn find_disks(archive: &[u8], members: &[Member], probe: &dyn DiskProbe) -> Vec<usize> {
     let bytes = |m: &Member| -> &[u8] {
         let start = usize::try_from(m.offset).unwrap_or(usize::MAX);
         let end = start.saturating_add(usize::try_from(m.size).unwrap_or(usize::MAX));
         archive.get(start..end).unwrap_or(&[])
     };
-    let vmdk: Vec<usize> = (0..members.len())
+    let disks: Vec<usize> = (0..members.len())
         .filter(|&i| {
             let b = bytes(&members[i]);
-            vdisk_vmdk::probe(&b[..b.len().min(PROBE_BYTES)])
+            probe.is_disk(
+                &b[..b.len().min(PROBE_BYTES)],
+                &b[b.len().saturating_sub(512)..],
+                b.len() as u64,
+            )
         })
         .collect();
-    let mut extents: HashSet<PathBuf> = HashSet::new();
-    for &i in &vmdk {
-        let b = bytes(&members[i]);
-        if b.starts_with(b"KDMV") || b.starts_with(b"COWD") {
-            continue; // an embedded descriptor names the file itself
-        }
-        let Ok(d) = Descriptor::parse(b) else {
-            continue;
-        };
+    let mut parts: HashSet<PathBuf> = HashSet::new();
+    for &i in &disks {
         let dir = members[i].name.parent().unwrap_or(Path::new(""));
-        for e in &d.extents {
-            for name in e.file.iter().flat_map(|f| d.name_candidates(f)) {
-                if let Some(p) = archive::normalise_lookup(&dir.join(&name)) {
-                    if p != members[i].name {
-                        extents.insert(p);
-                    }
+        for name in probe.parts(bytes(&members[i])) {
+            if let Some(p) = archive::normalise_lookup(&dir.join(&name)) {
+                if p != members[i].name {
+                    parts.insert(p);
                 }
             }
         }
     }
-    vmdk.into_iter()
-        .filter(|&i| !extents.contains(&members[i].name))
+    disks
+        .into_iter()
+        .filter(|&i| !parts.contains(&members[i].name))
         .collect()
 }
 
@@ -82,8 +87,8 @@ pub struct Ova {
 }
 
 impl Ova {
-    /// Open and list the archive at `path`.
-    pub fn open(path: &Path, read_ahead: ReadAhead) -> Result<Self> {
+    /// Open and list the archive at `path`; `probe` tells its disks.
+    pub fn open(path: &Path, read_ahead: ReadAhead, probe: &dyn DiskProbe) -> Result<Self> {
         let file = MappedFile::open_with(path, read_ahead)?;
         let bytes = file.bytes().ok_or_else(|| {
             Error::new(
@@ -93,7 +98,7 @@ impl Ova {
             .with_path(path)
         })?;
         let members = list_members(bytes).map_err(|e| e.with_path(path))?;
-        let disks = find_disks(bytes, &members);
+        let disks = find_disks(bytes, &members, probe);
         Ok(Ova {
             path: path.to_path_buf(),
             members,
@@ -137,7 +142,7 @@ impl Ova {
         let err = |kind, msg: String| Err(Error::new(kind, msg).with_path(&self.path));
         match name {
             None => match disks.as_slice() {
-                [one] => Ok(one),
+                [one] => self.whole(one),
                 [] => err(ErrorKind::Unsupported, self.why_no_disk()),
                 _ => err(
                     ErrorKind::Ambiguous,
@@ -158,8 +163,8 @@ impl Ova {
                     .copied()
                     .collect();
                 match (exact, by_file.as_slice()) {
-                    (Some(m), _) => Ok(m),
-                    (None, [m]) => Ok(*m),
+                    (Some(m), _) => self.whole(m),
+                    (None, [m]) => self.whole(m),
                     _ => err(
                         ErrorKind::InvalidArgument,
                         format!(
@@ -175,6 +180,18 @@ impl Ova {
                 }
             }
         }
+    }
+
+    /// `m`, unless it is the first piece of a disk split by ovftool (not a disk alone).
+    fn whole<'a>(&self, m: &'a Member) -> Result<&'a Member> {
+        if is_first_chunk(&m.name) {
+            return Err(Error::unsupported(format!(
+                "\"{}\" is the first piece of a disk split by ovftool --chunkSize; vdisk reads whole members in place: join the pieces (cat NAME.0*) first",
+                m.name.display()
+            ))
+            .with_path(&self.path));
+        }
+        Ok(m)
     }
 
     /// Why no member is a disk, in the words of what ovftool makes: disks compressed with
@@ -231,86 +248,3 @@ impl FileStore for Ova {
     }
 }
 
-/// One disk of an OVA, opened in place.
-#[derive(Debug)]
-pub struct OvaImage {
-    ova: Ova,
-    disk: Member,
-    image: VmdkImage,
-}
-
-impl OvaImage {
-    /// Open the disk `disk` (see [`Ova::pick`]) of the archive at `path`.
-    pub fn open(
-        path: &Path,
-        disk: Option<&str>,
-        opts: &OpenOptions,
-        read_ahead: ReadAhead,
-    ) -> Result<Self> {
-        let ova = Ova::open(path, read_ahead)?;
-        let disk = ova.pick(disk)?.clone();
-        if is_first_chunk(&disk.name) {
-            return Err(Error::unsupported(format!(
-                "\"{}\" is the first piece of a disk split by ovftool --chunkSize; vdisk reads whole members in place: join the pieces (cat NAME.0*) first",
-                disk.name.display()
-            ))
-            .with_path(path));
-        }
-        let image = VmdkImage::open_with(&ova, &ova.member_path(&disk), opts)?;
-        Ok(OvaImage { ova, disk, image })
-    }
-
-    /// The archive.
-    pub fn ova(&self) -> &Ova {
-        &self.ova
-    }
-
-    /// The member that was opened.
-    pub fn disk(&self) -> &Member {
-        &self.disk
-    }
-
-    /// The VMDK inside.
-    pub fn vmdk(&self) -> &VmdkImage {
-        &self.image
-    }
-}
-
-impl DiskImage for OvaImage {
-    fn size(&self) -> u64 {
-        self.image.size()
-    }
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        self.image.read_at(buf, offset)
-    }
-    fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        self.image.allocation(offset, length)
-    }
-    fn format_name(&self) -> &'static str {
-        self.image.format_name()
-    }
-    fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        self.image.mapped(offset, len)
-    }
-    fn populate(&self, offset: u64, len: u64) {
-        self.image.populate(offset, len)
-    }
-    fn release(&self, offset: u64, len: u64) {
-        self.image.release(offset, len)
-    }
-    fn read_as_asked(&self) {
-        self.image.read_as_asked()
-    }
-    fn read_once(&self, offset: u64, len: u64) {
-        self.image.read_once(offset, len)
-    }
-    fn forget(&self, offset: u64, len: u64) {
-        self.image.forget(offset, len)
-    }
-    fn files(&self) -> Vec<FileId> {
-        self.image.files()
-    }
-    fn unclean_shutdown(&self) -> bool {
-        self.image.unclean_shutdown()
-    }
-}

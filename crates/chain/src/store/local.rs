@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vdisk_core::{Error, ErrorKind, Result};
-use vdisk_raw::{Cache, MappedFile, OutputPolicy, ReadAhead, SparseWriter};
-use vdisk_vmdk::writer::{self, ImageOutput};
-use vdisk_vmdk::Bytes;
+use vdisk_io::{
+    Bytes, Cache, ImageOutput, LocalFiles, MappedFile, OutputPolicy, ReadAhead, SparseWriter,
+};
 
 use super::{ManifestSource, Store, StoredFile, StreamOutput, WriterLock};
 use crate::lock::{RepoLock, LOCK_FILE};
@@ -128,7 +128,7 @@ impl Store for FolderStore {
     }
 
     fn commit_meta(&self, meta: &RepoMeta) -> Result<()> {
-        vdisk_raw::write_file(
+        vdisk_io::write_file(
             &self.dir.join(META_FILE),
             &meta.encode(),
             &OutputPolicy::replacing(),
@@ -175,7 +175,7 @@ impl Store for FolderStore {
 
     fn read(&self, name: &str, max: u64) -> Result<Vec<u8>> {
         let p = self.dir.join(name);
-        let buf = vdisk_raw::read_head(&p, usize::try_from(max).unwrap_or(usize::MAX))?;
+        let buf = vdisk_io::read_head(&p, usize::try_from(max).unwrap_or(usize::MAX))?;
         if buf.len() as u64 >= max && self.len(name)? > max {
             return Err(Error::corrupt(format!("file is larger than {max} bytes")).with_path(&p));
         }
@@ -183,7 +183,7 @@ impl Store for FolderStore {
     }
 
     fn put(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        vdisk_raw::write_file(&self.dir.join(name), bytes, &OutputPolicy::replacing())
+        vdisk_io::write_file(&self.dir.join(name), bytes, &OutputPolicy::replacing())
     }
 
     fn create_stream(&self, name: &str) -> Result<Box<dyn StreamOutput>> {
@@ -211,7 +211,7 @@ impl Store for FolderStore {
     }
 
     fn image_output(&self, name: &str, policy: &OutputPolicy) -> Result<Box<dyn ImageOutput>> {
-        writer::local_output(&self.dir.join(name), policy)
+        Ok(Box::new(LocalFiles::new(&self.dir.join(name), policy)))
     }
 
     fn load(&self, path: &Path) -> Result<Bytes> {
@@ -229,7 +229,7 @@ impl Store for FolderStore {
             .map_err(|e| Error::io("cannot stat", e).with_path(&path))?;
         Ok(ManifestSource::File {
             len: meta.len(),
-            id: vdisk_raw::file_id(&meta),
+            id: vdisk_io::file_id(&meta),
             file,
         })
     }
@@ -256,7 +256,7 @@ impl Store for FolderStore {
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
                     .filter_map(|e| e.metadata().ok())
-                    .map(|m| vdisk_raw::disk_usage(&m))
+                    .map(|m| vdisk_io::disk_usage(&m))
                     .sum()
             })
             .unwrap_or(0)

@@ -19,9 +19,7 @@ use std::sync::Arc;
 
 use vdisk_core::{Error, ErrorKind, FileId, Result};
 use vdisk_diff::ManifestBytes;
-use vdisk_raw::OutputPolicy;
-use vdisk_vmdk::writer::ImageOutput;
-use vdisk_vmdk::{Bytes, FileStore, RangedFile};
+use vdisk_io::{Bytes, FileStore, ImageOutput, OutputPolicy, RangedFile};
 
 use crate::meta::RepoMeta;
 
@@ -212,10 +210,10 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
         None
     }
     /// Read the points' files with read-ahead as `ra` says (local files only).
-    fn set_read_ahead(&self, _ra: vdisk_raw::ReadAhead) {}
+    fn set_read_ahead(&self, _ra: vdisk_io::ReadAhead) {}
     /// Drop the points' data from the page cache behind reads of it, or keep it (local
     /// files only).
-    fn set_cache(&self, _cache: vdisk_raw::Cache) {}
+    fn set_cache(&self, _cache: vdisk_io::Cache) {}
 
     /// The current metadata (`None` when there is none: not a repository yet). A location
     /// that cannot hold a repository (a file, a missing bucket) is an error.

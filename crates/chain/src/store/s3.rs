@@ -40,9 +40,7 @@ use object_store::{
 use tokio::runtime::Runtime;
 use tokio::sync::OnceCell;
 use vdisk_core::{Error, ErrorKind, Result};
-use vdisk_raw::OutputPolicy;
-use vdisk_vmdk::writer::{ImageOutput, OutputFile};
-use vdisk_vmdk::{Bytes, RangedFile};
+use vdisk_io::{Bytes, ImageOutput, OutputFile, OutputPolicy, RangedFile, SealedOutput};
 
 use super::{name_in, ManifestSource, Store, StoredFile, StreamOutput, WriterLock};
 use crate::lock::RepoLock;
@@ -1098,8 +1096,24 @@ impl OutputFile for Upload {
     fn set_len(&mut self, len: u64) -> Result<()> {
         Upload::set_len(self, len)
     }
-    fn into_any(self: Box<Self>) -> Option<Box<dyn std::any::Any + Send>> {
-        Some(self)
+    /// An object is complete once its upload is: nothing refers to it until the metadata
+    /// names its point, so it needs no renaming to be published.
+    fn seal(mut self: Box<Self>) -> Result<Box<dyn SealedOutput>> {
+        let path = self.store.inner.root.join(&self.name);
+        self.complete()?;
+        Ok(Box::new(Uploaded(path)))
+    }
+}
+
+/// An object whose upload is complete.
+struct Uploaded(PathBuf);
+
+impl SealedOutput for Uploaded {
+    fn destination(&self) -> &Path {
+        &self.0
+    }
+    fn publish(self: Box<Self>) -> Result<()> {
+        Ok(())
     }
 }
 
@@ -1110,12 +1124,6 @@ struct S3ImageOutput {
     store: S3Store,
     dst: PathBuf,
     name: String,
-}
-
-fn take_upload(f: Box<dyn OutputFile>) -> Result<Box<Upload>> {
-    f.into_any()
-        .and_then(|a| a.downcast::<Upload>().ok())
-        .ok_or_else(|| Error::invalid("an object store image was given a file of another kind"))
 }
 
 impl ImageOutput for S3ImageOutput {
@@ -1137,11 +1145,11 @@ impl ImageOutput for S3ImageOutput {
         };
         Ok(Box::new(Upload::new(self.store.clone(), &name)))
     }
-    fn keep(&mut self, file: Box<dyn OutputFile>) -> Result<()> {
-        take_upload(file)?.complete().map(|_| ())
+    fn keep(&mut self, file: Box<dyn SealedOutput>) -> Result<()> {
+        file.publish()
     }
-    fn commit(self: Box<Self>, main: Box<dyn OutputFile>) -> Result<()> {
-        take_upload(main)?.complete().map(|_| ())
+    fn commit(self: Box<Self>, main: Box<dyn SealedOutput>) -> Result<()> {
+        main.publish()
     }
 }
 

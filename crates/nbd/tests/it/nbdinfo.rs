@@ -71,7 +71,7 @@ fn nbdinfo_map_reports_data_holes_and_zeroes() {
     let link = vmdk_chain(dir);
     drop(srv);
     std::fs::remove_file(dir.join("nbd.sock")).unwrap();
-    let img = std::sync::Arc::new(vdisk_vmdk::VmdkImage::open(&link).unwrap());
+    let img = std::sync::Arc::new(vdisk_image::open(&link).unwrap());
     let srv = Running::unix(dir, img, ExportConfig::new("chain"));
     let out = ok(dir, "nbdinfo", &["--map", &srv.uri]);
     let k = 1u64 << 10;

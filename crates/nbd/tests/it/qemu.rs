@@ -47,7 +47,7 @@ fn vmdk_chain_over_nbd_compares_equal_and_maps_zeroed_grains() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let link = vmdk_chain(dir);
-    let img = Arc::new(vdisk_vmdk::VmdkImage::open(&link).unwrap());
+    let img = Arc::new(vdisk_image::open(&link).unwrap());
     let srv = Running::unix(dir, img, ExportConfig::new("chain"));
     let out = qemu_img(
         dir,
