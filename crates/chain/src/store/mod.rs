@@ -9,6 +9,7 @@
 //! and an object store.
 
 pub(crate) mod local;
+#[cfg(feature = "s3")]
 pub(crate) mod s3;
 
 use std::collections::HashSet;
@@ -262,7 +263,16 @@ pub(crate) fn open(loc: &Location) -> Result<Arc<dyn Store>> {
                 .unwrap_or_else(|| Error::invalid("not a repository location")));
         }
         Location::Folder(p) => Arc::new(local::FolderStore::new(p)),
+        #[cfg(feature = "s3")]
         Location::S3 { bucket, prefix } => Arc::new(s3::S3Store::open(bucket, prefix)?),
+        #[cfg(not(feature = "s3"))]
+        Location::S3 { .. } => {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                "this vdisk was built without object-store support (the s3 feature)",
+            )
+            .with_path(loc.root()))
+        }
     })
 }
 
