@@ -45,6 +45,8 @@ mod restore;
 mod source;
 mod store;
 mod sync;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 #[doc(hidden)]

@@ -44,7 +44,11 @@ impl Repository {
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
     pub fn open(location: impl Into<Location>) -> Result<Self> {
-        let store = store::open(&location.into())?;
+        Self::open_in(store::open(&location.into())?)
+    }
+
+    /// [`Repository::open`] on `store`.
+    pub(crate) fn open_in(store: Arc<dyn Store>) -> Result<Self> {
         let meta = store
             .load_meta()?
             .ok_or_else(|| not_a_repository(&*store))?;
@@ -59,7 +63,11 @@ impl Repository {
     /// Open an existing repository to write it (prune): takes the exclusive lock
     /// ([`ErrorKind::InUse`] if another run holds it) and removes what killed runs left.
     pub fn open_writable(location: impl Into<Location>) -> Result<Self> {
-        let store = store::open(&location.into())?;
+        Self::open_writable_in(store::open(&location.into())?)
+    }
+
+    /// [`Repository::open_writable`] on `store`.
+    pub(crate) fn open_writable_in(store: Arc<dyn Store>) -> Result<Self> {
         store
             .load_meta()?
             .ok_or_else(|| not_a_repository(&*store))?;
@@ -82,7 +90,11 @@ impl Repository {
     /// [`Repository::open_writable`]). A location that holds other files and no repository
     /// is refused.
     pub fn open_or_create(location: impl Into<Location>) -> Result<Self> {
-        let store = store::open(&location.into())?;
+        Self::open_or_create_in(store::open(&location.into())?)
+    }
+
+    /// [`Repository::open_or_create`] on `store`.
+    pub(crate) fn open_or_create_in(store: Arc<dyn Store>) -> Result<Self> {
         let exists = match store.load_meta() {
             Ok(m) => m.is_some(),
             // A folder that does not exist yet is made below.

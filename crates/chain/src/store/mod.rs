@@ -9,6 +9,8 @@
 //! and an object store.
 
 pub(crate) mod local;
+#[cfg(test)]
+pub(crate) mod memory;
 #[cfg(feature = "s3")]
 pub(crate) mod s3;
 
@@ -154,6 +156,8 @@ pub(crate) enum ManifestSource {
         len: u64,
         id: FileId,
     },
+    // Read by range from an object store (and the tests' memory store).
+    #[cfg_attr(not(any(feature = "s3", test)), allow(dead_code))]
     Ranged(Arc<dyn RangedFile>),
 }
 
@@ -239,6 +243,8 @@ pub(crate) trait Store: Send + Sync + fmt::Debug {
     /// Start writing `name` front to back.
     fn create_stream(&self, name: &str) -> Result<Box<dyn StreamOutput>>;
     /// Remove `name` (gone already is fine).
+    // Only an object store's clean-up removes files one by one.
+    #[cfg_attr(not(feature = "s3"), allow(dead_code))]
     fn remove(&self, name: &str) -> Result<()>;
     /// The files of a new image whose descriptor is `name`.
     fn image_output(&self, name: &str, policy: &OutputPolicy) -> Result<Box<dyn ImageOutput>>;
