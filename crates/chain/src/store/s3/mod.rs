@@ -23,6 +23,8 @@
 mod client;
 mod lease;
 mod read;
+#[cfg(test)]
+mod tests;
 mod upload;
 
 use std::collections::HashSet;
