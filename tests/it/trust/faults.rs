@@ -1,5 +1,6 @@
 //! Runs killed, or failed with ENOSPC, at each system call that publishes their work (strace's
-//! fault injection): the repository, or the old output, is always whole.
+//! fault injection): the repository, or the old output, is always whole (attacks 2, 9 and
+//! 10).
 
 use super::*;
 

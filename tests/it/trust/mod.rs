@@ -758,10 +758,6 @@ fn a_disk_of_a_million_bytes_backs_up_verifies_and_restores_exactly() {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// 2, 9, 10. System-call injection (strace): runs killed, or failed with ENOSPC, at the Nth
-// call.
-
 /// Tests that inject with strace or measure read rates run one at a time: each counts on
 /// its own child's timing and I/O.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
