@@ -10,6 +10,7 @@ mod common;
 mod corpus;
 mod diff;
 mod esx;
+mod formats;
 mod hostile;
 mod interop;
 mod realworld;
