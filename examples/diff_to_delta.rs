@@ -49,7 +49,13 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     // 2. A delta link on the old image holding just that.
     let delta_path = dir.join("delta.vmdk");
-    let stats = vdisk::write_delta(&old, &new, changes.map.extents(), &delta_path, &Default::default())?;
+    let stats = vdisk::write_delta(
+        &old,
+        &new,
+        changes.map.extents(),
+        &delta_path,
+        &Default::default(),
+    )?;
     println!(
         "{}: {} data grains, {} zeroed grains, {} bytes",
         delta_path.display(),

@@ -60,18 +60,16 @@ pub use vdisk_chain::{
     Source,
 };
 pub use vdisk_core::{
-    copy_into, for_each_extent, size, write_delta_from, Advice, Allocation, CopyOptions,
-    CopyStats, DeltaStats, DiskImage, Error, ErrorKind, Extent, FileId, Finding, Granularity,
-    ImageSink, MemImage, ReadOnce, Result, Severity, Throttle, MAP_WINDOW,
+    copy_into, for_each_extent, size, write_delta_from, Advice, Allocation, CopyOptions, CopyStats,
+    DeltaStats, DiskImage, Error, ErrorKind, Extent, FileId, Finding, Granularity, ImageSink,
+    MemImage, ReadOnce, Result, Severity, Throttle, MAP_WINDOW,
 };
 pub use vdisk_diff::{diff_images as diff, hash_to_file as hash, DiffReport};
 pub use vdisk_image::{
-    convert, convert_stream, merge, open, open_with, output_format, write_delta,
-    ConvertOptions, DeltaOptions, Image, ImageLocation, OpenOptions,
+    convert, convert_stream, merge, open, open_with, output_format, write_delta, ConvertOptions,
+    DeltaOptions, Image, ImageLocation, OpenOptions,
 };
-pub use vdisk_io::{
-    read_head, CreateOptions, Existing, Format, Layer, OutputPolicy, Protected,
-};
+pub use vdisk_io::{read_head, CreateOptions, Existing, Format, Layer, OutputPolicy, Protected};
 
 /// vdisk-bitmap: changed-block maps.
 pub use vdisk_bitmap as bitmap;

@@ -23,16 +23,17 @@ pub struct Args {
 /// cut, corrupt or missing.
 fn is_damage(path: &std::path::Path, e: &Error) -> bool {
     let claimed = vdisk::image::probe_file(path).is_ok_and(|f| f.is_some());
-    claimed && matches!(
-        e.kind(),
-        ErrorKind::Corrupt
-            | ErrorKind::InvalidFormat
-            | ErrorKind::NotFound
-            | ErrorKind::ParentMismatch
-            | ErrorKind::ChainLoop
-            | ErrorKind::ChainTooDeep
-            | ErrorKind::OutOfBounds
-    )
+    claimed
+        && matches!(
+            e.kind(),
+            ErrorKind::Corrupt
+                | ErrorKind::InvalidFormat
+                | ErrorKind::NotFound
+                | ErrorKind::ParentMismatch
+                | ErrorKind::ChainLoop
+                | ErrorKind::ChainTooDeep
+                | ErrorKind::OutOfBounds
+        )
 }
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {

@@ -52,10 +52,7 @@ impl OutputArgs {
                 return bad(format!("a {} image has no subformat", format.name()));
             }
             if !subs.iter().any(|s| s.eq_ignore_ascii_case(sub)) {
-                return bad(format!(
-                    "unknown subformat \"{sub}\" ({})",
-                    subs.join(", ")
-                ));
+                return bad(format!("unknown subformat \"{sub}\" ({})", subs.join(", ")));
             }
         }
         if self.adapter.is_some() && format.name() != "vmdk" {
@@ -126,7 +123,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     if let Some(img) = &img {
         protected.add_image(img);
     }
-    let out = args.output.output(&args.dst, policy(args.force, protected))?;
+    let out = args
+        .output
+        .output(&args.dst, policy(args.force, protected))?;
     let progress = ctx.progress(img.as_ref().map_or(0, |i| i.size()));
     let tick = |n: u64| progress.tick(n);
     let opts = ConvertOptions {

@@ -4,8 +4,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
-use vdisk::size::human;
 use vdisk::io::LayerInfo;
+use vdisk::size::human;
 use vdisk::{for_each_extent, Allocation, DiskImage, ErrorKind, Image, Result};
 
 use super::{path_text, stdout_error, Ctx, Status};
@@ -168,7 +168,11 @@ fn print_archive(out: &mut impl Write, a: &Value) -> std::io::Result<()> {
             _ => "cannot be opened".to_string(),
         };
         let size = d["size"].as_u64().unwrap_or(0);
-        writeln!(out, "  {name}: {} in the archive, {what}{mark}", human(size))?;
+        writeln!(
+            out,
+            "  {name}: {} in the archive, {what}{mark}",
+            human(size)
+        )?;
     }
     Ok(())
 }
@@ -201,7 +205,11 @@ fn print_text(
     }
     writeln!(out, "chain: {} file(s)", img.layers().len())?;
     for (n, (l, info)) in img.layers().iter().zip(infos).enumerate() {
-        let first = info.text.first().map(|t| format!(", {t}")).unwrap_or_default();
+        let first = info
+            .text
+            .first()
+            .map(|t| format!(", {t}"))
+            .unwrap_or_default();
         writeln!(
             out,
             "  [{n}] {} ({}{first}, {})",

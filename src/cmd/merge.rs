@@ -55,7 +55,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let mut out = a.output.output(&a.out, policy(a.force, protected))?;
     // Without -O or a telling name, a chain merges into the format of its top.
     if a.output.output_format.is_none() && out.format.name() == "raw" {
-        if let Some(f) = [img.format()].into_iter().find(|f| f.writable() && f.name() != "raw") {
+        if let Some(f) = [img.format()]
+            .into_iter()
+            .find(|f| f.writable() && f.name() != "raw")
+        {
             out = super::convert::Output {
                 format: f,
                 create: out.create,
@@ -69,7 +72,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         throttle: Some(&ctx.throttle),
         progress: Some(&tick),
     };
-    let stats = vdisk::merge(&img, &a.out, a.base.as_deref(), out.format, &ctx.open, &opts)?;
+    let stats = vdisk::merge(
+        &img,
+        &a.out,
+        a.base.as_deref(),
+        out.format,
+        &ctx.open,
+        &opts,
+    )?;
     progress.done(&format!(
         "merged {} of disk ({} read)",
         human(stats.size),

@@ -46,7 +46,10 @@ fn every_format_qemu_writes_is_read_exactly_or_refused_by_name() {
             Some(0) => {
                 let out = format!("back-{qemu}.raw");
                 vdisk_in(dir, &["convert", &img, &out]).expect_code(0, &img);
-                qemu_img(dir, &["compare", "-f", "raw", "-F", "raw", "fixture.raw", &out]);
+                qemu_img(
+                    dir,
+                    &["compare", "-f", "raw", "-F", "raw", "fixture.raw", &out],
+                );
                 vdisk_in(dir, &["backup", &img, &repo]).expect_code(0, &img);
             }
             // Refused: by name, in one line, and a backup leaves no repository behind.
@@ -57,7 +60,11 @@ fn every_format_qemu_writes_is_read_exactly_or_refused_by_name() {
                 let b = vdisk_in(dir, &["backup", &img, &repo]);
                 b.expect_code(2, &img);
                 assert_eq!(b.stderr.lines().count(), 1, "{}", b.stderr);
-                assert!(b.stderr.contains(&format!("a {name} image")), "{}", b.stderr);
+                assert!(
+                    b.stderr.contains(&format!("a {name} image")),
+                    "{}",
+                    b.stderr
+                );
                 assert!(!dir.join(&repo).exists(), "{qemu}: a repository was made");
                 // Forced, it is read as the raw file it also is.
                 let raw = vdisk_in(dir, &["-f", "raw", "info", "--json", &img]);
@@ -86,11 +93,23 @@ fn a_refused_format_changes_nothing_in_an_existing_repository() {
     // QED: a format no driver of vdisk reads.
     qemu_img(
         dir,
-        &["convert", "-f", "raw", "-O", "qed", "fixture.raw", "disk.qed"],
+        &[
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qed",
+            "fixture.raw",
+            "disk.qed",
+        ],
     );
     let r = vdisk_in(dir, &["backup", "disk.qed", "repo", "--force"]);
     r.expect_code(2, "backup of a QED image");
-    assert!(r.stderr.contains("a QED image (not supported yet)"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a QED image (not supported yet)"),
+        "{}",
+        r.stderr
+    );
     let mut after: Vec<_> = std::fs::read_dir(dir.join("repo"))
         .unwrap()
         .map(|e| {

@@ -21,7 +21,8 @@ pub(crate) type Regions = Vec<(String, Vec<(u64, u64)>)>;
 /// parents').
 pub(crate) fn regions(store: &dyn Store, image: &str) -> Result<Regions> {
     let files = StoreFiles(store);
-    let layer: Box<dyn Layer> = vdisk_image::open_layer(&files, &store.path(image), &Default::default())?.0;
+    let layer: Box<dyn Layer> =
+        vdisk_image::open_layer(&files, &store.path(image), &Default::default())?.0;
     layer
         .metadata()
         .into_iter()

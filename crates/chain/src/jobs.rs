@@ -27,10 +27,7 @@ use crate::{BackupOptions, BackupSummary, Location, PointReport, Repository, Ver
 /// assert_eq!(points[1].changed_bytes, 0);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-pub fn backup(
-    src: impl Into<ImageLocation>,
-    repo: impl Into<Location>,
-) -> Result<BackupSummary> {
+pub fn backup(src: impl Into<ImageLocation>, repo: impl Into<Location>) -> Result<BackupSummary> {
     Repository::open_or_create(repo)?.backup(src, &BackupOptions::default())
 }
 

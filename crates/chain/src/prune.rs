@@ -8,8 +8,8 @@ use vdisk_io::{CreateOptions, LinkId, OutputPolicy};
 
 use crate::checksums::file_checks;
 use crate::meta::PointKind;
-use crate::repo::Repository;
 use crate::point_format;
+use crate::repo::Repository;
 
 /// What `prune` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,8 +6,8 @@ use std::cell::RefCell;
 use std::path::PathBuf;
 
 use vdisk_core::{
-    check_range, coalesce, copy_into, Advice, Allocation, CopyOptions, CopyStats, DiskImage,
-    Error, ErrorKind, Extent, FileId, ImageSink, Result,
+    check_range, coalesce, copy_into, Advice, Allocation, CopyOptions, CopyStats, DiskImage, Error,
+    ErrorKind, Extent, FileId, ImageSink, Result,
 };
 use vdisk_diff::block_hash;
 

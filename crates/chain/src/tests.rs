@@ -289,7 +289,10 @@ fn leftovers_of_a_killed_run_are_removed_by_the_next_writer() {
     store.set("notes.txt", b"the user's".to_vec());
     drop(writable(&store));
     let names = store.names();
-    assert!(!names.iter().any(|n| n.starts_with("point-000009")), "{names:?}");
+    assert!(
+        !names.iter().any(|n| n.starts_with("point-000009")),
+        "{names:?}"
+    );
     assert!(names.iter().any(|n| n == "notes.txt"), "foreign files stay");
 }
 
@@ -333,7 +336,11 @@ fn a_changed_descriptor_fails_its_metadata_checksum() {
     backup(&store, &disk(4, 1));
     let desc = descriptor_of(1);
     let text = String::from_utf8_lossy(&store.get(&desc).unwrap()).into_owned();
-    store.set(&desc, text.replace("ddb.adapterType", "ddb.adapterTypo").into_bytes());
+    store.set(
+        &desc,
+        text.replace("ddb.adapterType", "ddb.adapterTypo")
+            .into_bytes(),
+    );
     let reports = verify(&store);
     assert!(
         reports[0]

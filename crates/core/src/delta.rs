@@ -194,10 +194,7 @@ pub fn reads_zero(img: &dyn DiskImage, off: u64, len: u64) -> Result<bool> {
         return Ok(true);
     }
     let len = len.min(size - off);
-    Ok(img
-        .allocation(off, len)?
-        .iter()
-        .all(|e| e.reads_as_zero()))
+    Ok(img.allocation(off, len)?.iter().all(|e| e.reads_as_zero()))
 }
 
 #[cfg(test)]

@@ -45,7 +45,11 @@ pub fn diff_images(
     old: &dyn vdisk_core::DiskImage,
     new: &dyn vdisk_core::DiskImage,
 ) -> vdisk_core::Result<DiffReport> {
-    diff(old, new, &ScanOptions::new(vdisk_core::Granularity::DEFAULT))
+    diff(
+        old,
+        new,
+        &ScanOptions::new(vdisk_core::Granularity::DEFAULT),
+    )
 }
 
 /// Hash every 64 KiB block of `img` into a manifest at `manifest` (refused if it exists, and

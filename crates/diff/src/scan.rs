@@ -5,9 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{
-    is_zero, Advice, Allocation, DiskImage, Granularity, ReadOnce, Result, Throttle,
-};
+use vdisk_core::{is_zero, Advice, Allocation, DiskImage, Granularity, ReadOnce, Result, Throttle};
 
 use crate::block_hash;
 use crate::manifest::{Manifest, ManifestBytes, ManifestWriter, WindowHashes};

@@ -29,7 +29,9 @@ impl DiskProbe for RegistryProbe {
             tail,
             len: main.len() as u64,
         };
-        registry::probe(&b).map(|f| f.parts(main)).unwrap_or_default()
+        registry::probe(&b)
+            .map(|f| f.parts(main))
+            .unwrap_or_default()
     }
 }
 

@@ -30,15 +30,12 @@ fn writable(format: &'static dyn Format, dst: &Path) -> Result<&'static dyn Form
 /// # Ok::<(), vdisk_core::Error>(())
 /// ```
 pub fn output_format(dst: &Path, explicit: Option<&str>) -> Result<&'static dyn Format> {
-    let by_ext = dst
-        .extension()
-        .and_then(|e| e.to_str())
-        .and_then(|ext| {
-            registry::formats()
-                .iter()
-                .copied()
-                .find(|f| f.writable() && f.extensions().iter().any(|x| x.eq_ignore_ascii_case(ext)))
-        });
+    let by_ext = dst.extension().and_then(|e| e.to_str()).and_then(|ext| {
+        registry::formats()
+            .iter()
+            .copied()
+            .find(|f| f.writable() && f.extensions().iter().any(|x| x.eq_ignore_ascii_case(ext)))
+    });
     match explicit {
         Some(name) => {
             let f = registry::require(name).map_err(|e| e.with_path(dst))?;

@@ -38,6 +38,4 @@ pub use create::{
 pub use image::Archive;
 pub use image::Image;
 pub use location::ImageLocation;
-pub use open::{
-    open, open_chain, open_layer, open_with, probe_file, OpenOptions, MAX_CHAIN_DEPTH,
-};
+pub use open::{open, open_chain, open_layer, open_with, probe_file, OpenOptions, MAX_CHAIN_DEPTH};

@@ -125,11 +125,7 @@ fn driver_for(bytes: &Bytes, forced: Option<&str>) -> Result<&'static dyn Format
 
 /// What a child records of its parent, against what the parent is: refused when both are
 /// of one kind and differ.
-fn check_link(
-    child: &dyn Layer,
-    want: Option<&LinkId>,
-    parent: &dyn Layer,
-) -> Result<()> {
+fn check_link(child: &dyn Layer, want: Option<&LinkId>, parent: &dyn Layer) -> Result<()> {
     let (Some(want), Some(have)) = (want, parent.link_id()) else {
         return Ok(());
     };
@@ -176,7 +172,12 @@ fn resolve_backing(
     let dir = folder_of(layer.path());
     let mut resolved = Vec::with_capacity(names.len());
     for n in names {
-        resolved.push(resolve_relative(dir, n, opts.allow_outside_paths, "parent")?);
+        resolved.push(resolve_relative(
+            dir,
+            n,
+            opts.allow_outside_paths,
+            "parent",
+        )?);
     }
     if resolved.is_empty() {
         return Err(Error::corrupt("names a parent without a file name"));
@@ -211,7 +212,13 @@ pub fn open_layer(
 /// format forced by `opts.format`), then each backing file in turn.
 pub fn open_chain(files: &dyn FileStore, path: &Path, opts: &OpenOptions) -> Result<Image> {
     let top = files.load(path)?;
-    open_chain_from(files, path, top, opts, ImageLocation::File(path.to_path_buf()))
+    open_chain_from(
+        files,
+        path,
+        top,
+        opts,
+        ImageLocation::File(path.to_path_buf()),
+    )
 }
 
 pub(crate) fn open_chain_from(
@@ -246,7 +253,10 @@ pub(crate) fn open_chain_from(
         if layers.len() >= opts.max_depth {
             return Err(Error::new(
                 ErrorKind::ChainTooDeep,
-                format!("chain of backing files is deeper than {} links", opts.max_depth),
+                format!(
+                    "chain of backing files is deeper than {} links",
+                    opts.max_depth
+                ),
             )
             .with_path(path));
         }
@@ -272,7 +282,11 @@ pub(crate) fn open_chain_from(
                 let p = resolve_backing(files, &*layer, &b.names, opts)
                     .map_err(|e| e.with_path(&current))?;
                 // A recorded backing format is used when vdisk knows it; otherwise probe.
-                forced = b.format.as_deref().filter(|f| registry::by_name(f).is_some()).map(String::from);
+                forced = b
+                    .format
+                    .as_deref()
+                    .filter(|f| registry::by_name(f).is_some())
+                    .map(String::from);
                 Some(p)
             }
             None => None,
@@ -317,7 +331,11 @@ pub fn open_with(location: impl Into<ImageLocation>, opts: &OpenOptions) -> Resu
         ImageLocation::File(path) => {
             let bytes = store.load(path)?;
             #[cfg(feature = "ova")]
-            if opts.format.as_deref().is_none_or(|f| f.eq_ignore_ascii_case("ova")) {
+            if opts
+                .format
+                .as_deref()
+                .is_none_or(|f| f.eq_ignore_ascii_case("ova"))
+            {
                 let probe = Probe::of(&bytes)?;
                 if vdisk_ova::is_tar(probe.bytes().head) || opts.format.is_some() {
                     drop(bytes);
@@ -334,7 +352,10 @@ pub fn open_with(location: impl Into<ImageLocation>, opts: &OpenOptions) -> Resu
             #[cfg(not(feature = "ova"))]
             {
                 let _ = disk;
-                Err(Error::unsupported("vdisk was built without archive (OVA) support").with_path(archive))
+                Err(
+                    Error::unsupported("vdisk was built without archive (OVA) support")
+                        .with_path(archive),
+                )
             }
         }
     }

@@ -21,7 +21,8 @@ pub fn formats() -> &'static [&'static dyn Format] {
 /// The driver called `name` (or one of its aliases), ignoring case.
 pub fn by_name(name: &str) -> Option<&'static dyn Format> {
     FORMATS.iter().copied().find(|f| {
-        f.name().eq_ignore_ascii_case(name) || f.aliases().iter().any(|a| a.eq_ignore_ascii_case(name))
+        f.name().eq_ignore_ascii_case(name)
+            || f.aliases().iter().any(|a| a.eq_ignore_ascii_case(name))
     })
 }
 
@@ -105,7 +106,9 @@ static KNOWN: &[Known] = &[
     Known {
         name: "parallels",
         label: "a Parallels",
-        matches: |b| b.head.starts_with(b"WithoutFreeSpace") || b.head.starts_with(b"WithouFreSpacExt"),
+        matches: |b| {
+            b.head.starts_with(b"WithoutFreeSpace") || b.head.starts_with(b"WithouFreSpacExt")
+        },
     },
 ];
 

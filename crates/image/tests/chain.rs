@@ -143,7 +143,14 @@ fn reads_fall_through_what_a_link_does_not_store_and_stop_at_what_it_zeroes() {
         .allocation(0, DISK as u64)
         .unwrap()
         .iter()
-        .map(|e| (e.start as usize / G, e.length as usize / G, e.allocation, e.depth))
+        .map(|e| {
+            (
+                e.start as usize / G,
+                e.length as usize / G,
+                e.allocation,
+                e.depth,
+            )
+        })
         .collect();
     assert_eq!(
         map,
@@ -172,8 +179,13 @@ fn a_sparse_link_reads_its_grains_and_its_parents_elsewhere() {
     let d = tmp.path();
     let vmdk = vdisk_image::registry::require("vmdk").unwrap();
     let base: Vec<u8> = (0..DISK).map(|i| (i / G) as u8 + 1).collect();
-    let sink = vdisk_image::create(&d.join("base.vmdk"), vmdk, DISK as u64, &CreateOptions::default())
-        .unwrap();
+    let sink = vdisk_image::create(
+        &d.join("base.vmdk"),
+        vmdk,
+        DISK as u64,
+        &CreateOptions::default(),
+    )
+    .unwrap();
     copy_into(&MemImage::new(base.clone()), sink, &CopyOptions::default()).unwrap();
     let parent = vdisk_image::open(d.join("base.vmdk")).unwrap();
     let mut new = base.clone();
@@ -188,8 +200,12 @@ fn a_sparse_link_reads_its_grains_and_its_parents_elsewhere() {
     )
     .unwrap();
     assert_eq!((stats.data_blocks, stats.zeroed_blocks), (1, 1));
-    let img = open_chain(&FsStore::default(), &d.join("link.vmdk"), &OpenOptions::default())
-        .unwrap();
+    let img = open_chain(
+        &FsStore::default(),
+        &d.join("link.vmdk"),
+        &OpenOptions::default(),
+    )
+    .unwrap();
     let mut disk = vec![0u8; DISK];
     img.read_at(&mut disk, 0).unwrap();
     assert!(disk == new);

@@ -2,8 +2,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vdisk_core::{Advice, Error, ErrorKind, Result};
 use crate::mapped::MappedFile;
+use vdisk_core::{Advice, Error, ErrorKind, Result};
 
 /// A file read by range (an object in an object store): nothing of it is resident until read,
 /// and every read may be a request, so readers ask for what they need and no more.

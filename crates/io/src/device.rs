@@ -167,11 +167,13 @@ impl DeviceWriter {
         match self.file.sync_all() {
             Ok(()) => Ok(()),
             // Character devices such as /dev/null cannot be synced, and need not be.
-            Err(e) if self.kind == DeviceKind::Char && e.raw_os_error() == Some(sys::errno::EINVAL) => {
+            Err(e)
+                if self.kind == DeviceKind::Char
+                    && e.raw_os_error() == Some(sys::errno::EINVAL) =>
+            {
                 Ok(())
             }
             Err(e) => Err(Error::io("cannot flush the device", e).with_path(&self.path)),
         }
     }
 }
-

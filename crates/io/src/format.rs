@@ -123,7 +123,11 @@ pub trait Layer: DiskImage {
 
     /// Hand `dirty` the ranges `(offset, length)` that the bitmap `name` marks, in order;
     /// returns its granularity. A bitmap another program has open (in use) is refused.
-    fn read_bitmap(&self, name: &str, dirty: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<u64> {
+    fn read_bitmap(
+        &self,
+        name: &str,
+        dirty: &mut dyn FnMut(u64, u64) -> Result<()>,
+    ) -> Result<u64> {
         let _ = dirty;
         Err(Error::new(
             ErrorKind::NotFound,

@@ -222,7 +222,8 @@ impl Destination {
 /// The size of the block device at `path` in bytes.
 pub(crate) fn block_device_size(path: &Path) -> Result<u64> {
     use std::io::{Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
+    let mut f =
+        std::fs::File::open(path).map_err(|e| Error::io("cannot open", e).with_path(path))?;
     f.seek(SeekFrom::End(0))
         .map_err(|e| Error::io("cannot find the size of", e).with_path(path))
 }

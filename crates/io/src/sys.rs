@@ -122,7 +122,8 @@ pub fn seek_hole(file: &File, pos: u64) -> io::Result<Option<u64>> {
 }
 
 fn seek(file: &File, pos: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
-    let off = libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let off =
+        libc::off_t::try_from(pos).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: lseek only moves the offset of our own descriptor (reads here are positional,
     // so no one depends on it).
     let r = unsafe { libc::lseek(file.as_raw_fd(), off, whence) };
@@ -185,7 +186,10 @@ pub fn link_unnamed(file: &File, name: &Path) -> io::Result<()> {
 /// Start writing back `len` bytes of `file` at `offset` (`sync_file_range(2)`,
 /// `SYNC_FILE_RANGE_WRITE`), so a later fsync has little left to do. Failures are ignored.
 pub fn start_writeback(file: &File, offset: u64, len: u64) {
-    let (Ok(off), Ok(n)) = (libc::off64_t::try_from(offset), libc::off64_t::try_from(len)) else {
+    let (Ok(off), Ok(n)) = (
+        libc::off64_t::try_from(offset),
+        libc::off64_t::try_from(len),
+    ) else {
         return;
     };
     // SAFETY: sync_file_range only starts writeback of our own file's dirty pages.

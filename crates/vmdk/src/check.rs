@@ -8,10 +8,10 @@ use std::path::PathBuf;
 
 use vdisk_core::SECTOR;
 
-use crate::header::{SparseHeader, GD_AT_END};
-use crate::marker::Marker;
 use crate::findings::{Directory, Region};
 pub use crate::findings::{Finding, Problem, Severity};
+use crate::header::{SparseHeader, GD_AT_END};
+use crate::marker::Marker;
 use crate::sparse::{read_u32s, GrainEntry, SparseExtent};
 use crate::VmdkLayer;
 

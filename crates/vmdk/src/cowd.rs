@@ -41,8 +41,8 @@
 use byteorder::{ByteOrder, LittleEndian as LE};
 use vdisk_core::{Error, Result, SECTOR};
 
-use vdisk_io::Bytes;
 use crate::sparse::Run;
+use vdisk_io::Bytes;
 
 /// Magic at byte 0.
 pub const COWD_MAGIC: [u8; 4] = *b"COWD";

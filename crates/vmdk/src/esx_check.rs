@@ -7,8 +7,8 @@ use std::path::PathBuf;
 
 use vdisk_core::SECTOR;
 
-use crate::findings::{Finding, Problem, Severity};
 use crate::cowd::{CowdExtent, CowdGrain, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES};
+use crate::findings::{Finding, Problem, Severity};
 use crate::sesparse::{SeSparseExtent, SeSparseGrain, SeSparseTable};
 
 /// Findings of one kind beyond this count are summarised in one line.

@@ -39,7 +39,10 @@ fn write_options(opts: &CreateOptions) -> Result<WriteOptions> {
     };
     let cid = match &opts.link_id {
         Some(l) if l.kind == CID_LINK => Some(u32::from_str_radix(&l.value, 16).map_err(|_| {
-            Error::new(ErrorKind::InvalidArgument, format!("\"{}\" is not a CID", l.value))
+            Error::new(
+                ErrorKind::InvalidArgument,
+                format!("\"{}\" is not a CID", l.value),
+            )
         })?),
         Some(l) => {
             return Err(Error::new(

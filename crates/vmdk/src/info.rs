@@ -56,10 +56,7 @@ pub(crate) fn layer_info(l: &VmdkLayer) -> LayerInfo {
     );
     fields.insert("grain_size".into(), json!(grain_size));
     fields.insert("unclean_shutdown".into(), json!(l.unclean_shutdown()));
-    fields.insert(
-        "embedded_descriptor".into(),
-        json!(l.embedded_descriptor()),
-    );
+    fields.insert("embedded_descriptor".into(), json!(l.embedded_descriptor()));
     fields.insert("adapter_type".into(), json!(d.ddb("ddb.adapterType")));
     fields.insert("extents".into(), Value::Array(extents));
 
@@ -122,7 +119,10 @@ pub(crate) fn layer_info(l: &VmdkLayer) -> LayerInfo {
 /// each sparse extent's header, embedded descriptor, grain directory and tables.
 pub(crate) fn metadata_regions(l: &VmdkLayer) -> Vec<MetadataRegion> {
     let mut out = Vec::new();
-    if !l.embedded_descriptor() && l.extents().iter().all(|e| e.path.as_deref() != Some(l.path()))
+    if !l.embedded_descriptor()
+        && l.extents()
+            .iter()
+            .all(|e| e.path.as_deref() != Some(l.path()))
     {
         out.push(MetadataRegion {
             file: l.path().to_path_buf(),

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use vdisk_core::{Allocation, Error, FileId, Result, SECTOR};
 
-use vdisk_io::{Backing, Bytes, FileStore, OpenContext};
 use crate::cowd::CowdExtent;
 use crate::descriptor::{Access, Descriptor, ExtentLine, ExtentType};
-use vdisk_io::resolve_relative;
 use crate::sesparse::{SeSparseExtent, SESPARSE_CONST_MAGIC, SESPARSE_VERSION};
 use crate::sparse::{Run, SparseExtent};
+use vdisk_io::resolve_relative;
+use vdisk_io::{Backing, Bytes, FileStore, OpenContext};
 
 /// Where one extent's bytes come from.
 #[derive(Debug)]
@@ -230,8 +230,15 @@ impl VmdkLayer {
                     | ExtentType::SeSparse,
                 ) => {
                     let name = line.file.as_deref().unwrap_or(Path::new(""));
-                    let p = resolve_name(store, &descriptor, dir, name, allow_outside_paths, "extent file")
-                        .map_err(|e| device_refusal(e, &descriptor))?;
+                    let p = resolve_name(
+                        store,
+                        &descriptor,
+                        dir,
+                        name,
+                        allow_outside_paths,
+                        "extent file",
+                    )
+                    .map_err(|e| device_refusal(e, &descriptor))?;
                     let storage = open_extent(store, &p, line, &mut opened, &mut identities)
                         .map_err(|e| e.with_path(&p))?;
                     (Some(p), storage)

@@ -209,7 +209,10 @@ impl Layer for VmdkLayer {
     }
 
     fn check(&self) -> Vec<Finding> {
-        crate::check::check(self).iter().map(|f| f.to_core()).collect()
+        crate::check::check(self)
+            .iter()
+            .map(|f| f.to_core())
+            .collect()
     }
 
     fn metadata(&self) -> Vec<MetadataRegion> {

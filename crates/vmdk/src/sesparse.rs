@@ -24,8 +24,8 @@
 use byteorder::{ByteOrder, LittleEndian as LE};
 use vdisk_core::{Error, Result, SECTOR};
 
-use vdisk_io::Bytes;
 use crate::sparse::Run;
+use vdisk_io::Bytes;
 
 /// Magic of the constant header (u64 at byte 0).
 pub const SESPARSE_CONST_MAGIC: u64 = 0xcafe_babe;

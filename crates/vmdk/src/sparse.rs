@@ -9,10 +9,10 @@ use byteorder::{ByteOrder, LittleEndian as LE};
 use flate2::{Decompress, FlushDecompress, Status};
 use vdisk_core::{Error, Result, SECTOR};
 
-use vdisk_io::Bytes;
 use crate::findings::Problem;
 use crate::header::{RawSparseHeader, SparseHeader, GD_AT_END};
 use crate::marker::{Marker, MarkerType};
+use vdisk_io::Bytes;
 
 /// Directory slot whose table lies outside the file (and has no usable redundant copy).
 const BAD_TABLE: u32 = u32::MAX;

@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use vdisk_io::Bytes;
 use crate::header::{HeaderFlags, RawSparseHeader};
+use vdisk_io::Bytes;
 
 /// Bytes per sector.
 pub(crate) const S: usize = 512;

@@ -98,8 +98,10 @@ impl OutputFile for MemoryFile {
         self.put(buf, offset)
     }
     fn set_len(&mut self, len: u64) -> Result<()> {
-        self.data
-            .resize(usize::try_from(len).map_err(|_| Error::invalid("too long"))?, 0);
+        self.data.resize(
+            usize::try_from(len).map_err(|_| Error::invalid("too long"))?,
+            0,
+        );
         Ok(())
     }
     fn seal(self: Box<Self>) -> Result<Box<dyn SealedOutput>> {

@@ -546,7 +546,7 @@ fn block_status_of_a_1_tib_mostly_empty_vmdk_is_fast() {
         &["-f", "vmdk", "big.vmdk"],
         &["write -P 1 0 64k", "write -P 2 512G 64k"],
     );
-    let img = Arc::new(vdisk_image::open(&dir.join("big.vmdk")).unwrap());
+    let img = Arc::new(vdisk_image::open(dir.join("big.vmdk")).unwrap());
     let srv = Running::unix(dir, img, ExportConfig::new("big"));
     let (mut c, size, _) = Client::handshake(&srv.socket, "big", true, true);
     let t = Instant::now();

@@ -3,12 +3,7 @@
 use vdisk_io::MemStore;
 
 /// A text descriptor with the given CIDs, parent and extent lines.
-pub fn descriptor(
-    cid: u32,
-    parent_cid: u32,
-    parent: Option<&str>,
-    extents: &str,
-) -> Vec<u8> {
+pub fn descriptor(cid: u32, parent_cid: u32, parent: Option<&str>, extents: &str) -> Vec<u8> {
     let mut t = format!(
         "# Disk DescriptorFile\nversion=1\nCID={cid:08x}\nparentCID={parent_cid:08x}\n\
          createType=\"monolithicSparse\"\n"
@@ -38,4 +33,3 @@ pub fn store_with_base(base_fill: u8, disk: usize) -> MemStore {
     store.insert("base-flat.vmdk", vec![base_fill; disk]);
     store
 }
-

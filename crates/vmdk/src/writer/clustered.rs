@@ -22,9 +22,9 @@ use std::path::PathBuf;
 use vdisk_core::{is_zero, Error, ImageSink, Result, SECTOR};
 
 use super::{extent_line, new_descriptor, WriteOptions, GRAIN_SECTORS};
-use vdisk_io::{ImageOutput, OutputFile};
 use crate::descriptor::ExtentType;
 use crate::header::{HeaderFlags, RawSparseHeader};
+use vdisk_io::{ImageOutput, OutputFile};
 
 const GTES: u64 = 512;
 /// Data starts here in a data extent (4 KiB in: grains stay aligned to file-system blocks).

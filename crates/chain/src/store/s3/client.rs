@@ -16,7 +16,6 @@ use vdisk_core::{Error, ErrorKind, Result};
 use super::read::BlockCache;
 use super::upload::PartBuffers;
 
-
 /// Whether an error is worth another try: server errors, time-outs and broken connections,
 /// not answers about the request itself (not found, exists, denied, bad request).
 pub(super) fn transient(e: &object_store::Error) -> bool {
@@ -249,4 +248,3 @@ impl Inner {
 pub(super) fn denied() -> String {
     "access denied: the store refused the credentials (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and that they may use this bucket)".into()
 }
-

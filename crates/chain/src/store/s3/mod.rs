@@ -37,8 +37,8 @@ use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersio
 use vdisk_core::{Error, ErrorKind, Result};
 use vdisk_io::{Bytes, ImageOutput, OutputPolicy};
 
-use self::client::{retrying, transient, Inner};
 pub(crate) use self::client::Backend;
+use self::client::{retrying, transient, Inner};
 use self::lease::Lease;
 use self::upload::{S3ImageOutput, Upload};
 use super::{name_in, ManifestSource, Store, StoredFile, StreamOutput, WriterLock};
@@ -425,4 +425,3 @@ impl Store for S3Store {
             .unwrap_or(0)
     }
 }
-

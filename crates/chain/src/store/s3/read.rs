@@ -171,4 +171,3 @@ impl RangedFile for S3File {
         Ok(())
     }
 }
-

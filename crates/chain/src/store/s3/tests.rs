@@ -19,8 +19,8 @@ use crate::{BackupOptions, Repository, Source, VerifyOptions};
 /// named after it: tests running at once must not share it).
 fn store(bucket: &str) -> (Arc<InMemory>, S3Store) {
     let backend = Arc::new(InMemory::new());
-    let s = S3Store::with_backend(backend.clone(), bucket, "vm1/disk0", vec!["s3cr3t".into()])
-        .unwrap();
+    let s =
+        S3Store::with_backend(backend.clone(), bucket, "vm1/disk0", vec!["s3cr3t".into()]).unwrap();
     (backend, s)
 }
 
@@ -78,7 +78,9 @@ fn a_live_lease_of_another_host_refuses_a_writer_and_an_expired_one_is_taken_ove
 fn an_object_of_many_parts_reads_back_by_range() {
     let (_, s) = store("upload-test");
     // 40 MiB: a head part kept for last, then 16 MiB parts, then a short one.
-    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let data: Vec<u8> = (0..40u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     let mut out = s.create_stream("point-000001-s001.vmdk").unwrap();
     for chunk in data.chunks(3 << 20) {
         out.writer().write_all(chunk).unwrap();
@@ -86,7 +88,12 @@ fn an_object_of_many_parts_reads_back_by_range() {
     assert_eq!(out.finish().unwrap(), data.len() as u64);
     assert_eq!(s.len("point-000001-s001.vmdk").unwrap(), data.len() as u64);
     let bytes = s.load(&s.path("point-000001-s001.vmdk")).unwrap();
-    for (at, n) in [(0u64, 100usize), (8 << 20, 1 << 20), ((16 << 20) - 7, 20), ((40 << 20) - 5, 5)] {
+    for (at, n) in [
+        (0u64, 100usize),
+        (8 << 20, 1 << 20),
+        ((16 << 20) - 7, 20),
+        ((40 << 20) - 5, 5),
+    ] {
         let mut buf = vec![0u8; n];
         bytes.read_at(&mut buf, at).unwrap();
         assert!(buf[..] == data[at as usize..at as usize + n], "at {at}");
@@ -130,8 +137,13 @@ fn clean_up_aborts_marked_uploads_and_removes_leftovers() {
 #[test]
 fn messages_never_show_the_secret() {
     let (_, s) = store("secret-test");
-    let text = s.inner.clean("SignatureDoesNotMatch for key s3cr3t <?xml version=\"1.0\"?><Error>");
-    assert!(!text.contains("s3cr3t") && !text.contains("<?xml"), "{text}");
+    let text = s
+        .inner
+        .clean("SignatureDoesNotMatch for key s3cr3t <?xml version=\"1.0\"?><Error>");
+    assert!(
+        !text.contains("s3cr3t") && !text.contains("<?xml"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -142,13 +154,23 @@ fn a_whole_repository_backs_up_restores_and_verifies_on_the_object_store() {
         identity: "vm1/disk0".into(),
         unclean: false,
     };
-    let mut disk: Vec<u8> = (0..(3 << 20) + 4096).map(|i| (i / 65536) as u8 + 1).collect();
+    let mut disk: Vec<u8> = (0..(3 << 20) + 4096)
+        .map(|i| (i / 65536) as u8 + 1)
+        .collect();
     let mut repo = Repository::open_or_create_in(Arc::clone(&s)).unwrap();
-    repo.backup_image(&MemImage::new(disk.clone()), &source, &BackupOptions::default())
-        .unwrap();
+    repo.backup_image(
+        &MemImage::new(disk.clone()),
+        &source,
+        &BackupOptions::default(),
+    )
+    .unwrap();
     disk[70_000] = 0xee;
     let second = repo
-        .backup_image(&MemImage::new(disk.clone()), &source, &BackupOptions::default())
+        .backup_image(
+            &MemImage::new(disk.clone()),
+            &source,
+            &BackupOptions::default(),
+        )
         .unwrap();
     assert_eq!(second.point, 2);
     drop(repo);

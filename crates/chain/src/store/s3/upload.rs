@@ -398,4 +398,3 @@ impl ImageOutput for S3ImageOutput {
         main.publish()
     }
 }
-
