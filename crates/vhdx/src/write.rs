@@ -186,7 +186,13 @@ impl VhdxSink {
         let size = size.div_ceil(ss) * ss;
         vdisk_core::check_disk_size(size).map_err(|e| e.with_path(dst))?;
         let g = Geometry::of(size, opts.block_size, ss, opts.parent.is_some());
-        let bat_len = g.bat_region_len();
+        let mut bat_len = g.bat_region_len();
+        if g.data_blocks == 0 {
+            // qemu counts the entries of an empty disk in 32 bits as 0 + (0 - 1) / chunk
+            // ratio and refuses a BAT smaller than that: give it the room (a hole).
+            let qemu_entries = u64::from(u32::MAX) / g.chunk_ratio;
+            bat_len = (qemu_entries * 8).div_ceil(MIB) * MIB;
+        }
         let layout = Layout {
             bat: LOG_OFFSET + LOG_LENGTH,
             bat_len,
