@@ -91,6 +91,16 @@ impl Format for Vhdx {
             ..opts.clone()
         })
         .map_err(|e| e.with_path(dst))?;
+        // A child's logical sector size must be its parent's.
+        if let Some(ss) = parent
+            .layer
+            .info()
+            .fields
+            .get("logical_sector_size")
+            .and_then(|v| v.as_u64())
+        {
+            w.sector_size = ss as u32;
+        }
         w.parent = Some(crate::write::ParentLink {
             linkage: link,
             relative_path: parent.name.to_string_lossy().into_owned(),
