@@ -271,10 +271,38 @@ impl DiskImage for VhdxImage {
                 },
             )
         };
+        // Fully present blocks that follow each other in the disk and in the file are asked
+        // about together: holes in them (zeros never written) read as zero.
+        let mut run: Option<(u64, u64, u64)> = None; // (virtual start, file start, length)
+        let flush = |map: &mut Vec<Extent>, run: &mut Option<(u64, u64, u64)>| {
+            if let Some((v, f, len)) = run.take() {
+                let mut pos = v;
+                for (d, l) in self.view.data_ranges(f, f + len) {
+                    let at = v + (d - f);
+                    push(map, pos, at - pos, Allocation::Zero);
+                    push(map, at, l, Allocation::Data);
+                    pos = at + l;
+                }
+                push(map, pos, v + len - pos, Allocation::Zero);
+            }
+        };
         self.for_blocks(offset, offset + length, |block, state, from, to| {
             let base = block * bs;
+            if let BlockState::Full(file) = state {
+                match &mut run {
+                    Some((v, f, len)) if *v + *len == base + from && *f + *len == file + from => {
+                        *len += to - from
+                    }
+                    _ => {
+                        flush(&mut map, &mut run);
+                        run = Some((base + from, file + from, to - from));
+                    }
+                }
+                return Ok(());
+            }
+            flush(&mut map, &mut run);
             match state {
-                BlockState::Full(_) => push(&mut map, base + from, to - from, Allocation::Data),
+                BlockState::Full(_) => {}
                 BlockState::Zero => push(&mut map, base + from, to - from, Allocation::Zero),
                 BlockState::NotPresent => {
                     push(&mut map, base + from, to - from, Allocation::Unallocated)
@@ -293,6 +321,7 @@ impl DiskImage for VhdxImage {
             Ok(())
         })
         .map_err(|e| e.with_path(&self.path))?;
+        flush(&mut map, &mut run);
         Ok(map)
     }
 

@@ -207,6 +207,19 @@ impl FileView {
         Ok(v)
     }
 
+    /// Ranges `(offset, length)` of `[start, end)` that may hold data: the file system's
+    /// holes (and anything past the end of the file) read as zero. Ranges the log replays
+    /// over count as data.
+    pub fn data_ranges(&self, start: u64, end: u64) -> Vec<(u64, u64)> {
+        if start >= end {
+            return Vec::new();
+        }
+        if self.overlay.as_ref().is_some_and(|o| o.touches(start, end - start)) {
+            return vec![(start, end - start)];
+        }
+        self.bytes.data_ranges(start, end)
+    }
+
     /// The file's bytes at `offset` in place, when the file is mapped, the range lies inside
     /// it and no replayed sector covers it.
     pub fn slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
