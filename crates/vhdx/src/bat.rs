@@ -214,11 +214,18 @@ impl BlockAllocationTable {
     /// How payload block `block` reads.
     pub fn state(&self, block: u64) -> BlockState {
         let g = &self.geometry;
-        let e = self.entries[g.payload_index(block) as usize];
+        // Blocks past the disk's end have no entry (callers stay inside the disk).
+        let Some(&e) = self.entries.get(g.payload_index(block) as usize) else {
+            return BlockState::NotPresent;
+        };
         match e & STATE_MASK {
             PAYLOAD_BLOCK_FULLY_PRESENT => BlockState::Full(e & OFFSET_MASK),
             PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
-                let sb = self.entries[g.bitmap_index(block / g.chunk_ratio) as usize];
+                let sb = self
+                    .entries
+                    .get(g.bitmap_index(block / g.chunk_ratio) as usize)
+                    .copied()
+                    .unwrap_or(0);
                 BlockState::Partial(e & OFFSET_MASK, sb & OFFSET_MASK)
             }
             PAYLOAD_BLOCK_NOT_PRESENT => BlockState::NotPresent,

@@ -332,7 +332,7 @@ impl DiskImage for VhdxImage {
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
         let bs = self.bat.geometry.block_size;
         let end = offset.checked_add(len)?;
-        if end > self.size() || (len > 0 && offset / bs != (end - 1) / bs) {
+        if len == 0 || end > self.size() || offset / bs != (end - 1) / bs {
             return None;
         }
         match self.bat.state(offset / bs) {
