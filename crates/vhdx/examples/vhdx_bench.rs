@@ -33,7 +33,10 @@ fn time(runs: usize, mut f: impl FnMut()) -> Duration {
 }
 
 fn qemu(args: &[&str]) {
-    let st = Command::new("qemu-img").args(args).status().expect("qemu-img");
+    let st = Command::new("qemu-img")
+        .args(args)
+        .status()
+        .expect("qemu-img");
     assert!(st.success(), "qemu-img {args:?}");
 }
 
@@ -75,7 +78,13 @@ fn make_disk(path: &Path, size: u64) {
 fn ours_to_vhdx(src: &Path, dst: &Path) {
     let _ = std::fs::remove_file(dst);
     let raw = RawImage::open(src).unwrap();
-    let sink = VhdxSink::create(dst, raw.size(), &WriteOptions::default(), &OutputPolicy::new()).unwrap();
+    let sink = VhdxSink::create(
+        dst,
+        raw.size(),
+        &WriteOptions::default(),
+        &OutputPolicy::new(),
+    )
+    .unwrap();
     copy_into(&raw, Box::new(sink), &CopyOptions::default()).unwrap();
 }
 
@@ -100,7 +109,8 @@ fn main() {
             "rawcopy" => {
                 let _ = std::fs::remove_file(dst);
                 let img = RawImage::open(Path::new(src)).unwrap();
-                let sink = RawSink::create(Path::new(dst), img.size(), &OutputPolicy::new()).unwrap();
+                let sink =
+                    RawSink::create(Path::new(dst), img.size(), &OutputPolicy::new()).unwrap();
                 copy_into(&img, Box::new(sink), &CopyOptions::default()).unwrap();
                 return;
             }
@@ -133,7 +143,10 @@ fn main() {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).map(|m| m.blocks() * 512).unwrap_or(0)
     };
-    println!("disk: {gib} GiB mixed, {} MiB stored, {runs} runs, medians", used(&raw) >> 20);
+    println!(
+        "disk: {gib} GiB mixed, {} MiB stored, {runs} runs, medians",
+        used(&raw) >> 20
+    );
     println!(
         "raw -> vhdx   vdisk {:>8.3} s   qemu-img {:>8.3} s   ratio {:.2}x",
         t_ours_w.as_secs_f64(),

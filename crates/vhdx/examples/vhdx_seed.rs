@@ -37,8 +37,15 @@ fn main() {
                 block_size: 1 << 20,
                 ..Default::default()
             };
-            let sink = VhdxSink::create(&base, disk.len() as u64, &opts, &OutputPolicy::replacing()).unwrap();
-            copy_into(&MemImage::new(disk.clone()), Box::new(sink), &CopyOptions::default()).unwrap();
+            let sink =
+                VhdxSink::create(&base, disk.len() as u64, &opts, &OutputPolicy::replacing())
+                    .unwrap();
+            copy_into(
+                &MemImage::new(disk.clone()),
+                Box::new(sink),
+                &CopyOptions::default(),
+            )
+            .unwrap();
             let parent = VhdxImage::open(FsStore::default().load(&base).unwrap()).unwrap();
             // The new disk: a few sectors of blocks 0 and 2 rewritten.
             disk[512..1024].fill(7);

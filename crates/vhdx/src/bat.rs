@@ -171,7 +171,9 @@ impl BlockAllocationTable {
                 PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
                     return Err(entry_err(
                         i,
-                        format!("payload block {block} is partially present in a disk without a parent"),
+                        format!(
+                            "payload block {block} is partially present in a disk without a parent"
+                        ),
                     ))
                 }
                 s => {
@@ -296,7 +298,10 @@ mod tests {
         assert_eq!(Geometry::of(1 << 30, MIB, 4096, false).chunk_ratio, 32768);
         assert_eq!(Geometry::of(0, MIB, 512, false).bat_entries, 0);
         assert_eq!(g.block_len(319), 32 * MIB);
-        assert_eq!(Geometry::of(33 * MIB, 32 * MIB, 512, false).block_len(1), MIB);
+        assert_eq!(
+            Geometry::of(33 * MIB, 32 * MIB, 512, false).block_len(1),
+            MIB
+        );
     }
 
     #[test]
@@ -306,17 +311,17 @@ mod tests {
             offset: 2 * MIB,
             length: MIB,
         }];
-        let ok = vec![PAYLOAD_BLOCK_FULLY_PRESENT | 4 * MIB, PAYLOAD_BLOCK_ZERO];
+        let ok = vec![PAYLOAD_BLOCK_FULLY_PRESENT | (4 * MIB), PAYLOAD_BLOCK_ZERO];
         let bat = BlockAllocationTable::new(g, ok, 40 * MIB, &meta, 0).unwrap();
         assert_eq!(bat.state(0), BlockState::Full(4 * MIB));
         assert_eq!(bat.state(1), BlockState::Zero);
         for bad in [
-            PAYLOAD_BLOCK_FULLY_PRESENT,             // in the header section
-            PAYLOAD_BLOCK_FULLY_PRESENT | 2 * MIB,   // on the metadata
-            PAYLOAD_BLOCK_FULLY_PRESENT | 20 * MIB,  // past the end
-            PAYLOAD_BLOCK_FULLY_PRESENT | OFFSET_MASK, // far past the end
-            4,                                        // reserved state
-            PAYLOAD_BLOCK_PARTIALLY_PRESENT | 4 * MIB, // no parent
+            PAYLOAD_BLOCK_FULLY_PRESENT,                 // in the header section
+            PAYLOAD_BLOCK_FULLY_PRESENT | (2 * MIB),     // on the metadata
+            PAYLOAD_BLOCK_FULLY_PRESENT | (20 * MIB),    // past the end
+            PAYLOAD_BLOCK_FULLY_PRESENT | OFFSET_MASK,   // far past the end
+            4,                                           // reserved state
+            PAYLOAD_BLOCK_PARTIALLY_PRESENT | (4 * MIB), // no parent
         ] {
             assert!(
                 BlockAllocationTable::new(g, vec![bad, 0], 40 * MIB, &meta, 0).is_err(),

@@ -137,11 +137,17 @@ pub fn check(img: &VhdxImage) -> Vec<Finding> {
         if e & STATE_MASK == SB_BLOCK_PRESENT {
             if g.has_parent {
                 let off = e & OFFSET_MASK;
-                blocks.push((off, off + BITMAP_BLOCK_SIZE, format!("sector bitmap block {chunk}")));
+                blocks.push((
+                    off,
+                    off + BITMAP_BLOCK_SIZE,
+                    format!("sector bitmap block {chunk}"),
+                ));
             } else {
                 warn(
                     &mut out,
-                    format!("sector bitmap block {chunk} is marked present in a disk without a parent"),
+                    format!(
+                        "sector bitmap block {chunk} is marked present in a disk without a parent"
+                    ),
                 );
             }
         }

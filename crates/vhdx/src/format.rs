@@ -64,7 +64,11 @@ impl Format for Vhdx {
             )
             .with_path(dst));
         }
-        if opts.subformat.as_deref().is_some_and(|s| s != "differencing") {
+        if opts
+            .subformat
+            .as_deref()
+            .is_some_and(|s| s != "differencing")
+        {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 "a VHDX delta is a differencing disk: no other subformat applies",

@@ -119,6 +119,29 @@ pub fn exercise(img: &VhdxImage) {
     let _ = img.mapped(0, 4096.min(size));
 }
 
+/// Parse the bytes as the two headers and the two region tables, and the metadata region.
+pub fn structures(data: &[u8]) {
+    let h = |i: usize| {
+        data.get(i * HEADER_SIZE..(i + 1) * HEADER_SIZE)
+            .unwrap_or(&[])
+    };
+    let _ = Header::select(h(0), h(1));
+    let t = RawRegionTable::parse(data);
+    if data.len() >= REGION_TABLE_SIZE {
+        let _ = crate::header::RegionTable::parse(data, data, data.len() as u64 * 4, None);
+    }
+    let _ = t.entries.len();
+    let region = crate::header::Region {
+        offset: 1 << 20,
+        length: data.len() as u64,
+    };
+    let _ = Metadata::parse(data, region);
+    if let Ok(p) = ParentLocator::parse(data) {
+        let _ = p.parent_names();
+        let _ = ParentLocator::parse(&p.to_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,25 +161,5 @@ mod tests {
         // Records past the end or cut short are ignored, not a panic.
         let _ = expand(&[1, 0, 0, 0, 9, 9, 9, 9, 5, 0, 1]);
         let _ = expand(&[255, 255, 255, 255, 0, 0, 0, 0, 255, 255, 1]);
-    }
-}
-
-/// Parse the bytes as the two headers and the two region tables, and the metadata region.
-pub fn structures(data: &[u8]) {
-    let h = |i: usize| data.get(i * HEADER_SIZE..(i + 1) * HEADER_SIZE).unwrap_or(&[]);
-    let _ = Header::select(h(0), h(1));
-    let t = RawRegionTable::parse(data);
-    if data.len() >= REGION_TABLE_SIZE {
-        let _ = crate::header::RegionTable::parse(data, data, data.len() as u64 * 4, None);
-    }
-    let _ = t.entries.len();
-    let region = crate::header::Region {
-        offset: 1 << 20,
-        length: data.len() as u64,
-    };
-    let _ = Metadata::parse(data, region);
-    if let Ok(p) = ParentLocator::parse(data) {
-        let _ = p.parent_names();
-        let _ = ParentLocator::parse(&p.to_bytes());
     }
 }

@@ -73,7 +73,10 @@ impl Guid {
         if parts.len() != 5 || parts.iter().zip(lens).any(|(p, l)| p.len() != l) {
             return None;
         }
-        if !parts.iter().all(|p| p.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if !parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+        {
             return None;
         }
         let d1 = u32::from_str_radix(parts[0], 16).ok()?;
@@ -142,7 +145,10 @@ mod tests {
         );
         assert_eq!(g.to_string(), "2dc27766-f623-4200-9d64-115e9bfd4a08");
         assert_eq!(g.braced(), "{2dc27766-f623-4200-9d64-115e9bfd4a08}");
-        assert_eq!(Guid::parse("{2DC27766-F623-4200-9D64-115E9BFD4A08}"), Some(g));
+        assert_eq!(
+            Guid::parse("{2DC27766-F623-4200-9D64-115E9BFD4A08}"),
+            Some(g)
+        );
         assert_eq!(Guid::parse("2dc27766-f623-4200-9d64-115e9bfd4a08"), Some(g));
         assert_eq!(Guid::parse("{2dc27766-f623-4200-9d64-115e9bfd4a0}"), None);
         assert_eq!(Guid::parse("{2dc27766-f623-4200-9d64-115e9bfd4a0g}"), None);

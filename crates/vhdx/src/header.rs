@@ -219,8 +219,8 @@ impl RawRegionTable {
         head[..n].copy_from_slice(&b[..n]);
         let entry_count = LE::read_u32(&head[8..]);
         let checksum = LE::read_u32(&head[4..]);
-        let checksum_ok =
-            b.len() >= REGION_TABLE_SIZE && checksum == checksum_with_field_zeroed(&b[..REGION_TABLE_SIZE], 4);
+        let checksum_ok = b.len() >= REGION_TABLE_SIZE
+            && checksum == checksum_with_field_zeroed(&b[..REGION_TABLE_SIZE], 4);
         let mut entries = Vec::new();
         for i in 0..entry_count.min(MAX_REGIONS) as usize {
             let at = 16 + 32 * i;
@@ -389,12 +389,15 @@ impl RegionTable {
                 continue;
             };
             if slot.replace(r).is_some() {
-                return Err(Error::corrupt(format!("the region table lists the {name} region twice")).at(entry_at));
+                return Err(Error::corrupt(format!(
+                    "the region table lists the {name} region twice"
+                ))
+                .at(entry_at));
             }
         }
         let bat = bat.ok_or_else(|| Error::corrupt("the region table has no BAT region").at(at))?;
-        let metadata =
-            metadata.ok_or_else(|| Error::corrupt("the region table has no metadata region").at(at))?;
+        let metadata = metadata
+            .ok_or_else(|| Error::corrupt("the region table has no metadata region").at(at))?;
         Ok(RegionTable {
             copy,
             other_problem: problems[1 - copy].clone(),
@@ -519,7 +522,13 @@ mod tests {
         // Past the end of the file.
         assert!(RegionTable::parse(&t, &t, 3 * MIB, log).is_err());
         // Overlapping the log.
-        let clash = RawRegionTable::build(&[RawRegionEntry { file_offset: MIB, ..bat }, meta]);
+        let clash = RawRegionTable::build(&[
+            RawRegionEntry {
+                file_offset: MIB,
+                ..bat
+            },
+            meta,
+        ]);
         assert!(RegionTable::parse(&clash, &clash, 4 * MIB, log).is_err());
         // An unknown required region is refused by name.
         let odd = RawRegionEntry {

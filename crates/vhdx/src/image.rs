@@ -106,13 +106,8 @@ impl VhdxImage {
         let mut taken: Vec<Region> = vec![regions.bat, regions.metadata];
         taken.extend(log);
         taken.extend(regions.unknown.iter().map(|(_, r)| *r));
-        let bat = BlockAllocationTable::new(
-            geometry,
-            entries,
-            view.len(),
-            &taken,
-            regions.bat.offset,
-        )?;
+        let bat =
+            BlockAllocationTable::new(geometry, entries, view.len(), &taken, regions.bat.offset)?;
         let backing = meta.parent.as_ref().map(|p| Backing {
             names: p.parent_names().into_iter().map(PathBuf::from).collect(),
             format: Some("vhdx".into()),
@@ -181,7 +176,13 @@ impl VhdxImage {
 
     /// Runs `(start, end, present)` of sectors of partially present block `block` (payload at
     /// `_payload`, chunk bitmap at `bitmap`) over bytes `[from, to)` of the block.
-    fn sector_runs(&self, block: u64, bitmap: u64, from: u64, to: u64) -> Result<Vec<(u64, u64, bool)>> {
+    fn sector_runs(
+        &self,
+        block: u64,
+        bitmap: u64,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, u64, bool)>> {
         let ss = self.bat.geometry.sector_size;
         let (bits_at, _) = self.bat.bitmap_bytes(block, bitmap);
         let first = from / ss;

@@ -77,23 +77,19 @@ impl Overlay {
             .into_iter()
             .collect();
         for s in before {
-            if let Some((e, p)) = self.pieces.remove(&s) {
-                // Data pieces are exactly one aligned sector, so only zero ranges get cut.
-                if let Piece::Zero = p {
-                    self.pieces.insert(s, (start, Piece::Zero));
-                    if e > end {
-                        self.pieces.insert(end, (e, Piece::Zero));
-                    }
+            // Data pieces are exactly one aligned sector, so only zero ranges get cut.
+            if let Some((e, Piece::Zero)) = self.pieces.remove(&s) {
+                self.pieces.insert(s, (start, Piece::Zero));
+                if e > end {
+                    self.pieces.insert(end, (e, Piece::Zero));
                 }
             }
         }
         let inside: Vec<u64> = self.pieces.range(start..end).map(|(s, _)| *s).collect();
         for s in inside {
-            if let Some((e, p)) = self.pieces.remove(&s) {
+            if let Some((e, Piece::Zero)) = self.pieces.remove(&s) {
                 if e > end {
-                    if let Piece::Zero = p {
-                        self.pieces.insert(end, (e, Piece::Zero));
-                    }
+                    self.pieces.insert(end, (e, Piece::Zero));
                 }
             }
         }
@@ -214,7 +210,11 @@ impl FileView {
         if start >= end {
             return Vec::new();
         }
-        if self.overlay.as_ref().is_some_and(|o| o.touches(start, end - start)) {
+        if self
+            .overlay
+            .as_ref()
+            .is_some_and(|o| o.touches(start, end - start))
+        {
             return vec![(start, end - start)];
         }
         self.bytes.data_ranges(start, end)
@@ -223,7 +223,11 @@ impl FileView {
     /// The file's bytes at `offset` in place, when the file is mapped, the range lies inside
     /// it and no replayed sector covers it.
     pub fn slice(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        if self.overlay.as_ref().is_some_and(|o| o.touches(offset, len)) {
+        if self
+            .overlay
+            .as_ref()
+            .is_some_and(|o| o.touches(offset, len))
+        {
             return None;
         }
         let end = offset.checked_add(len)?;
@@ -250,7 +254,11 @@ impl FileView {
                 log.length, log.offset
             )));
         }
-        if log.offset.checked_add(log.length).is_none_or(|e| e > bytes.len()) {
+        if log
+            .offset
+            .checked_add(log.length)
+            .is_none_or(|e| e > bytes.len())
+        {
             return Err(Error::corrupt(format!(
                 "log ({} bytes at {}) runs past the end of the file ({} bytes)",
                 log.length,
@@ -484,12 +492,15 @@ impl Log<'_> {
                     leading,
                     trailing,
                 } => {
-                    let mut s =
-                        self.sector(e.pos + (desc_sectors + data_index) * LOG_SECTOR)?;
+                    let mut s = self.sector(e.pos + (desc_sectors + data_index) * LOG_SECTOR)?;
                     data_index += 1;
                     s[0..8].copy_from_slice(leading);
                     s[4092..4096].copy_from_slice(trailing);
-                    overlay.put(*offset, offset + LOG_SECTOR, Piece::Data(s.into_boxed_slice()));
+                    overlay.put(
+                        *offset,
+                        offset + LOG_SECTOR,
+                        Piece::Data(s.into_boxed_slice()),
+                    );
                     info.data_sectors += 1;
                 }
             }

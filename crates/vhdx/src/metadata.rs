@@ -99,7 +99,7 @@ pub struct RawMetadataEntry {
 /// The parent locator of a differencing disk: its type and key/value pairs.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ParentLocator {
-    /// The locator type ([`VHDX_LOCATOR_TYPE`] for a VHDX parent).
+    /// The locator type (B04AEFB7-D19E-4A81-B789-25B8E9445913 for a VHDX parent).
     pub locator_type: Guid,
     /// Keys and values in the order stored.
     pub entries: Vec<(String, String)>,
@@ -276,7 +276,7 @@ impl Metadata {
         }
         if &b[0..8] != b"metadata" {
             return Err(
-                Error::corrupt("metadata table has no \"metadata\" signature").at(region.offset)
+                Error::corrupt("metadata table has no \"metadata\" signature").at(region.offset),
             );
         }
         let count = LE::read_u16(&b[10..]);
@@ -334,15 +334,14 @@ impl Metadata {
                 known.iter().position(|g| *g == entry.item_id)
             };
             match slot {
-                Some(k) => {
-                    if items[k].replace(bytes).is_some() {
-                        return Err(Error::corrupt(format!(
-                            "metadata table lists the {} item twice",
-                            names[k]
-                        ))
-                        .at(entry_at));
-                    }
+                Some(k) if items[k].replace(bytes).is_some() => {
+                    return Err(Error::corrupt(format!(
+                        "metadata table lists the {} item twice",
+                        names[k]
+                    ))
+                    .at(entry_at));
                 }
+                Some(_) => {}
                 None if entry.flags & IS_REQUIRED != 0 => {
                     return Err(Error::unsupported(format!(
                         "metadata item {{{}}} is marked required but vdisk does not know it",
@@ -353,22 +352,20 @@ impl Metadata {
                 None => {}
             }
         }
-        let item = |k: usize, min: usize| -> Result<&[u8]> {
-            match items[k] {
-                Some(b) if b.len() >= min => Ok(b),
-                Some(b) => Err(Error::corrupt(format!(
-                    "metadata item {} is {} bytes (needs {min})",
-                    names[k],
-                    b.len()
-                ))
-                .at(region.offset)),
-                None => Err(Error::corrupt(format!(
-                    "metadata has no {} item",
-                    names[k]
-                ))
-                .at(region.offset)),
-            }
-        };
+        let item =
+            |k: usize, min: usize| -> Result<&[u8]> {
+                match items[k] {
+                    Some(b) if b.len() >= min => Ok(b),
+                    Some(b) => Err(Error::corrupt(format!(
+                        "metadata item {} is {} bytes (needs {min})",
+                        names[k],
+                        b.len()
+                    ))
+                    .at(region.offset)),
+                    None => Err(Error::corrupt(format!("metadata has no {} item", names[k]))
+                        .at(region.offset)),
+                }
+            };
         let params = item(0, 8)?;
         let block_size = u64::from(LE::read_u32(params));
         let flags = LE::read_u32(&params[4..]);
@@ -528,7 +525,7 @@ mod tests {
         let b = sample(None).build();
         assert_eq!(&b[0..8], b"metadata");
         assert_eq!(&b[10..12], &[5, 0]); // entry count
-        // First entry: file parameters at 64 KiB, 8 bytes, IsRequired.
+                                         // First entry: file parameters at 64 KiB, 8 bytes, IsRequired.
         assert_eq!(&b[32..48], &FILE_PARAMETERS_GUID.0);
         assert_eq!(&b[48..52], &[0, 0, 1, 0]);
         assert_eq!(&b[52..56], &[8, 0, 0, 0]);
@@ -547,7 +544,10 @@ mod tests {
             entries: vec![
                 ("parent_linkage".into(), linkage.braced()),
                 ("relative_path".into(), "..\\base\\parent.vhdx".into()),
-                ("absolute_win32_path".into(), "\\\\?\\d:\\vms\\parent.vhdx".into()),
+                (
+                    "absolute_win32_path".into(),
+                    "\\\\?\\d:\\vms\\parent.vhdx".into(),
+                ),
             ],
         };
         let mut m = sample(Some(loc.clone()));
@@ -572,7 +572,10 @@ mod tests {
             plain_name("\\\\?\\Volume{26A21BDA-A627-11D7-9931-806E6F6E6963}\\p\\q.vhdx"),
             "/p/q.vhdx"
         );
-        assert_eq!(plain_name("\\\\?\\UNC\\srv\\share\\q.vhdx"), "/srv/share/q.vhdx");
+        assert_eq!(
+            plain_name("\\\\?\\UNC\\srv\\share\\q.vhdx"),
+            "/srv/share/q.vhdx"
+        );
     }
 
     #[test]

@@ -21,8 +21,7 @@ use crate::bat::{
 use crate::guid::Guid;
 use crate::header::{
     RawHeader, RawRegionEntry, RawRegionTable, BAT_GUID, FILE_SIGNATURE, HEADER1_OFFSET,
-    HEADER2_OFFSET, HEADER_SECTION, METADATA_GUID, MIB, REGION_TABLE1_OFFSET,
-    REGION_TABLE2_OFFSET,
+    HEADER2_OFFSET, HEADER_SECTION, METADATA_GUID, MIB, REGION_TABLE1_OFFSET, REGION_TABLE2_OFFSET,
 };
 use crate::metadata::{Metadata, ParentLocator, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, VHDX_LOCATOR_TYPE};
 
@@ -174,7 +173,12 @@ impl std::fmt::Debug for VhdxSink {
 
 impl VhdxSink {
     /// Start writing a VHDX file of `size` bytes (rounded up to whole sectors) at `dst`.
-    pub fn create(dst: &Path, size: u64, opts: &WriteOptions, policy: &OutputPolicy) -> Result<VhdxSink> {
+    pub fn create(
+        dst: &Path,
+        size: u64,
+        opts: &WriteOptions,
+        policy: &OutputPolicy,
+    ) -> Result<VhdxSink> {
         let ss = u64::from(opts.sector_size);
         if ss != 512 && ss != 4096 {
             return Err(Error::new(
@@ -347,7 +351,8 @@ impl VhdxSink {
                 }
             }
             if any {
-                self.w.write_at(&piece[..(8 * n) as usize], l.bat + 8 * first)?;
+                self.w
+                    .write_at(&piece[..(8 * n) as usize], l.bat + 8 * first)?;
             }
             first += n;
         }

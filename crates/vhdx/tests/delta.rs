@@ -103,7 +103,11 @@ fn delta_round_trip(cluster: Option<u64>, qemu_base: bool) {
     let base_raw = make_raw(
         &raw_path,
         size,
-        &[(0, 12 * MIB as usize, 1), (20 * MIB, 8 * MIB as usize, 2), (size - MIB, MIB as usize, 3)],
+        &[
+            (0, 12 * MIB as usize, 1),
+            (20 * MIB, 8 * MIB as usize, 2),
+            (size - MIB, MIB as usize, 3),
+        ],
     );
     let base_path = dir.path().join("base.vhdx");
     if qemu_base {
@@ -112,7 +116,18 @@ fn delta_round_trip(cluster: Option<u64>, qemu_base: bool) {
         }
         must(
             "qemu-img",
-            &["convert", "-q", "-f", "raw", "-O", "vhdx", "-o", "block_size=1M", s(&raw_path), s(&base_path)],
+            &[
+                "convert",
+                "-q",
+                "-f",
+                "raw",
+                "-O",
+                "vhdx",
+                "-o",
+                "block_size=1M",
+                s(&raw_path),
+                s(&base_path),
+            ],
         );
     } else {
         write_vhdx(
@@ -128,12 +143,12 @@ fn delta_round_trip(cluster: Option<u64>, qemu_base: bool) {
     let (new, changed) = apply(
         &base_raw,
         &[
-            (2 * MIB, MIB, Some(10)),          // a whole block rewritten
-            (5 * MIB, MIB, None),              // a whole block zeroed: masks the parent
-            (8 * MIB + 4096, 4096, Some(11)),  // a few sectors of a block
-            (9 * MIB + 8192, 8192, None),      // a few sectors zeroed
-            (15 * MIB, 4096, Some(12)),        // where the parent holds nothing
-            (size - 4096, 4096, Some(13)),     // the last sectors
+            (2 * MIB, MIB, Some(10)),         // a whole block rewritten
+            (5 * MIB, MIB, None),             // a whole block zeroed: masks the parent
+            (8 * MIB + 4096, 4096, Some(11)), // a few sectors of a block
+            (9 * MIB + 8192, 8192, None),     // a few sectors zeroed
+            (15 * MIB, 4096, Some(12)),       // where the parent holds nothing
+            (size - 4096, 4096, Some(13)),    // the last sectors
         ],
     );
     let src = Changed {
@@ -149,7 +164,11 @@ fn delta_round_trip(cluster: Option<u64>, qemu_base: bool) {
     let b = delta.backing().unwrap();
     assert_eq!(b.names, [Path::new("base.vhdx")]);
     assert_eq!(b.format.as_deref(), Some("vhdx"));
-    assert_eq!(b.link, base.link_id(), "parent_linkage is the parent's DataWriteGuid");
+    assert_eq!(
+        b.link,
+        base.link_id(),
+        "parent_linkage is the parent's DataWriteGuid"
+    );
     assert!(delta.check().is_empty(), "{:?}", delta.check());
     // Through the chain, the delta reads as the new disk.
     let layers: [&dyn Layer; 2] = [&delta, &base];
@@ -162,7 +181,9 @@ fn delta_round_trip(cluster: Option<u64>, qemu_base: bool) {
         match e.allocation {
             Allocation::Unallocated => assert!(!inside, "{e:?} lost a change"),
             _ => assert!(
-                changed.iter().any(|&(s, l)| s <= e.start && e.end() <= s + l),
+                changed
+                    .iter()
+                    .any(|&(s, l)| s <= e.start && e.end() <= s + l),
                 "{e:?} claims more than was given"
             ),
         }
@@ -208,7 +229,8 @@ fn delta_of_a_delta_and_across_chunks() {
     f.set_len(size).unwrap();
     use std::os::unix::fs::FileExt;
     let edge = 4u64 << 30;
-    f.write_all_at(&pattern(2 * MIB as usize, 1), edge - MIB).unwrap();
+    f.write_all_at(&pattern(2 * MIB as usize, 1), edge - MIB)
+        .unwrap();
     drop(f);
     let base_path = dir.path().join("base.vhdx");
     let opts = WriteOptions {
@@ -219,9 +241,9 @@ fn delta_of_a_delta_and_across_chunks() {
     let base = open(&base_path);
     // Sparse expectation: (offset, bytes) of everything not zero in the new disk.
     let changes = [
-        (edge - 4096, pattern(8192, 5)),  // across the chunk edge
-        (8 << 30, pattern(4096, 6)),      // in the third chunk
-        (MIB + 512, vec![0u8; 512]),      // zeros where the parent has nothing
+        (edge - 4096, pattern(8192, 5)), // across the chunk edge
+        (8 << 30, pattern(4096, 6)),     // in the third chunk
+        (MIB + 512, vec![0u8; 512]),     // zeros where the parent has nothing
     ];
     struct Sparse<'a> {
         size: u64,
@@ -235,7 +257,10 @@ fn delta_of_a_delta_and_across_chunks() {
         fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
             self.base.read_at(buf, offset)?;
             for (o, d) in self.changes {
-                let (s, e) = ((*o).max(offset), (o + d.len() as u64).min(offset + buf.len() as u64));
+                let (s, e) = (
+                    (*o).max(offset),
+                    (o + d.len() as u64).min(offset + buf.len() as u64),
+                );
                 if s < e {
                     buf[(s - offset) as usize..(e - offset) as usize]
                         .copy_from_slice(&d[(s - o) as usize..(e - o) as usize]);
@@ -247,7 +272,11 @@ fn delta_of_a_delta_and_across_chunks() {
             let ch = Changed {
                 data: Vec::new(),
                 size: self.size,
-                changed: self.changes.iter().map(|(o, d)| (*o, d.len() as u64)).collect(),
+                changed: self
+                    .changes
+                    .iter()
+                    .map(|(o, d)| (*o, d.len() as u64))
+                    .collect(),
             };
             ch.allocation(offset, length)
         }
@@ -285,7 +314,12 @@ fn delta_of_a_delta_and_across_chunks() {
     let regions = &delta.metadata()[0].ranges;
     assert_eq!(regions.len(), 4 + 3, "{regions:?}");
     let layers: [&dyn Layer; 2] = [&delta, &base];
-    for (off, len) in [(edge - MIB, 2 * MIB), (8 << 30, MIB), (0, 2 * MIB), (size - MIB, MIB)] {
+    for (off, len) in [
+        (edge - MIB, 2 * MIB),
+        (8 << 30, MIB),
+        (0, 2 * MIB),
+        (size - MIB, MIB),
+    ] {
         let mut want = vec![0u8; len as usize];
         src.read_at(&mut want, off).unwrap();
         assert!(read_chain(&layers, off, len) == want, "at {off}");
@@ -327,7 +361,10 @@ fn four_kib_sectors_follow_the_parent() {
     let base = open(&base_path);
     assert_eq!(base.metadata_items().logical_sector_size, 4096);
     assert!(read_all(&base) == base_raw);
-    let (new, changed) = apply(&base_raw, &[(MIB + 4096, 4096, Some(3)), (2 * MIB, 8192, None)]);
+    let (new, changed) = apply(
+        &base_raw,
+        &[(MIB + 4096, 4096, Some(3)), (2 * MIB, 8192, None)],
+    );
     let src = Changed {
         data: new.clone(),
         size,

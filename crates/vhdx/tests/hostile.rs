@@ -30,7 +30,10 @@ fn attempt(name: &str, bytes: Vec<u8>, stats: &mut (usize, usize)) {
         Err(e) => {
             let msg = e.to_string();
             assert!(!msg.contains('\n'), "{name}: multi-line error {msg:?}");
-            assert!(msg.contains(name), "{name}: error does not name the file: {msg}");
+            assert!(
+                msg.contains(name),
+                "{name}: error does not name the file: {msg}"
+            );
             stats.1 += 1;
         }
     }
@@ -57,8 +60,23 @@ fn fix_crc(b: &mut [u8], at: usize, len: usize) {
 
 /// Edge values for a field of `width` bytes in a file of `len` bytes.
 fn edges(width: usize, len: u64) -> Vec<u64> {
-    let max = if width == 8 { u64::MAX } else { (1u64 << (8 * width)) - 1 };
-    let mut v = vec![0, 1, max, max / 2 + 1, len, len + 1, len - 1, 64 << 10, 1 << 20, 3 << 20];
+    let max = if width == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    };
+    let mut v = vec![
+        0,
+        1,
+        max,
+        max / 2 + 1,
+        len,
+        len + 1,
+        len - 1,
+        64 << 10,
+        1 << 20,
+        3 << 20,
+    ];
     v.retain(|&x| x <= max);
     v.dedup();
     v
@@ -69,21 +87,54 @@ fn samples(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     if have_qemu() {
         let dynamic = dir.join("dynamic.vhdx");
-        must("qemu-img", &["create", "-q", "-f", "vhdx", "-o", "block_size=1M", s(&dynamic), "6M"]);
+        must(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "vhdx",
+                "-o",
+                "block_size=1M",
+                s(&dynamic),
+                "6M",
+            ],
+        );
         must(
             "qemu-io",
-            &["-f", "vhdx", "-c", "write -P 0x5a 0 4k", "-c", "write -P 0x6b 2M 8k", s(&dynamic)],
+            &[
+                "-f",
+                "vhdx",
+                "-c",
+                "write -P 0x5a 0 4k",
+                "-c",
+                "write -P 0x6b 2M 8k",
+                s(&dynamic),
+            ],
         );
         let fixed = dir.join("fixed.vhdx");
         must(
             "qemu-img",
-            &["create", "-q", "-f", "vhdx", "-o", "subformat=fixed,block_size=1M", s(&fixed), "3M"],
+            &[
+                "create",
+                "-q",
+                "-f",
+                "vhdx",
+                "-o",
+                "subformat=fixed,block_size=1M",
+                s(&fixed),
+                "3M",
+            ],
         );
         out.push(("dynamic.vhdx".to_string(), std::fs::read(&dynamic).unwrap()));
         out.push(("fixed.vhdx".to_string(), std::fs::read(&fixed).unwrap()));
         // The dynamic file with its last log entry made live again (a dirty file).
         let mut dirty = std::fs::read(&dynamic).unwrap();
-        if let Some(pos) = (MIB..2 * MIB).step_by(4096).rev().find(|&p| &dirty[p..p + 4] == b"loge") {
+        if let Some(pos) = (MIB..2 * MIB)
+            .step_by(4096)
+            .rev()
+            .find(|&p| &dirty[p..p + 4] == b"loge")
+        {
             let guid: Vec<u8> = dirty[pos + 32..pos + 48].to_vec();
             for h in HDR {
                 dirty[h + 48..h + 64].copy_from_slice(&guid);
@@ -106,7 +157,7 @@ fn truncated_images_fail_cleanly() {
     for (name, bytes) in samples(dir.path()) {
         let len = bytes.len();
         let mut cuts: Vec<usize> = (0..16).map(|i| i * 512).collect();
-        cuts.extend((1..64).map(|i| i * 64 << 10));
+        cuts.extend((1..64).map(|i| (i * 64) << 10));
         cuts.extend((0..32).map(|i| len * i / 32));
         cuts.extend([len - 1, len - 4096, len - MIB.min(len)]);
         cuts.retain(|&c| c < len);
@@ -126,10 +177,23 @@ fn header_and_region_fields_at_edge_values() {
     for (name, bytes) in samples(dir.path()) {
         let len = bytes.len() as u64;
         // Header fields: (offset, width). Each copy, with and without a fixed checksum.
-        let fields = [(8, 8), (16, 16), (32, 16), (48, 16), (64, 2), (66, 2), (68, 4), (72, 8)];
+        let fields = [
+            (8, 8),
+            (16, 16),
+            (32, 16),
+            (48, 16),
+            (64, 2),
+            (66, 2),
+            (68, 4),
+            (72, 8),
+        ];
         for h in HDR {
             for (off, width) in fields {
-                let vals: Vec<u64> = if width == 16 { vec![0, 1, u64::MAX] } else { edges(width, len) };
+                let vals: Vec<u64> = if width == 16 {
+                    vec![0, 1, u64::MAX]
+                } else {
+                    edges(width, len)
+                };
                 for v in vals {
                     for fix in [true, false] {
                         let mut b = bytes.clone();
@@ -155,7 +219,11 @@ fn header_and_region_fields_at_edge_values() {
         let raw = RawRegionTable::parse(&bytes[RT[0]..RT[0] + (64 << 10)]);
         let mut fields: Vec<(usize, usize)> = vec![(8, 4)];
         for i in 0..raw.entries.len() + 1 {
-            fields.extend([(16 + 32 * i + 16, 8), (16 + 32 * i + 24, 4), (16 + 32 * i + 28, 4)]);
+            fields.extend([
+                (16 + 32 * i + 16, 8),
+                (16 + 32 * i + 24, 4),
+                (16 + 32 * i + 28, 4),
+            ]);
         }
         for (off, width) in fields {
             for v in edges(width, len) {
@@ -172,7 +240,12 @@ fn header_and_region_fields_at_edge_values() {
         }
         // A region table entry that points at the header section, the log, the other region.
         for i in 0..raw.entries.len() {
-            for target in [0u64, 64 << 10, 1 << 20, raw.entries[(i + 1) % raw.entries.len()].file_offset] {
+            for target in [
+                0u64,
+                64 << 10,
+                1 << 20,
+                raw.entries[(i + 1) % raw.entries.len()].file_offset,
+            ] {
                 let mut b = bytes.clone();
                 for t in RT {
                     put_u64(&mut b, t + 16 + 32 * i + 16, target);
@@ -182,7 +255,10 @@ fn header_and_region_fields_at_edge_values() {
             }
         }
     }
-    eprintln!("header/region mutations: {} opened, {} refused", stats.0, stats.1);
+    eprintln!(
+        "header/region mutations: {} opened, {} refused",
+        stats.0, stats.1
+    );
 }
 
 #[test]
@@ -201,11 +277,15 @@ fn metadata_bat_log_and_locator_at_edge_values() {
         };
         let bat = region(0x66); // 2DC27766-...
         let meta = region(0x06); // 8B7CA206-...
-        // Metadata table: count, and each entry's offset, length and flags.
+                                 // Metadata table: count, and each entry's offset, length and flags.
         let count = u16::from_le_bytes([bytes[meta + 10], bytes[meta + 11]]) as usize;
         let mut fields: Vec<(usize, usize)> = vec![(10, 2)];
         for i in 0..count + 1 {
-            fields.extend([(32 + 32 * i + 16, 4), (32 + 32 * i + 20, 4), (32 + 32 * i + 24, 4)]);
+            fields.extend([
+                (32 + 32 * i + 16, 4),
+                (32 + 32 * i + 20, 4),
+                (32 + 32 * i + 24, 4),
+            ]);
         }
         for (off, width) in fields {
             for v in edges(width, len) {
@@ -219,7 +299,10 @@ fn metadata_bat_log_and_locator_at_edge_values() {
         }
         // The items themselves: every 4 and 8 bytes of the first 256 item bytes.
         for at in (0..256).step_by(4) {
-            for v in edges(4, len).into_iter().chain([512, 4096, 3 << 20, 1 << 28]) {
+            for v in edges(4, len)
+                .into_iter()
+                .chain([512, 4096, 3 << 20, 1 << 28])
+            {
                 let mut b = bytes.clone();
                 put_u32(&mut b, meta + (64 << 10) + at, v as u32);
                 attempt(&name, b, &mut stats);
@@ -232,7 +315,14 @@ fn metadata_bat_log_and_locator_at_edge_values() {
         // metadata, past the end, the largest.
         for i in 0..10 {
             for state in 0..8u64 {
-                for off in [0u64, 64 << 10, bat as u64, meta as u64, len + (1 << 20), (1u64 << 44) - 1 << 20] {
+                for off in [
+                    0u64,
+                    64 << 10,
+                    bat as u64,
+                    meta as u64,
+                    len + (1 << 20),
+                    ((1u64 << 44) - 1) << 20,
+                ] {
                     let mut b = bytes.clone();
                     put_u64(&mut b, bat + 8 * i, (off & !0xFFFFF) | state);
                     attempt(&name, b, &mut stats);
@@ -244,9 +334,23 @@ fn metadata_bat_log_and_locator_at_edge_values() {
         }
         // Log entry fields (checksums fixed over the entry), when there is a live log.
         if name == "dirty.vhdx" {
-            let pos = (MIB..2 * MIB).step_by(4096).rev().find(|&p| &bytes[p..p + 4] == b"loge").unwrap();
+            let pos = (MIB..2 * MIB)
+                .step_by(4096)
+                .rev()
+                .find(|&p| &bytes[p..p + 4] == b"loge")
+                .unwrap();
             let elen = u32::from_le_bytes(bytes[pos + 8..pos + 12].try_into().unwrap()) as usize;
-            let fields = [(8, 4), (12, 4), (16, 8), (24, 4), (48, 8), (56, 8), (64 + 8, 8), (64 + 16, 8), (64 + 24, 8)];
+            let fields = [
+                (8, 4),
+                (12, 4),
+                (16, 8),
+                (24, 4),
+                (48, 8),
+                (56, 8),
+                (64 + 8, 8),
+                (64 + 16, 8),
+                (64 + 24, 8),
+            ];
             for (off, width) in fields {
                 for v in edges(width, len).into_iter().chain([4096, 8192, 1 << 20]) {
                     let mut b = bytes.clone();
@@ -261,7 +365,12 @@ fn metadata_bat_log_and_locator_at_edge_values() {
                 }
             }
             // A zero descriptor of every length, over the BAT and the headers.
-            for (target, zlen) in [(bat as u64, 4096u64), (0, 1 << 20), (bat as u64, u64::MAX - 4095), (1 << 40, 1 << 40)] {
+            for (target, zlen) in [
+                (bat as u64, 4096u64),
+                (0, 1 << 20),
+                (bat as u64, u64::MAX - 4095),
+                (1 << 40, 1 << 40),
+            ] {
                 let mut b = bytes.clone();
                 b[pos + 64..pos + 68].copy_from_slice(b"zero");
                 put_u64(&mut b, pos + 64 + 8, zlen);
@@ -276,7 +385,9 @@ fn metadata_bat_log_and_locator_at_edge_values() {
             let loc = (0..count)
                 .map(|i| meta + 32 + 32 * i)
                 .find(|&e| bytes[e] == 0x2d) // A8D35F2D-...
-                .map(|e| meta + u32::from_le_bytes(bytes[e + 16..e + 20].try_into().unwrap()) as usize)
+                .map(|e| {
+                    meta + u32::from_le_bytes(bytes[e + 16..e + 20].try_into().unwrap()) as usize
+                })
                 .unwrap();
             for at in (18..20 + 12 * 2).step_by(2) {
                 for v in [0u16, 1, 2, 3, 0xffff, 0x8000] {
@@ -287,10 +398,19 @@ fn metadata_bat_log_and_locator_at_edge_values() {
             }
             // relative_path "base.vhdx" (9 UTF-16 units) becomes "delta.vhd" → "delta.vhdx"
             // needs one more unit: write "delt.vhdx", then check the name comes back as is.
-            let text: Vec<u8> = "base.vhdx".encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
-            let self_name: Vec<u8> = "delt.vhdx".encode_utf16().flat_map(|u| u.to_le_bytes()).collect();
+            let text: Vec<u8> = "base.vhdx"
+                .encode_utf16()
+                .flat_map(|u| u.to_le_bytes())
+                .collect();
+            let self_name: Vec<u8> = "delt.vhdx"
+                .encode_utf16()
+                .flat_map(|u| u.to_le_bytes())
+                .collect();
             let mut b = bytes.clone();
-            let at = b[loc..loc + 4096].windows(text.len()).position(|w| w == text.as_slice()).unwrap();
+            let at = b[loc..loc + 4096]
+                .windows(text.len())
+                .position(|w| w == text.as_slice())
+                .unwrap();
             b[loc + at..loc + at + text.len()].copy_from_slice(&self_name);
             let mut store = MemStore::new();
             store.insert("delt.vhdx", b);
@@ -299,7 +419,10 @@ fn metadata_bat_log_and_locator_at_edge_values() {
             assert_eq!(img.backing().unwrap().names, [Path::new("delt.vhdx")]);
         }
     }
-    eprintln!("metadata/BAT/log/locator mutations: {} opened, {} refused", stats.0, stats.1);
+    eprintln!(
+        "metadata/BAT/log/locator mutations: {} opened, {} refused",
+        stats.0, stats.1
+    );
 }
 
 /// Regression: an empty disk's mapped() looked up block 0, which has no BAT entry.

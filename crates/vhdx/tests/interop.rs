@@ -65,7 +65,10 @@ fn qemu_made_images_read_back_byte_for_byte() {
         let expect = qemu_raw(&p, "vhdx");
         assert_eq!(img.size(), expect.len() as u64, "{name}");
         let got = read_all(&img);
-        assert!(got == expect, "{name}: contents differ from qemu-img convert");
+        assert!(
+            got == expect,
+            "{name}: contents differ from qemu-img convert"
+        );
         // The map covers the disk, and every non-zero byte lies in a Data extent.
         let m = map(&img);
         assert_eq!(m.first().unwrap().start, 0);
@@ -73,7 +76,9 @@ fn qemu_made_images_read_back_byte_for_byte() {
         for e in &m {
             if e.allocation != Allocation::Data {
                 assert!(
-                    expect[e.start as usize..e.end() as usize].iter().all(|&b| b == 0),
+                    expect[e.start as usize..e.end() as usize]
+                        .iter()
+                        .all(|&b| b == 0),
                     "{name}: non-zero bytes in a {:?} extent at {}",
                     e.allocation,
                     e.start
@@ -83,7 +88,11 @@ fn qemu_made_images_read_back_byte_for_byte() {
         let fixed = opts.contains("fixed");
         assert_eq!(
             img.subformat(),
-            if fixed { Subformat::Fixed } else { Subformat::Dynamic },
+            if fixed {
+                Subformat::Fixed
+            } else {
+                Subformat::Dynamic
+            },
             "{name}"
         );
         assert!(img.check().is_empty(), "{name}: {:?}", img.check());
@@ -91,20 +100,34 @@ fn qemu_made_images_read_back_byte_for_byte() {
         let link = img.link_id().unwrap();
         assert_eq!(link.kind, "vhdx-data-write-guid");
         // Reads at odd offsets and lengths agree too.
-        for (off, len) in [(1_048_000u64, 2000usize), (size - 700, 700), (6 * (1 << 20) - 3, 70_000)] {
+        for (off, len) in [
+            (1_048_000u64, 2000usize),
+            (size - 700, 700),
+            (6 * (1 << 20) - 3, 70_000),
+        ] {
             let mut b = vec![0u8; len];
             img.read_at(&mut b, off).unwrap();
-            assert_eq!(b, expect[off as usize..off as usize + len], "{name} at {off}");
+            assert_eq!(
+                b,
+                expect[off as usize..off as usize + len],
+                "{name} at {off}"
+            );
         }
         let info = img.info();
-        assert_eq!(info.fields["subformat"], if fixed { "fixed" } else { "dynamic" });
+        assert_eq!(
+            info.fields["subformat"],
+            if fixed { "fixed" } else { "dynamic" }
+        );
     }
 }
 
 fn check_with_qemu(path: &std::path::Path, raw: &std::path::Path) {
     let (ok, out, err) = run("qemu-img", &["check", "-f", "vhdx", s(path)]);
     assert!(ok, "qemu-img check {}: {out} {err}", path.display());
-    must("qemu-img", &["compare", "-f", "raw", "-F", "vhdx", s(raw), s(path)]);
+    must(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vhdx", s(raw), s(path)],
+    );
     let info = must("qemu-img", &["info", "--output=json", s(path)]);
     let v: serde_json::Value = serde_json::from_str(&info).unwrap();
     assert_eq!(v["format"], "vhdx", "{info}");
@@ -168,9 +191,15 @@ fn images_we_write_pass_qemu_check_and_compare() {
         let img = open(&p);
         assert_eq!(read_all(&img), raw, "{name}");
         assert!(img.check().is_empty(), "{name}: {:?}", img.check());
-        assert_eq!(img.subformat().name(), if opts.fixed { "fixed" } else { "dynamic" });
+        assert_eq!(
+            img.subformat().name(),
+            if opts.fixed { "fixed" } else { "dynamic" }
+        );
         // qemu reads it back the same.
-        assert!(qemu_raw(&p, "vhdx") == raw, "{name}: qemu reads other bytes");
+        assert!(
+            qemu_raw(&p, "vhdx") == raw,
+            "{name}: qemu reads other bytes"
+        );
         // Only blocks holding data take space in a dynamic file.
         if !opts.fixed && opts.block_size == 1 << 20 {
             let m = map(&img);
@@ -191,7 +220,10 @@ fn odd_and_empty_sizes() {
     }
     let dir = tmp();
     // An empty disk, and one whose size is not a multiple of 512 (rounded up, like qemu).
-    for (size, pieces) in [(0u64, vec![]), (3_000_000u64, vec![(0u64, 1000usize, 9u64)])] {
+    for (size, pieces) in [
+        (0u64, vec![]),
+        (3_000_000u64, vec![(0u64, 1000usize, 9u64)]),
+    ] {
         let raw_path = dir.path().join(format!("{size}.raw"));
         make_raw(&raw_path, size, &pieces);
         let p = dir.path().join(format!("{size}.vhdx"));
@@ -218,7 +250,15 @@ fn qemu_refuses_differencing_vhdx() {
     let p = dir.path().join("d.vhdx");
     let (ok, _, err) = run(
         "qemu-img",
-        &["create", "-f", "vhdx", "-o", "subformat=differencing", s(&p), "64M"],
+        &[
+            "create",
+            "-f",
+            "vhdx",
+            "-o",
+            "subformat=differencing",
+            s(&p),
+            "64M",
+        ],
     );
     assert!(!ok, "qemu-img created a differencing VHDX");
     eprintln!("qemu-img create subformat=differencing: {}", err.trim());

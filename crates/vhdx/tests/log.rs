@@ -62,26 +62,59 @@ fn a_log_qemu_left_is_replayed_in_memory() {
     let p = dir.path().join("dirty.vhdx");
     must(
         "qemu-img",
-        &["create", "-q", "-f", "vhdx", "-o", "block_size=1M", s(&p), "16M"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1M",
+            s(&p),
+            "16M",
+        ],
     );
     must(
         "qemu-io",
         &[
-            "-f", "vhdx", "-c", "write -P 0x61 0 64k", "-c", "write -P 0x62 3M 1M", "-c",
-            "write -P 0x63 9M 4k", s(&p),
+            "-f",
+            "vhdx",
+            "-c",
+            "write -P 0x61 0 64k",
+            "-c",
+            "write -P 0x62 3M 1M",
+            "-c",
+            "write -P 0x63 9M 4k",
+            s(&p),
         ],
     );
     let clean = qemu_raw(&p, "vhdx");
     make_dirty(&p);
     let before = std::fs::read(&p).unwrap();
     // qemu will not read it without writing it.
-    let (ok, _, err) = run("qemu-img", &["convert", "-f", "vhdx", "-O", "raw", s(&p), s(&dir.path().join("x.raw"))]);
-    assert!(!ok && err.contains("log"), "qemu-img read a dirty file: {err}");
+    let (ok, _, err) = run(
+        "qemu-img",
+        &[
+            "convert",
+            "-f",
+            "vhdx",
+            "-O",
+            "raw",
+            s(&p),
+            s(&dir.path().join("x.raw")),
+        ],
+    );
+    assert!(
+        !ok && err.contains("log"),
+        "qemu-img read a dirty file: {err}"
+    );
     // We read it as it will be once replayed, without touching the file.
     let img = open(&p);
     assert!(img.view().replay.is_some());
     assert!(read_all(&img) == clean, "replayed contents differ");
-    assert!(img.info().fields["log"].as_str().unwrap().starts_with("replayed"));
+    assert!(img.info().fields["log"]
+        .as_str()
+        .unwrap()
+        .starts_with("replayed"));
     assert!(img.check().iter().any(|f| f.message.contains("log")));
     drop(img);
     assert!(std::fs::read(&p).unwrap() == before, "the file changed");
@@ -89,7 +122,10 @@ fn a_log_qemu_left_is_replayed_in_memory() {
     // And qemu's own replay (check -r all, on a copy) agrees with ours.
     let copy = dir.path().join("copy.vhdx");
     std::fs::copy(&p, &copy).unwrap();
-    must("qemu-img", &["check", "-q", "-r", "all", "-f", "vhdx", s(&copy)]);
+    must(
+        "qemu-img",
+        &["check", "-q", "-r", "all", "-f", "vhdx", s(&copy)],
+    );
     assert!(qemu_raw(&copy, "vhdx") == clean);
 }
 
@@ -102,9 +138,21 @@ fn a_damaged_log_is_refused_by_name() {
     let p = dir.path().join("bad.vhdx");
     must(
         "qemu-img",
-        &["create", "-q", "-f", "vhdx", "-o", "block_size=1M", s(&p), "8M"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vhdx",
+            "-o",
+            "block_size=1M",
+            s(&p),
+            "8M",
+        ],
     );
-    must("qemu-io", &["-f", "vhdx", "-c", "write -P 0x61 2M 64k", s(&p)]);
+    must(
+        "qemu-io",
+        &["-f", "vhdx", "-c", "write -P 0x61 2M 64k", s(&p)],
+    );
     make_dirty(&p);
     let mut f = std::fs::read(&p).unwrap();
     // Flip a byte of the entry's data sector: its checksum no longer matches.
