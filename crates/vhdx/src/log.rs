@@ -512,6 +512,169 @@ impl Log<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::header::RawHeader;
+
+    enum D {
+        Zero(u64, u64),
+        Data(u64, u8),
+    }
+
+    /// The sectors of a log entry, checksum included.
+    fn entry(seq: u64, tail: u64, guid: Guid, descs: &[D]) -> Vec<u8> {
+        let desc_sectors = (descs.len() + 2).div_ceil(128);
+        let data: Vec<&D> = descs.iter().filter(|d| matches!(d, D::Data(..))).collect();
+        let len = (desc_sectors + data.len()) * 4096;
+        let mut b = vec![0u8; len];
+        b[0..4].copy_from_slice(b"loge");
+        LE::write_u32(&mut b[8..], len as u32);
+        LE::write_u32(&mut b[12..], tail as u32);
+        LE::write_u64(&mut b[16..], seq);
+        LE::write_u32(&mut b[24..], descs.len() as u32);
+        b[32..48].copy_from_slice(&guid.0);
+        LE::write_u64(&mut b[48..], 3 * MIB); // flushed file offset
+        LE::write_u64(&mut b[56..], 3 * MIB); // last file offset
+        let mut di = 0;
+        for (i, d) in descs.iter().enumerate() {
+            let at = 64 + 32 * i;
+            match d {
+                D::Zero(off, zlen) => {
+                    b[at..at + 4].copy_from_slice(b"zero");
+                    LE::write_u64(&mut b[at + 8..], *zlen);
+                    LE::write_u64(&mut b[at + 16..], *off);
+                }
+                D::Data(off, fill) => {
+                    b[at..at + 4].copy_from_slice(b"desc");
+                    // The sector is all `fill`: leading and trailing bytes too.
+                    b[at + 4..at + 8].fill(*fill);
+                    b[at + 8..at + 16].fill(*fill);
+                    LE::write_u64(&mut b[at + 16..], *off);
+                    let s = (desc_sectors + di) * 4096;
+                    di += 1;
+                    b[s..s + 4].copy_from_slice(b"data");
+                    LE::write_u32(&mut b[s + 4..], (seq >> 32) as u32);
+                    b[s + 8..s + 4092].fill(*fill);
+                    LE::write_u32(&mut b[s + 4092..], seq as u32);
+                }
+            }
+            LE::write_u64(&mut b[at + 24..], seq);
+        }
+        let crc = crate::crc32c::checksum_with_field_zeroed(&b, 4);
+        LE::write_u32(&mut b[4..], crc);
+        b
+    }
+
+    /// A 3 MiB file, log at 1 MiB, with `entries` placed at their log positions (wrapping).
+    fn file_with(entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        let mut f = vec![0x55u8; 3 * MIB as usize];
+        f[MIB as usize..2 * MIB as usize].fill(0);
+        for (pos, e) in entries {
+            for (i, sector) in e.chunks(4096).enumerate() {
+                let at = MIB + (pos + i as u64 * 4096) % MIB;
+                f[at as usize..at as usize + 4096].copy_from_slice(sector);
+            }
+        }
+        f
+    }
+
+    fn header(guid: Guid) -> Header {
+        Header {
+            index: 0,
+            other_valid: true,
+            raw: RawHeader {
+                signature: *b"head",
+                checksum: 0,
+                sequence_number: 1,
+                file_write_guid: Guid::ZERO,
+                data_write_guid: Guid::ZERO,
+                log_guid: guid,
+                log_version: 0,
+                version: 1,
+                log_length: MIB as u32,
+                log_offset: MIB,
+            },
+        }
+    }
+
+    fn view(f: Vec<u8>, guid: Guid) -> Result<FileView> {
+        FileView::open(
+            Bytes::Owned("t.vhdx".into(), std::sync::Arc::new(f)),
+            &header(guid),
+        )
+    }
+
+    #[test]
+    fn a_sequence_wrapping_the_log_end_replays_in_order() {
+        let g = Guid([3; 16]);
+        let tail = MIB - 4096;
+        // Entry 1 (data sector at 2 MiB) wraps around the end of the log; entry 2 zeroes
+        // 8 KiB at 2 MiB + 4 KiB and rewrites 2 MiB + 8 KiB.
+        let e1 = entry(
+            7,
+            tail,
+            g,
+            &[D::Data(2 * MIB, 0xaa), D::Data(2 * MIB + 4096, 0xbb)],
+        );
+        let e2 = entry(
+            8,
+            tail,
+            g,
+            &[D::Zero(2 * MIB + 4096, 8192), D::Data(2 * MIB + 8192, 0xcc)],
+        );
+        let p2 = (tail + e1.len() as u64) % MIB;
+        let v = view(file_with(&[(tail, e1), (p2, e2)]), g).unwrap();
+        let r = v.replay.clone().unwrap();
+        assert_eq!(
+            (r.entries, r.head_sequence, r.data_sectors, r.zero_ranges),
+            (2, 8, 3, 1)
+        );
+        let got = v.read_vec(2 * MIB - 4, 4 * 4096).unwrap();
+        assert_eq!(&got[..4], &[0; 4]); // the end of the log itself
+        assert!(got[4..4100].iter().all(|&b| b == 0xaa));
+        assert!(got[4100..8196].iter().all(|&b| b == 0));
+        assert!(got[8196..12292].iter().all(|&b| b == 0xcc));
+        assert!(got[12292..].iter().all(|&b| b == 0x55));
+        // The file underneath is untouched.
+        assert!(v.bytes().slice().unwrap()[2 * MIB as usize..][..4096]
+            .iter()
+            .all(|&b| b == 0x55));
+    }
+
+    #[test]
+    fn the_newest_sequence_wins_and_bad_entries_are_skipped() {
+        let g = Guid([3; 16]);
+        let old = entry(3, 0, g, &[D::Data(2 * MIB, 1)]);
+        let new = entry(9, 64 << 10, g, &[D::Data(2 * MIB, 2)]);
+        // A valid header but a broken checksum: ignored.
+        let mut broken = entry(10, 128 << 10, g, &[D::Data(2 * MIB, 3)]);
+        broken[5000] ^= 1;
+        // Another log's entry: ignored.
+        let other = entry(11, 192 << 10, Guid([4; 16]), &[D::Data(2 * MIB, 4)]);
+        let f = file_with(&[
+            (0, old),
+            (64 << 10, new),
+            (128 << 10, broken),
+            (192 << 10, other),
+        ]);
+        let v = view(f, g).unwrap();
+        assert_eq!(v.replay.as_ref().unwrap().head_sequence, 9);
+        assert_eq!(v.read_vec(2 * MIB, 1).unwrap(), [2]);
+    }
+
+    #[test]
+    fn no_valid_sequence_or_a_tail_outside_it_is_refused() {
+        let g = Guid([3; 16]);
+        // Its tail points at a sector that starts no entry of the sequence.
+        let lost = entry(5, 4096 * 9, g, &[D::Data(2 * MIB, 1)]);
+        let e = view(file_with(&[(0, lost)]), g).unwrap_err();
+        assert!(e.message().contains("cannot be replayed"), "{e}");
+        let e = view(file_with(&[]), g).unwrap_err();
+        assert!(e.message().contains("log"), "{e}");
+        // A log that claims to lie past the end of the file.
+        let mut h = header(g);
+        h.raw.log_offset = 8 * MIB;
+        let f = Bytes::Owned("t.vhdx".into(), std::sync::Arc::new(file_with(&[])));
+        assert!(FileView::open(f, &h).is_err());
+    }
 
     fn read(o: &Overlay, base: &[u8], off: u64, len: usize) -> Vec<u8> {
         let mut b = base[off as usize..off as usize + len].to_vec();
