@@ -327,7 +327,12 @@ impl Metadata {
                 ))
                 .at(entry_at));
             }
-            let bytes = &b[off as usize..(off + len) as usize];
+            // An empty item is present but holds nothing, wherever its offset points.
+            let bytes = if len == 0 {
+                &b[..0]
+            } else {
+                &b[off as usize..(off + len) as usize]
+            };
             let slot = if entry.flags & IS_USER != 0 {
                 None
             } else {

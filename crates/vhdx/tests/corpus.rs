@@ -44,3 +44,12 @@ fn vhdx_structures_inputs_never_panic() {
         vdisk_vhdx::fuzzing::structures(&std::fs::read(&path).unwrap());
     }
 }
+
+/// Found by fuzzing: a metadata entry of length zero whose offset lies far past the region
+/// was sliced at its offset.
+#[test]
+fn regression_empty_metadata_item_far_offset() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/vhdx_open");
+    let data = std::fs::read(fuzz.join("empty-metadata-item-far-offset")).unwrap();
+    vdisk_vhdx::fuzzing::open_compact(&data);
+}

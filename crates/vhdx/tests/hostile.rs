@@ -297,6 +297,15 @@ fn metadata_bat_log_and_locator_at_edge_values() {
                 attempt(&name, b, &mut stats);
             }
         }
+        // Empty items whose offsets point anywhere.
+        for i in 0..count {
+            for v in edges(4, len) {
+                let mut b = bytes.clone();
+                put_u32(&mut b, meta + 32 + 32 * i + 20, 0);
+                put_u32(&mut b, meta + 32 + 32 * i + 16, v as u32);
+                attempt(&name, b, &mut stats);
+            }
+        }
         // The items themselves: every 4 and 8 bytes of the first 256 item bytes.
         for at in (0..256).step_by(4) {
             for v in edges(4, len)
