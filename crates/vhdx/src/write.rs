@@ -522,3 +522,68 @@ impl ImageSink for VhdxSink {
         self.w.commit()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdisk_io::LinkId;
+
+    #[test]
+    fn options_from_create_options() {
+        let w = WriteOptions::from_create(&CreateOptions::default()).unwrap();
+        assert_eq!(w, WriteOptions::default());
+        assert_eq!(w.block_size, 32 << 20);
+        let fixed = CreateOptions {
+            subformat: Some("fixed".into()),
+            cluster_size: Some(1 << 20),
+            ..Default::default()
+        };
+        let w = WriteOptions::from_create(&fixed).unwrap();
+        assert!(w.fixed && w.block_size == 1 << 20);
+        for bad in [
+            CreateOptions {
+                subformat: Some("streamOptimized".into()),
+                ..Default::default()
+            },
+            CreateOptions {
+                cluster_size: Some(512 << 20),
+                ..Default::default()
+            },
+            CreateOptions {
+                cluster_size: Some(3 << 20),
+                ..Default::default()
+            },
+            CreateOptions {
+                compress: true,
+                ..Default::default()
+            },
+        ] {
+            let e = WriteOptions::from_create(&bad).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        }
+        let g = Guid::random();
+        let keep = CreateOptions {
+            link_id: Some(LinkId {
+                kind: crate::image::LINK_KIND,
+                value: g.braced(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            WriteOptions::from_create(&keep).unwrap().data_write_guid,
+            Some(g)
+        );
+        // Another format's identity is not ours to keep.
+        let other = CreateOptions {
+            link_id: Some(LinkId {
+                kind: "vmdk-cid",
+                value: "a1b2c3d4".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            WriteOptions::from_create(&other).unwrap().data_write_guid,
+            None
+        );
+    }
+}
