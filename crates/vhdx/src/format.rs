@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use vdisk_core::{Error, ErrorKind, ImageSink, Result};
-use vdisk_io::{Bytes, CreateOptions, DeltaParent, Format, Layer, OpenContext, ProbeBytes};
+use vdisk_io::{
+    Bytes, CreateOptions, DeltaParent, Format, ImageOutput, Layer, OpenContext, ProbeBytes,
+};
 
 use crate::header::FILE_SIGNATURE;
 use crate::image::VhdxImage;
@@ -44,6 +46,22 @@ impl Format for Vhdx {
     fn create(&self, dst: &Path, size: u64, opts: &CreateOptions) -> Result<Box<dyn ImageSink>> {
         let w = WriteOptions::from_create(opts).map_err(|e| e.with_path(dst))?;
         Ok(Box::new(VhdxSink::create(dst, size, &w, &opts.policy)?))
+    }
+
+    /// Not offered: a VHDX's region table (at 192 KiB) must say where the BAT is, and the BAT
+    /// which blocks exist, before the blocks are written; an output written front to back
+    /// cannot know either.
+    fn create_in(
+        &self,
+        out: Box<dyn ImageOutput>,
+        _size: u64,
+        _opts: &CreateOptions,
+    ) -> Result<Box<dyn ImageSink>> {
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "a VHDX image cannot be written front to back (its BAT is written after its blocks)",
+        )
+        .with_path(out.dst()))
     }
 
     fn create_delta(
