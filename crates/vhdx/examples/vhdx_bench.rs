@@ -88,6 +88,47 @@ fn ours_to_vhdx(src: &Path, dst: &Path) {
     copy_into(&raw, Box::new(sink), &CopyOptions::default()).unwrap();
 }
 
+/// What the writer costs when the source's bytes are handed over in place (a memory map)
+/// instead of read into buffers: `copy_into` as it is copies every byte once more.
+fn mapped_to_vhdx(src: &Path, dst: &Path) {
+    use vdisk_core::{Advice, Allocation, ImageSink};
+    let _ = std::fs::remove_file(dst);
+    let raw = RawImage::open(src).unwrap();
+    let mut sink = VhdxSink::create(
+        dst,
+        raw.size(),
+        &WriteOptions::default(),
+        &OutputPolicy::new(),
+    )
+    .unwrap();
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    vdisk_core::for_each_extent(&raw, |e| {
+        if e.allocation == Allocation::Data {
+            let start = e.start / 4096 * 4096;
+            let end = e.end().div_ceil(4096) * 4096;
+            runs.extend(
+                vdisk_core::chunks(start, end.min(raw.size()), 4 << 20).map(|(s, e)| (s, e - s)),
+            );
+        }
+        Ok(())
+    })
+    .unwrap();
+    for batch in runs.chunks(16) {
+        let (s, e) = (
+            batch[0].0,
+            batch[batch.len() - 1].0 + batch[batch.len() - 1].1,
+        );
+        raw.advise(s, e - s, Advice::Populate);
+        let blocks: Vec<(u64, &[u8])> = batch
+            .iter()
+            .map(|&(o, l)| (o, raw.mapped(o, l).unwrap()))
+            .collect();
+        sink.put(&blocks).unwrap();
+        raw.advise(s, e - s, Advice::Release);
+    }
+    Box::new(sink).finish().unwrap();
+}
+
 fn ours_to_raw(src: &Path, dst: &Path) {
     let _ = std::fs::remove_file(dst);
     let img = VhdxImage::open(FsStore::default().load(src).unwrap()).unwrap();
@@ -114,6 +155,7 @@ fn main() {
                 copy_into(&img, Box::new(sink), &CopyOptions::default()).unwrap();
                 return;
             }
+            "mapwrite" => return mapped_to_vhdx(Path::new(src), Path::new(dst)),
             "make" => return make_disk(Path::new(src), dst.parse::<u64>().unwrap() << 30),
             _ => {}
         }

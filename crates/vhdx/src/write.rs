@@ -140,7 +140,29 @@ struct Piece<'a> {
     block: u64,
     in_block: u64,
     data: &'a [u8],
-    zero: bool,
+    /// Byte ranges of `data` holding something other than zeros, in whole 4 KiB blocks (the
+    /// rest is left as holes in the file).
+    nonzero: Vec<(usize, usize)>,
+}
+
+/// The ranges of `data` (which starts 4 KiB-aligned in the file) whose 4 KiB blocks are not
+/// all zero, joined: found in one pass, so the bytes are scanned once.
+fn nonzero_runs(data: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, block) in data.chunks(SINK_BLOCK as usize).enumerate() {
+        if is_zero(block) {
+            continue;
+        }
+        let (s, e) = (
+            i * SINK_BLOCK as usize,
+            i * SINK_BLOCK as usize + block.len(),
+        );
+        match runs.last_mut() {
+            Some(r) if r.1 == s => r.1 = e,
+            _ => runs.push((s, e)),
+        }
+    }
+    runs
 }
 
 /// A VHDX being written: the sink `create` and `create_delta` return.
@@ -454,16 +476,16 @@ impl ImageSink for VhdxSink {
                     block,
                     in_block: pos - block * bs,
                     data: &data[(pos - offset) as usize..(stop - offset) as usize],
-                    zero: false,
+                    nonzero: Vec::new(),
                 });
                 pos = stop;
             }
         }
-        // Which pieces hold data: a scan of every byte, done in parallel.
+        // Which parts of the pieces hold data: a scan of every byte, done in parallel.
         pieces
             .par_iter_mut()
             .with_min_len(1)
-            .for_each(|p| p.zero = is_zero(p.data));
+            .for_each(|p| p.nonzero = nonzero_runs(p.data));
         // Place the pieces (in order: blocks are appended as they come).
         let mut writes: Vec<(u64, &[u8])> = Vec::with_capacity(pieces.len());
         for p in &pieces {
@@ -481,7 +503,7 @@ impl ImageSink for VhdxSink {
             }
             let mut b = self.open.expect("opened above");
             b.given += p.data.len() as u64;
-            if !p.zero {
+            if !p.nonzero.is_empty() {
                 b.nonzero = true;
                 let file = if self.opts.fixed {
                     self.layout.data + p.block * bs
@@ -492,13 +514,16 @@ impl ImageSink for VhdxSink {
                     b.file = Some(f);
                     f
                 };
-                writes.push((file + p.in_block, p.data));
+                for &(s, e) in &p.nonzero {
+                    writes.push((file + p.in_block + s as u64, &p.data[s..e]));
+                }
             }
             self.open = Some(b);
         }
         let w = &self.w;
         writes.par_iter().try_for_each(|&(at, data)| -> Result<()> {
-            w.write_at(data, at)?;
+            // Zero blocks are already left out: write what is left as it is.
+            w.write_raw(data, at)?;
             w.start_writeback(at, data.len() as u64);
             Ok(())
         })
