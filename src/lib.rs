@@ -87,6 +87,9 @@ pub use vdisk_nbd as nbd;
 pub use vdisk_ova as ova;
 /// vdisk-raw: raw images.
 pub use vdisk_raw as raw;
+/// vdisk-vhdx: VHDX images (Hyper-V).
+#[cfg(feature = "vhdx")]
+pub use vdisk_vhdx as vhdx;
 /// vdisk-vmdk: VMDK images.
 pub use vdisk_vmdk as vmdk;
 

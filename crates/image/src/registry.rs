@@ -9,6 +9,8 @@ use vdisk_io::{Format, ProbeBytes};
 static FORMATS: &[&dyn Format] = &[
     #[cfg(feature = "vmdk")]
     &vdisk_vmdk::VMDK,
+    #[cfg(feature = "vhdx")]
+    &vdisk_vhdx::VHDX,
     // Raw is never probed (it is what nothing else claims): last.
     &vdisk_raw::RAW,
 ];
