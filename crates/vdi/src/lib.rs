@@ -1,0 +1,1 @@
+//! vdisk-vdi: VirtualBox VDI images (placeholder).
