@@ -283,8 +283,8 @@ impl RawFooter {
     /// images qemu-img writes without `force_size` round the size to the geometry the
     /// same way.
     pub fn virtual_sectors(&self) -> (u64, SizeSource) {
-        let by_current = SIZED_BY_CURRENT_SIZE.contains(&&self.creator_app)
-            || self.geometry == Geometry::MAX;
+        let by_current =
+            SIZED_BY_CURRENT_SIZE.contains(&&self.creator_app) || self.geometry == Geometry::MAX;
         if by_current {
             (self.current_size / SECTOR, SizeSource::CurrentSize)
         } else {
@@ -296,7 +296,10 @@ impl RawFooter {
     /// the caller's to check (a damaged copy may be replaced by the other one).
     pub fn validate(&self) -> Result<Footer> {
         let disk_type = DiskType::from_code(self.disk_type).ok_or_else(|| {
-            Error::invalid(format!("VHD footer has unknown disk type {}", self.disk_type))
+            Error::invalid(format!(
+                "VHD footer has unknown disk type {}",
+                self.disk_type
+            ))
         })?;
         let (sectors, size_source) = self.virtual_sectors();
         if sectors > MAX_SECTORS {

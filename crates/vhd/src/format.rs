@@ -3,9 +3,7 @@
 use std::path::Path;
 
 use vdisk_core::{Error, ErrorKind, ImageSink, Result};
-use vdisk_io::{
-    Bytes, CreateOptions, DeltaParent, Format, Layer, OpenContext, ProbeBytes,
-};
+use vdisk_io::{Bytes, CreateOptions, DeltaParent, Format, Layer, OpenContext, ProbeBytes};
 
 use crate::footer::{footer_at_end, FOOTER_COOKIE};
 use crate::image::{VhdImage, LINK_KIND};
@@ -44,7 +42,12 @@ fn subformat(dst: &Path, opts: &CreateOptions, delta: bool) -> Result<(bool, Opt
     if opts.compress {
         return refuse("a VHD cannot be compressed".into());
     }
-    let fixed = match opts.subformat.as_deref().map(str::to_ascii_lowercase).as_deref() {
+    let fixed = match opts
+        .subformat
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
         None | Some("dynamic") => false,
         Some("differencing") if delta => false,
         Some("fixed") if !delta => true,

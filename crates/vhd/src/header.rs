@@ -84,13 +84,7 @@ impl Platform {
         self.code()
             .to_be_bytes()
             .iter()
-            .map(|&b| {
-                if b.is_ascii_graphic() {
-                    b as char
-                } else {
-                    '?'
-                }
-            })
+            .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
             .collect()
     }
 }

@@ -28,9 +28,8 @@ mod write;
 pub mod fuzzing;
 
 pub use footer::{
-    checksum, DiskType, Footer, Geometry, RawFooter, SizeSource, FEATURE_RESERVED, FEATURE_TEMPORARY,
-    FOOTER_COOKIE, FOOTER_SIZE,
-    MAX_SECTORS, VHD_EPOCH,
+    checksum, DiskType, Footer, Geometry, RawFooter, SizeSource, FEATURE_RESERVED,
+    FEATURE_TEMPORARY, FOOTER_COOKIE, FOOTER_SIZE, MAX_SECTORS, VHD_EPOCH,
 };
 pub use format::{new_parent, probe, Vhd, VHD};
 pub use header::{
@@ -41,4 +40,6 @@ pub use image::{ParentLink, VhdImage, LINK_KIND};
 pub use layer::vhd_time;
 pub use locator::LocatorName;
 pub use uuid::Uuid;
-pub use write::{fixed_size, DynamicSink, FixedSink, NewParent, AZURE_ALIGNMENT, BLOCK_SIZES, MAX_SIZE};
+pub use write::{
+    fixed_size, DynamicSink, FixedSink, NewParent, AZURE_ALIGNMENT, BLOCK_SIZES, MAX_SIZE,
+};

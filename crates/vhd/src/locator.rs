@@ -82,7 +82,11 @@ fn percent_decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (b[i], b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex)) {
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
@@ -174,7 +178,10 @@ mod tests {
     #[test]
     fn encodings_for_new_disks() {
         assert_eq!(windows_relative(Path::new("base.vhd")), ".\\base.vhd");
-        assert_eq!(windows_relative(Path::new("../a/base.vhd")), "..\\a\\base.vhd");
+        assert_eq!(
+            windows_relative(Path::new("../a/base.vhd")),
+            "..\\a\\base.vhd"
+        );
         assert_eq!(utf16le("ab"), [b'a', 0, b'b', 0]);
         let f = parent_name_field(Path::new("dir/base.vhd"));
         assert_eq!(&f[..4], &[0, b'b', 0, b'a']);

@@ -71,17 +71,16 @@ fn vhd_now() -> u32 {
 
 /// A time as seconds since 2000-01-01 UTC (0 before it).
 pub(crate) fn vhd_time_of(t: std::time::SystemTime) -> u32 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs().saturating_sub(VHD_EPOCH).min(u32::MAX.into()) as u32)
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs().saturating_sub(VHD_EPOCH).min(u32::MAX.into()) as u32
+    })
 }
 
 fn check_size(size: u64, dst: &Path) -> Result<()> {
     if size > MAX_SIZE {
         return Err(Error::new(
             ErrorKind::InvalidArgument,
-            format!(
-                "a VHD holds at most 2040 GiB ({MAX_SIZE} bytes); the disk is {size} bytes"
-            ),
+            format!("a VHD holds at most 2040 GiB ({MAX_SIZE} bytes); the disk is {size} bytes"),
         )
         .with_path(dst));
     }
@@ -119,7 +118,11 @@ impl FixedSink {
         Ok(FixedSink {
             file,
             size,
-            footer: new_footer(DiskType::Fixed, size, unique_id.unwrap_or_else(Uuid::random)),
+            footer: new_footer(
+                DiskType::Fixed,
+                size,
+                unique_id.unwrap_or_else(Uuid::random),
+            ),
             unflushed: 0,
         })
     }
@@ -139,14 +142,17 @@ impl ImageSink for FixedSink {
     }
     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
         for &(off, data) in blocks {
-            let end = off.checked_add(data.len() as u64).filter(|&e| e <= self.size);
+            let end = off
+                .checked_add(data.len() as u64)
+                .filter(|&e| e <= self.size);
             if end.is_none() {
                 return Err(past_the_end(off, self.size, self.file.destination()));
             }
             self.file.write_at(data, off)?;
             let end = off + data.len() as u64;
             if end.saturating_sub(self.unflushed) >= WRITEBACK {
-                self.file.start_writeback(self.unflushed, end - self.unflushed);
+                self.file
+                    .start_writeback(self.unflushed, end - self.unflushed);
                 self.unflushed = end;
             }
         }
@@ -229,9 +235,7 @@ impl DynamicSink {
         if !block_size.is_power_of_two() || !BLOCK_SIZES.contains(&block_size) {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                format!(
-                    "VHD block size {block_size} is not a power of two from 64 KiB to 256 MiB"
-                ),
+                format!("VHD block size {block_size} is not a power of two from 64 KiB to 256 MiB"),
             )
             .with_path(dst));
         }
@@ -257,10 +261,7 @@ impl DynamicSink {
             header.parent_timestamp = p.timestamp;
             header.parent_name = parent_name_field(&p.absolute);
             // Absolute then relative, as VirtualBox writes them; Hyper-V writes both too.
-            let mut names = vec![(
-                Platform::W2ku,
-                utf16le(&p.absolute.to_string_lossy()),
-            )];
+            let mut names = vec![(Platform::W2ku, utf16le(&p.absolute.to_string_lossy()))];
             if let Some(r) = &p.relative {
                 names.push((Platform::W2ru, utf16le(&windows_relative(r))));
             }
@@ -367,7 +368,11 @@ impl DynamicSink {
         self.file.write_at(data, at + in_block)?;
         if let Some((_, bitmap)) = &mut self.current {
             let first = in_block / SECTOR;
-            mark(bitmap, first, (in_block + data.len() as u64).div_ceil(SECTOR));
+            mark(
+                bitmap,
+                first,
+                (in_block + data.len() as u64).div_ceil(SECTOR),
+            );
         }
         Ok(())
     }
@@ -382,7 +387,9 @@ impl ImageSink for DynamicSink {
     }
     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
         for &(off, data) in blocks {
-            let end = off.checked_add(data.len() as u64).filter(|&e| e <= self.size);
+            let end = off
+                .checked_add(data.len() as u64)
+                .filter(|&e| e <= self.size);
             let Some(end) = end else {
                 return Err(past_the_end(off, self.size, self.file.destination()));
             };
@@ -414,7 +421,8 @@ impl ImageSink for DynamicSink {
         for (at, data) in &self.locator_data {
             self.file.write_raw(data, *at)?;
         }
-        self.file.write_raw(&self.header.to_bytes(), FOOTER_SIZE as u64)?;
+        self.file
+            .write_raw(&self.header.to_bytes(), FOOTER_SIZE as u64)?;
         self.file.write_raw(&footer, 0)?;
         self.file.write_raw(&footer, end)?;
         self.file

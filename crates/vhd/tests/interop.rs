@@ -23,7 +23,10 @@ const WRITES: &[&str] = &[
 fn assert_same(ours: &VhdImage, qemu: &[u8], what: &str) {
     assert_eq!(ours.size(), qemu.len() as u64, "{what}: size");
     for piece in [1 << 20, 4096 + 512, 4 << 20] {
-        assert!(read_all(ours, piece) == qemu, "{what}: read in {piece}-byte pieces");
+        assert!(
+            read_all(ours, piece) == qemu,
+            "{what}: read in {piece}-byte pieces"
+        );
     }
     // The map covers the disk, and every range it calls empty reads as zero.
     let mut pos = 0;
@@ -52,10 +55,22 @@ fn qemu_dynamic_and_fixed_disks_read_back_byte_for_byte() {
     for (name, opts, size) in [
         ("dyn.vhd", "subformat=dynamic", "10M"),
         ("fixed.vhd", "subformat=fixed", "10M"),
-        ("dyn-force.vhd", "subformat=dynamic,force_size=on", "10000384"),
-        ("fixed-force.vhd", "subformat=fixed,force_size=on", "10000384"),
+        (
+            "dyn-force.vhd",
+            "subformat=dynamic,force_size=on",
+            "10000384",
+        ),
+        (
+            "fixed-force.vhd",
+            "subformat=fixed,force_size=on",
+            "10000384",
+        ),
     ] {
-        run(d, "qemu-img", &["create", "-q", "-f", "vpc", "-o", opts, name, size]);
+        run(
+            d,
+            "qemu-img",
+            &["create", "-q", "-f", "vpc", "-o", opts, name, size],
+        );
         qemu_io(d, name, WRITES);
         let ours = open(&d.join(name));
         let qemu = qemu_raw(d, "vpc", name);
@@ -64,13 +79,21 @@ fn qemu_dynamic_and_fixed_disks_read_back_byte_for_byte() {
         let fixed = opts.contains("fixed");
         assert_eq!(
             ours.disk_type(),
-            if fixed { DiskType::Fixed } else { DiskType::Dynamic }
+            if fixed {
+                DiskType::Fixed
+            } else {
+                DiskType::Dynamic
+            }
         );
         let force = opts.contains("force_size");
         let source = ours.footer().size_source;
         assert_eq!(
             source,
-            if force { SizeSource::CurrentSize } else { SizeSource::Geometry },
+            if force {
+                SizeSource::CurrentSize
+            } else {
+                SizeSource::Geometry
+            },
             "{name}"
         );
         // Probing sees both: the copy at offset 0, or a fixed footer at the end.
@@ -91,7 +114,10 @@ fn qemu_converted_disks_of_odd_sizes_read_back() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     // Sizes that are and are not whole geometries, blocks or MiB.
-    for (i, len) in [(3 << 20) + 12345, 7 << 20, (2 << 20) + 512].into_iter().enumerate() {
+    for (i, len) in [(3 << 20) + 12345, 7 << 20, (2 << 20) + 512]
+        .into_iter()
+        .enumerate()
+    {
         let data = pattern(i as u8 + 7, len);
         write_raw(d, "src.raw", &data);
         for opts in [
@@ -102,11 +128,21 @@ fn qemu_converted_disks_of_odd_sizes_read_back() {
         ] {
             let name = format!("conv{i}.vhd");
             let _ = std::fs::remove_file(d.join(&name));
-            run(d, "qemu-img", &["convert", "-f", "raw", "-O", "vpc", "-o", opts, "src.raw", &name]);
+            run(
+                d,
+                "qemu-img",
+                &[
+                    "convert", "-f", "raw", "-O", "vpc", "-o", opts, "src.raw", &name,
+                ],
+            );
             let ours = open(&d.join(&name));
             let qemu = qemu_raw(d, "vpc", &name);
             assert_same(&ours, &qemu, &format!("{name} {opts}"));
-            assert_eq!(&qemu[..len], &data[..], "{opts}: qemu reads the source back");
+            assert_eq!(
+                &qemu[..len],
+                &data[..],
+                "{opts}: qemu reads the source back"
+            );
         }
     }
 }
@@ -118,8 +154,16 @@ fn a_large_sparse_disk_maps_in_few_extents() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run(d, "qemu-img", &["create", "-q", "-f", "vpc", "big.vhd", "100G"]);
-    qemu_io(d, "big.vhd", &["write -P 0x41 1G 3M", "write -P 0x42 90G 512"]);
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "vpc", "big.vhd", "100G"],
+    );
+    qemu_io(
+        d,
+        "big.vhd",
+        &["write -P 0x41 1G 3M", "write -P 0x42 90G 512"],
+    );
     let img = open(&d.join("big.vhd"));
     let t = std::time::Instant::now();
     let map = img.allocation(0, img.size()).unwrap();
@@ -150,18 +194,33 @@ fn fixed_output_is_rounded_to_whole_mib_for_azure() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    for (i, len) in [(5 << 20) + 4096 + 512, 3 << 20, 1000].into_iter().enumerate() {
+    for (i, len) in [(5 << 20) + 4096 + 512, 3 << 20, 1000]
+        .into_iter()
+        .enumerate()
+    {
         let data = pattern(i as u8 + 40, len);
         let src = write_raw(d, &format!("src{i}.raw"), &data);
         let name = format!("fixed{i}.vhd");
         convert(&src, &d.join(&name), &sub(Some("fixed")));
         let vsize = (len as u64).next_multiple_of(1 << 20);
-        assert_eq!(qemu_size(d, "vpc", &name), vsize, "qemu sees the rounded size");
+        assert_eq!(
+            qemu_size(d, "vpc", &name),
+            vsize,
+            "qemu sees the rounded size"
+        );
         assert_eq!(std::fs::metadata(d.join(&name)).unwrap().len(), vsize + 512);
         let (code, out) = run_status(
             d,
             "qemu-img",
-            &["compare", "-f", "raw", "-F", "vpc", &format!("src{i}.raw"), &name],
+            &[
+                "compare",
+                "-f",
+                "raw",
+                "-F",
+                "vpc",
+                &format!("src{i}.raw"),
+                &name,
+            ],
         );
         assert_eq!(code, 0, "{out}");
         let ours = open(&d.join(&name));
@@ -206,7 +265,15 @@ fn dynamic_output_keeps_the_exact_size_and_compares_equal() {
             let (code, out) = run_status(
                 d,
                 "qemu-img",
-                &["compare", "-f", "raw", "-F", "vpc", &format!("src{i}.raw"), &name],
+                &[
+                    "compare",
+                    "-f",
+                    "raw",
+                    "-F",
+                    "vpc",
+                    &format!("src{i}.raw"),
+                    &name,
+                ],
             );
             assert_eq!(code, 0, "{name}: {out}");
         }
@@ -231,7 +298,11 @@ fn vhd_to_vhd_copies_keep_every_byte() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    run(d, "qemu-img", &["create", "-q", "-f", "vpc", "q.vhd", "12M"]);
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "vpc", "q.vhd", "12M"],
+    );
     qemu_io(d, "q.vhd", WRITES);
     let src = open(&d.join("q.vhd"));
     for (name, s) in [("c-dyn.vhd", None), ("c-fixed.vhd", Some("fixed"))] {
@@ -258,7 +329,22 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
     let len = 9 << 20;
     let base_data = pattern(90, len);
     write_raw(d, "base.raw", &base_data);
-    run(d, "qemu-img", &["convert", "-q", "-f", "raw", "-O", "vpc", "-o", "force_size=on", "base.raw", "base.vhd"]);
+    run(
+        d,
+        "qemu-img",
+        &[
+            "convert",
+            "-q",
+            "-f",
+            "raw",
+            "-O",
+            "vpc",
+            "-o",
+            "force_size=on",
+            "base.raw",
+            "base.vhd",
+        ],
+    );
     let base = open(&d.join("base.vhd"));
     // The child stores: new data in block 0, zeros over base data at 2 MiB + 8 KiB (they
     // must mask the parent), and data in the last block.
@@ -266,7 +352,11 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
     let mut own = vec![0u8; len];
     let mut given = vec![false; len / 4096];
     let mut blocks: Vec<(u64, Vec<u8>)> = Vec::new();
-    for (off, n, fill) in [(4096usize, 8192usize, 0x77u8), ((2 << 20) + 8192, 4096, 0), (len - 4096, 4096, 0x78)] {
+    for (off, n, fill) in [
+        (4096usize, 8192usize, 0x77u8),
+        ((2 << 20) + 8192, 4096, 0),
+        (len - 4096, 4096, 0x78),
+    ] {
         let piece = vec![fill; n];
         expect[off..off + n].copy_from_slice(&piece);
         own[off..off + n].copy_from_slice(&piece);
@@ -281,7 +371,12 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
         layer: &base,
     };
     let mut sink = VHD
-        .create_delta(&d.join("child.vhd"), &parent, len as u64, &CreateOptions::default())
+        .create_delta(
+            &d.join("child.vhd"),
+            &parent,
+            len as u64,
+            &CreateOptions::default(),
+        )
         .unwrap();
     let batch: Vec<(u64, &[u8])> = blocks.iter().map(|(o, b)| (*o, b.as_slice())).collect();
     sink.put(&batch).unwrap();
@@ -304,12 +399,20 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
         let range = e.start as usize..e.end() as usize;
         match e.allocation {
             Allocation::Unallocated => {
-                assert!(range.clone().step_by(4096).all(|o| !given[o / 4096]), "{e:?}");
+                assert!(
+                    range.clone().step_by(4096).all(|o| !given[o / 4096]),
+                    "{e:?}"
+                );
                 composed[range.clone()].copy_from_slice(&base_data[range]);
             }
             _ => {
-                assert!(range.clone().step_by(4096).all(|o| given[o / 4096]), "{e:?}");
-                child.read_at(&mut composed[range.clone()], e.start).unwrap();
+                assert!(
+                    range.clone().step_by(4096).all(|o| given[o / 4096]),
+                    "{e:?}"
+                );
+                child
+                    .read_at(&mut composed[range.clone()], e.start)
+                    .unwrap();
             }
         }
         Ok(())
@@ -321,10 +424,21 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
     // qemu's vpc driver opens a differencing disk as a dynamic one: it ignores the parent
     // and reads what the child stores (unallocated sectors as zero).
     assert_eq!(qemu_size(d, "vpc", "child.vhd"), len as u64);
-    let (code, out) = run_status(d, "qemu-img", &["info", "-f", "vpc", "--output=json", "child.vhd"]);
+    let (code, out) = run_status(
+        d,
+        "qemu-img",
+        &["info", "-f", "vpc", "--output=json", "child.vhd"],
+    );
     assert_eq!(code, 0, "{out}");
-    assert!(!out.contains("backing-filename"), "qemu names no backing file: {out}");
+    assert!(
+        !out.contains("backing-filename"),
+        "qemu names no backing file: {out}"
+    );
     write_raw(d, "own.raw", &own);
-    let (code, out) = run_status(d, "qemu-img", &["compare", "-f", "raw", "-F", "vpc", "own.raw", "child.vhd"]);
+    let (code, out) = run_status(
+        d,
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vpc", "own.raw", "child.vhd"],
+    );
     assert_eq!(code, 0, "{out}");
 }

@@ -70,7 +70,11 @@ pub fn qemu_io(dir: &Path, img: &str, cmds: &[&str]) {
 /// What qemu-img reads from `img` (format `fmt`), as raw bytes.
 pub fn qemu_raw(dir: &Path, fmt: &str, img: &str) -> Vec<u8> {
     let out = format!("{img}.qemu.raw");
-    run(dir, "qemu-img", &["convert", "-f", fmt, "-O", "raw", img, &out]);
+    run(
+        dir,
+        "qemu-img",
+        &["convert", "-f", fmt, "-O", "raw", img, &out],
+    );
     let bytes = std::fs::read(dir.join(&out)).unwrap();
     std::fs::remove_file(dir.join(&out)).unwrap();
     bytes
