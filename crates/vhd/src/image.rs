@@ -59,7 +59,7 @@ pub(crate) enum Layout {
     /// Raw data from offset 0; `data_len` bytes of it are in the file before the footer.
     Fixed { data_len: u64 },
     /// Blocks through a block allocation table.
-    Sparse(Sparse),
+    Sparse(Box<Sparse>),
 }
 
 /// A dynamic or differencing disk's structures.
@@ -205,7 +205,7 @@ fn open(bytes: Bytes) -> Result<VhdImage> {
         ),
         DiskType::Dynamic | DiskType::Differencing => {
             let (sparse, parent) = open_sparse(&bytes, &footer)?;
-            (Layout::Sparse(sparse), parent)
+            (Layout::Sparse(Box::new(sparse)), parent)
         }
     };
     let backing = parent.as_ref().map(backing_of);

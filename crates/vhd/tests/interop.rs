@@ -360,9 +360,7 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
         let piece = vec![fill; n];
         expect[off..off + n].copy_from_slice(&piece);
         own[off..off + n].copy_from_slice(&piece);
-        for k in off / 4096..(off + n) / 4096 {
-            given[k] = true;
-        }
+        given[off / 4096..(off + n) / 4096].fill(true);
         blocks.push((off as u64, piece));
     }
     let parent = DeltaParent {
