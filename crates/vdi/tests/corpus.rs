@@ -29,5 +29,8 @@ fn corpus_vdi_open_and_read() {
             seeds += usize::from(kind == "seeds");
         }
     }
-    assert!(seeds > 0, "no seeds in fuzz/seeds/{name}: run fuzz/make-seeds-5.sh");
+    assert!(
+        seeds > 0,
+        "no seeds in fuzz/seeds/{name}: run fuzz/make-seeds-5.sh"
+    );
 }

@@ -28,8 +28,16 @@ fn have_qemu() -> bool {
 }
 
 fn run(dir: &Path, prog: &str, args: &[&str]) {
-    let out = Command::new(prog).args(args).current_dir(dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn max_rss() -> u64 {
@@ -77,11 +85,23 @@ fn survive(case: &str, bytes: Vec<u8>) {
 
 fn sources(d: &Path) -> Vec<(&'static str, Vec<u8>)> {
     for (name, opts) in [("dyn.vdi", "static=off"), ("static.vdi", "static=on")] {
-        run(d, "qemu-img", &["create", "-q", "-f", "vdi", "-o", opts, name, "3M"]);
+        run(
+            d,
+            "qemu-img",
+            &["create", "-q", "-f", "vdi", "-o", opts, name, "3M"],
+        );
         run(
             d,
             "qemu-io",
-            &["-f", "vdi", "-c", "write -P 0x31 0 100k", "-c", "write -P 0x32 2M 4k", name],
+            &[
+                "-f",
+                "vdi",
+                "-c",
+                "write -P 0x31 0 100k",
+                "-c",
+                "write -P 0x32 2M 4k",
+                name,
+            ],
         );
     }
     vec![
@@ -97,9 +117,18 @@ fn truncated_and_mutated_images() {
     }
     let dir = tempfile::tempdir().unwrap();
     // (offset, width) of every numeric header field.
-    let mut fields: Vec<(usize, usize)> = vec![(0x40, 4), (0x44, 4), (0x48, 4), (0x4c, 4), (0x50, 4)];
+    let mut fields: Vec<(usize, usize)> =
+        vec![(0x40, 4), (0x44, 4), (0x48, 4), (0x4c, 4), (0x50, 4)];
     fields.extend((0x154..0x170).step_by(4).map(|a| (a, 4)));
-    fields.extend([(0x170, 8), (0x178, 4), (0x17c, 4), (0x180, 4), (0x184, 4), (0x1a8, 4), (0x1b8, 4)]);
+    fields.extend([
+        (0x170, 8),
+        (0x178, 4),
+        (0x17c, 4),
+        (0x180, 4),
+        (0x184, 4),
+        (0x1a8, 4),
+        (0x1b8, 4),
+    ]);
     for (name, bytes) in sources(dir.path()) {
         let len = bytes.len();
         let mut points: Vec<usize> = (0..2048).step_by(64).collect();
@@ -109,8 +138,29 @@ fn truncated_and_mutated_images() {
             survive(&format!("{name} cut at {p}"), bytes[..p].to_vec());
         }
         for (at, width) in &fields {
-            let max = if *width == 8 { u64::MAX } else { u32::MAX as u64 };
-            let values = [0, 1, 2, 3, 4, 511, 512, 0x200, 0x400, max, max - 1, 1 << 20, 1 << 31, len as u64, (len as u64) * 2, 0x0001_0001];
+            let max = if *width == 8 {
+                u64::MAX
+            } else {
+                u32::MAX as u64
+            };
+            let values = [
+                0,
+                1,
+                2,
+                3,
+                4,
+                511,
+                512,
+                0x200,
+                0x400,
+                max,
+                max - 1,
+                1 << 20,
+                1 << 31,
+                len as u64,
+                (len as u64) * 2,
+                0x0001_0001,
+            ];
             for v in values {
                 let mut b = bytes.clone();
                 b[*at..*at + width].copy_from_slice(&(v & max).to_le_bytes()[..*width]);
@@ -119,7 +169,18 @@ fn truncated_and_mutated_images() {
         }
         // Block map entries.
         for i in 0..3 {
-            for v in [0u32, 1, 2, 3, 4, 100, 0x7fff_ffff, 0xffff_fffd, 0xffff_fffe, u32::MAX] {
+            for v in [
+                0u32,
+                1,
+                2,
+                3,
+                4,
+                100,
+                0x7fff_ffff,
+                0xffff_fffd,
+                0xffff_fffe,
+                u32::MAX,
+            ] {
                 let mut b = bytes.clone();
                 b[0x200 + 4 * i..0x204 + 4 * i].copy_from_slice(&v.to_le_bytes());
                 survive(&format!("{name} entry {i}={v:#x}"), b);

@@ -432,3 +432,163 @@ impl ImageSink for DynamicSink {
         self.file.commit()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::VhdImage;
+    use vdisk_core::{Allocation, DiskImage};
+    use vdisk_io::Layer;
+
+    fn read_all(img: &VhdImage) -> Vec<u8> {
+        let mut v = vec![0u8; img.size() as usize];
+        img.read_at(&mut v, 0).unwrap();
+        v
+    }
+
+    #[test]
+    fn dynamic_round_trip_skips_zero_blocks_and_aligns_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("d.vhd");
+        let size = (5 << 20) + 1000; // rounded up to a sector
+        let mut sink =
+            DynamicSink::create(&dst, size, None, &OutputPolicy::new(), None, None).unwrap();
+        let a = vec![0x61u8; 8192];
+        let zeros = vec![0u8; 1 << 20];
+        let tail = vec![0x62u8; 1000];
+        sink.put(&[(4096, &a), (2 << 20, &zeros), (5 << 20, &tail)])
+            .unwrap();
+        Box::new(sink).finish().unwrap();
+        let img = VhdImage::open(&dst).unwrap();
+        assert_eq!(img.size(), (5 << 20) + 1024);
+        assert_eq!(img.disk_type(), DiskType::Dynamic);
+        assert!(img.check().is_empty(), "{:?}", img.check());
+        let data = read_all(&img);
+        assert!(data[4096..12288].iter().all(|&b| b == 0x61));
+        assert!(data[5 << 20..(5 << 20) + 1000].iter().all(|&b| b == 0x62));
+        assert_eq!(data.iter().filter(|&&b| b != 0).count(), 8192 + 1000);
+        // Two blocks stored (0 and 2); the all-zero block 1 was not.
+        let h = img.dynamic_header().unwrap();
+        assert_eq!(h.raw.max_table_entries, 3);
+        let map = img.allocation(0, img.size()).unwrap();
+        assert!(map
+            .iter()
+            .filter(|e| e.allocation != Allocation::Unallocated)
+            .all(|e| e.start < 2 << 20 || e.start >= 4 << 20));
+        // Every block's data starts on a 4 KiB boundary of the file, its bitmap just before.
+        let bytes = std::fs::read(&dst).unwrap();
+        let table = &bytes[1536..1536 + 12];
+        for e in table.chunks(4) {
+            let e = u32::from_be_bytes(e.try_into().unwrap());
+            if e != UNALLOCATED {
+                assert_eq!((u64::from(e) * 512 + 512) % 4096, 0);
+                let at = e as usize * 512;
+                assert!(bytes[at..at + 512].iter().all(|&b| b == 0xff));
+            }
+        }
+        assert_eq!(&bytes[..512], &bytes[bytes.len() - 512..]);
+    }
+
+    #[test]
+    fn fixed_round_trip_is_raw_data_and_a_footer() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("f.vhd");
+        let mut sink = FixedSink::create(&dst, 3000, &OutputPolicy::new(), None).unwrap();
+        assert_eq!(sink.size(), 1 << 20);
+        sink.put(&[(0, &[7u8; 3000][..])]).unwrap();
+        assert!(sink.put(&[(1 << 20, &[1u8][..])]).is_err());
+        Box::new(sink).finish().unwrap();
+        let bytes = std::fs::read(&dst).unwrap();
+        assert_eq!(bytes.len(), (1 << 20) + 512);
+        assert!(bytes[..3000].iter().all(|&b| b == 7));
+        let img = VhdImage::open(&dst).unwrap();
+        assert_eq!(img.size(), 1 << 20);
+        assert_eq!(read_all(&img)[..3000], bytes[..3000]);
+        assert!(img.check().is_empty());
+    }
+
+    #[test]
+    fn differencing_disks_mark_exactly_what_they_are_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("c.vhd");
+        let parent = NewParent {
+            unique_id: Uuid([9; 16]),
+            timestamp: 1234,
+            relative: Some("sub/base.vhd".into()),
+            absolute: "/srv/vm/sub/base.vhd".into(),
+        };
+        let mut sink = DynamicSink::create(
+            &dst,
+            4 << 20,
+            Some(64 << 10),
+            &OutputPolicy::new(),
+            Some(Uuid([3; 16])),
+            Some(&parent),
+        )
+        .unwrap();
+        sink.put(&[(0, &[0u8; 4096][..]), (8192, &[5u8; 4096][..])])
+            .unwrap();
+        sink.put(&[(1 << 20, &[6u8; 512][..])]).unwrap();
+        // A block given again once another was started is out of order.
+        assert!(sink.put(&[(4096, &[1u8; 4096][..])]).is_err());
+        Box::new(sink).finish().unwrap();
+        let img = VhdImage::open(&dst).unwrap();
+        assert_eq!(img.disk_type(), DiskType::Differencing);
+        assert_eq!(img.unique_id(), Uuid([3; 16]));
+        let p = img.parent().unwrap();
+        assert_eq!(p.unique_id, Uuid([9; 16]));
+        assert_eq!(p.timestamp, 1234);
+        assert_eq!(p.name, "base.vhd");
+        let written: Vec<_> = p
+            .locators
+            .iter()
+            .map(|(_, n)| n.clone().unwrap().written)
+            .collect();
+        assert_eq!(written, ["/srv/vm/sub/base.vhd", ".\\sub\\base.vhd"]);
+        let b = img.backing().unwrap();
+        let names: Vec<_> = b
+            .names
+            .iter()
+            .map(|n| n.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["./sub/base.vhd", "base.vhd", "/srv/vm/sub/base.vhd"]
+        );
+        let map = img.allocation(0, 2 << 20).unwrap();
+        let kinds: Vec<_> = map
+            .iter()
+            .map(|e| (e.start, e.length, e.allocation))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (0, 4096, Allocation::Zero),
+                (4096, 4096, Allocation::Unallocated),
+                (8192, 4096, Allocation::Data),
+                (12288, (1 << 20) - 12288, Allocation::Unallocated),
+                (1 << 20, 512, Allocation::Data),
+                ((1 << 20) + 512, (1 << 20) - 512, Allocation::Unallocated),
+            ]
+        );
+        assert!(img.check().is_empty(), "{:?}", img.check());
+    }
+
+    #[test]
+    fn sizes_and_block_sizes_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("x.vhd");
+        let policy = OutputPolicy::new();
+        for bad in [4096, 3 << 20, 512 << 20] {
+            let e = DynamicSink::create(&dst, 1 << 20, Some(bad), &policy, None, None).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+        }
+        let e = DynamicSink::create(&dst, MAX_SIZE + 1, None, &policy, None, None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(FixedSink::create(&dst, MAX_SIZE + 1, &policy, None).is_err());
+        assert_eq!(fixed_size(0), 0);
+        assert_eq!(fixed_size(1), 1 << 20);
+        assert_eq!(fixed_size(1 << 20), 1 << 20);
+        assert!(!dst.exists());
+    }
+}

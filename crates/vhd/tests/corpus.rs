@@ -32,7 +32,10 @@ fn files_in(dir: &Path) -> Vec<PathBuf> {
 fn replay(name: &str, target: Target) -> usize {
     let fuzz = fuzz_dir();
     let mut seeds = 0;
-    for (kind, dir) in ["seeds", "corpus", "regressions"].iter().map(|k| (k, fuzz.join(k).join(name))) {
+    for (kind, dir) in ["seeds", "corpus", "regressions"]
+        .iter()
+        .map(|k| (k, fuzz.join(k).join(name)))
+    {
         for f in files_in(&dir) {
             let data = std::fs::read(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
             let r = std::panic::catch_unwind(|| target(&data));
@@ -48,13 +51,19 @@ fn replay(name: &str, target: Target) -> usize {
 #[test]
 fn corpus_vhd_open_and_read() {
     let seeds = replay("vhd_open_and_read", fuzzing::open_and_read);
-    assert!(seeds > 0, "no seeds in fuzz/seeds/vhd_open_and_read: run fuzz/make-seeds-5.sh");
+    assert!(
+        seeds > 0,
+        "no seeds in fuzz/seeds/vhd_open_and_read: run fuzz/make-seeds-5.sh"
+    );
 }
 
 #[test]
 fn corpus_vhd_structures() {
     let seeds = replay("vhd_structures", fuzzing::structures);
-    assert!(seeds > 0, "no seeds in fuzz/seeds/vhd_structures: run fuzz/make-seeds-5.sh");
+    assert!(
+        seeds > 0,
+        "no seeds in fuzz/seeds/vhd_structures: run fuzz/make-seeds-5.sh"
+    );
 }
 
 /// The seeds vdisk writes itself: a dynamic disk and a differencing disk on it, in 64 KiB

@@ -22,7 +22,11 @@ const RSS_LIMIT: u64 = 1 << 30;
 /// Edge values for a field of `width` bytes, plus the offsets given (file offsets, in the
 /// unit the field counts).
 fn edges(width: usize, extra: &[u64]) -> Vec<u64> {
-    let max = if width == 8 { u64::MAX } else { (1u64 << (8 * width)) - 1 };
+    let max = if width == 8 {
+        u64::MAX
+    } else {
+        (1u64 << (8 * width)) - 1
+    };
     let mut v = vec![0, 1, 2, 511, 512, max, max - 1, max / 2 + 1, 1 << 31];
     v.extend_from_slice(extra);
     v.into_iter().map(|x| x & max).collect()
@@ -95,13 +99,34 @@ fn max_rss() -> u64 {
 /// qemu-made and vdisk-made sources: a dynamic disk with data in three blocks, a fixed
 /// disk, and a differencing disk on the dynamic one.
 fn sources(d: &Path) -> Vec<(&'static str, Vec<u8>)> {
-    run(d, "qemu-img", &["create", "-q", "-f", "vpc", "dyn.vhd", "6M"]);
+    run(
+        d,
+        "qemu-img",
+        &["create", "-q", "-f", "vpc", "dyn.vhd", "6M"],
+    );
     qemu_io(
         d,
         "dyn.vhd",
-        &["write -P 0x31 0 100k", "write -P 0x32 2M 4k", "write -P 0x33 5M 512"],
+        &[
+            "write -P 0x31 0 100k",
+            "write -P 0x32 2M 4k",
+            "write -P 0x33 5M 512",
+        ],
     );
-    run(d, "qemu-img", &["create", "-q", "-f", "vpc", "-o", "subformat=fixed", "fixed.vhd", "1M"]);
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vpc",
+            "-o",
+            "subformat=fixed",
+            "fixed.vhd",
+            "1M",
+        ],
+    );
     qemu_io(d, "fixed.vhd", &["write -P 0x34 4k 8k"]);
     let base = open(&d.join("dyn.vhd"));
     let parent = DeltaParent {
@@ -135,7 +160,16 @@ fn truncated_files() {
     for (name, bytes) in sources(dir.path()) {
         let len = bytes.len();
         let mut points: Vec<usize> = (0..8192).step_by(256).collect();
-        points.extend([len - 1, len - 511, len - 512, len - 513, len - 4096, len / 2, 1, 0]);
+        points.extend([
+            len - 1,
+            len - 511,
+            len - 512,
+            len - 513,
+            len - 4096,
+            len / 2,
+            1,
+            0,
+        ]);
         points.extend((0..len).step_by(len / 40 + 1));
         for p in points.into_iter().filter(|&p| p < len) {
             survive(&format!("{name} cut at {p}"), bytes[..p].to_vec());
@@ -211,11 +245,26 @@ fn dynamic_header_fields_and_locators_at_edge_values() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let mut fields: Vec<(usize, usize)> =
-        vec![(8, 8), (16, 8), (24, 4), (28, 4), (32, 4), (36, 4), (40, 8), (56, 4), (64, 2)];
+    let mut fields: Vec<(usize, usize)> = vec![
+        (8, 8),
+        (16, 8),
+        (24, 4),
+        (28, 4),
+        (32, 4),
+        (36, 4),
+        (40, 8),
+        (56, 4),
+        (64, 2),
+    ];
     for i in 0..2 {
         let at = 576 + 24 * i;
-        fields.extend([(at, 4), (at + 4, 4), (at + 8, 4), (at + 12, 4), (at + 16, 8)]);
+        fields.extend([
+            (at, 4),
+            (at + 4, 4),
+            (at + 8, 4),
+            (at + 12, 4),
+            (at + 16, 8),
+        ]);
     }
     for (name, bytes) in sources(dir.path()) {
         if name == "fixed" {
@@ -223,7 +272,17 @@ fn dynamic_header_fields_and_locators_at_edge_values() {
         }
         let len = bytes.len() as u64;
         for (at, width) in &fields {
-            let extra = [len, len - 4, 0x57327275, 0x57326b75, 0x4d616358, 0x5769_3272, 1 << 20, 64 << 10, 1536];
+            let extra = [
+                len,
+                len - 4,
+                0x57327275,
+                0x57326b75,
+                0x4d616358,
+                0x5769_3272,
+                1 << 20,
+                64 << 10,
+                1536,
+            ];
             for v in edges(*width, &extra) {
                 for fix in [true, false] {
                     let mut b = bytes.clone();
@@ -252,8 +311,13 @@ fn table_entries_and_bitmaps_at_edge_values() {
         let len = bytes.len() as u64;
         let table = u64::from_be_bytes(bytes[512 + 16..512 + 24].try_into().unwrap()) as usize;
         let entries = u32::from_be_bytes(bytes[512 + 28..512 + 32].try_into().unwrap()) as usize;
-        let entry = |b: &[u8], i: usize| u32::from_be_bytes(b[table + 4 * i..table + 4 * i + 4].try_into().unwrap());
-        let allocated: Vec<u32> = (0..entries).map(|i| entry(&bytes, i)).filter(|&e| e != u32::MAX).collect();
+        let entry = |b: &[u8], i: usize| {
+            u32::from_be_bytes(b[table + 4 * i..table + 4 * i + 4].try_into().unwrap())
+        };
+        let allocated: Vec<u32> = (0..entries)
+            .map(|i| entry(&bytes, i))
+            .filter(|&e| e != u32::MAX)
+            .collect();
         let sectors = len / SECTOR;
         for i in 0..entries {
             let mut values: Vec<u64> = vec![
@@ -317,7 +381,10 @@ fn a_differencing_disk_that_names_itself_only_names_it() {
     for i in 0..2 {
         let at = 512 + 576 + 24 * i;
         let off = u64::from_be_bytes(b[at + 16..at + 24].try_into().unwrap()) as usize;
-        let name: Vec<u8> = ".\\case.vhd".encode_utf16().flat_map(u16::to_le_bytes).collect();
+        let name: Vec<u8> = ".\\case.vhd"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
         b[off..off + name.len()].copy_from_slice(&name);
         put_be(&mut b, at + 8, 4, name.len() as u64);
     }
@@ -325,6 +392,10 @@ fn a_differencing_disk_that_names_itself_only_names_it() {
     let img = VhdImage::from_bytes(Bytes::Owned("case.vhd".into(), Arc::new(b.clone()))).unwrap();
     let backing = img.backing().unwrap();
     assert_eq!(backing.names[0], Path::new("./case.vhd"));
-    assert_eq!(backing.link, img.link_id(), "the loop is the registry's to refuse");
+    assert_eq!(
+        backing.link,
+        img.link_id(),
+        "the loop is the registry's to refuse"
+    );
     survive("self-named", b);
 }
