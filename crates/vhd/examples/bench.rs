@@ -72,6 +72,21 @@ fn ours(src: &Path, src_fmt: &str, dst: &Path, dst_fmt: &str, subformat: Option<
     copy_into(&*img, sink, &CopyOptions::default()).unwrap();
 }
 
+/// CPU seconds (user + system) this process has used (`self`), or its waited-for children
+/// have, from /proc (clock ticks of 10 ms).
+fn cpu(children: bool) -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+    let (u, s) = if children {
+        (f[13], f[14])
+    } else {
+        (f[11], f[12])
+    };
+    (u + s) as f64 / 100.0
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -81,6 +96,8 @@ fn main() {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "/dev/shm".into()));
     let runs: usize = args.next().map_or(5, |r| r.parse().unwrap());
+    // "vdisk" or "qemu": time one side only (for profiling).
+    let only = args.next();
     let work = dir.join(format!("vdisk-vhd-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).unwrap();
     let p = |n: &str| work.join(n);
@@ -139,18 +156,24 @@ fn main() {
         ),
     ];
     println!(
-        "{:<20} {:>10} {:>10} {:>7}",
-        "case", "vdisk s", "qemu-img s", "ratio"
+        "{:<20} {:>8} {:>8} {:>6}   {:>8} {:>8} {:>6}",
+        "case (medians)", "vdisk s", "qemu s", "ratio", "vdisk cpu", "qemu cpu", "ratio"
     );
     for (label, src, sfmt, dfmt, sub, qopts) in cases {
-        let (mut v, mut q) = (Vec::new(), Vec::new());
+        let (mut v, mut q, mut vc, mut qc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
             let out = p("out");
             let _ = std::fs::remove_file(&out);
-            let t = Instant::now();
-            ours(&p(src), sfmt, &out, dfmt, sub);
-            v.push(t.elapsed().as_secs_f64());
-            std::fs::remove_file(&out).unwrap();
+            if only.as_deref() != Some("qemu") {
+                let (t, c) = (Instant::now(), cpu(false));
+                ours(&p(src), sfmt, &out, dfmt, sub);
+                v.push(t.elapsed().as_secs_f64());
+                vc.push(cpu(false) - c);
+                std::fs::remove_file(&out).unwrap();
+            }
+            if only.as_deref() == Some("vdisk") {
+                continue;
+            }
             let (qf, qo) = if sfmt == "raw" {
                 ("raw", "vpc")
             } else {
@@ -162,13 +185,19 @@ fn main() {
             }
             let (sp, op) = (s(src), s("out"));
             a.extend([sp.as_str(), op.as_str()]);
-            let t = Instant::now();
+            let (t, c) = (Instant::now(), cpu(true));
             qemu(&a);
             q.push(t.elapsed().as_secs_f64());
+            qc.push(cpu(true) - c);
             std::fs::remove_file(&out).unwrap();
         }
-        let (mv, mq) = (median(v), median(q));
-        println!("{label:<20} {mv:>10.3} {mq:>10.3} {:>6.2}x", mq / mv);
+        let med = |v: Vec<f64>| if v.is_empty() { f64::NAN } else { median(v) };
+        let (mv, mq, cv, cq) = (med(v), med(q), med(vc), med(qc));
+        println!(
+            "{label:<20} {mv:>8.3} {mq:>8.3} {:>5.2}x   {cv:>8.2} {cq:>8.2} {:>5.2}x",
+            mq / mv,
+            cq / cv
+        );
     }
     std::fs::remove_dir_all(&work).unwrap();
 }
