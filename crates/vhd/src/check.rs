@@ -58,13 +58,6 @@ pub(crate) fn check(img: &VhdImage) -> Vec<Finding> {
     let raw = &img.footer.raw;
     match &img.layout {
         Layout::Fixed { data_len } => {
-            if let Some((_, 511)) = img.copies.tail {
-                out.push(Finding::warning(
-                    file,
-                    "the footer is the 511-byte one of Virtual PC before 2004: qemu does not \
-                     open such a disk",
-                ));
-            }
             if *data_len < img.footer.size {
                 out.push(Finding::error(
                     file,

@@ -127,6 +127,12 @@ fn info(img: &VhdImage) -> LayerInfo {
         "size from: {size_from} (geometry {}/{}/{}, current size {})",
         g.cylinders, g.heads, g.sectors, raw.current_size
     ));
+    if let (Layout::Fixed { .. }, Some((_, 511))) = (&img.layout, &img.copies.tail) {
+        // qemu reads these too: it rounds the file's length up to a sector, and the byte it
+        // adds reads as zero, as the missing reserved byte is.
+        fields.insert("footer_bytes".into(), json!(511));
+        text.push("footer: 511 bytes (Virtual PC before 2004)".into());
+    }
     if raw.saved_state != 0 {
         text.push("saved state: yes (a virtual machine was suspended on it)".into());
     }

@@ -440,3 +440,49 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
     );
     assert_eq!(code, 0, "{out}");
 }
+
+#[test]
+fn qemu_has_no_vpc_check_and_both_read_old_511_byte_footers() {
+    if !have_qemu() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // qemu-img check does not check vpc images: vdisk's outputs are judged by compare.
+    run(d, "qemu-img", &["create", "-q", "-f", "vpc", "a.vhd", "1M"]);
+    let (code, out) = run_status(d, "qemu-img", &["check", "-f", "vpc", "a.vhd"]);
+    assert_eq!(code, 63, "{out}");
+    assert!(out.contains("does not support checks"), "{out}");
+
+    // A fixed disk with the 511-byte footer of Virtual PC before 2004: vdisk reads it (the
+    // disk is the file less its footer), and so does qemu (it rounds the file's length up to
+    // a sector, which puts the footer where it reads it).
+    run(
+        d,
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vpc",
+            "-o",
+            "subformat=fixed,force_size=on",
+            "old.vhd",
+            "1M",
+        ],
+    );
+    qemu_io(d, "old.vhd", &["write -P 0x66 0 1M"]);
+    let mut bytes = std::fs::read(d.join("old.vhd")).unwrap();
+    assert_eq!(bytes.pop(), Some(0));
+    std::fs::write(d.join("old.vhd"), &bytes).unwrap();
+    let img = open(&d.join("old.vhd"));
+    assert_eq!(img.size(), 1 << 20);
+    assert!(read_all(&img, 1 << 20).iter().all(|&b| b == 0x66));
+    assert_same(&img, &qemu_raw(d, "vpc", "old.vhd"), "511-byte footer");
+    assert!(img.info().text.iter().any(|l| l.contains("511 bytes")));
+    assert!(vdisk_vhd::probe(&vdisk_io::ProbeBytes {
+        head: &bytes[..4096],
+        tail: &bytes[bytes.len() - 512..],
+        len: bytes.len() as u64,
+    }));
+}
