@@ -269,7 +269,7 @@ impl RawFooter {
     }
 
     /// Whether the stored checksum matches the fields. The reserved bytes a parsed footer
-    /// does not keep are zero in every footer this crate accepts (see [`footer_at`]).
+    /// does not keep are zero in every footer this crate opens (it checks all 512 bytes).
     pub fn checksum_ok(&self) -> bool {
         self.checksum == self.computed_checksum()
     }

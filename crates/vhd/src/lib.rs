@@ -29,7 +29,7 @@ pub mod fuzzing;
 
 pub use footer::{
     checksum, DiskType, Footer, Geometry, RawFooter, SizeSource, FEATURE_RESERVED,
-    FEATURE_TEMPORARY, FOOTER_COOKIE, FOOTER_SIZE, MAX_SECTORS, VHD_EPOCH,
+    FEATURE_TEMPORARY, FOOTER_COOKIE, FOOTER_SIZE, MAX_SECTORS, NO_DATA_OFFSET, VHD_EPOCH,
 };
 pub use format::{new_parent, probe, Vhd, VHD};
 pub use header::{
