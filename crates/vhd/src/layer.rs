@@ -195,9 +195,14 @@ fn info(img: &VhdImage) -> LayerInfo {
 /// sorted and joined.
 fn metadata_ranges(img: &VhdImage) -> Vec<(u64, u64)> {
     let len = img.bytes.len();
-    let mut r: Vec<(u64, u64)> = vec![(img.footer_offset, len - img.footer_offset)];
+    let mut r: Vec<(u64, u64)> = Vec::new();
+    if let Layout::Fixed { .. } = &img.layout {
+        r.push((img.footer_offset, len - img.footer_offset));
+    }
     if let Layout::Sparse(s) = &img.layout {
+        // The footer copy at offset 0 (the one in use, as a rule) and the one at the end.
         r.push((0, 512.min(len)));
+        r.push((len.saturating_sub(512), 512.min(len)));
         r.push((s.header_offset, HEADER_SIZE as u64));
         r.push((s.header.raw.table_offset, s.header.blocks * 4));
         if let Some(p) = &img.parent {
