@@ -135,7 +135,9 @@ fn main() {
         &'static str,
     );
     // (label, source, source format, output format, subformat, qemu -O options)
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
+        // The reference: vdisk-raw's output, driven the same way.
+        ("raw -> raw", "src.raw", "raw", "raw", None, ""),
         ("dynamic VHD -> raw", "src-dyn.vhd", "vhd", "raw", None, ""),
         ("fixed VHD -> raw", "src-fixed.vhd", "vhd", "raw", None, ""),
         (

@@ -48,12 +48,25 @@ fn assert_same(ours: &VhdImage, qemu: &[u8], what: &str) {
     let regions = ours.metadata();
     let ranges = &regions[0].ranges;
     let len = ours.bytes().len();
-    assert!(ranges.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0), "{what}: {ranges:?}");
-    assert!(ranges.iter().all(|&(s, n)| n > 0 && s + n <= len), "{what}: {ranges:?}");
-    assert_eq!(ranges.last().map(|&(s, n)| s + n), Some(len), "{what}: the footer");
+    assert!(
+        ranges.windows(2).all(|w| w[0].0 + w[0].1 < w[1].0),
+        "{what}: {ranges:?}"
+    );
+    assert!(
+        ranges.iter().all(|&(s, n)| n > 0 && s + n <= len),
+        "{what}: {ranges:?}"
+    );
+    assert_eq!(
+        ranges.last().map(|&(s, n)| s + n),
+        Some(len),
+        "{what}: the footer"
+    );
     let total: u64 = ranges.iter().map(|r| r.1).sum();
     let blocks = ours.dynamic_header().map_or(0, |h| h.blocks);
-    assert!(total <= 4096 + blocks * (4 + 4096), "{what}: {total} bytes of metadata");
+    assert!(
+        total <= 4096 + blocks * (4 + 4096),
+        "{what}: {total} bytes of metadata"
+    );
 }
 
 #[test]
