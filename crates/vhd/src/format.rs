@@ -127,8 +127,11 @@ impl Format for Vhd {
         probe(bytes)
     }
 
-    fn open(&self, bytes: Bytes, _cx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
-        Ok(Box::new(VhdImage::from_bytes(bytes)?))
+    fn open(&self, bytes: Bytes, cx: &OpenContext<'_>) -> Result<Box<dyn Layer>> {
+        Ok(Box::new(VhdImage::from_bytes_with(
+            bytes,
+            cx.allow_outside_paths,
+        )?))
     }
 
     fn subformats(&self) -> &'static [&'static str] {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use vdisk_core::{Error, Result};
-use vdisk_io::{Backing, Bytes, FileStore, FsStore, LinkId};
+use vdisk_io::{resolve_relative, Backing, Bytes, FileStore, FsStore, LinkId};
 
 use crate::bat::BlockAllocationTable;
 use crate::footer::{footer_at, footer_at_end, DiskType, Footer, RawFooter, FOOTER_SIZE};
@@ -92,10 +92,22 @@ impl VhdImage {
         Self::from_bytes(FsStore::default().load(path)?)
     }
 
-    /// Open the VHD whose bytes are `bytes`.
+    /// Open the VHD whose bytes are `bytes`. A differencing disk's [`Layer::backing`]
+    /// names only the parent's names that stay in the disk's folder (see
+    /// [`VhdImage::from_bytes_with`]).
+    ///
+    /// [`Layer::backing`]: vdisk_io::Layer::backing
     pub fn from_bytes(bytes: Bytes) -> Result<Self> {
+        Self::from_bytes_with(bytes, false)
+    }
+
+    /// Open the VHD whose bytes are `bytes`; when `allow_outside_paths` is false, a
+    /// differencing disk's backing names leave out the absolute names and those that leave
+    /// the disk's folder (a Hyper-V disk names its parent both relatively and absolutely:
+    /// the relative name is the one to follow), unless it has no other.
+    pub fn from_bytes_with(bytes: Bytes, allow_outside_paths: bool) -> Result<Self> {
         let path = bytes.path().to_path_buf();
-        open(bytes).map_err(|e| e.with_path(path))
+        open(bytes, allow_outside_paths).map_err(|e| e.with_path(path))
     }
 
     /// The disk type.
@@ -141,7 +153,7 @@ impl VhdImage {
     }
 }
 
-fn open(bytes: Bytes) -> Result<VhdImage> {
+fn open(bytes: Bytes, allow_outside_paths: bool) -> Result<VhdImage> {
     let len = bytes.len();
     if len < crate::footer::OLD_FOOTER_SIZE as u64 {
         return Err(Error::invalid(format!(
@@ -208,7 +220,7 @@ fn open(bytes: Bytes) -> Result<VhdImage> {
             (Layout::Sparse(Box::new(sparse)), parent)
         }
     };
-    let backing = parent.as_ref().map(backing_of);
+    let backing = parent.as_ref().map(|p| backing_of(p, allow_outside_paths));
     Ok(VhdImage {
         bytes,
         footer,
@@ -282,9 +294,9 @@ fn parent_link(bytes: &Bytes, raw: &RawDynamicHeader) -> ParentLink {
 }
 
 /// The names a differencing disk gives its parent, relative ones first: the relative
-/// locators, the parent's file name, then absolute locators (refused unless outside paths
-/// are allowed).
-fn backing_of(p: &ParentLink) -> Backing {
+/// locators, the parent's file name, then absolute locators: only those that stay in the
+/// disk's folder unless outside paths are allowed (or no name does).
+fn backing_of(p: &ParentLink, allow_outside_paths: bool) -> Backing {
     let mut names: Vec<PathBuf> = Vec::new();
     let mut add = |path: Option<PathBuf>| {
         if let Some(path) = path {
@@ -307,6 +319,10 @@ fn backing_of(p: &ParentLink) -> Backing {
     add(locator::local_path(&p.name));
     for path in by(&[Platform::W2ku, Platform::Wi2k, Platform::MacX]) {
         add(Some(path));
+    }
+    let inside = |n: &PathBuf| resolve_relative(Path::new("."), n, false, "parent").is_ok();
+    if !allow_outside_paths && names.iter().any(inside) {
+        names.retain(inside);
     }
     Backing {
         names,

@@ -410,7 +410,19 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
     let b = child.backing().expect("names a parent");
     assert_eq!(b.names[0], Path::new("./base.vhd"));
     assert!(b.names.iter().any(|n| n == Path::new("base.vhd")));
-    assert!(b.names.iter().any(|n| n.is_absolute()));
+    assert!(
+        b.names.iter().all(|n| n.is_relative()),
+        "confined names only by default"
+    );
+    let bytes =
+        vdisk_io::FileStore::load(&vdisk_io::FsStore::default(), &d.join("child.vhd")).unwrap();
+    let outside = VhdImage::from_bytes_with(bytes, true).unwrap();
+    let all = &outside.backing().unwrap().names;
+    assert!(all.last().unwrap().is_absolute(), "{all:?}");
+    assert!(
+        std::fs::metadata(all.last().unwrap()).is_ok(),
+        "W2ku names the parent"
+    );
     assert_eq!(b.link, base.link_id(), "the parent's unique id is recorded");
     // As a layer: given sectors are data or zero, the rest unallocated.
     let mut composed = vec![0u8; len];
