@@ -18,8 +18,9 @@ pub struct Vhd;
 pub static VHD: Vhd = Vhd;
 
 /// Whether `bytes` look like a VHD: a footer copy at offset 0 (dynamic and differencing
-/// disks; qemu's test), or an intact fixed-disk footer at the end (fixed disks, which qemu
-/// only opens when told the format: their data is the disk's own, from offset 0).
+/// disks; qemu's test), or an intact footer at the end (fixed disks, which qemu only opens
+/// when told the format: their data is the disk's own, from offset 0; and dynamic disks
+/// whose copy at offset 0 is lost).
 ///
 /// ```
 /// use vdisk_io::ProbeBytes;
@@ -33,7 +34,7 @@ pub fn probe(bytes: &ProbeBytes<'_>) -> bool {
     if bytes.head.starts_with(FOOTER_COOKIE) {
         return true;
     }
-    matches!(footer_at_end(bytes.tail), Some((f, _)) if f.disk_type == 2)
+    matches!(footer_at_end(bytes.tail), Some((f, _)) if matches!(f.disk_type, 2..=4))
 }
 
 /// What [`CreateOptions`] ask of a new VHD: its type and block size.
@@ -177,5 +178,102 @@ impl Format for Vhd {
             id,
             Some(&p),
         )?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::footer::{Geometry, RawFooter};
+
+    fn footer(disk_type: u32) -> [u8; 512] {
+        RawFooter {
+            features: 2,
+            format_version: 0x0001_0000,
+            data_offset: u64::MAX,
+            timestamp: 0,
+            creator_app: *b"qem2",
+            creator_version: 0x0005_0003,
+            creator_os: *b"Wi2k",
+            original_size: 1 << 20,
+            current_size: 1 << 20,
+            geometry: Geometry::MAX,
+            disk_type,
+            checksum: 0,
+            unique_id: Uuid([1; 16]),
+            saved_state: 0,
+        }
+        .sealed()
+        .to_bytes()
+    }
+
+    fn probe_of(head: &[u8], tail: &[u8]) -> bool {
+        probe(&ProbeBytes {
+            head,
+            tail,
+            len: 1 << 20,
+        })
+    }
+
+    #[test]
+    fn probes_footers_at_either_end() {
+        let zeros = [0u8; 512];
+        // A copy at offset 0: claimed on the cookie alone, as qemu does.
+        assert!(probe_of(b"conectix", &zeros));
+        for t in [2, 3, 4] {
+            assert!(probe_of(&zeros, &footer(t)), "type {t}");
+        }
+        assert!(!probe_of(&zeros, &footer(5)));
+        let mut bad = footer(2);
+        bad[100] = 1; // checksum no longer matches
+        assert!(!probe_of(&zeros, &bad));
+        // The 511-byte footer of old Virtual PC versions, after a byte of data.
+        let mut old = [0xeeu8; 512];
+        old[1..].copy_from_slice(&footer(2)[..511]);
+        assert!(probe_of(&zeros, &old));
+        assert!(!probe_of(&zeros, &zeros));
+        assert!(!probe_of(&[], &[]));
+    }
+
+    #[test]
+    fn create_options_are_checked() {
+        let dst = Path::new("/nonexistent/x.vhd");
+        let o = |sub: Option<&str>, compress, cluster: Option<u64>| CreateOptions {
+            subformat: sub.map(str::to_string),
+            compress,
+            cluster_size: cluster,
+            ..Default::default()
+        };
+        assert_eq!(
+            subformat(dst, &o(None, false, None), false).unwrap(),
+            (false, None)
+        );
+        assert_eq!(
+            subformat(dst, &o(Some("FIXED"), false, None), false).unwrap(),
+            (true, None)
+        );
+        assert!(subformat(dst, &o(Some("fixed"), false, Some(1 << 20)), false).is_err());
+        assert!(subformat(dst, &o(Some("fixed"), false, None), true).is_err());
+        assert!(subformat(dst, &o(Some("differencing"), false, None), true).is_ok());
+        assert!(subformat(dst, &o(Some("differencing"), false, None), false).is_err());
+        assert!(subformat(dst, &o(Some("streamOptimized"), false, None), false).is_err());
+        let e = subformat(dst, &o(None, true, None), false).unwrap_err();
+        assert!(e.to_string().starts_with("/nonexistent/x.vhd: "), "{e}");
+        let keep = CreateOptions {
+            link_id: Some(vdisk_io::LinkId {
+                kind: LINK_KIND,
+                value: "01010101-0101-0101-0101-010101010101".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(kept_id(dst, &keep).unwrap(), Some(Uuid([1; 16])));
+        let other = CreateOptions {
+            link_id: Some(vdisk_io::LinkId {
+                kind: "vmdk-cid",
+                value: "0badcafe".into(),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(kept_id(dst, &other).unwrap(), None);
     }
 }

@@ -72,7 +72,12 @@ pub fn local_path(written: &str) -> Option<PathBuf> {
     if drive || p.starts_with("//") || p.contains('\0') {
         return None;
     }
-    Some(PathBuf::from(p))
+    // ".\\base.vhd", as Hyper-V writes it, is "base.vhd".
+    let mut rest = p.as_str();
+    while let Some(r) = rest.strip_prefix("./") {
+        rest = r.trim_start_matches('/');
+    }
+    (!rest.is_empty()).then(|| PathBuf::from(rest))
 }
 
 /// Undo `%XX` escapes (a MacX file URL); malformed escapes stay as written.
@@ -145,7 +150,9 @@ mod tests {
     fn windows_names_decode_to_local_paths() {
         let n = decode(&loc(Platform::W2ru), &utf16le(".\\dir\\base.vhd\0\0junk")).unwrap();
         assert_eq!(n.written, ".\\dir\\base.vhd");
-        assert_eq!(n.path, Some(PathBuf::from("./dir/base.vhd")));
+        assert_eq!(n.path, Some(PathBuf::from("dir/base.vhd")));
+        assert_eq!(local_path(".\\.\\a.vhd"), Some(PathBuf::from("a.vhd")));
+        assert_eq!(local_path(".\\"), None);
         let n = decode(&loc(Platform::W2ku), &utf16le("C:\\VMs\\base.vhd")).unwrap();
         assert_eq!(n.path, None);
         let n = decode(&loc(Platform::W2ku), &utf16le("/srv/vm/base.vhd")).unwrap();

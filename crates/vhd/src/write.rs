@@ -562,7 +562,7 @@ mod tests {
             .map(|n| n.to_string_lossy().into_owned())
             .collect();
         // Only the names that stay in the disk's folder, unless outside paths are allowed.
-        assert_eq!(names, ["./sub/base.vhd", "base.vhd"]);
+        assert_eq!(names, ["sub/base.vhd", "base.vhd"]);
         let bytes = vdisk_io::Bytes::Owned(
             dst.clone(),
             std::sync::Arc::new(std::fs::read(&dst).unwrap()),

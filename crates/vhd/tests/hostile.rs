@@ -391,7 +391,7 @@ fn a_differencing_disk_that_names_itself_only_names_it() {
     fix_header(&mut b, 512);
     let img = VhdImage::from_bytes(Bytes::Owned("case.vhd".into(), Arc::new(b.clone()))).unwrap();
     let backing = img.backing().unwrap();
-    assert_eq!(backing.names[0], Path::new("./case.vhd"));
+    assert_eq!(backing.names[0], Path::new("case.vhd"));
     assert_eq!(
         backing.link,
         img.link_id(),

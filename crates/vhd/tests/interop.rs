@@ -408,7 +408,7 @@ fn differencing_disks_name_their_parent_and_qemu_reads_them_as_dynamic() {
     assert_eq!(child.disk_type(), DiskType::Differencing);
     assert!(child.check().is_empty(), "{:?}", child.check());
     let b = child.backing().expect("names a parent");
-    assert_eq!(b.names[0], Path::new("./base.vhd"));
+    assert_eq!(b.names[0], Path::new("base.vhd"));
     assert!(b.names.iter().any(|n| n == Path::new("base.vhd")));
     assert!(
         b.names.iter().all(|n| n.is_relative()),
