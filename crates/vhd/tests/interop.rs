@@ -522,3 +522,37 @@ fn qemu_has_no_vpc_check_and_both_read_old_511_byte_footers() {
         len: bytes.len() as u64,
     }));
 }
+
+#[test]
+fn large_sparse_disks_convert_fast_into_small_files() {
+    if !have_qemu() {
+        return;
+    }
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let size: u64 = 200 << 30;
+    let f = std::fs::File::create(d.join("big.raw")).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&[0x71; 65536], 7 << 30).unwrap();
+    f.write_all_at(&[0x72; 512], size - 512).unwrap();
+    drop(f);
+    for (name, s) in [("big-dyn.vhd", None), ("big-fixed.vhd", Some("fixed"))] {
+        let t = std::time::Instant::now();
+        convert(&d.join("big.raw"), &d.join(name), &sub(s));
+        assert!(t.elapsed().as_secs() < 10, "{name}: {:?}", t.elapsed());
+        let meta = std::fs::metadata(d.join(name)).unwrap();
+        assert!(
+            meta.blocks() * 512 < 16 << 20,
+            "{name}: {} bytes on disk",
+            meta.blocks() * 512
+        );
+        assert_eq!(qemu_size(d, "vpc", name), size);
+        let (code, out) = run_status(
+            d,
+            "qemu-img",
+            &["compare", "-f", "raw", "-F", "vpc", "big.raw", name],
+        );
+        assert_eq!(code, 0, "{name}: {out}");
+    }
+}
