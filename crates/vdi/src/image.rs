@@ -249,3 +249,80 @@ impl DiskImage for VdiImage {
         self.bytes.id().into_iter().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::header::RawVdiHeader;
+    use std::sync::Arc;
+    use vdisk_io::Layer;
+
+    /// A 4-block dynamic image in 4 KiB blocks: block 0 stored second, block 1 never
+    /// written, block 2 discarded, block 3 stored first.
+    fn image() -> Vec<u8> {
+        let mut h = RawVdiHeader::new(4 * 4096, 4096, 1);
+        h.blocks_allocated = 2;
+        let data = u64::from(h.offset_data) as usize;
+        let mut b = vec![0u8; data + 2 * 4096];
+        b[..512].copy_from_slice(&h.to_bytes());
+        for (i, e) in [1u32, UNALLOCATED, DISCARDED, 0].iter().enumerate() {
+            b[0x200 + 4 * i..0x204 + 4 * i].copy_from_slice(&e.to_le_bytes());
+        }
+        b[data..data + 4096].fill(0x33); // data block 0: disk block 3
+        b[data + 4096..data + 8192].fill(0x30); // data block 1: disk block 0
+        b
+    }
+
+    fn open(b: Vec<u8>) -> VdiImage {
+        VdiImage::from_bytes(Bytes::Owned("t.vdi".into(), Arc::new(b))).unwrap()
+    }
+
+    #[test]
+    fn blocks_read_through_the_map() {
+        let img = open(image());
+        assert_eq!(img.size(), 4 * 4096);
+        let mut all = vec![0u8; 4 * 4096];
+        img.read_at(&mut all, 0).unwrap();
+        assert!(all[..4096].iter().all(|&b| b == 0x30));
+        assert!(all[4096..3 * 4096].iter().all(|&b| b == 0));
+        assert!(all[3 * 4096..].iter().all(|&b| b == 0x33));
+        let mut piece = [0u8; 2];
+        img.read_at(&mut piece, 4095).unwrap();
+        assert_eq!(piece, [0x30, 0]);
+        assert!(img.read_at(&mut piece, 4 * 4096 - 1).is_err());
+        let map: Vec<_> = img
+            .allocation(0, img.size())
+            .unwrap()
+            .iter()
+            .map(|e| (e.start, e.allocation))
+            .collect();
+        assert_eq!(
+            map,
+            [
+                (0, Allocation::Data),
+                (4096, Allocation::Unallocated),
+                (8192, Allocation::Zero),
+                (12288, Allocation::Data)
+            ]
+        );
+        assert_eq!(img.mapped(12288, 4096).map(|s| s[0]), Some(0x33));
+        assert!(img.mapped(4096, 10).is_none());
+        assert!(img.mapped(4000, 200).is_none()); // across blocks
+        assert!(img.check().is_empty(), "{:?}", img.check());
+    }
+
+    #[test]
+    fn check_finds_shared_and_impossible_blocks_and_a_wrong_count() {
+        let mut b = image();
+        b[0x200..0x204].copy_from_slice(&0u32.to_le_bytes()); // block 0 shares data block 0
+        b[0x204..0x208].copy_from_slice(&9u32.to_le_bytes()); // past the image's 4 blocks
+        let img = open(b);
+        let f: Vec<String> = img.check().iter().map(|f| f.message.clone()).collect();
+        assert!(f.iter().any(|m| m.contains("used by block")), "{f:?}");
+        assert!(f.iter().any(|m| m.contains("past the image")), "{f:?}");
+        assert!(
+            f.iter().any(|m| m.contains("counts 2 allocated blocks")),
+            "{f:?}"
+        );
+    }
+}
