@@ -87,6 +87,12 @@ pub use vdisk_nbd as nbd;
 pub use vdisk_ova as ova;
 /// vdisk-raw: raw images.
 pub use vdisk_raw as raw;
+/// vdisk-vdi: VDI images (VirtualBox).
+#[cfg(feature = "vdi")]
+pub use vdisk_vdi as vdi;
+/// vdisk-vhd: VHD images (Virtual PC, Hyper-V, Azure; qemu's vpc).
+#[cfg(feature = "vhd")]
+pub use vdisk_vhd as vhd;
 /// vdisk-vhdx: VHDX images (Hyper-V).
 #[cfg(feature = "vhdx")]
 pub use vdisk_vhdx as vhdx;

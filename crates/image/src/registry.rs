@@ -11,6 +11,10 @@ static FORMATS: &[&dyn Format] = &[
     &vdisk_vmdk::VMDK,
     #[cfg(feature = "vhdx")]
     &vdisk_vhdx::VHDX,
+    #[cfg(feature = "vhd")]
+    &vdisk_vhd::VHD,
+    #[cfg(feature = "vdi")]
+    &vdisk_vdi::VDI,
     // Raw is never probed (it is what nothing else claims): last.
     &vdisk_raw::RAW,
 ];
