@@ -475,6 +475,21 @@ fn split_word(s: &[u8]) -> (&[u8], &[u8]) {
     (&s[..end], &s[end..])
 }
 
+/// The kind of [`vdisk_io::LinkId`] a VMDK's CID and parentCID are.
+pub const CID_LINK: &str = "vmdk-cid";
+
+/// A CID as a link identity: 8 hex digits, or `(none)` for a descriptor without one (a link
+/// without parentCID over a parent with a CID is refused, as it always was).
+pub(crate) fn cid_link(cid: Option<u32>) -> vdisk_io::LinkId {
+    vdisk_io::LinkId {
+        kind: CID_LINK,
+        value: match cid {
+            Some(c) => format!("{c:08x}"),
+            None => "(none)".into(),
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

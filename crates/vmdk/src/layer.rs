@@ -101,7 +101,7 @@ fn backing_of(descriptor: &Descriptor) -> Option<Backing> {
     Some(Backing {
         names: descriptor.name_candidates(hint),
         format: None,
-        link: Some(crate::read::cid_link(descriptor.parent_cid)),
+        link: Some(crate::descriptor::cid_link(descriptor.parent_cid)),
     })
 }
 

@@ -47,7 +47,7 @@ pub use format::{probe, Vmdk, VMDK};
 pub use header::{HeaderFlags, RawSparseHeader, SparseHeader, GD_AT_END, SPARSE_MAGIC};
 pub use layer::{LayerExtent, VmdkLayer};
 pub use marker::{Marker, MarkerType};
-pub use read::CID_LINK;
+pub use descriptor::CID_LINK;
 pub use sesparse::{
     SeSparseConstHeader, SeSparseExtent, SeSparseGrain, SeSparseTable, SeSparseVolatileHeader,
     SESPARSE_CONST_MAGIC, SESPARSE_VERSION, SESPARSE_VOLATILE_MAGIC,

@@ -9,22 +9,9 @@ use vdisk_core::{
 };
 use vdisk_io::{Backing, Bytes, Layer, LayerInfo, LinkId, MetadataRegion};
 
+use crate::descriptor::cid_link;
+
 use crate::layer::{LayerRun, Storage, VmdkLayer};
-
-/// The kind of [`LinkId`] a VMDK's CID and parentCID are.
-pub const CID_LINK: &str = "vmdk-cid";
-
-/// A CID as a link identity: 8 hex digits, or `(none)` for a descriptor without one (a link
-/// without parentCID over a parent with a CID is refused, as it always was).
-pub(crate) fn cid_link(cid: Option<u32>) -> LinkId {
-    LinkId {
-        kind: CID_LINK,
-        value: match cid {
-            Some(c) => format!("{c:08x}"),
-            None => "(none)".into(),
-        },
-    }
-}
 
 impl VmdkLayer {
     /// Hand `f` the file ranges reads of `len` bytes at `offset` would touch in this layer:
