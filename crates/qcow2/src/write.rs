@@ -1,0 +1,450 @@
+//! Writing qcow2 (version 3) images: sparse, optionally zstd-compressed, or as a delta over
+//! a backing file.
+//!
+//! Layout: the header cluster, then clusters appended as they come (data, compressed data
+//! packed byte by byte as qemu packs it, each L2 table once the blocks pass its range, each
+//! refcount block once every cluster it counts is written), then the L1 table, the last
+//! refcount blocks and the refcount table; the header is written last. Memory stays at one
+//! L2 table, the L1 table and the refcounts of the clusters not yet counted in a block,
+//! whatever the disk's size. The file is unnamed until `finish` (crash-safe).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use byteorder::{BigEndian, ByteOrder};
+use rayon::prelude::*;
+use vdisk_core::{is_zero, Error, ErrorKind, ImageSink, Result};
+use vdisk_io::{CreateOptions, SparseWriter};
+
+use crate::compress::zstd_cluster;
+use crate::header::{
+    header_cluster, incompat, RawHeader, MAGIC, MAX_CLUSTER_BITS, MAX_L1_BYTES,
+    MIN_CLUSTER_BITS, V3_HEADER_LEN,
+};
+use crate::tables::{COMPRESSED, COPIED, ZERO};
+
+/// The default cluster size, as qemu's.
+pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
+/// Refcount width the writer uses (order 4), as qemu's default.
+const REFCOUNT_BITS: u64 = 16;
+/// Writeback of appended clusters is started in pieces of this many bytes.
+const WRITEBACK: u64 = 8 << 20;
+/// Compressed bytes gathered before one write.
+const STAGE: usize = 4 << 20;
+
+/// How a block is stored, decided in parallel before it is placed.
+enum Block {
+    Zero,
+    Plain,
+    Packed(Vec<u8>),
+}
+
+/// A qcow2 image being written ([`ImageSink`]). Blocks are clusters; see the module docs
+/// for the layout.
+pub struct Qcow2Sink {
+    file: SparseWriter,
+    dst: PathBuf,
+    size: u64,
+    cluster_bits: u32,
+    cs: u64,
+    l2_entries: u64,
+    compress: bool,
+    /// All-zero blocks become zero clusters that mask the backing file.
+    delta: bool,
+    backing: Option<(Vec<u8>, String)>,
+    l1: Vec<u64>,
+    /// The L2 table being filled: its L1 index and entries.
+    l2: Option<(u64, Vec<u64>)>,
+    /// The next guest cluster a block may be for (blocks come in order).
+    next_guest: u64,
+    /// The next free host cluster.
+    next: u64,
+    /// Offsets of the refcount blocks written, by index.
+    reftable: Vec<u64>,
+    /// Refcounts of clusters not yet counted in a written block, where they are not one
+    /// (clusters of compressed data, shared by the compressed clusters touching them).
+    counts: BTreeMap<u64, u16>,
+    /// Where the next compressed bytes go when packing continues in the last cluster.
+    packed: Option<u64>,
+    /// Compressed bytes not yet written, and where they go.
+    stage: (u64, Vec<u8>),
+    /// First byte not yet handed to writeback.
+    unflushed: u64,
+}
+
+/// Check and return the cluster size `opts` asks for.
+fn cluster_bits_of(opts: &CreateOptions) -> Result<u32> {
+    let cs = opts.cluster_size.unwrap_or(DEFAULT_CLUSTER_SIZE);
+    let bits = cs.trailing_zeros();
+    if !cs.is_power_of_two() || !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            format!("qcow2 cluster size {cs} is not a power of two from 512 bytes to 2 MiB"),
+        ));
+    }
+    Ok(bits)
+}
+
+impl Qcow2Sink {
+    /// Start writing an image of `size` bytes at `dst`; `backing` (name as written, format)
+    /// makes it a delta whose all-zero blocks mask the backing file.
+    pub fn create(
+        dst: &Path,
+        size: u64,
+        opts: &CreateOptions,
+        backing: Option<(&Path, &str)>,
+    ) -> Result<Self> {
+        Self::create_inner(dst, size, opts, backing).map_err(|e| e.with_path(dst))
+    }
+
+    fn create_inner(
+        dst: &Path,
+        size: u64,
+        opts: &CreateOptions,
+        backing: Option<(&Path, &str)>,
+    ) -> Result<Self> {
+        if let Some(s) = &opts.subformat {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("a qcow2 image has no subformat (\"{s}\")"),
+            ));
+        }
+        vdisk_core::check_disk_size(size)?;
+        let cluster_bits = cluster_bits_of(opts)?;
+        let cs = 1u64 << cluster_bits;
+        let l2_entries = cs / 8;
+        let l1_size = size.div_ceil(cs * l2_entries);
+        if l1_size * 8 > MAX_L1_BYTES {
+            return Err(Error::unsupported(format!(
+                "a disk of {size} bytes needs an L1 table above qemu's 32 MiB with {cs}-byte \
+                 clusters: choose larger clusters"
+            )));
+        }
+        let backing = backing.map(|(name, format)| {
+            use std::os::unix::ffi::OsStrExt;
+            (name.as_os_str().as_bytes().to_vec(), format.to_string())
+        });
+        // The header must fit in the first cluster with the backing name: check now.
+        header_cluster(
+            &RawHeader::default(),
+            backing.as_ref().map(|(n, f)| (n.as_slice(), f.as_str())),
+            cs,
+        )?;
+        let file = SparseWriter::create(dst, 0, &opts.policy)?;
+        Ok(Qcow2Sink {
+            file,
+            dst: dst.to_path_buf(),
+            size,
+            cluster_bits,
+            cs,
+            l2_entries,
+            compress: opts.compress,
+            delta: backing.is_some(),
+            backing,
+            l1: vec![0; l1_size as usize],
+            l2: None,
+            next_guest: 0,
+            next: 1, // cluster 0 is the header
+            reftable: Vec::new(),
+            counts: BTreeMap::new(),
+            packed: None,
+            stage: (0, Vec::new()),
+            unflushed: cs,
+        })
+    }
+
+    /// Refcount entries per refcount block.
+    fn per_block(&self) -> u64 {
+        self.cs * 8 / REFCOUNT_BITS
+    }
+
+    /// Take `n` clusters at the end of the file.
+    fn alloc(&mut self, n: u64) -> Result<u64> {
+        let first = self.next;
+        self.next = first
+            .checked_add(n)
+            .filter(|&e| e << self.cluster_bits < 1 << 56)
+            .ok_or_else(|| Error::unsupported("the image would pass 64 PiB"))?;
+        self.emit_refblocks(false)?;
+        Ok(first)
+    }
+
+    /// Write the refcount blocks whose clusters are all allocated (with `all`, the last one
+    /// too). Each takes a cluster of its own, counted in whichever block covers it.
+    fn emit_refblocks(&mut self, all: bool) -> Result<()> {
+        let per = self.per_block();
+        loop {
+            let b = self.reftable.len() as u64;
+            let start = b * per;
+            let end = start + per;
+            if !(end <= self.next || (all && start < self.next)) {
+                return Ok(());
+            }
+            // The cluster packing continues in is counted now: packing starts afresh.
+            if let Some(pos) = self.packed {
+                if (pos - 1) / self.cs < end {
+                    self.packed = None;
+                }
+            }
+            let own = self.next;
+            self.next += 1;
+            let upto = self.next.min(end);
+            let mut block = vec![0u8; self.cs as usize];
+            for c in start..upto {
+                let n = self.counts.remove(&c).unwrap_or(1);
+                BigEndian::write_u16(&mut block[((c - start) * 2) as usize..], n);
+            }
+            self.file.write_raw(&block, own * self.cs)?;
+            self.reftable.push(own * self.cs);
+        }
+    }
+
+    /// Move to the L2 table of L1 entry `index` (`None`: none), writing out the one filled.
+    fn select_l2(&mut self, index: Option<u64>) -> Result<()> {
+        if self.l2.as_ref().map(|t| t.0) == index {
+            return Ok(());
+        }
+        if let Some((i, entries)) = self.l2.take() {
+            if entries.iter().any(|&e| e != 0) {
+                let c = self.alloc(1)?;
+                let mut bytes = vec![0u8; self.cs as usize];
+                for (k, e) in entries.iter().enumerate() {
+                    BigEndian::write_u64(&mut bytes[k * 8..], *e);
+                }
+                self.file.write_raw(&bytes, c * self.cs)?;
+                self.l1[i as usize] = (c * self.cs) | COPIED;
+            }
+        }
+        self.l2 = index.map(|i| (i, vec![0u64; self.l2_entries as usize]));
+        Ok(())
+    }
+
+    /// Write the gathered compressed bytes.
+    fn flush_stage(&mut self) -> Result<()> {
+        if !self.stage.1.is_empty() {
+            self.file.write_raw(&self.stage.1, self.stage.0)?;
+            self.stage.1.clear();
+        }
+        Ok(())
+    }
+
+    /// Place compressed bytes; returns the L2 entry.
+    fn place_packed(&mut self, data: &[u8]) -> Result<u64> {
+        let cs = self.cs;
+        let len = data.len() as u64;
+        // Continue in the last cluster when the bytes fit there, or spill into the clusters
+        // that follow it when those are the next free ones.
+        let cont = self.packed.filter(|&pos| {
+            let last = (pos - 1) / cs;
+            let fits = pos + len <= (last + 1) * cs;
+            self.counts.get(&last).is_some_and(|&n| n < u16::MAX)
+                && (fits || last + 1 == self.next)
+        });
+        let (at, fresh) = match cont {
+            Some(pos) => {
+                let last = (pos - 1) / cs;
+                let spill = (pos + len).div_ceil(cs).saturating_sub(last + 1);
+                (pos, spill)
+            }
+            None => (self.next * cs, len.div_ceil(cs)),
+        };
+        // Count the touched clusters before allocating: allocating may write their block.
+        for c in at / cs..=(at + len - 1) / cs {
+            let n = self.counts.entry(c).or_insert(0);
+            *n += 1;
+        }
+        self.packed = Some(at + len);
+        if fresh > 0 {
+            self.alloc(fresh)?;
+        }
+        if self.stage.0 + self.stage.1.len() as u64 != at || self.stage.1.len() >= STAGE {
+            self.flush_stage()?;
+            self.stage.0 = at;
+        }
+        self.stage.1.extend_from_slice(data);
+        // Additional sectors beyond the one holding the first byte, as qemu counts them.
+        let sectors = (at + len - 1) / 512 - at / 512;
+        let shift = 62 - (self.cluster_bits - 8);
+        Ok(COMPRESSED | (sectors << shift) | at)
+    }
+
+    fn writeback(&mut self) {
+        let end = self.next * self.cs;
+        if end - self.unflushed >= WRITEBACK {
+            self.file.start_writeback(self.unflushed, end - self.unflushed);
+            self.unflushed = end;
+        }
+    }
+
+    fn store(&mut self, off: u64, data: &[u8], how: Block) -> Result<()> {
+        let cs = self.cs;
+        if off % cs != 0 || off >= self.size || data.len() as u64 > (self.size - off).min(cs) {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "block of {} bytes at offset {off} is not a cluster of the {}-byte disk",
+                    data.len(),
+                    self.size
+                ),
+            ));
+        }
+        let g = off / cs;
+        if g < self.next_guest {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!("block at offset {off} comes after a later one"),
+            ));
+        }
+        self.next_guest = g + 1;
+        self.select_l2(Some(g / self.l2_entries))?;
+        let entry = match how {
+            Block::Zero if self.delta => ZERO,
+            Block::Zero => return Ok(()),
+            Block::Plain => {
+                let c = self.alloc(1)?;
+                // All-zero 4 KiB pieces stay holes in the file; a short last block reads as
+                // zero to the cluster's end.
+                self.file.write_at(data, c * cs)?;
+                (c * cs) | COPIED
+            }
+            Block::Packed(bytes) => self.place_packed(&bytes)?,
+        };
+        let (_, table) = self.l2.as_mut().expect("selected above");
+        table[(g % self.l2_entries) as usize] = entry;
+        self.writeback();
+        Ok(())
+    }
+
+    fn finish_inner(mut self) -> Result<()> {
+        let cs = self.cs;
+        self.flush_stage()?;
+        self.select_l2(None)?;
+        self.packed = None;
+        let l1_bytes = self.l1.len() as u64 * 8;
+        let l1_at = self.alloc(l1_bytes.div_ceil(cs).max(1))?;
+
+        // The refcount table's size: enough entries for every block, including the blocks
+        // that count the table and themselves.
+        let per = self.per_block();
+        let written = self.reftable.len() as u64;
+        let mut r = 1u64;
+        let blocks = loop {
+            let mut total = self.next + r;
+            loop {
+                let more = self.next + r + total.div_ceil(per) - written;
+                if more == total {
+                    break;
+                }
+                total = more;
+            }
+            let blocks = total.div_ceil(per);
+            let need = (blocks * 8).div_ceil(cs);
+            if need <= r {
+                break blocks;
+            }
+            r = need;
+        };
+        let rt_at = self.alloc(r)?;
+        self.emit_refblocks(true)?;
+        if self.reftable.len() as u64 != blocks {
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!(
+                    "refcount layout: {} blocks written, {blocks} planned",
+                    self.reftable.len()
+                ),
+            ));
+        }
+        let mut table = vec![0u8; (r * cs) as usize];
+        for (i, off) in self.reftable.iter().enumerate() {
+            BigEndian::write_u64(&mut table[i * 8..], *off);
+        }
+        self.file.write_raw(&table, rt_at * cs)?;
+        let mut l1 = vec![0u8; l1_bytes as usize];
+        for (i, e) in self.l1.iter().enumerate() {
+            BigEndian::write_u64(&mut l1[i * 8..], *e);
+        }
+        self.file.write_raw(&l1, l1_at * cs)?;
+
+        let raw = RawHeader {
+            magic: MAGIC,
+            version: 3,
+            cluster_bits: self.cluster_bits,
+            size: self.size,
+            l1_size: self.l1.len() as u32,
+            l1_table_offset: l1_at * cs,
+            refcount_table_offset: rt_at * cs,
+            refcount_table_clusters: r as u32,
+            incompatible_features: if self.compress {
+                incompat::COMPRESSION
+            } else {
+                0
+            },
+            refcount_order: 4,
+            header_length: V3_HEADER_LEN,
+            compression_type: u8::from(self.compress),
+            ..RawHeader::default()
+        };
+        let head = header_cluster(
+            &raw,
+            self.backing
+                .as_ref()
+                .map(|(n, f)| (n.as_slice(), f.as_str())),
+            cs,
+        )?;
+        self.file.write_raw(&head, 0)?;
+        self.file
+            .file()
+            .set_len(self.next * cs)
+            .map_err(|e| Error::io("cannot size", e))?;
+        self.file.commit()
+    }
+}
+
+impl ImageSink for Qcow2Sink {
+    fn block_size(&self) -> u64 {
+        self.cs
+    }
+
+    fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
+        let cs = self.cs as usize;
+        let compress = self.compress;
+        // Runs longer than a cluster are taken too, cut into clusters.
+        let pieces: Vec<(u64, &[u8])> = blocks
+            .iter()
+            .flat_map(|&(off, data)| {
+                data.chunks(cs)
+                    .enumerate()
+                    .map(move |(i, c)| (off + (i * cs) as u64, c))
+            })
+            .collect();
+        // Zero detection and compression in parallel; placing stays in order.
+        let how: Vec<Block> = pieces
+            .par_iter()
+            .map(|&(_, data)| {
+                if is_zero(data) {
+                    Block::Zero
+                } else if !compress {
+                    Block::Plain
+                } else if data.len() == cs {
+                    zstd_cluster(data).map_or(Block::Plain, Block::Packed)
+                } else {
+                    // qemu inflates whole clusters: the short last block is padded.
+                    let mut full = data.to_vec();
+                    full.resize(cs, 0);
+                    zstd_cluster(&full).map_or(Block::Plain, Block::Packed)
+                }
+            })
+            .collect();
+        for ((off, data), how) in pieces.into_iter().zip(how) {
+            self.store(off, data, how)
+                .map_err(|e| e.with_path(&self.dst))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>) -> Result<()> {
+        let dst = self.dst.clone();
+        self.finish_inner().map_err(|e| e.with_path(dst))
+    }
+}
