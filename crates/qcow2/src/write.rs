@@ -70,6 +70,8 @@ pub struct Qcow2Sink {
     stage: (u64, Vec<u8>),
     /// First byte not yet handed to writeback.
     unflushed: u64,
+    /// Compressed clusters that may share a host cluster (its refcount is 16 bits).
+    max_shared: u16,
 }
 
 /// Check and return the cluster size `opts` asks for.
@@ -150,6 +152,7 @@ impl Qcow2Sink {
             packed: None,
             stage: (0, Vec::new()),
             unflushed: cs,
+            max_shared: u16::MAX,
         })
     }
 
@@ -237,7 +240,7 @@ impl Qcow2Sink {
         let cont = self.packed.filter(|&pos| {
             let last = (pos - 1) / cs;
             let fits = pos + len <= (last + 1) * cs;
-            self.counts.get(&last).is_some_and(|&n| n < u16::MAX)
+            self.counts.get(&last).is_some_and(|&n| n < self.max_shared)
                 && (fits || last + 1 == self.next)
         });
         let (at, fresh) = match cont {
@@ -321,7 +324,11 @@ impl Qcow2Sink {
         self.select_l2(None)?;
         self.packed = None;
         let l1_bytes = self.l1.len() as u64 * 8;
-        let l1_at = self.alloc(l1_bytes.div_ceil(cs).max(1))?;
+        // An empty disk has no L1 table (offset 0, as qemu writes it).
+        let l1_at = match l1_bytes {
+            0 => 0,
+            n => self.alloc(n.div_ceil(cs))?,
+        };
 
         // The refcount table's size: enough entries for every block, including the blocks
         // that count the table and themselves.
@@ -364,7 +371,9 @@ impl Qcow2Sink {
         for (i, e) in self.l1.iter().enumerate() {
             BigEndian::write_u64(&mut l1[i * 8..], *e);
         }
-        self.file.write_raw(&l1, l1_at * cs)?;
+        if l1_at != 0 {
+            self.file.write_raw(&l1, l1_at * cs)?;
+        }
 
         let raw = RawHeader {
             magic: MAGIC,
@@ -446,5 +455,48 @@ impl ImageSink for Qcow2Sink {
     fn finish(self: Box<Self>) -> Result<()> {
         let dst = self.dst.clone();
         self.finish_inner().map_err(|e| e.with_path(dst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vdisk_io::{FsStore, OpenContext};
+
+    #[test]
+    fn shared_host_clusters_stop_at_the_refcount_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("s.qcow2");
+        let opts = CreateOptions {
+            compress: true,
+            cluster_size: Some(65536),
+            ..CreateOptions::default()
+        };
+        let mut sink = Qcow2Sink::create(&dst, 64 << 20, &opts, None).unwrap();
+        sink.max_shared = 3;
+        let blocks: Vec<Vec<u8>> = (0..1024u32).map(|i| vec![(i % 250) as u8 + 1; 65536]).collect();
+        let refs: Vec<(u64, &[u8])> = blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (i as u64 * 65536, b.as_slice()))
+            .collect();
+        sink.put(&refs).unwrap();
+        Box::new(sink).finish().unwrap();
+        let store = FsStore::default();
+        let img = crate::Qcow2Image::from_bytes(
+            vdisk_io::FileStore::load(&store, &dst).unwrap(),
+            &OpenContext {
+                files: &store,
+                path: &dst,
+                allow_outside_paths: false,
+            },
+        )
+        .unwrap();
+        assert!(vdisk_io::Layer::check(&img).is_empty());
+        // 1024 tiny clusters, at most 3 per host cluster.
+        assert!(std::fs::metadata(&dst).unwrap().len() >= 1024 / 3 * 65536);
+        let mut buf = vec![0u8; 65536];
+        vdisk_core::DiskImage::read_at(&img, &mut buf, 1000 * 65536).unwrap();
+        assert!(buf.iter().all(|&b| b == (1000 % 250) as u8 + 1));
     }
 }
