@@ -509,7 +509,7 @@ impl Header {
                     "backing file name of {len} bytes (1 to {MAX_BACKING_NAME})"
                 )));
             }
-            if off < u64::from(raw.header_length) || off + len > self.cluster_size {
+            if off < u64::from(raw.header_length) || off.saturating_add(len) > self.cluster_size {
                 return Err(bad(format!(
                     "backing file name ({len} bytes at offset {off}) is not in the first cluster after the header"
                 )));

@@ -97,10 +97,7 @@ impl Qcow2Image {
 
         let data = match &header.data_file {
             Some(name) => {
-                let dir = match cx.path.parent() {
-                    Some(d) if !d.as_os_str().is_empty() => d,
-                    _ => Path::new("."),
-                };
+                let dir = cx.path.parent().unwrap_or(Path::new(""));
                 let resolved = vdisk_io::resolve_relative(
                     dir,
                     name,
