@@ -112,7 +112,13 @@ pub fn read_directory(bytes: &Bytes, h: &Header) -> Bitmaps {
                 .into(),
         );
     }
-    match parse_directory(bytes, h, ext.count, ext.directory_size, ext.directory_offset) {
+    match parse_directory(
+        bytes,
+        h,
+        ext.count,
+        ext.directory_size,
+        ext.directory_offset,
+    ) {
         Ok(v) => Bitmaps::Directory(v),
         Err(e) => Bitmaps::Unusable(e.message().to_string()),
     }
@@ -183,7 +189,9 @@ fn parse_directory(
 
 /// Entries a bitmap table of a disk of `size` bytes must have, for this granularity.
 pub fn table_entries(size: u64, granularity: u64, cluster_size: u64) -> u64 {
-    size.div_ceil(granularity).div_ceil(8).div_ceil(cluster_size)
+    size.div_ceil(granularity)
+        .div_ceil(8)
+        .div_ceil(cluster_size)
 }
 
 /// Check `e` can be read: not in use, of a known kind and granularity, table in the file.

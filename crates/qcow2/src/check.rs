@@ -80,7 +80,10 @@ pub fn check(img: &Qcow2Image) -> Vec<Finding> {
             for b in v.iter().filter(|b| b.in_use()) {
                 out.push(Finding::warning(
                     &file,
-                    format!("bitmap {} is in use: its contents on disk are stale", b.name),
+                    format!(
+                        "bitmap {} is in use: its contents on disk are stale",
+                        b.name
+                    ),
                 ));
             }
         }
@@ -127,8 +130,7 @@ pub fn check(img: &Qcow2Image) -> Vec<Finding> {
 
 impl Checker<'_> {
     fn report(&mut self, kind: Kind, severity: Severity, msg: String) {
-        let severity = if self.stale && matches!(kind, Kind::Leak | Kind::TooLow | Kind::Copied)
-        {
+        let severity = if self.stale && matches!(kind, Kind::Leak | Kind::TooLow | Kind::Copied) {
             Severity::Warning
         } else {
             severity
@@ -211,7 +213,9 @@ impl Checker<'_> {
                 self.report(
                     Kind::Entry,
                     Severity::Error,
-                    format!("{what} entry {i}: L2 table offset {l2:#x} is not aligned to a cluster"),
+                    format!(
+                        "{what} entry {i}: L2 table offset {l2:#x} is not aligned to a cluster"
+                    ),
                 );
                 continue;
             }
@@ -282,14 +286,15 @@ impl Checker<'_> {
                 .chunks_exact(8)
                 .map(BigEndian::read_u64)
                 .collect();
-            for i in 0..reftable.len() {
-                let off = reftable[i] & OFFSET_MASK;
+            for (i, entry) in reftable.iter_mut().enumerate() {
+                let off = *entry & OFFSET_MASK;
                 if off == 0 {
                     continue;
                 }
                 let what = format!("refcount block {i}");
+                // A block outside the file counts nothing.
                 if !self.aligned(&what, off) || !self.count(&what, off, cs, 1, true) {
-                    reftable[i] = 0;
+                    *entry = 0;
                 }
             }
         }
@@ -356,7 +361,11 @@ impl Checker<'_> {
             let m = match geo.decode(e, bitmap) {
                 Ok(m) => m,
                 Err(err) => {
-                    self.report(Kind::Entry, Severity::Error, format!("{at}: {}", err.message()));
+                    self.report(
+                        Kind::Entry,
+                        Severity::Error,
+                        format!("{at}: {}", err.message()),
+                    );
                     continue;
                 }
             };
@@ -585,7 +594,17 @@ mod tests {
 
     #[test]
     fn refcount_widths() {
-        let block = [0b1011_0110u8, 0x12, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
+        let block = [
+            0b1011_0110u8,
+            0x12,
+            0x34,
+            0x56,
+            0x78,
+            0x9a,
+            0xbc,
+            0xde,
+            0xf0,
+        ];
         assert_eq!(refcount_entry(&block, 1, 0), 0);
         assert_eq!(refcount_entry(&block, 1, 1), 1);
         assert_eq!(refcount_entry(&block, 2, 0), 0b10);

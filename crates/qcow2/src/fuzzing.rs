@@ -74,7 +74,10 @@ pub fn exercise(img: &Qcow2Image) {
     for b in img.bitmaps() {
         let mut last = 0u64;
         let _ = img.read_bitmap(&b.name, &mut |o, l| {
-            assert!(o >= last && l > 0 && o + l <= size, "bitmap ranges in order");
+            assert!(
+                o >= last && l > 0 && o + l <= size,
+                "bitmap ranges in order"
+            );
             last = o + l;
             Ok(())
         });

@@ -401,8 +401,7 @@ impl Header {
                     "the image keeps its data in an external data file it does not name",
                 ));
             }
-            if h.backing_file.is_some() && raw.autoclear_features & autoclear::DATA_FILE_RAW != 0
-            {
+            if h.backing_file.is_some() && raw.autoclear_features & autoclear::DATA_FILE_RAW != 0 {
                 return Err(bad("a raw external data file and a backing file"));
             }
         } else {
@@ -514,11 +513,13 @@ impl Header {
                     "backing file name ({len} bytes at offset {off}) is not in the first cluster after the header"
                 )));
             }
-            let name = head.get(off as usize..(off + len) as usize).ok_or_else(|| {
-                bad(format!(
-                    "backing file name at offset {off} runs past the end of the file"
-                ))
-            })?;
+            let name = head
+                .get(off as usize..(off + len) as usize)
+                .ok_or_else(|| {
+                    bad(format!(
+                        "backing file name at offset {off} runs past the end of the file"
+                    ))
+                })?;
             self.backing_file = Some(path_of(name));
             end = end.min(off as usize);
         }
@@ -570,9 +571,10 @@ impl Header {
                         directory_offset: BigEndian::read_u64(&data[16..]),
                     });
                 }
-                // The LUKS header pointer only comes with crypt_method 2, refused before;
-                // unknown extensions may be ignored.
-                ext::CRYPTO | _ => {}
+                // The LUKS header pointer only comes with crypt_method 2, refused before.
+                ext::CRYPTO => {}
+                // Unknown extensions may be ignored.
+                _ => {}
             }
             pos = data_at + len.next_multiple_of(8);
         }
@@ -691,7 +693,10 @@ mod tests {
         let mut b = header_cluster(&raw, Some((b"base.raw", "raw")), 65536).unwrap();
         b.resize(65536, 0);
         let h = Header::parse(&b, 4 << 16).unwrap();
-        assert_eq!(h.backing_file.as_deref(), Some(std::path::Path::new("base.raw")));
+        assert_eq!(
+            h.backing_file.as_deref(),
+            Some(std::path::Path::new("base.raw"))
+        );
         assert_eq!(h.backing_format.as_deref(), Some("raw"));
         assert_eq!(h.compression, Compression::Zstd);
         assert_eq!(h.feature_names.len(), 7);

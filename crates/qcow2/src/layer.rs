@@ -262,8 +262,9 @@ impl Layer for Qcow2Image {
             Bitmaps::Directory(v) => v.as_slice(),
             Bitmaps::None => &[],
             Bitmaps::Unusable(why) => {
-                return Err(Error::corrupt(format!("cannot read bitmap {name}: {why}"))
-                    .with_path(path))
+                return Err(
+                    Error::corrupt(format!("cannot read bitmap {name}: {why}")).with_path(path)
+                )
             }
         };
         let Some(e) = entries.iter().find(|b| b.name == name) else {
@@ -273,10 +274,11 @@ impl Layer for Qcow2Image {
             } else {
                 format!("its bitmaps are: {}", names.join(", "))
             };
-            return Err(
-                Error::new(ErrorKind::NotFound, format!("has no bitmap \"{name}\" ({there})"))
-                    .with_path(path),
-            );
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("has no bitmap \"{name}\" ({there})"),
+            )
+            .with_path(path));
         };
         // Extension flags say the directory is consistent; the bitmap must be closed.
         debug_assert!(self.header.raw.autoclear_features & autoclear::BITMAPS != 0);

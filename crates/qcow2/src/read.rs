@@ -71,9 +71,7 @@ impl Qcow2Image {
                 inflate(&p, dst)
             }),
         };
-        r.map_err(|e| {
-            Error::corrupt(format!("{} (guest offset {guest})", e.message())).at(offset)
-        })
+        r.map_err(|e| Error::corrupt(format!("{} (guest offset {guest})", e.message())).at(offset))
     }
 
     /// The first byte at or after `offset` that this layer stores data for.

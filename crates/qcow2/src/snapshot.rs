@@ -60,7 +60,10 @@ pub fn read_snapshots(bytes: &Bytes, h: &Header) -> Result<(Vec<Snapshot>, u64)>
     };
     for i in 0..n {
         let mut fixed = [0u8; ENTRY_FIXED];
-        if pos.checked_add(ENTRY_FIXED as u64).is_none_or(|e| e > file_len) {
+        if pos
+            .checked_add(ENTRY_FIXED as u64)
+            .is_none_or(|e| e > file_len)
+        {
             return Err(past_end(&format!("entry {i}"), pos));
         }
         bytes.read_at(&mut fixed, pos)?;

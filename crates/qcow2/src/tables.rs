@@ -265,12 +265,15 @@ mod tests {
         let g = geometry(16, false, false);
         let whole = |m| ClusterMapping::Whole(m);
         assert_eq!(g.decode(0, 0).unwrap(), whole(Mapping::Unallocated));
-        assert_eq!(g.decode(COPIED | 0x50000, 0).unwrap(), whole(Mapping::Data(0x50000)));
+        assert_eq!(
+            g.decode(COPIED | 0x50000, 0).unwrap(),
+            whole(Mapping::Data(0x50000))
+        );
         assert_eq!(g.decode(ZERO, 0).unwrap(), whole(Mapping::Zero));
         // Zero with a preallocated host cluster still reads as zero.
         assert_eq!(g.decode(ZERO | 0x50000, 0).unwrap(), whole(Mapping::Zero));
         assert!(g.decode(0x50200, 0).is_err()); // unaligned
-        // Offset 0 with COPIED is unallocated without a data file, data with one.
+                                                // Offset 0 with COPIED is unallocated without a data file, data with one.
         assert_eq!(g.decode(COPIED, 0).unwrap(), whole(Mapping::Unallocated));
         let ext = geometry(16, false, true);
         assert_eq!(ext.decode(COPIED, 0).unwrap(), whole(Mapping::Data(0)));

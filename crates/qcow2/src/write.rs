@@ -18,8 +18,8 @@ use vdisk_io::{CreateOptions, SparseWriter};
 
 use crate::compress::zstd_cluster;
 use crate::header::{
-    header_cluster, incompat, RawHeader, MAGIC, MAX_CLUSTER_BITS, MAX_L1_BYTES,
-    MIN_CLUSTER_BITS, V3_HEADER_LEN,
+    header_cluster, incompat, RawHeader, MAGIC, MAX_CLUSTER_BITS, MAX_L1_BYTES, MIN_CLUSTER_BITS,
+    V3_HEADER_LEN,
 };
 use crate::tables::{COMPRESSED, COPIED, ZERO};
 
@@ -274,7 +274,8 @@ impl Qcow2Sink {
     fn writeback(&mut self) {
         let end = self.next * self.cs;
         if end - self.unflushed >= WRITEBACK {
-            self.file.start_writeback(self.unflushed, end - self.unflushed);
+            self.file
+                .start_writeback(self.unflushed, end - self.unflushed);
             self.unflushed = end;
         }
     }
@@ -474,7 +475,9 @@ mod tests {
         };
         let mut sink = Qcow2Sink::create(&dst, 64 << 20, &opts, None).unwrap();
         sink.max_shared = 3;
-        let blocks: Vec<Vec<u8>> = (0..1024u32).map(|i| vec![(i % 250) as u8 + 1; 65536]).collect();
+        let blocks: Vec<Vec<u8>> = (0..1024u32)
+            .map(|i| vec![(i % 250) as u8 + 1; 65536])
+            .collect();
         let refs: Vec<(u64, &[u8])> = blocks
             .iter()
             .enumerate()

@@ -24,7 +24,10 @@ fn bitmaps_record_what_qemu_wrote() {
     let d = tempdir();
     let dir = d.path();
     let size = (64 << 20) + 512;
-    qemu_img(dir, &["create", "-f", "qcow2", "b.qcow2", &size.to_string()]);
+    qemu_img(
+        dir,
+        &["create", "-f", "qcow2", "b.qcow2", &size.to_string()],
+    );
     qemu_img(dir, &["bitmap", "--add", "b.qcow2", "b0"]);
     qemu_img(dir, &["bitmap", "--add", "--disable", "b.qcow2", "off"]);
     qemu_img(dir, &["bitmap", "--add", "-g", "4096", "b.qcow2", "fine"]);
@@ -96,7 +99,11 @@ fn a_bitmap_in_use_is_refused() {
     qemu_img(dir, &["create", "-f", "qcow2", "u.qcow2", "16M"]);
     qemu_img(dir, &["bitmap", "--add", "u.qcow2", "live"]);
     // qemu-io aborts with the image open: the bitmap stays marked in use.
-    let _ = try_run(dir, "qemu-io", &["-c", "write 0 4k", "-c", "abort", "u.qcow2"]);
+    let _ = try_run(
+        dir,
+        "qemu-io",
+        &["-c", "write 0 4k", "-c", "abort", "u.qcow2"],
+    );
     let img = open(dir, "u.qcow2").unwrap();
     assert!(img.bitmaps()[0].in_use);
     let e = ranges(&img, "live").unwrap_err();
@@ -120,7 +127,18 @@ fn all_ones_entries_and_large_disks() {
     let dir = d.path();
     // A bitmap of 512-byte granularity over 64 MiB: 16 KiB of bits, several data clusters
     // of 4 KiB; the whole disk written marks every bit.
-    qemu_img(dir, &["create", "-f", "qcow2", "-o", "cluster_size=4096", "a.qcow2", "64M"]);
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "a.qcow2",
+            "64M",
+        ],
+    );
     qemu_img(dir, &["bitmap", "--add", "-g", "512", "a.qcow2", "all"]);
     qemu_io(dir, "a.qcow2", &["write -z 0 64M", "write 40M 512"]);
     let img = open(dir, "a.qcow2").unwrap();

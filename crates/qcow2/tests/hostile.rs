@@ -134,7 +134,11 @@ fn mutations(img: &[u8]) -> Vec<(String, Edit)> {
     }
     // Header extensions: type, length, and the fields of the bitmaps extension.
     let version = be(img, 4, 4);
-    let mut pos = if version >= 3 { be(img, 100, 4) as usize } else { 72 };
+    let mut pos = if version >= 3 {
+        be(img, 100, 4) as usize
+    } else {
+        72
+    };
     let mut bitmap_dir = None;
     for i in 0..16 {
         if pos + 8 > cs as usize {
@@ -233,7 +237,10 @@ fn mutations(img: &[u8]) -> Vec<(String, Edit)> {
     for c in cuts.into_iter().filter(|&c| c < len) {
         out.push((format!("truncated at {c}"), Edit::Truncate(c as usize)));
     }
-    out.push(("a cluster of junk appended".into(), Edit::AppendJunk(cs as usize)));
+    out.push((
+        "a cluster of junk appended".into(),
+        Edit::AppendJunk(cs as usize),
+    ));
 
     for (name, at, width) in fields {
         let values: Vec<u64> = match width {
@@ -312,7 +319,10 @@ fn mutated_qemu_images_fail_cleanly() {
         ("v3.qcow2", &["-o", "cluster_size=4096"]),
         ("v2.qcow2", &["-o", "compat=0.10,cluster_size=4096"]),
         ("zlib.qcow2", &["-c", "-o", "cluster_size=4096"]),
-        ("zstd.qcow2", &["-c", "-o", "compression_type=zstd,cluster_size=4096"]),
+        (
+            "zstd.qcow2",
+            &["-c", "-o", "compression_type=zstd,cluster_size=4096"],
+        ),
         ("xl2.qcow2", &["-o", "extended_l2=on,cluster_size=16384"]),
         ("rc1.qcow2", &["-o", "refcount_bits=1,cluster_size=4096"]),
         ("c512.qcow2", &["-o", "cluster_size=512"]),
@@ -326,7 +336,18 @@ fn mutated_qemu_images_fail_cleanly() {
     // A delta with a backing file, a snapshot and bitmaps.
     qemu_img(
         dir,
-        &["create", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "v3.qcow2", "-F", "qcow2", "top.qcow2"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "-b",
+            "v3.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
     );
     qemu_img(dir, &["bitmap", "--add", "top.qcow2", "b0"]);
     qemu_io(dir, "top.qcow2", &["write -P 3 64k 64k", "write -z 1M 8k"]);
@@ -335,7 +356,15 @@ fn mutated_qemu_images_fail_cleanly() {
     // External data file (named as the harness provides it).
     qemu_img(
         dir,
-        &["create", "-f", "qcow2", "-o", "cluster_size=4096,data_file=ext.data", "ext.qcow2", "1M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096,data_file=ext.data",
+            "ext.qcow2",
+            "1M",
+        ],
     );
     qemu_io(dir, "ext.qcow2", &["write -P 6 0 8k"]);
     // vdisk's own compressed output.
@@ -351,10 +380,17 @@ fn mutated_qemu_images_fail_cleanly() {
     );
 
     let mut total = 0;
-    for name in convert.iter().map(|c| c.0).chain(["top.qcow2", "ext.qcow2", "ours.qcow2"]) {
+    for name in convert
+        .iter()
+        .map(|c| c.0)
+        .chain(["top.qcow2", "ext.qcow2", "ours.qcow2"])
+    {
         total += hammer(dir, name);
     }
-    eprintln!("{total} mutated images survived; peak RSS {} MiB", peak_rss() >> 20);
+    eprintln!(
+        "{total} mutated images survived; peak RSS {} MiB",
+        peak_rss() >> 20
+    );
     assert!(total > 2000, "{total} cases");
     assert!(peak_rss() < RSS_LIMIT, "peak RSS {} bytes", peak_rss());
 }
@@ -366,7 +402,23 @@ fn a_backing_file_or_data_file_naming_the_image_itself() {
     }
     let d = tempdir();
     let dir = d.path();
-    qemu_img(dir, &["create", "-u", "-f", "qcow2", "-o", "cluster_size=4096", "-b", "x", "-F", "raw", "self.qcow2", "1M"]);
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-u",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            "-b",
+            "x",
+            "-F",
+            "raw",
+            "self.qcow2",
+            "1M",
+        ],
+    );
     let mut b = std::fs::read(dir.join("self.qcow2")).unwrap();
     let off = be(&b, 8, 8) as usize;
     // Rename the backing file "x" to the image's own name, keeping its length at one byte
@@ -389,7 +441,18 @@ fn a_backing_file_or_data_file_naming_the_image_itself() {
     assert_eq!(img.backing().unwrap().names, [Path::new(NAME)]);
 
     // A data file that is the image itself.
-    qemu_img(dir, &["create", "-f", "qcow2", "-o", "cluster_size=4096,data_file=ext.data", "e.qcow2", "1M"]);
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096,data_file=ext.data",
+            "e.qcow2",
+            "1M",
+        ],
+    );
     qemu_io(dir, "e.qcow2", &["write -P 6 0 8k"]);
     let mut b = std::fs::read(dir.join("e.qcow2")).unwrap();
     let at = b.windows(8).position(|w| w == b"ext.data").unwrap();

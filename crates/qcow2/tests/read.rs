@@ -41,10 +41,16 @@ fn qemu_img_convert_layouts() {
         ("zlib.qcow2", &["-c"]),
         ("zlib512.qcow2", &["-c", "-o", "cluster_size=512"]),
         ("zstd.qcow2", &["-c", "-o", "compression_type=zstd"]),
-        ("zstd2m.qcow2", &["-c", "-o", "compression_type=zstd,cluster_size=2M"]),
+        (
+            "zstd2m.qcow2",
+            &["-c", "-o", "compression_type=zstd,cluster_size=2M"],
+        ),
         ("v2zlib.qcow2", &["-c", "-o", "compat=0.10"]),
         ("xl2.qcow2", &["-o", "extended_l2=on"]),
-        ("xl2c.qcow2", &["-c", "-o", "extended_l2=on,cluster_size=128k"]),
+        (
+            "xl2c.qcow2",
+            &["-c", "-o", "extended_l2=on,cluster_size=128k"],
+        ),
         ("prealloc.qcow2", &["-o", "preallocation=metadata"]),
         ("lazy.qcow2", &["-o", "lazy_refcounts=on"]),
     ];
@@ -63,8 +69,14 @@ fn qemu_img_convert_layouts() {
     let info = zstd.info();
     assert_eq!(info.fields["compression_type"], "zstd");
     assert_eq!(info.fields["compat"], "1.1");
-    assert_eq!(open(dir, "v2.qcow2").unwrap().info().fields["compat"], "0.10");
-    assert_eq!(open(dir, "xl2.qcow2").unwrap().info().fields["extended_l2"], true);
+    assert_eq!(
+        open(dir, "v2.qcow2").unwrap().info().fields["compat"],
+        "0.10"
+    );
+    assert_eq!(
+        open(dir, "xl2.qcow2").unwrap().info().fields["extended_l2"],
+        true
+    );
 }
 
 #[test]
@@ -96,7 +108,10 @@ fn zero_clusters_and_subclusters_written_by_qemu_io() {
         assert_same(name, &read_all(&img), &qemu_raw(dir, name));
         let map = our_map(&img);
         assert_eq!(map, qemu_map(dir, name), "{name}");
-        assert!(map.iter().any(|e| e.2 == Allocation::Zero), "{name}: {map:?}");
+        assert!(
+            map.iter().any(|e| e.2 == Allocation::Zero),
+            "{name}: {map:?}"
+        );
         assert!(img.check().is_empty(), "{name}: {:?}", img.check());
         // next_data skips what holds no data.
         assert_eq!(img.next_data(1 << 20).unwrap(), Some(2 << 20));
@@ -116,12 +131,26 @@ fn backing_files_are_named_not_opened() {
     // An overlay bigger than its backing file.
     qemu_img(
         dir,
-        &["create", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "top.qcow2", "12M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+            "12M",
+        ],
     );
     qemu_io(
         dir,
         "top.qcow2",
-        &["write -P 0x44 1M 64k", "write -z 2M 64k", "write -P 0x55 10M 4k"],
+        &[
+            "write -P 0x44 1M 64k",
+            "write -z 2M 64k",
+            "write -P 0x55 10M 4k",
+        ],
     );
     let top = open(dir, "top.qcow2").unwrap();
     let b = top.backing().unwrap();
@@ -197,7 +226,11 @@ fn external_data_files() {
         ("extraw.qcow2", "data_file=extraw.data,data_file_raw=on"),
     ] {
         qemu_img(dir, &["create", "-f", "qcow2", "-o", opts, name, "4M"]);
-        qemu_io(dir, name, &["write -P 7 0 64k", "write -P 8 1M 192k", "write -z 2M 64k"]);
+        qemu_io(
+            dir,
+            name,
+            &["write -P 7 0 64k", "write -P 8 1M 192k", "write -z 2M 64k"],
+        );
         let img = open(dir, name).unwrap();
         assert_same(name, &read_all(&img), &qemu_raw(dir, name));
         assert_eq!(our_map(&img), qemu_map(dir, name), "{name}");
@@ -210,7 +243,15 @@ fn external_data_files() {
     std::fs::create_dir(&sub).unwrap();
     qemu_img(
         &sub,
-        &["create", "-f", "qcow2", "-o", "data_file=../ext.data", "out.qcow2", "4M"],
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=../ext.data",
+            "out.qcow2",
+            "4M",
+        ],
     );
     let e = open(&sub, "out.qcow2").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PathRefused, "{e}");
@@ -255,9 +296,24 @@ fn dirty_with_lazy_refcounts_reads_and_check_warns() {
     }
     let d = tempdir();
     let dir = d.path();
-    qemu_img(dir, &["create", "-f", "qcow2", "-o", "lazy_refcounts=on", "l.qcow2", "4M"]);
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "lazy_refcounts=on",
+            "l.qcow2",
+            "4M",
+        ],
+    );
     // qemu-io aborts with the image open: the dirty bit stays, refcounts are stale.
-    let _ = try_run(dir, "qemu-io", &["-c", "write -P 9 0 64k", "-c", "abort", "l.qcow2"]);
+    let _ = try_run(
+        dir,
+        "qemu-io",
+        &["-c", "write -P 9 0 64k", "-c", "abort", "l.qcow2"],
+    );
     let img = open(dir, "l.qcow2").unwrap();
     assert!(img.unclean_shutdown());
     let mut head = vec![0u8; 65536];
@@ -268,7 +324,10 @@ fn dirty_with_lazy_refcounts_reads_and_check_warns() {
         findings[0].message.contains("refcounts may be stale"),
         "{findings:?}"
     );
-    assert!(findings.iter().all(|f| f.severity == Severity::Warning), "{findings:?}");
+    assert!(
+        findings.iter().all(|f| f.severity == Severity::Warning),
+        "{findings:?}"
+    );
     assert_eq!(img.info().fields["dirty"], true);
 }
 
@@ -287,7 +346,9 @@ fn corrupt_bit_reads_and_is_reported() {
     let img = open(dir, "c.qcow2").unwrap();
     assert_same("corrupt", &read_all(&img), &qemu_raw(dir, "c.qcow2"));
     let f = img.check();
-    assert!(f.iter().any(|f| f.severity == Severity::Error && f.message.contains("corrupt")));
+    assert!(f
+        .iter()
+        .any(|f| f.severity == Severity::Error && f.message.contains("corrupt")));
     assert_eq!(img.info().fields["corrupt"], true);
 }
 
@@ -307,7 +368,11 @@ fn check_agrees_with_qemu_img_on_damaged_images() {
     let d = tempdir();
     let dir = d.path();
     qemu_img(dir, &["create", "-f", "qcow2", "good.qcow2", "8M"]);
-    qemu_io(dir, "good.qcow2", &["write -P 1 0 192k", "write -P 2 4M 64k"]);
+    qemu_io(
+        dir,
+        "good.qcow2",
+        &["write -P 1 0 192k", "write -P 2 4M 64k"],
+    );
     let good = std::fs::read(dir.join("good.qcow2")).unwrap();
     let clusters = good.len() as u64 / 65536;
 
@@ -322,7 +387,10 @@ fn check_agrees_with_qemu_img_on_damaged_images() {
     let f = img.check();
     assert_eq!(q["leaks"], 2, "{q}");
     assert!(f.iter().all(|f| f.severity == Severity::Warning), "{f:?}");
-    assert!(f.iter().any(|f| f.message.contains("2 leaked clusters")), "{f:?}");
+    assert!(
+        f.iter().any(|f| f.message.contains("2 leaked clusters")),
+        "{f:?}"
+    );
 
     // A data cluster with refcount 0: an error for both.
     let mut low = good.clone();
@@ -333,15 +401,16 @@ fn check_agrees_with_qemu_img_on_damaged_images() {
     assert!(q["corruptions"].as_u64().unwrap() >= 1, "{q}");
     let f = open(dir, "low.qcow2").unwrap().check();
     assert!(
-        f.iter().any(|f| f.severity == Severity::Error && f.message.contains("refcount 0 but 1")),
+        f.iter()
+            .any(|f| f.severity == Severity::Error && f.message.contains("refcount 0 but 1")),
         "{f:?}"
     );
 
     // Two L2 entries pointing at one cluster: overlapping data.
     let img = open(dir, "good.qcow2").unwrap();
     let l1 = img.header().raw.l1_table_offset as usize;
-    let l2 = (u64::from_be_bytes(good[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00)
-        as usize;
+    let l2 =
+        (u64::from_be_bytes(good[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00) as usize;
     let mut twice = good.clone();
     let first: [u8; 8] = twice[l2..l2 + 8].try_into().unwrap();
     twice[l2 + 8..l2 + 16].copy_from_slice(&first);
@@ -360,8 +429,15 @@ fn check_agrees_with_qemu_img_on_damaged_images() {
     assert!(q["corruptions"].as_u64().unwrap() >= 1, "{q}");
     let img = open(dir, "meta.qcow2").unwrap();
     let f = img.check();
-    assert!(f.iter().any(|f| f.message.contains("overlaps metadata")), "{f:?}");
-    assert!(f.iter().any(|f| f.message.contains("past the end of the file")), "{f:?}");
+    assert!(
+        f.iter().any(|f| f.message.contains("overlaps metadata")),
+        "{f:?}"
+    );
+    assert!(
+        f.iter()
+            .any(|f| f.message.contains("past the end of the file")),
+        "{f:?}"
+    );
     // Reading the cluster past the end is refused with one line; the rest reads.
     let mut buf = vec![0u8; 65536];
     let e = img.read_at(&mut buf, 3 * 65536).unwrap_err();

@@ -19,7 +19,11 @@ fn judge(dir: &Path, img: &str, src: &str) -> vdisk_qcow2::Qcow2Image {
     assert_eq!(q["check-errors"], 0, "{img}: {q}");
     assert!(q.get("corruptions").is_none_or(|v| v == 0), "{img}: {q}");
     assert!(q.get("leaks").is_none_or(|v| v == 0), "{img}: {q}");
-    let (same, out) = try_run(dir, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", img, src]);
+    let (same, out) = try_run(
+        dir,
+        "qemu-img",
+        &["compare", "-f", "qcow2", "-F", "raw", img, src],
+    );
     assert!(same, "{img}: {out}");
     let info: serde_json::Value =
         serde_json::from_str(&qemu_img(dir, &["info", "--output=json", img])).unwrap();
@@ -177,8 +181,11 @@ fn deltas_mask_the_parent_and_name_it() {
         let q = qemu_check(dir, name);
         assert_eq!(q["check-errors"], 0, "{q}");
         assert!(q.get("leaks").is_none_or(|v| v == 0), "{q}");
-        let (same, out) =
-            try_run(dir, "qemu-img", &["compare", "-f", "qcow2", "-F", "raw", name, "want.raw"]);
+        let (same, out) = try_run(
+            dir,
+            "qemu-img",
+            &["compare", "-f", "qcow2", "-F", "raw", name, "want.raw"],
+        );
         assert!(same, "{out}");
         let chain = qemu_img(dir, &["info", "--backing-chain", "--output=json", name]);
         let chain: serde_json::Value = serde_json::from_str(&chain).unwrap();
@@ -203,16 +210,23 @@ fn writes_are_invisible_until_finished_and_refuse_bad_input() {
     let d = tempdir();
     let dir = d.path();
     let dst = dir.join("x.qcow2");
-    let mut sink = QCOW2.create(&dst, 1 << 20, &CreateOptions::default()).unwrap();
+    let mut sink = QCOW2
+        .create(&dst, 1 << 20, &CreateOptions::default())
+        .unwrap();
     sink.put(&[(65536, &[1u8; 65536][..])]).unwrap();
     assert!(!dst.exists());
     // Out of order, misaligned, past the end.
     assert!(sink.put(&[(0, &[1u8; 65536][..])]).is_err());
-    let mut sink = QCOW2.create(&dst, 1 << 20, &CreateOptions::default()).unwrap();
+    let mut sink = QCOW2
+        .create(&dst, 1 << 20, &CreateOptions::default())
+        .unwrap();
     assert!(sink.put(&[(100, &[1u8; 100][..])]).is_err());
     assert!(sink.put(&[(1 << 20, &[1u8; 65536][..])]).is_err());
     drop(sink);
-    assert!(std::fs::read_dir(dir).unwrap().next().is_none(), "nothing left behind");
+    assert!(
+        std::fs::read_dir(dir).unwrap().next().is_none(),
+        "nothing left behind"
+    );
     for bad in [1000u64, 256, 4 << 20] {
         let e = QCOW2
             .create(
@@ -229,7 +243,10 @@ fn writes_are_invisible_until_finished_and_refuse_bad_input() {
     }
     // An existing output is refused unless replaced.
     std::fs::write(&dst, b"keep").unwrap();
-    let e = QCOW2.create(&dst, 1 << 20, &CreateOptions::default()).err().unwrap();
+    let e = QCOW2
+        .create(&dst, 1 << 20, &CreateOptions::default())
+        .err()
+        .unwrap();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists);
     let opts = CreateOptions {
         policy: OutputPolicy::replacing(),

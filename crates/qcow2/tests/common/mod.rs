@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use vdisk_core::{copy_into, Allocation, CopyOptions, DiskImage, Extent};
-use vdisk_io::{CreateOptions, FsStore, OpenContext, FileStore};
+use vdisk_io::{CreateOptions, FileStore, FsStore, OpenContext};
 use vdisk_qcow2::Qcow2Image;
 
 /// Whether qemu-img and qemu-io are here; prints a note when they are not.
@@ -103,7 +103,10 @@ pub fn read_all(img: &dyn DiskImage) -> Vec<u8> {
             s.spawn(move || img.read_at(chunk, (i * step) as u64).unwrap());
         }
     });
-    assert!(whole == pieces, "reads in pieces differ from the whole read");
+    assert!(
+        whole == pieces,
+        "reads in pieces differ from the whole read"
+    );
     whole
 }
 
@@ -171,8 +174,8 @@ pub fn make_raw(dir: &Path, name: &str, size: u64, seed: u64) -> Vec<u8> {
 /// Copy the raw file `src` of `dir` into a new qcow2 `dst` with `opts`.
 pub fn write_qcow2(dir: &Path, src: &str, dst: &str, opts: &CreateOptions) {
     let raw = vdisk_raw::RawImage::open(&dir.join(src)).unwrap();
-    let sink = vdisk_io::Format::create(&vdisk_qcow2::QCOW2, &dir.join(dst), raw.size(), opts)
-        .unwrap();
+    let sink =
+        vdisk_io::Format::create(&vdisk_qcow2::QCOW2, &dir.join(dst), raw.size(), opts).unwrap();
     copy_into(&raw, sink, &CopyOptions::default()).unwrap();
 }
 
@@ -213,7 +216,14 @@ pub fn our_map(img: &dyn DiskImage) -> Vec<(u64, u64, Allocation)> {
     img.allocation(0, img.size())
         .unwrap()
         .into_iter()
-        .map(|Extent { start, length, allocation, .. }| (start, length, allocation))
+        .map(
+            |Extent {
+                 start,
+                 length,
+                 allocation,
+                 ..
+             }| (start, length, allocation),
+        )
         .collect()
 }
 
