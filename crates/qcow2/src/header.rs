@@ -583,27 +583,13 @@ impl Header {
 }
 
 /// The first cluster of a new image: the header, the backing format extension when there
-/// is a backing file, the end marker, then the backing file name.
+/// is a backing file, the feature name table when there is room for it (it is optional),
+/// the end marker, then the backing file name.
 pub fn header_cluster(
     raw: &RawHeader,
     backing: Option<(&[u8], &str)>,
     cluster_size: u64,
 ) -> Result<Vec<u8>> {
-    let mut raw = raw.clone();
-    let mut b = raw.to_bytes();
-    let push_ext = |b: &mut Vec<u8>, kind: u32, data: &[u8]| {
-        let mut head = [0u8; 8];
-        BigEndian::write_u32(&mut head[0..], kind);
-        BigEndian::write_u32(&mut head[4..], data.len() as u32);
-        b.extend_from_slice(&head);
-        b.extend_from_slice(data);
-        b.resize(b.len().next_multiple_of(8), 0);
-    };
-    if let Some((_, format)) = backing {
-        push_ext(&mut b, ext::BACKING_FORMAT, format.as_bytes());
-    }
-    push_ext(&mut b, ext::FEATURE_NAMES, &feature_name_table());
-    push_ext(&mut b, ext::END, &[]);
     if let Some((name, _)) = backing {
         if name.is_empty() || name.len() > MAX_BACKING_NAME {
             return Err(Error::invalid(format!(
@@ -611,12 +597,39 @@ pub fn header_cluster(
                 name.len()
             )));
         }
-        raw.backing_file_offset = b.len() as u64;
-        raw.backing_file_size = name.len() as u32;
-        b.extend_from_slice(name);
-        let fields = raw.to_bytes();
-        b[..fields.len()].copy_from_slice(&fields);
     }
+    let build = |features: bool| {
+        let mut raw = raw.clone();
+        let mut b = raw.to_bytes();
+        let push_ext = |b: &mut Vec<u8>, kind: u32, data: &[u8]| {
+            let mut head = [0u8; 8];
+            BigEndian::write_u32(&mut head[0..], kind);
+            BigEndian::write_u32(&mut head[4..], data.len() as u32);
+            b.extend_from_slice(&head);
+            b.extend_from_slice(data);
+            b.resize(b.len().next_multiple_of(8), 0);
+        };
+        if let Some((_, format)) = backing {
+            push_ext(&mut b, ext::BACKING_FORMAT, format.as_bytes());
+        }
+        if features {
+            push_ext(&mut b, ext::FEATURE_NAMES, &feature_name_table());
+        }
+        push_ext(&mut b, ext::END, &[]);
+        if let Some((name, _)) = backing {
+            raw.backing_file_offset = b.len() as u64;
+            raw.backing_file_size = name.len() as u32;
+            b.extend_from_slice(name);
+            let fields = raw.to_bytes();
+            b[..fields.len()].copy_from_slice(&fields);
+        }
+        b
+    };
+    let b = build(true);
+    if b.len() as u64 <= cluster_size {
+        return Ok(b);
+    }
+    let b = build(false);
     if b.len() as u64 > cluster_size {
         return Err(Error::invalid(format!(
             "the header and backing file name take {} bytes, more than a {cluster_size}-byte cluster",

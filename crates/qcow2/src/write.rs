@@ -88,8 +88,9 @@ fn cluster_bits_of(opts: &CreateOptions) -> Result<u32> {
 }
 
 impl Qcow2Sink {
-    /// Start writing an image of `size` bytes at `dst`; `backing` (name as written, format)
-    /// makes it a delta whose all-zero blocks mask the backing file.
+    /// Start writing an image of `size` bytes (rounded up to a 512-byte sector, as qemu
+    /// counts disks) at `dst`; `backing` (name as written, format) makes it a delta whose
+    /// all-zero blocks mask the backing file.
     pub fn create(
         dst: &Path,
         size: u64,
@@ -112,6 +113,9 @@ impl Qcow2Sink {
             ));
         }
         vdisk_core::check_disk_size(size)?;
+        // qemu counts a disk in 512-byte sectors and drops a partial one: the size written
+        // is rounded up to a sector, as qemu-img rounds a raw source's.
+        let size = size.next_multiple_of(512);
         let cluster_bits = cluster_bits_of(opts)?;
         let cs = 1u64 << cluster_bits;
         let l2_entries = cs / 8;
@@ -128,7 +132,11 @@ impl Qcow2Sink {
         });
         // The header must fit in the first cluster with the backing name: check now.
         header_cluster(
-            &RawHeader::default(),
+            &RawHeader {
+                version: 3,
+                header_length: V3_HEADER_LEN,
+                ..RawHeader::default()
+            },
             backing.as_ref().map(|(n, f)| (n.as_slice(), f.as_str())),
             cs,
         )?;
@@ -464,6 +472,50 @@ mod tests {
     use super::*;
     use vdisk_io::{FsStore, OpenContext};
 
+    fn open(dst: &Path) -> crate::Qcow2Image {
+        let store = FsStore::default();
+        crate::Qcow2Image::from_bytes(
+            vdisk_io::FileStore::load(&store, dst).unwrap(),
+            &OpenContext {
+                files: &store,
+                path: dst,
+                allow_outside_paths: false,
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn odd_sizes_round_up_to_a_sector_and_small_clusters_hold_long_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("odd.qcow2");
+        let mut sink = Qcow2Sink::create(&dst, 1000, &CreateOptions::default(), None).unwrap();
+        sink.put(&[(0, &[7u8; 1000][..])]).unwrap();
+        Box::new(sink).finish().unwrap();
+        let img = open(&dst);
+        assert_eq!(vdisk_core::DiskImage::size(&img), 1024);
+        let mut buf = [0u8; 1024];
+        vdisk_core::DiskImage::read_at(&img, &mut buf, 0).unwrap();
+        assert!(buf[..1000].iter().all(|&b| b == 7) && buf[1000..].iter().all(|&b| b == 0));
+
+        // 512-byte clusters: a 300-byte backing name fits once the optional feature name
+        // table is left out; 400 bytes do not.
+        let small = CreateOptions {
+            cluster_size: Some(512),
+            ..CreateOptions::default()
+        };
+        let name = "n".repeat(300);
+        let dst = dir.path().join("small.qcow2");
+        let sink =
+            Qcow2Sink::create(&dst, 1 << 20, &small, Some((Path::new(&name), "raw"))).unwrap();
+        Box::new(sink).finish().unwrap();
+        let img = open(&dst);
+        assert_eq!(img.header().backing_file.as_deref(), Some(Path::new(&name)));
+        let long = "n".repeat(400);
+        let dst = dir.path().join("long.qcow2");
+        assert!(Qcow2Sink::create(&dst, 1 << 20, &small, Some((Path::new(&long), "raw"))).is_err());
+    }
+
     #[test]
     fn shared_host_clusters_stop_at_the_refcount_limit() {
         let dir = tempfile::tempdir().unwrap();
@@ -485,16 +537,7 @@ mod tests {
             .collect();
         sink.put(&refs).unwrap();
         Box::new(sink).finish().unwrap();
-        let store = FsStore::default();
-        let img = crate::Qcow2Image::from_bytes(
-            vdisk_io::FileStore::load(&store, &dst).unwrap(),
-            &OpenContext {
-                files: &store,
-                path: &dst,
-                allow_outside_paths: false,
-            },
-        )
-        .unwrap();
+        let img = open(&dst);
         assert!(vdisk_io::Layer::check(&img).is_empty());
         // 1024 tiny clusters, at most 3 per host cluster.
         assert!(std::fs::metadata(&dst).unwrap().len() >= 1024 / 3 * 65536);
