@@ -54,10 +54,26 @@ fn qemu_img(args: &[&str]) {
     assert!(st.success(), "qemu-img {args:?}");
 }
 
-fn time(f: impl FnOnce()) -> Duration {
+/// CPU seconds this process and its waited-for children used so far (from /proc/self/stat,
+/// in clock ticks of 10 ms).
+fn cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    // utime, stime, cutime, cstime are fields 14-17: indexes 11-14 here.
+    f.get(11..15).map_or(0.0, |v| v.iter().sum::<f64>() / 100.0)
+}
+
+/// Wall time and CPU time of `f`.
+fn time(f: impl FnOnce()) -> (Duration, f64) {
+    let c = cpu();
     let t = Instant::now();
     f();
-    t.elapsed()
+    (t.elapsed(), cpu() - c)
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -147,15 +163,20 @@ fn main() {
         }
         let mut a = Vec::new();
         let mut b = Vec::new();
+        let (mut ca, mut cb) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             if side != "qemu" {
-                a.push(time(ours));
+                let (w, c) = time(ours);
+                a.push(w);
+                ca.push(c);
             }
             let sizes = [&out, &back].map(|p| std::fs::metadata(p).map_or(0, |m| m.len()));
             let _ = std::fs::remove_file(&out);
             let _ = std::fs::remove_file(&back);
             if side != "vdisk" {
-                b.push(time(theirs));
+                let (w, c) = time(theirs);
+                b.push(w);
+                cb.push(c);
             }
             let qsizes = [&qout, &qback].map(|p| std::fs::metadata(p).map_or(0, |m| m.len()));
             if a.len() == 1 && b.len() <= 1 {
@@ -164,12 +185,20 @@ fn main() {
             let _ = std::fs::remove_file(&qout);
             let _ = std::fs::remove_file(&qback);
         }
-        let (ma, mb) = (median(a), median(b));
+        let (ma, mb) = (median(a.clone()), median(b.clone()));
+        let cpu_median = |mut v: Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or_default()
+        };
+        let (pa, pb) = (cpu_median(ca), cpu_median(cb));
         println!(
-            "{name:<20} vdisk {:>7.3} s   qemu-img {:>7.3} s   {:.2}x",
+            "{name:<20} vdisk {:>7.3} s   qemu-img {:>7.3} s   {:.2}x   (CPU: vdisk {pa:.2} s, qemu-img {pb:.2} s, {:.2}x; runs: vdisk {:?}, qemu-img {:?})",
             ma.as_secs_f64(),
             mb.as_secs_f64(),
-            mb.as_secs_f64() / ma.as_secs_f64()
+            mb.as_secs_f64() / ma.as_secs_f64(),
+            pb / pa,
+            a.iter().map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
+            b.iter().map(|d| (d.as_secs_f64() * 1000.0).round() / 1000.0).collect::<Vec<_>>(),
         );
     }
 }

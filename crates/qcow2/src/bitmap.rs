@@ -37,7 +37,7 @@ pub struct BitmapEntry {
     pub table_offset: u64,
     /// Entries of the table.
     pub table_size: u32,
-    /// [`flags`].
+    /// Flag bits: 0 in use, 1 auto (enabled), 2 extra data compatible.
     pub flags: u32,
     /// 1: dirty tracking bitmap.
     pub kind: u8,

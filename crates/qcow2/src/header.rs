@@ -245,7 +245,7 @@ pub struct BitmapsExtension {
 #[derive(Debug, Clone)]
 pub struct Header {
     /// The fields as stored.
-    pub raw: RawHeader,
+    pub(crate) raw: RawHeader,
     /// Bytes per cluster.
     pub cluster_size: u64,
     /// Virtual size in bytes.
@@ -439,6 +439,21 @@ impl Header {
             )));
         }
         Ok(h)
+    }
+
+    /// The header's version: 2 (compat 0.10) or 3 (compat 1.1).
+    pub fn version(&self) -> u32 {
+        self.raw.version
+    }
+
+    /// Where the active L1 table is in the file.
+    pub fn l1_table_offset(&self) -> u64 {
+        self.raw.l1_table_offset
+    }
+
+    /// Where the refcount table is in the file.
+    pub fn refcount_table_offset(&self) -> u64 {
+        self.raw.refcount_table_offset
     }
 
     /// Entries the active L1 table needs to map the whole disk.

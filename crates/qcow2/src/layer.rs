@@ -7,7 +7,7 @@ use vdisk_core::{Error, ErrorKind, Finding, Result};
 use vdisk_io::{Backing, BitmapInfo, Layer, LayerInfo, MetadataRegion};
 
 use crate::bitmap::{self, Bitmaps};
-use crate::header::{autoclear, incompat};
+use crate::header::incompat;
 use crate::image::Qcow2Image;
 use crate::snapshot::{format_clock, format_date};
 use crate::tables::OFFSET_MASK;
@@ -280,8 +280,6 @@ impl Layer for Qcow2Image {
             )
             .with_path(path));
         };
-        // Extension flags say the directory is consistent; the bitmap must be closed.
-        debug_assert!(self.header.raw.autoclear_features & autoclear::BITMAPS != 0);
         bitmap::read_bitmap(&self.bytes, &self.header, e, dirty).map_err(|e| e.with_path(path))
     }
 }

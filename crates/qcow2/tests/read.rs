@@ -408,7 +408,7 @@ fn check_agrees_with_qemu_img_on_damaged_images() {
 
     // Two L2 entries pointing at one cluster: overlapping data.
     let img = open(dir, "good.qcow2").unwrap();
-    let l1 = img.header().raw.l1_table_offset as usize;
+    let l1 = img.header().l1_table_offset() as usize;
     let l2 =
         (u64::from_be_bytes(good[l1..l1 + 8].try_into().unwrap()) & 0x00ff_ffff_ffff_fe00) as usize;
     let mut twice = good.clone();
