@@ -20,7 +20,7 @@ impl Format for Qcow2 {
     }
 
     fn extensions(&self) -> &'static [&'static str] {
-        &["qcow2", "qcow", "qcow2c"]
+        &["qcow2"]
     }
 
     fn probe(&self, bytes: &ProbeBytes<'_>) -> bool {

@@ -288,6 +288,11 @@ impl Header {
         if raw.magic != MAGIC {
             return Err(Error::invalid("not a qcow2 image (bad magic)"));
         }
+        if raw.version == 1 {
+            return Err(Error::unsupported(
+                "a qcow (version 1) image: vdisk reads qcow2 (versions 2 and 3)",
+            ));
+        }
         if raw.version != 2 && raw.version != 3 {
             return Err(Error::unsupported(format!(
                 "qcow2 version {} (vdisk reads versions 2 and 3)",

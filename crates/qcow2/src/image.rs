@@ -33,9 +33,11 @@ pub struct Qcow2Image {
     pub(crate) bitmaps: Bitmaps,
 }
 
-/// The first bytes of a file, enough for a probe: the qcow2 magic and a version we read.
+/// Whether a file starting with `head` is a qcow image: the magic "QFI\xfb", whatever the
+/// version, so that a version vdisk does not read (the old qcow, version 1) is refused by
+/// name when opened rather than read as a raw disk.
 pub fn probe(head: &[u8]) -> bool {
-    head.len() >= 8 && head[..4] == *b"QFI\xfb" && matches!(head[4..8], [0, 0, 0, 2 | 3])
+    head.len() >= 4 && head[..4] == *b"QFI\xfb"
 }
 
 impl Qcow2Image {

@@ -445,3 +445,36 @@ fn check_agrees_with_qemu_img_on_damaged_images() {
     assert!(!e.to_string().contains('\n'));
     img.read_at(&mut buf, 0).unwrap();
 }
+
+#[test]
+fn probe_claims_every_qcow_version_and_open_refuses_version_1() {
+    if !have_qemu() {
+        return;
+    }
+    let d = tempdir();
+    let dir = d.path();
+    qemu_img(dir, &["create", "-f", "qcow", "old.qcow", "1M"]);
+    qemu_img(dir, &["create", "-f", "qcow2", "new.qcow2", "1M"]);
+    for name in ["old.qcow", "new.qcow2"] {
+        let head = std::fs::read(dir.join(name)).unwrap();
+        let probe = vdisk_io::ProbeBytes {
+            head: &head[..head.len().min(4096)],
+            tail: &[],
+            len: head.len() as u64,
+        };
+        assert!(
+            vdisk_io::Format::probe(&vdisk_qcow2::QCOW2, &probe),
+            "{name}"
+        );
+    }
+    let e = open(dir, "old.qcow").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.to_string().contains("qcow (version 1)"), "{e}");
+    let raw = b"not a qcow image at all".to_vec();
+    let probe = vdisk_io::ProbeBytes {
+        head: &raw,
+        tail: &[],
+        len: raw.len() as u64,
+    };
+    assert!(!vdisk_io::Format::probe(&vdisk_qcow2::QCOW2, &probe));
+}
