@@ -11,6 +11,35 @@
 //! - [`QCOW2`]: the format driver the registry holds.
 //!
 //! Encrypted images (AES, LUKS) are refused by name.
+//!
+//! Written and read back:
+//!
+//! ```
+//! use vdisk_core::{copy_into, Allocation, CopyOptions, DiskImage, MemImage};
+//! use vdisk_io::{CreateOptions, Format, Layer};
+//! use vdisk_qcow2::{Qcow2Image, QCOW2};
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("disk.qcow2");
+//! // 1 MiB with text in its second 64 KiB cluster.
+//! let mut disk = vec![0u8; 1 << 20];
+//! disk[65536..65536 + 11].copy_from_slice(b"hello qcow2");
+//! let opts = CreateOptions { compress: true, ..CreateOptions::default() };
+//! let sink = QCOW2.create(&path, disk.len() as u64, &opts)?;
+//! copy_into(&MemImage::new(disk.clone()), sink, &CopyOptions::default())?;
+//!
+//! let img = Qcow2Image::open(&path)?;
+//! let mut buf = vec![0u8; 1 << 20];
+//! img.read_at(&mut buf, 0)?;
+//! assert_eq!(buf, disk);
+//! // Only the cluster with data is stored (compressed); the rest is unallocated.
+//! let map = img.allocation(0, img.size())?;
+//! assert_eq!(map[1].allocation, Allocation::Data);
+//! assert_eq!((map[1].start, map[1].length), (65536, 65536));
+//! assert!(img.check().is_empty());
+//! assert_eq!(img.info().fields["compression_type"], "zstd");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 mod bitmap;
 mod check;
