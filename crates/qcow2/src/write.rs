@@ -288,7 +288,9 @@ impl Qcow2Sink {
         }
     }
 
-    fn store(&mut self, off: u64, data: &[u8], how: Block) -> Result<()> {
+    /// Record the block at `off` stored as `how`; for a plain cluster, returns where its
+    /// bytes go (the caller writes them, joining neighbours into one write).
+    fn store(&mut self, off: u64, data: &[u8], how: Block) -> Result<Option<u64>> {
         let cs = self.cs;
         if off % cs != 0 || off >= self.size || data.len() as u64 > (self.size - off).min(cs) {
             return Err(Error::new(
@@ -309,22 +311,21 @@ impl Qcow2Sink {
         }
         self.next_guest = g + 1;
         self.select_l2(Some(g / self.l2_entries))?;
+        let mut write = None;
         let entry = match how {
             Block::Zero if self.delta => ZERO,
-            Block::Zero => return Ok(()),
+            Block::Zero => return Ok(None),
             Block::Plain => {
-                let c = self.alloc(1)?;
-                // All-zero 4 KiB pieces stay holes in the file; a short last block reads as
-                // zero to the cluster's end.
-                self.file.write_at(data, c * cs)?;
-                (c * cs) | COPIED
+                let host = self.alloc(1)? * cs;
+                write = Some(host);
+                host | COPIED
             }
             Block::Packed(bytes) => self.place_packed(&bytes)?,
         };
         let (_, table) = self.l2.as_mut().expect("selected above");
         table[(g % self.l2_entries) as usize] = entry;
         self.writeback();
-        Ok(())
+        Ok(write)
     }
 
     fn finish_inner(mut self) -> Result<()> {
@@ -424,22 +425,29 @@ impl ImageSink for Qcow2Sink {
         self.cs
     }
 
+    /// Runs of clusters come whole: clusters that land side by side in the file are written
+    /// with one call.
+    fn takes_runs(&self) -> bool {
+        true
+    }
+
     fn put(&mut self, blocks: &[(u64, &[u8])]) -> Result<()> {
         let cs = self.cs as usize;
         let compress = self.compress;
-        // Runs longer than a cluster are taken too, cut into clusters.
-        let pieces: Vec<(u64, &[u8])> = blocks
+        // Runs are cut into clusters: (run, start in the run, guest offset, bytes).
+        let pieces: Vec<(usize, usize, u64, &[u8])> = blocks
             .iter()
-            .flat_map(|&(off, data)| {
+            .enumerate()
+            .flat_map(|(r, &(off, data))| {
                 data.chunks(cs)
                     .enumerate()
-                    .map(move |(i, c)| (off + (i * cs) as u64, c))
+                    .map(move |(i, c)| (r, i * cs, off + (i * cs) as u64, c))
             })
             .collect();
         // Zero detection and compression in parallel; placing stays in order.
         let how: Vec<Block> = pieces
             .par_iter()
-            .map(|&(_, data)| {
+            .map(|&(_, _, _, data)| {
                 if is_zero(data) {
                     Block::Zero
                 } else if !compress {
@@ -454,9 +462,34 @@ impl ImageSink for Qcow2Sink {
                 }
             })
             .collect();
-        for ((off, data), how) in pieces.into_iter().zip(how) {
-            self.store(off, data, how)
-                .map_err(|e| e.with_path(&self.dst))?;
+        // Plain clusters next to each other in a run and in the file: (run, start, length,
+        // host offset), written at once.
+        let mut pending: Option<(usize, usize, usize, u64)> = None;
+        let flush = |s: &mut Self, p: (usize, usize, usize, u64)| {
+            // All-zero 4 KiB pieces stay holes in the file; a short last block reads as zero
+            // to the cluster's end.
+            s.file.write_at(&blocks[p.0].1[p.1..p.1 + p.2], p.3)
+        };
+        for ((run, start, off, data), how) in pieces.into_iter().zip(how) {
+            let Some(host) = self
+                .store(off, data, how)
+                .map_err(|e| e.with_path(&self.dst))?
+            else {
+                continue;
+            };
+            match &mut pending {
+                Some((r, s, l, h)) if *r == run && *s + *l == start && *h + *l as u64 == host => {
+                    *l += data.len()
+                }
+                _ => {
+                    if let Some(p) = pending.replace((run, start, data.len(), host)) {
+                        flush(self, p)?;
+                    }
+                }
+            }
+        }
+        if let Some(p) = pending {
+            flush(self, p)?;
         }
         Ok(())
     }
