@@ -3,7 +3,9 @@
 use std::path::Path;
 
 use vdisk_core::{ImageSink, Result};
-use vdisk_io::{Bytes, CreateOptions, DeltaParent, Format, Layer, OpenContext, ProbeBytes};
+use vdisk_io::{
+    Bytes, CreateOptions, DeltaParent, Format, ImageOutput, Layer, OpenContext, ProbeBytes,
+};
 
 use crate::{probe, Qcow2Image, Qcow2Sink};
 
@@ -52,6 +54,33 @@ impl Format for Qcow2 {
     ) -> Result<Box<dyn ImageSink>> {
         Ok(Box::new(Qcow2Sink::create(
             dst,
+            size,
+            opts,
+            Some((parent.name, parent.format)),
+        )?))
+    }
+
+    /// As [`Format::create`], into a repository's output (written front to back but for
+    /// the header).
+    fn create_in(
+        &self,
+        out: Box<dyn ImageOutput>,
+        size: u64,
+        opts: &CreateOptions,
+    ) -> Result<Box<dyn ImageSink>> {
+        Ok(Box::new(Qcow2Sink::create_in(out, size, opts, None)?))
+    }
+
+    /// As [`Format::create_delta`], into a repository's output.
+    fn create_delta_in(
+        &self,
+        out: Box<dyn ImageOutput>,
+        parent: &DeltaParent<'_>,
+        size: u64,
+        opts: &CreateOptions,
+    ) -> Result<Box<dyn ImageSink>> {
+        Ok(Box::new(Qcow2Sink::create_in(
+            out,
             size,
             opts,
             Some((parent.name, parent.format)),

@@ -3,10 +3,13 @@
 //!
 //! Layout: the header cluster, then clusters appended as they come (data, compressed data
 //! packed byte by byte as qemu packs it, each L2 table once the blocks pass its range, each
-//! refcount block once every cluster it counts is written), then the L1 table, the last
-//! refcount blocks and the refcount table; the header is written last. Memory stays at one
-//! L2 table, the L1 table and the refcounts of the clusters not yet counted in a block,
-//! whatever the disk's size. The file is unnamed until `finish` (crash-safe).
+//! refcount block once every cluster it counts is allocated), then the L1 table, the last
+//! refcount blocks and the refcount table; the header is written last. The file is written
+//! front to back but for its header, so it may go to an output that only appends (a
+//! repository's object store); within a batch, writes are made in offset order once the
+//! batch is placed. Memory stays at one L2 table, the L1 table, the refcounts of the clusters
+//! not yet counted in a block and the batch's metadata, whatever the disk's size. Nothing is
+//! visible until `finish` (crash-safe).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,7 @@ use std::path::{Path, PathBuf};
 use byteorder::{BigEndian, ByteOrder};
 use rayon::prelude::*;
 use vdisk_core::{is_zero, Error, ErrorKind, ImageSink, Result};
-use vdisk_io::{CreateOptions, SparseWriter};
+use vdisk_io::{CreateOptions, ImageOutput, OutputFile, SparseWriter, HEAD_REGION};
 
 use crate::compress::zstd_cluster;
 use crate::header::{
@@ -42,7 +45,9 @@ enum Block {
 /// A qcow2 image being written ([`ImageSink`]). Blocks are clusters; see the module docs
 /// for the layout.
 pub struct Qcow2Sink {
-    file: SparseWriter,
+    file: Box<dyn OutputFile>,
+    /// The repository output the file belongs to (`None`: a file published on its own).
+    out: Option<Box<dyn ImageOutput>>,
     dst: PathBuf,
     size: u64,
     cluster_bits: u32,
@@ -66,8 +71,13 @@ pub struct Qcow2Sink {
     counts: BTreeMap<u64, u16>,
     /// Where the next compressed bytes go when packing continues in the last cluster.
     packed: Option<u64>,
+    /// Packing may go on in a cluster after later clusters were written (a local file); an
+    /// output that only appends closes the packed cluster when another is taken.
+    repack: bool,
     /// Compressed bytes not yet written, and where they go.
     stage: (u64, Vec<u8>),
+    /// Metadata (and staged compressed bytes) to write with the batch: (offset, bytes).
+    queue: Vec<(u64, Vec<u8>)>,
     /// First byte not yet handed to writeback.
     unflushed: u64,
     /// Compressed clusters that may share a host cluster (its refcount is 16 bits).
@@ -87,6 +97,12 @@ fn cluster_bits_of(opts: &CreateOptions) -> Result<u32> {
     Ok(bits)
 }
 
+/// Where a new image goes: a file of its own, or the main file of a repository's output.
+enum Target<'a> {
+    File(&'a Path),
+    Output(Box<dyn ImageOutput>),
+}
+
 impl Qcow2Sink {
     /// Start writing an image of `size` bytes (rounded up to a 512-byte sector, as qemu
     /// counts disks) at `dst`; `backing` (name as written, format) makes it a delta whose
@@ -97,11 +113,23 @@ impl Qcow2Sink {
         opts: &CreateOptions,
         backing: Option<(&Path, &str)>,
     ) -> Result<Self> {
-        Self::create_inner(dst, size, opts, backing).map_err(|e| e.with_path(dst))
+        Self::create_inner(Target::File(dst), size, opts, backing).map_err(|e| e.with_path(dst))
+    }
+
+    /// Start writing an image of `size` bytes as the main file of `out` (a repository's
+    /// files, written front to back but for the header); see [`Qcow2Sink::create`].
+    pub fn create_in(
+        out: Box<dyn ImageOutput>,
+        size: u64,
+        opts: &CreateOptions,
+        backing: Option<(&Path, &str)>,
+    ) -> Result<Self> {
+        let dst = out.dst().to_path_buf();
+        Self::create_inner(Target::Output(out), size, opts, backing).map_err(|e| e.with_path(dst))
     }
 
     fn create_inner(
-        dst: &Path,
+        target: Target<'_>,
         size: u64,
         opts: &CreateOptions,
         backing: Option<(&Path, &str)>,
@@ -130,8 +158,9 @@ impl Qcow2Sink {
             use std::os::unix::ffi::OsStrExt;
             (name.as_os_str().as_bytes().to_vec(), format.to_string())
         });
-        // The header must fit in the first cluster with the backing name: check now.
-        header_cluster(
+        // The header must fit in the first cluster with the backing name (and, for an
+        // output that only appends, in the region written last): check now.
+        let head = header_cluster(
             &RawHeader {
                 version: 3,
                 header_length: V3_HEADER_LEN,
@@ -140,10 +169,30 @@ impl Qcow2Sink {
             backing.as_ref().map(|(n, f)| (n.as_slice(), f.as_str())),
             cs,
         )?;
-        let file = SparseWriter::create(dst, 0, &opts.policy)?;
+        let (file, out, dst, repack): (Box<dyn OutputFile>, _, _, _) = match target {
+            Target::File(dst) => (
+                Box::new(SparseWriter::create(dst, 0, &opts.policy)?),
+                None,
+                dst.to_path_buf(),
+                true,
+            ),
+            Target::Output(mut out) => {
+                if head.len() as u64 > HEAD_REGION {
+                    return Err(Error::invalid(format!(
+                        "the header and backing file name take {} bytes, more than the \
+                         {HEAD_REGION} an output written front to back keeps for them",
+                        head.len()
+                    )));
+                }
+                let file = out.create(None)?;
+                let dst = out.dst().to_path_buf();
+                (file, Some(out), dst, false)
+            }
+        };
         Ok(Qcow2Sink {
             file,
-            dst: dst.to_path_buf(),
+            out,
+            dst,
             size,
             cluster_bits,
             cs,
@@ -158,7 +207,9 @@ impl Qcow2Sink {
             reftable: Vec::new(),
             counts: BTreeMap::new(),
             packed: None,
+            repack,
             stage: (0, Vec::new()),
+            queue: Vec::new(),
             unflushed: cs,
             max_shared: u16::MAX,
         })
@@ -169,60 +220,74 @@ impl Qcow2Sink {
         self.cs * 8 / REFCOUNT_BITS
     }
 
-    /// Take `n` clusters at the end of the file.
+    /// Reserve `n` clusters at the end of the file.
     fn alloc(&mut self, n: u64) -> Result<u64> {
         let first = self.next;
         self.next = first
             .checked_add(n)
             .filter(|&e| e << self.cluster_bits < 1 << 56)
             .ok_or_else(|| Error::unsupported("the image would pass 64 PiB"))?;
-        self.emit_refblocks(false)?;
         Ok(first)
     }
 
-    /// Write the refcount blocks whose clusters are all allocated (with `all`, the last one
-    /// too). Each takes a cluster of its own, counted in whichever block covers it.
-    fn emit_refblocks(&mut self, all: bool) -> Result<()> {
+    /// Reserve clusters for something other than compressed data: an output that only
+    /// appends writes the compressed bytes gathered so far, and packing starts afresh.
+    fn alloc_other(&mut self, n: u64) -> Result<u64> {
+        if !self.repack {
+            self.flush_stage();
+            self.packed = None;
+        }
+        self.alloc(n)
+    }
+
+    /// Queue the refcount blocks whose clusters are all allocated. Each takes a cluster of
+    /// its own, counted in whichever block covers it.
+    fn emit_refblocks(&mut self) -> Result<()> {
         let per = self.per_block();
         loop {
             let b = self.reftable.len() as u64;
             let start = b * per;
             let end = start + per;
-            if !(end <= self.next || (all && start < self.next)) {
+            if end > self.next {
                 return Ok(());
             }
             // The cluster packing continues in is counted now: packing starts afresh.
             if let Some(pos) = self.packed {
-                if (pos - 1) / self.cs < end {
+                if (pos - 1) / self.cs < end || !self.repack {
                     self.packed = None;
                 }
             }
-            let own = self.next;
-            self.next += 1;
-            let upto = self.next.min(end);
-            let mut block = vec![0u8; self.cs as usize];
-            for c in start..upto {
-                let n = self.counts.remove(&c).unwrap_or(1);
-                BigEndian::write_u16(&mut block[((c - start) * 2) as usize..], n);
-            }
-            self.file.write_raw(&block, own * self.cs)?;
+            let own = self.alloc_other(1)?;
+            let block = self.refblock(start, end);
+            self.queue.push((own * self.cs, block));
             self.reftable.push(own * self.cs);
         }
     }
 
-    /// Move to the L2 table of L1 entry `index` (`None`: none), writing out the one filled.
+    /// The refcount block of clusters `[start, end)`: one each but for shared compressed
+    /// clusters, zero from `self.next` on.
+    fn refblock(&mut self, start: u64, end: u64) -> Vec<u8> {
+        let mut block = vec![0u8; self.cs as usize];
+        for c in start..end.min(self.next) {
+            let n = self.counts.remove(&c).unwrap_or(1);
+            BigEndian::write_u16(&mut block[((c - start) * 2) as usize..], n);
+        }
+        block
+    }
+
+    /// Move to the L2 table of L1 entry `index` (`None`: none), queueing the one filled.
     fn select_l2(&mut self, index: Option<u64>) -> Result<()> {
         if self.l2.as_ref().map(|t| t.0) == index {
             return Ok(());
         }
         if let Some((i, entries)) = self.l2.take() {
             if entries.iter().any(|&e| e != 0) {
-                let c = self.alloc(1)?;
+                let c = self.alloc_other(1)?;
                 let mut bytes = vec![0u8; self.cs as usize];
                 for (k, e) in entries.iter().enumerate() {
                     BigEndian::write_u64(&mut bytes[k * 8..], *e);
                 }
-                self.file.write_raw(&bytes, c * self.cs)?;
+                self.queue.push((c * self.cs, bytes));
                 self.l1[i as usize] = (c * self.cs) | COPIED;
             }
         }
@@ -230,13 +295,12 @@ impl Qcow2Sink {
         Ok(())
     }
 
-    /// Write the gathered compressed bytes.
-    fn flush_stage(&mut self) -> Result<()> {
+    /// Queue the gathered compressed bytes.
+    fn flush_stage(&mut self) {
         if !self.stage.1.is_empty() {
-            self.file.write_raw(&self.stage.1, self.stage.0)?;
-            self.stage.1.clear();
+            let bytes = std::mem::take(&mut self.stage.1);
+            self.queue.push((self.stage.0, bytes));
         }
-        Ok(())
     }
 
     /// Place compressed bytes; returns the L2 entry.
@@ -259,17 +323,14 @@ impl Qcow2Sink {
             }
             None => (self.next * cs, len.div_ceil(cs)),
         };
-        // Count the touched clusters before allocating: allocating may write their block.
+        self.alloc(fresh)?;
         for c in at / cs..=(at + len - 1) / cs {
             let n = self.counts.entry(c).or_insert(0);
             *n += 1;
         }
         self.packed = Some(at + len);
-        if fresh > 0 {
-            self.alloc(fresh)?;
-        }
         if self.stage.0 + self.stage.1.len() as u64 != at || self.stage.1.len() >= STAGE {
-            self.flush_stage()?;
+            self.flush_stage();
             self.stage.0 = at;
         }
         self.stage.1.extend_from_slice(data);
@@ -277,15 +338,6 @@ impl Qcow2Sink {
         let sectors = (at + len - 1) / 512 - at / 512;
         let shift = 62 - (self.cluster_bits - 8);
         Ok(COMPRESSED | (sectors << shift) | at)
-    }
-
-    fn writeback(&mut self) {
-        let end = self.next * self.cs;
-        if end - self.unflushed >= WRITEBACK {
-            self.file
-                .start_writeback(self.unflushed, end - self.unflushed);
-            self.unflushed = end;
-        }
     }
 
     /// Record the block at `off` stored as `how`; for a plain cluster, returns where its
@@ -314,38 +366,75 @@ impl Qcow2Sink {
         let mut write = None;
         let entry = match how {
             Block::Zero if self.delta => ZERO,
-            Block::Zero => return Ok(None),
+            Block::Zero => 0,
             Block::Plain => {
-                let host = self.alloc(1)? * cs;
+                let host = self.alloc_other(1)? * cs;
                 write = Some(host);
                 host | COPIED
             }
             Block::Packed(bytes) => self.place_packed(&bytes)?,
         };
-        let (_, table) = self.l2.as_mut().expect("selected above");
-        table[(g % self.l2_entries) as usize] = entry;
-        self.writeback();
+        if entry != 0 {
+            let (_, table) = self.l2.as_mut().expect("selected above");
+            table[(g % self.l2_entries) as usize] = entry;
+        }
+        self.emit_refblocks()?;
         Ok(write)
+    }
+
+    /// Write the queued metadata and the plain clusters `plain` (host offset, bytes) in
+    /// offset order.
+    fn write_batch(&mut self, plain: Vec<(u64, &[u8])>) -> Result<()> {
+        let queue = std::mem::take(&mut self.queue);
+        let mut ops: Vec<(u64, &[u8], bool)> =
+            plain.into_iter().map(|(o, b)| (o, b, true)).collect();
+        ops.extend(queue.iter().map(|(o, b)| (*o, b.as_slice(), false)));
+        ops.sort_unstable_by_key(|op| op.0);
+        for (off, bytes, data) in ops {
+            if data {
+                // All-zero 4 KiB pieces stay holes; a short last block reads as zero to the
+                // cluster's end.
+                self.file.write(bytes, off)?;
+            } else {
+                self.file.write_raw(bytes, off)?;
+            }
+        }
+        let end = self.next * self.cs;
+        if end - self.unflushed >= WRITEBACK {
+            self.file
+                .start_writeback(self.unflushed, end - self.unflushed);
+            self.unflushed = end;
+        }
+        Ok(())
     }
 
     fn finish_inner(mut self) -> Result<()> {
         let cs = self.cs;
-        self.flush_stage()?;
-        self.select_l2(None)?;
+        self.flush_stage();
         self.packed = None;
+        self.select_l2(None)?;
         let l1_bytes = self.l1.len() as u64 * 8;
         // An empty disk has no L1 table (offset 0, as qemu writes it).
         let l1_at = match l1_bytes {
             0 => 0,
-            n => self.alloc(n.div_ceil(cs))?,
+            n => self.alloc_other(n.div_ceil(cs))?,
         };
+        if l1_at != 0 {
+            let mut l1 = vec![0u8; l1_bytes as usize];
+            for (i, e) in self.l1.iter().enumerate() {
+                BigEndian::write_u64(&mut l1[i * 8..], *e);
+            }
+            self.queue.push((l1_at * cs, l1));
+        }
+        self.emit_refblocks()?;
 
-        // The refcount table's size: enough entries for every block, including the blocks
-        // that count the table and themselves.
+        // The last refcount blocks, then the refcount table: `total` clusters in all, with
+        // enough table entries for every block, the blocks counting the table and
+        // themselves.
         let per = self.per_block();
         let written = self.reftable.len() as u64;
         let mut r = 1u64;
-        let blocks = loop {
+        let (total, blocks) = loop {
             let mut total = self.next + r;
             loop {
                 let more = self.next + r + total.div_ceil(per) - written;
@@ -357,33 +446,25 @@ impl Qcow2Sink {
             let blocks = total.div_ceil(per);
             let need = (blocks * 8).div_ceil(cs);
             if need <= r {
-                break blocks;
+                break (total, blocks);
             }
             r = need;
         };
+        let last_blocks = self.alloc(blocks - written)?;
         let rt_at = self.alloc(r)?;
-        self.emit_refblocks(true)?;
-        if self.reftable.len() as u64 != blocks {
-            return Err(Error::new(
-                ErrorKind::Io,
-                format!(
-                    "refcount layout: {} blocks written, {blocks} planned",
-                    self.reftable.len()
-                ),
-            ));
+        debug_assert_eq!(self.next, total);
+        for (i, b) in (written..blocks).enumerate() {
+            let block = self.refblock(b * per, (b + 1) * per);
+            let at = (last_blocks + i as u64) * cs;
+            self.queue.push((at, block));
+            self.reftable.push(at);
         }
         let mut table = vec![0u8; (r * cs) as usize];
         for (i, off) in self.reftable.iter().enumerate() {
             BigEndian::write_u64(&mut table[i * 8..], *off);
         }
-        self.file.write_raw(&table, rt_at * cs)?;
-        let mut l1 = vec![0u8; l1_bytes as usize];
-        for (i, e) in self.l1.iter().enumerate() {
-            BigEndian::write_u64(&mut l1[i * 8..], *e);
-        }
-        if l1_at != 0 {
-            self.file.write_raw(&l1, l1_at * cs)?;
-        }
+        self.queue.push((rt_at * cs, table));
+        self.write_batch(Vec::new())?;
 
         let raw = RawHeader {
             magic: MAGIC,
@@ -412,11 +493,12 @@ impl Qcow2Sink {
             cs,
         )?;
         self.file.write_raw(&head, 0)?;
-        self.file
-            .file()
-            .set_len(self.next * cs)
-            .map_err(|e| Error::io("cannot size", e))?;
-        self.file.commit()
+        self.file.set_len(self.next * cs)?;
+        let sealed = self.file.seal()?;
+        match self.out {
+            Some(out) => out.commit(sealed),
+            None => sealed.publish(),
+        }
     }
 }
 
@@ -462,14 +544,9 @@ impl ImageSink for Qcow2Sink {
                 }
             })
             .collect();
-        // Plain clusters next to each other in a run and in the file: (run, start, length,
-        // host offset), written at once.
-        let mut pending: Option<(usize, usize, usize, u64)> = None;
-        let flush = |s: &mut Self, p: (usize, usize, usize, u64)| {
-            // All-zero 4 KiB pieces stay holes in the file; a short last block reads as zero
-            // to the cluster's end.
-            s.file.write_at(&blocks[p.0].1[p.1..p.1 + p.2], p.3)
-        };
+        // Plain clusters, joined where they are side by side in a run and in the file:
+        // (host offset, run, start, length).
+        let mut plain: Vec<(u64, usize, usize, usize)> = Vec::new();
         for ((run, start, off, data), how) in pieces.into_iter().zip(how) {
             let Some(host) = self
                 .store(off, data, how)
@@ -477,21 +554,19 @@ impl ImageSink for Qcow2Sink {
             else {
                 continue;
             };
-            match &mut pending {
-                Some((r, s, l, h)) if *r == run && *s + *l == start && *h + *l as u64 == host => {
+            match plain.last_mut() {
+                Some((h, r, s, l)) if *r == run && *s + *l == start && *h + *l as u64 == host => {
                     *l += data.len()
                 }
-                _ => {
-                    if let Some(p) = pending.replace((run, start, data.len(), host)) {
-                        flush(self, p)?;
-                    }
-                }
+                _ => plain.push((host, run, start, data.len())),
             }
         }
-        if let Some(p) = pending {
-            flush(self, p)?;
-        }
-        Ok(())
+        let plain = plain
+            .into_iter()
+            .map(|(h, r, s, l)| (h, &blocks[r].1[s..s + l]))
+            .collect();
+        let dst = self.dst.clone();
+        self.write_batch(plain).map_err(|e| e.with_path(dst))
     }
 
     fn finish(self: Box<Self>) -> Result<()> {

@@ -400,3 +400,146 @@ fn random_round_trips() {
         }
     }
 }
+
+/// An output that only appends, as an object store's upload: the first `HEAD_REGION` bytes
+/// may be written at any time, everything after them in order (gaps read as zero).
+struct AppendOnly {
+    dst: std::path::PathBuf,
+    done: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+struct AppendFile {
+    bytes: Vec<u8>,
+    tail: u64,
+    len: Option<u64>,
+    done: std::sync::Arc<std::sync::Mutex<Option<Vec<u8>>>>,
+}
+
+impl vdisk_io::OutputFile for AppendFile {
+    fn write(&mut self, buf: &[u8], offset: u64) -> vdisk_core::Result<()> {
+        self.write_raw(buf, offset)
+    }
+    fn write_raw(&mut self, buf: &[u8], offset: u64) -> vdisk_core::Result<()> {
+        let end = offset + buf.len() as u64;
+        // What lies past the head region must come in order.
+        let past = offset.max(vdisk_io::HEAD_REGION);
+        if end > past {
+            assert!(
+                past >= self.tail,
+                "written out of order: at {past}, after {}",
+                self.tail
+            );
+            self.tail = end;
+        }
+        if self.bytes.len() < end as usize {
+            self.bytes.resize(end as usize, 0);
+        }
+        self.bytes[offset as usize..end as usize].copy_from_slice(buf);
+        Ok(())
+    }
+    fn set_len(&mut self, len: u64) -> vdisk_core::Result<()> {
+        self.len = Some(len);
+        Ok(())
+    }
+    fn seal(mut self: Box<Self>) -> vdisk_core::Result<Box<dyn vdisk_io::SealedOutput>> {
+        if let Some(l) = self.len {
+            self.bytes.resize(l as usize, 0);
+        }
+        Ok(self)
+    }
+}
+
+impl vdisk_io::SealedOutput for AppendFile {
+    fn destination(&self) -> &Path {
+        Path::new("appended")
+    }
+    fn publish(self: Box<Self>) -> vdisk_core::Result<()> {
+        *self.done.lock().unwrap() = Some(self.bytes);
+        Ok(())
+    }
+}
+
+impl vdisk_io::ImageOutput for AppendOnly {
+    fn dst(&self) -> &Path {
+        &self.dst
+    }
+    fn exists(&self, _: &Path) -> vdisk_core::Result<bool> {
+        Ok(false)
+    }
+    fn create(&mut self, name: Option<&Path>) -> vdisk_core::Result<Box<dyn vdisk_io::OutputFile>> {
+        assert!(name.is_none(), "qcow2 is one file");
+        Ok(Box::new(AppendFile {
+            bytes: Vec::new(),
+            tail: vdisk_io::HEAD_REGION,
+            len: None,
+            done: self.done.clone(),
+        }))
+    }
+    fn keep(&mut self, _: Box<dyn vdisk_io::SealedOutput>) -> vdisk_core::Result<()> {
+        panic!("qcow2 keeps no other file")
+    }
+    fn commit(self: Box<Self>, main: Box<dyn vdisk_io::SealedOutput>) -> vdisk_core::Result<()> {
+        main.publish()
+    }
+}
+
+#[test]
+fn outputs_that_only_append() {
+    let d = tempdir();
+    let dir = d.path();
+    let src = make_raw(dir, "src.raw", 6 << 20, 4);
+    let raw = vdisk_raw::RawImage::open(&dir.join("src.raw")).unwrap();
+    for (i, (cs, compress, delta)) in [
+        (65536u64, false, false),
+        (65536, true, false),
+        (512, true, false),
+        (4096, false, true),
+        (4096, true, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let done = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let out = Box::new(AppendOnly {
+            dst: dir.join("repo.qcow2"),
+            done: done.clone(),
+        });
+        let opts = CreateOptions {
+            compress,
+            cluster_size: Some(cs),
+            ..CreateOptions::default()
+        };
+        let sink = if delta {
+            QCOW2
+                .create_delta_in(
+                    out,
+                    &DeltaParent {
+                        name: Path::new("src.raw"),
+                        format: "raw",
+                        layer: &raw,
+                    },
+                    raw.size(),
+                    &opts,
+                )
+                .unwrap()
+        } else {
+            QCOW2.create_in(out, raw.size(), &opts).unwrap()
+        };
+        copy_into(&raw, sink, &CopyOptions::default()).unwrap();
+        let bytes = done.lock().unwrap().take().expect("committed");
+        let name = format!("app{i}.qcow2");
+        std::fs::write(dir.join(&name), &bytes).unwrap();
+        let img = open(dir, &name).unwrap();
+        assert!(img.check().is_empty(), "{name}: {:?}", img.check());
+        assert_eq!(read_all(&img), src, "{name}");
+        if have_qemu() {
+            let q = qemu_check(dir, &name);
+            assert_eq!(q["check-errors"], 0, "{name}: {q}");
+            assert!(q.get("corruptions").is_none_or(|v| v == 0), "{name}: {q}");
+            assert!(q.get("leaks").is_none_or(|v| v == 0), "{name}: {q}");
+            if !delta {
+                assert_same(&name, &qemu_raw(dir, &name), &src);
+            }
+        }
+    }
+}
