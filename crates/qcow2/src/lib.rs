@@ -55,7 +55,6 @@ mod snapshot;
 mod tables;
 mod write;
 
-pub use bitmap::BitmapEntry;
 pub use format::{Qcow2, QCOW2};
 pub use header::{Compression, Header};
 pub use image::{probe, Qcow2Image};
