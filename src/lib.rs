@@ -85,6 +85,9 @@ pub use vdisk_io as io;
 pub use vdisk_nbd as nbd;
 /// vdisk-ova: the disks of OVA appliances, read in place.
 pub use vdisk_ova as ova;
+/// vdisk-qcow2: qcow2 images (QEMU, KVM, Proxmox).
+#[cfg(feature = "qcow2")]
+pub use vdisk_qcow2 as qcow2;
 /// vdisk-raw: raw images.
 pub use vdisk_raw as raw;
 /// vdisk-vdi: VDI images (VirtualBox).

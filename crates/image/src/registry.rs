@@ -9,6 +9,8 @@ use vdisk_io::{Format, ProbeBytes};
 static FORMATS: &[&dyn Format] = &[
     #[cfg(feature = "vmdk")]
     &vdisk_vmdk::VMDK,
+    #[cfg(feature = "qcow2")]
+    &vdisk_qcow2::QCOW2,
     #[cfg(feature = "vhdx")]
     &vdisk_vhdx::VHDX,
     #[cfg(feature = "vhd")]
