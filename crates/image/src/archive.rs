@@ -6,9 +6,9 @@ use vdisk_core::Result;
 use vdisk_io::{FileStore, ProbeBytes};
 use vdisk_ova::{DiskProbe, Ova};
 
+use crate::chain::{open_chain_from, OpenOptions};
 use crate::image::Archive;
 use crate::location::ImageLocation;
-use crate::open::{open_chain_from, OpenOptions};
 use crate::registry;
 
 /// The registry as an archive's judge of which members are disks: those a registered

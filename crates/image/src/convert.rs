@@ -9,9 +9,9 @@ use vdisk_core::{
 };
 use vdisk_io::{CreateOptions, FileStore, Format, Protected};
 
+use crate::chain::{open_chain, OpenOptions};
 use crate::create::{create, write_delta, DeltaOptions};
 use crate::image::Image;
-use crate::open::{open_chain, OpenOptions};
 
 /// How a conversion writes and reads.
 #[derive(Default, Clone)]

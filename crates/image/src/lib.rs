@@ -16,6 +16,7 @@
 
 #[cfg(feature = "ova")]
 mod archive;
+mod chain;
 mod convert;
 mod create;
 #[doc(hidden)]
@@ -27,6 +28,7 @@ pub mod registry;
 
 #[cfg(feature = "ova")]
 pub use archive::{open_archive, RegistryProbe};
+pub use chain::{open_chain, open_layer, probe_file, OpenOptions, MAX_CHAIN_DEPTH};
 #[cfg(feature = "vmdk")]
 pub use convert::convert_stream;
 pub use convert::{convert, for_each_stored, merge, ConvertOptions};
@@ -38,4 +40,4 @@ pub use create::{
 pub use image::Archive;
 pub use image::Image;
 pub use location::ImageLocation;
-pub use open::{open, open_chain, open_layer, open_with, probe_file, OpenOptions, MAX_CHAIN_DEPTH};
+pub use open::{open, open_with};

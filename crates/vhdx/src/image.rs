@@ -1,14 +1,14 @@
 //! A VHDX file opened as a [`Layer`]: headers, log replay, region table, metadata and BAT
 //! validated at open; then positional reads from `&self`, safe to run in parallel.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use vdisk_core::{
-    check_range, coalesce, Advice, Allocation, DiskImage, Error, Extent, FileId, Finding, Result,
+    check_range, coalesce, Advice, Allocation, DiskImage, Error, Extent, FileId, Result,
 };
-use vdisk_io::{Backing, Bytes, Layer, LayerInfo, LinkId, MetadataRegion};
+use vdisk_io::{Backing, Bytes, LinkId};
 
-use crate::bat::{BlockAllocationTable, BlockState, Geometry, BITMAP_BLOCK_SIZE};
+use crate::bat::{BlockAllocationTable, BlockState, Geometry};
 use crate::guid::Guid;
 use crate::header::{
     check_identifier, creator, Header, Region, RegionTable, HEADER1_OFFSET, HEADER2_OFFSET,
@@ -46,14 +46,14 @@ impl Subformat {
 /// An opened VHDX file (one layer: a differencing disk's parent is opened by the registry).
 #[derive(Debug)]
 pub struct VhdxImage {
-    view: FileView,
-    path: PathBuf,
-    header: Header,
-    regions: RegionTable,
+    pub(crate) view: FileView,
+    pub(crate) path: PathBuf,
+    pub(crate) header: Header,
+    pub(crate) regions: RegionTable,
     meta: Metadata,
-    bat: BlockAllocationTable,
+    pub(crate) bat: BlockAllocationTable,
     creator: String,
-    backing: Option<Backing>,
+    pub(crate) backing: Option<Backing>,
 }
 
 impl VhdxImage {
@@ -358,58 +358,5 @@ impl DiskImage for VhdxImage {
 
     fn files(&self) -> Vec<FileId> {
         self.view.bytes().id().into_iter().collect()
-    }
-}
-
-impl Layer for VhdxImage {
-    fn path(&self) -> &Path {
-        &self.path
-    }
-
-    fn backing(&self) -> Option<&Backing> {
-        self.backing.as_ref()
-    }
-
-    fn link_id(&self) -> Option<LinkId> {
-        Some(LinkId {
-            kind: LINK_KIND,
-            value: self.data_write_guid().braced(),
-        })
-    }
-
-    fn disk_usage(&self) -> u64 {
-        self.view.bytes().disk_usage()
-    }
-
-    fn info(&self) -> LayerInfo {
-        crate::check::info(self)
-    }
-
-    fn check(&self) -> Vec<Finding> {
-        crate::check::check(self)
-    }
-
-    fn metadata(&self) -> Vec<MetadataRegion> {
-        let mut ranges = vec![(0, HEADER_SECTION)];
-        let h = &self.header.raw;
-        if h.log_length > 0 {
-            ranges.push((h.log_offset, u64::from(h.log_length)));
-        }
-        ranges.push((self.regions.bat.offset, self.regions.bat.length));
-        ranges.push((self.regions.metadata.offset, self.regions.metadata.length));
-        let g = &self.bat.geometry;
-        if g.has_parent {
-            for chunk in 0..g.data_blocks.div_ceil(g.chunk_ratio) {
-                let e = self.bat.entries[g.bitmap_index(chunk) as usize];
-                if e & crate::bat::STATE_MASK == crate::bat::SB_BLOCK_PRESENT {
-                    ranges.push((e & crate::bat::OFFSET_MASK, BITMAP_BLOCK_SIZE));
-                }
-            }
-        }
-        ranges.sort_unstable();
-        vec![MetadataRegion {
-            file: self.path.clone(),
-            ranges,
-        }]
     }
 }

@@ -18,6 +18,7 @@ mod format;
 mod guid;
 mod header;
 mod image;
+mod layer;
 mod log;
 mod metadata;
 mod write;

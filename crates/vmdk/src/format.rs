@@ -7,9 +7,9 @@ use vdisk_io::{
     Bytes, CreateOptions, DeltaParent, Format, ImageOutput, Layer, OpenContext, ProbeBytes,
 };
 
+use crate::descriptor::CID_LINK;
 use crate::descriptor::{looks_like_descriptor, Descriptor};
 use crate::layer::{is_sesparse, VmdkLayer};
-use crate::descriptor::CID_LINK;
 use crate::writer::{self, Adapter, Layout, LinkSink, ParentLink, Subformat, WriteOptions};
 
 /// The VMDK format: descriptors, hosted sparse and flat extents, streamOptimized, ESXi

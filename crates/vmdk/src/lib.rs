@@ -42,12 +42,12 @@ pub mod writer;
 pub use cowd::{
     CowdExtent, CowdGrain, CowdHeader, CowdTable, COWD_GTES_PER_GT, COWD_HEADER_BYTES, COWD_MAGIC,
 };
+pub use descriptor::CID_LINK;
 pub use descriptor::{Access, Descriptor, ExtentLine, ExtentType, NO_PARENT_CID};
 pub use format::{probe, Vmdk, VMDK};
 pub use header::{HeaderFlags, RawSparseHeader, SparseHeader, GD_AT_END, SPARSE_MAGIC};
 pub use layer::{LayerExtent, VmdkLayer};
 pub use marker::{Marker, MarkerType};
-pub use descriptor::CID_LINK;
 pub use sesparse::{
     SeSparseConstHeader, SeSparseExtent, SeSparseGrain, SeSparseTable, SeSparseVolatileHeader,
     SESPARSE_CONST_MAGIC, SESPARSE_VERSION, SESPARSE_VOLATILE_MAGIC,
