@@ -71,9 +71,25 @@ pub fn chunks(start: u64, end: u64, chunk: u64) -> impl Iterator<Item = (u64, u6
     })
 }
 
-/// A chunk read from the source: (disk offset, length, buffer holding it at its start, the
-/// source's pages it brought in, forgotten once the chunk is stored).
-type Chunk<'i> = (u64, usize, Vec<u8>, ReadOnce<'i>);
+/// A chunk's bytes: read into a pooled buffer, or lent by a mapped source (a raw file), which
+/// saves a copy of every byte.
+enum ChunkBytes<'i> {
+    Read(Vec<u8>),
+    Lent(&'i [u8]),
+}
+
+impl ChunkBytes<'_> {
+    fn bytes(&self, n: usize) -> &[u8] {
+        match self {
+            ChunkBytes::Read(b) => &b[..n],
+            ChunkBytes::Lent(b) => &b[..n],
+        }
+    }
+}
+
+/// A chunk read from the source: (disk offset, length, its bytes, the source's pages it
+/// brought in, forgotten once the chunk is stored).
+type Chunk<'i> = (u64, usize, ChunkBytes<'i>, ReadOnce<'i>);
 
 /// Copy every range of `img` that holds data into `sink`, then finish it.
 ///
@@ -147,6 +163,20 @@ pub fn copy_into<'s, 'i>(
         batch
             .par_iter()
             .map(|&(off, len)| {
+                let n = len as usize;
+                let once = ReadOnce::new(img, off, len);
+                // A mapped source lends its bytes: its pages are mapped in one call here, in
+                // parallel, and the sink copies them out once (paced by bytes lent).
+                if let Some(lent) = img.mapped(off, len) {
+                    img.advise(off, len, Advice::Populate);
+                    if let Some(t) = opts.throttle {
+                        t.take(len);
+                    }
+                    if let Some(p) = opts.progress {
+                        p(len);
+                    }
+                    return Ok((off, n, ChunkBytes::Lent(lent), once));
+                }
                 let mut buf = pool
                     .lock()
                     .ok()
@@ -154,9 +184,7 @@ pub fn copy_into<'s, 'i>(
                     .unwrap_or_else(|| vec![0u8; COPY_CHUNK as usize]);
                 // Chunks never cross a COPY_CHUNK boundary, so one fits; read_at fills every
                 // byte.
-                let n = len as usize;
                 let dst = &mut buf[..n];
-                let once = ReadOnce::new(img, off, len);
                 match opts.throttle {
                     // Read in small paced pieces, so no second reads much more than the rate.
                     Some(t) => t.paced(len, |o, k| {
@@ -167,7 +195,7 @@ pub fn copy_into<'s, 'i>(
                 if let Some(p) = opts.progress {
                     p(len);
                 }
-                Ok((off, n, buf, once))
+                Ok((off, n, ChunkBytes::Read(buf), once))
             })
             .collect()
     };
@@ -175,7 +203,7 @@ pub fn copy_into<'s, 'i>(
     let store = |sink: &mut Box<dyn ImageSink + 's>, chunks: &[Chunk<'i>]| -> Result<()> {
         let mut blocks: Vec<(u64, &[u8])> = Vec::new();
         for (off, n, buf, _) in chunks {
-            let buf = &buf[..*n];
+            let buf = buf.bytes(*n);
             if runs {
                 blocks.push((*off, buf));
                 continue;
@@ -195,8 +223,18 @@ pub fn copy_into<'s, 'i>(
         stored?;
         // Read once and stored: dropping the guards drops behind the reader what the read
         // brought into the cache.
+        // A lent range is unmapped from this process (the page cache keeps it), so that a
+        // copy's memory does not grow with the disk.
+        let mut back = Vec::new();
+        for (off, n, buf, once) in pending.drain(..) {
+            match buf {
+                ChunkBytes::Read(b) => back.push(b),
+                ChunkBytes::Lent(_) => img.advise(off, n as u64, Advice::Release),
+            }
+            drop(once);
+        }
         if let Ok(mut p) = pool.lock() {
-            p.extend(pending.drain(..).map(|(_, _, buf, _)| buf));
+            p.extend(back);
         }
         *pending = fresh?;
         batch.clear();
@@ -245,6 +283,11 @@ pub fn copy_into<'s, 'i>(
     }
     step(&mut batch, &mut pending, &mut sink)?;
     store(&mut sink, &pending)?;
+    for (off, n, buf, _) in &pending {
+        if let ChunkBytes::Lent(_) = buf {
+            img.advise(*off, *n as u64, Advice::Release);
+        }
+    }
     drop(pending);
     sink.finish()?;
     Ok(CopyStats { size, bytes_read })
