@@ -11,7 +11,7 @@ use vdisk_io::{Backing, Bytes, Layer, LayerInfo, LinkId, MetadataRegion};
 
 use crate::descriptor::cid_link;
 
-use crate::layer::{LayerRun, Storage, VmdkLayer};
+use crate::layer::{LayerRun, VmdkLayer};
 
 impl VmdkLayer {
     /// Hand `f` the file ranges reads of `len` bytes at `offset` would touch in this layer:
@@ -118,21 +118,21 @@ impl DiskImage for VmdkLayer {
         "vmdk"
     }
 
-    /// A range inside one flat extent is handed out straight from the extent file's memory
-    /// map.
+    /// A range stored contiguously in one file (inside a flat extent, or grains of a sparse
+    /// extent that follow each other in its file, as writers append them) is handed out
+    /// straight from the file's memory map.
     fn mapped(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        let ext = self.extents.get(self.extent_index(offset))?;
-        let Storage::Flat {
-            file, offset: base, ..
-        } = &ext.storage
-        else {
-            return None;
-        };
-        let within = offset.checked_sub(ext.start)?;
-        if within.checked_add(len)? > ext.len {
+        if len == 0 || offset.checked_add(len)? > self.size {
             return None;
         }
-        let start = usize::try_from(base.checked_add(within)?).ok()?;
+        let (n, run) = self.run_at(offset, len).ok()?;
+        let LayerRun::File(file, at) = run else {
+            return None;
+        };
+        if n < len || at.checked_add(len)? > file.len() {
+            return None;
+        }
+        let start = usize::try_from(at).ok()?;
         file.slice()?
             .get(start..start.checked_add(usize::try_from(len).ok()?)?)
     }
@@ -140,28 +140,9 @@ impl DiskImage for VmdkLayer {
     fn advise(&self, offset: u64, len: u64, advice: Advice) {
         match advice {
             Advice::Paced => self.read_as_asked(),
-            Advice::ReadOnce | Advice::Forget => {
-                self.each_file_range(offset, len, |b, at, n| b.advise(at, n, advice))
-            }
-            Advice::Populate | Advice::Release => {
-                // Only flat extents are mapped for readers (`mapped`).
-                let end = offset.saturating_add(len).min(self.size);
-                let mut off = offset;
-                while off < end {
-                    let Some(ext) = self.extents.get(self.extent_index(off)) else {
-                        return;
-                    };
-                    let stop = end.min(ext.start + ext.len);
-                    if let Storage::Flat {
-                        file, offset: base, ..
-                    } = &ext.storage
-                    {
-                        file.advise(base.saturating_add(off - ext.start), stop - off, advice);
-                    }
-                    off = stop;
-                }
-            }
-            _ => {}
+            // The files' ranges behind the disk's: flat extents, and sparse grains (mapped
+            // when they lie one after the other; see `mapped`).
+            _ => self.each_file_range(offset, len, |b, at, n| b.advise(at, n, advice)),
         }
     }
 
