@@ -150,7 +150,8 @@ pub fn copy_into<'s, 'i>(
     let size = img.size();
     let bs = sink.block_size();
     let mut bytes_read = 0u64;
-    if opts.throttle.is_some_and(|t| t.rate().is_some()) {
+    let paced = opts.throttle.is_some_and(|t| t.rate().is_some());
+    if paced {
         img.advise(0, size, Advice::Paced);
     }
     let mut pending: Vec<Chunk<'i>> = Vec::new();
@@ -166,12 +167,11 @@ pub fn copy_into<'s, 'i>(
                 let n = len as usize;
                 let once = ReadOnce::new(img, off, len);
                 // A mapped source lends its bytes: its pages are mapped in one call here, in
-                // parallel, and the sink copies them out once (paced by bytes lent).
-                if let Some(lent) = img.mapped(off, len) {
+                // parallel, and the sink copies them out once. Not when reads are paced:
+                // mapping 4 MiB at once would read it in one burst.
+                let lent = if paced { None } else { img.mapped(off, len) };
+                if let Some(lent) = lent {
                     img.advise(off, len, Advice::Populate);
-                    if let Some(t) = opts.throttle {
-                        t.take(len);
-                    }
                     if let Some(p) = opts.progress {
                         p(len);
                     }
