@@ -92,7 +92,7 @@ fn bench(dir: &Path, size: u64) -> std::io::Result<()> {
             }
         } else if roll < 35 {
             let start = first + rng.below(per_region - 16 + 1);
-            let what = if roll % 2 == 0 {
+            let what = if roll.is_multiple_of(2) {
                 EsxGrain::Zero
             } else {
                 EsxGrain::Unmapped

@@ -386,7 +386,7 @@ fn serve(
         if let Some(d) = f.delay {
             std::thread::sleep(d);
         }
-        if f.fail_every.is_some_and(|k| n % k == 0) {
+        if f.fail_every.is_some_and(|k| n.is_multiple_of(k)) {
             client.write_all(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             )?;
@@ -394,7 +394,7 @@ fn serve(
             let _ = server.shutdown(Shutdown::Both);
             return Ok(());
         }
-        if f.drop_every.is_some_and(|k| n % k == 0) {
+        if f.drop_every.is_some_and(|k| n.is_multiple_of(k)) {
             let _ = client.shutdown(Shutdown::Both);
             let _ = server.shutdown(Shutdown::Both);
             return Ok(());

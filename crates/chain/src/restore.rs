@@ -173,7 +173,7 @@ impl DiskImage for CheckedPoint {
         let end = offset + buf.len() as u64;
         let first = offset / GRAIN;
         let last = (end - 1) / GRAIN;
-        if offset % GRAIN == 0 && (end % GRAIN == 0 || end == self.size) {
+        if offset.is_multiple_of(GRAIN) && (end.is_multiple_of(GRAIN) || end == self.size) {
             // Whole grains (what a copy asks for: the allocation map is in whole grains).
             self.image.read_at(buf, offset)?;
             for b in first..=last {

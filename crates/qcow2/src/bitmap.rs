@@ -282,7 +282,7 @@ pub fn read_bitmap(
             }
             continue;
         }
-        if off % cs != 0 || off.checked_add(cs).is_none_or(|end| end > file_len) {
+        if !off.is_multiple_of(cs) || off.checked_add(cs).is_none_or(|end| end > file_len) {
             return Err(Error::corrupt(format!(
                 "bitmap {} data cluster {i} at offset {off} is unaligned or past the end of the file",
                 e.name

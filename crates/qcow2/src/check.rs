@@ -181,7 +181,7 @@ impl Checker<'_> {
     }
 
     fn aligned(&mut self, what: &str, off: u64) -> bool {
-        if off % self.cs != 0 {
+        if !off.is_multiple_of(self.cs) {
             self.report(
                 Kind::Table,
                 Severity::Error,
@@ -209,7 +209,7 @@ impl Checker<'_> {
             if l2 == 0 {
                 continue;
             }
-            if l2 % self.cs != 0 {
+            if !l2.is_multiple_of(self.cs) {
                 self.report(
                     Kind::Entry,
                     Severity::Error,
@@ -463,7 +463,7 @@ impl Checker<'_> {
         let mut walked = std::collections::HashSet::new();
         for (i, &e) in img.l1.iter().enumerate() {
             let off = e & OFFSET_MASK;
-            if off == 0 || off % cs != 0 || off + cs > self.len {
+            if off == 0 || !off.is_multiple_of(cs) || off + cs > self.len {
                 continue;
             }
             let rc = stored.get(off / cs);
@@ -491,7 +491,7 @@ impl Checker<'_> {
                     }
                     continue;
                 }
-                if host == 0 || geo.external_data || host % cs != 0 || host >= self.len {
+                if host == 0 || geo.external_data || !host.is_multiple_of(cs) || host >= self.len {
                     continue;
                 }
                 let rc = stored.get(host / cs);

@@ -437,7 +437,7 @@ impl Header {
                 file_len,
             )?;
         }
-        if raw.refcount_table_offset % cluster_size != 0 {
+        if !raw.refcount_table_offset.is_multiple_of(cluster_size) {
             return Err(bad(format!(
                 "refcount table offset {} is not aligned to a cluster",
                 raw.refcount_table_offset
@@ -501,7 +501,7 @@ impl Header {
         if len == 0 {
             return Ok(());
         }
-        if offset % self.cluster_size != 0 || offset == 0 {
+        if !offset.is_multiple_of(self.cluster_size) || offset == 0 {
             return Err(bad(format!(
                 "{what} offset {offset} is not a cluster boundary past the header"
             )));

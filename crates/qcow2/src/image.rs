@@ -162,7 +162,7 @@ impl Qcow2Image {
         }
         let cs = self.geo.cluster_size;
         let len = self.bytes.len();
-        if off % cs != 0 {
+        if !off.is_multiple_of(cs) {
             return Err(Error::corrupt(format!(
                 "L1 entry {index} points at offset {off:#x}, not a cluster boundary"
             )));

@@ -163,7 +163,7 @@ impl Qcow2Image {
         add(h.raw.l1_table_offset, u64::from(h.raw.l1_size) * 8);
         for &e in &self.l1 {
             let off = e & OFFSET_MASK;
-            if off != 0 && off % cs == 0 {
+            if off != 0 && off.is_multiple_of(cs) {
                 add(off, cs);
             }
         }
@@ -175,7 +175,7 @@ impl Qcow2Image {
             if self.bytes.read_at(&mut table, rt).is_ok() {
                 for e in table.chunks_exact(8) {
                     let off = u64::from_be_bytes(e.try_into().expect("8 bytes")) & OFFSET_MASK;
-                    if off != 0 && off % cs == 0 {
+                    if off != 0 && off.is_multiple_of(cs) {
                         add(off, cs);
                     }
                 }

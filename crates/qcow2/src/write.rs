@@ -344,7 +344,10 @@ impl Qcow2Sink {
     /// bytes go (the caller writes them, joining neighbours into one write).
     fn store(&mut self, off: u64, data: &[u8], how: Block) -> Result<Option<u64>> {
         let cs = self.cs;
-        if off % cs != 0 || off >= self.size || data.len() as u64 > (self.size - off).min(cs) {
+        if !off.is_multiple_of(cs)
+            || off >= self.size
+            || data.len() as u64 > (self.size - off).min(cs)
+        {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
                 format!(

@@ -93,7 +93,7 @@ pub(crate) fn for_each_run(
         let whole = if set { 0xff } else { 0 };
         let mut e = s + 1;
         while e < end {
-            if e % 8 == 0 && e + 8 <= end {
+            if e.is_multiple_of(8) && e + 8 <= end {
                 let byte = bitmap.get((e / 8) as usize).copied().unwrap_or(0);
                 if byte == whole {
                     e += 8;

@@ -248,7 +248,10 @@ impl FileView {
             length: u64::from(h.log_length),
             guid: h.log_guid,
         };
-        if log.offset < HEADER_SECTION || log.offset % MIB != 0 || log.length % MIB != 0 {
+        if log.offset < HEADER_SECTION
+            || !log.offset.is_multiple_of(MIB)
+            || !log.length.is_multiple_of(MIB)
+        {
             return Err(Error::corrupt(format!(
                 "log ({} bytes at {}) is not 1 MiB-aligned after the header section",
                 log.length, log.offset

@@ -325,7 +325,7 @@ impl VhdxSink {
         let last = (offset + len).div_ceil(ss) - chunk * sectors_per_chunk;
         let mut s = first;
         while s < last {
-            if s % 8 == 0 && last - s >= 8 {
+            if s.is_multiple_of(8) && last - s >= 8 {
                 bits[(s / 8) as usize] = 0xff;
                 s += 8;
             } else {

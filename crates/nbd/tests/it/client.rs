@@ -297,7 +297,7 @@ impl Client {
                     r.holes += 1;
                 }
                 TYPE_BLOCK_STATUS => {
-                    assert!(p.len() >= 12 && (p.len() - 4) % 8 == 0);
+                    assert!(p.len() >= 12 && (p.len() - 4).is_multiple_of(8));
                     r.context = Some(be32(p));
                     for d in p[4..].chunks(8) {
                         r.status.push((be32(d), be32(&d[4..])));

@@ -579,7 +579,7 @@ impl vdisk_core::DiskImage for ShreddedImage {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_core::Result<()> {
         vdisk_core::check_range(self.size(), offset, buf.len() as u64)?;
         for (i, b) in buf.iter_mut().enumerate() {
-            *b = if (offset + i as u64) / 512 % 2 == 0 {
+            *b = if ((offset + i as u64) / 512).is_multiple_of(2) {
                 0x5a
             } else {
                 0
@@ -593,7 +593,7 @@ impl vdisk_core::DiskImage for ShreddedImage {
         let mut pos = offset;
         while pos < offset + length {
             let end = ((pos / 512 + 1) * 512).min(offset + length);
-            let allocation = if pos / 512 % 2 == 0 {
+            let allocation = if (pos / 512).is_multiple_of(2) {
                 vdisk_core::Allocation::Data
             } else {
                 vdisk_core::Allocation::Unallocated
