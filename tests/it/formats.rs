@@ -122,3 +122,362 @@ fn a_refused_format_changes_nothing_in_an_existing_repository() {
     after.sort();
     assert!(before == after, "the repository changed");
 }
+
+/// What `qemu-img` calls each format vdisk writes, and the extension that selects it.
+const WRITERS: &[(&str, &str)] = &[
+    ("raw", "raw"),
+    ("vmdk", "vmdk"),
+    ("qcow2", "qcow2"),
+    ("vhdx", "vhdx"),
+    ("vpc", "vhd"),
+];
+
+/// `qemu-img info --output=json` of `img`, parsed.
+fn qemu_info(dir: &Path, img: &str, chain: bool) -> serde_json::Value {
+    let mut args = vec!["info", "--output=json"];
+    if chain {
+        args.push("--backing-chain");
+    }
+    args.push(img);
+    serde_json::from_str(&qemu_img(dir, &args)).unwrap()
+}
+
+#[test]
+fn every_format_converts_to_every_format_by_its_name_and_qemu_agrees() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::interop::mixed_source(dir, "src.raw");
+    for &(qfrom, efrom) in WRITERS {
+        let src = format!("src.{efrom}");
+        if qfrom != "raw" {
+            qemu_img(dir, &["convert", "-f", "raw", "-O", qfrom, "src.raw", &src]);
+        }
+        for &(qto, eto) in WRITERS {
+            let dst = format!("from-{efrom}.{eto}");
+            // No -O: the output's name decides its format.
+            vdisk_in(dir, &["convert", &src, &dst]).expect_code(0, &dst);
+            let info = qemu_info(dir, &dst, false);
+            assert_eq!(info["format"], qto, "{src} -> {dst}");
+            qemu_img(dir, &["compare", "-f", qfrom, "-F", qto, &src, &dst]);
+            if matches!(qto, "qcow2" | "vmdk" | "vhdx") {
+                qemu_img(dir, &["check", "-f", qto, &dst]);
+            }
+            // And vdisk reads back what it wrote, as the source.
+            let d = vdisk_in(dir, &["diff", &src, &dst]);
+            d.expect_code(0, &format!("diff {src} {dst}"));
+        }
+    }
+}
+
+#[test]
+fn an_output_format_that_contradicts_the_name_is_refused() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::interop::mixed_source(dir, "src.raw");
+    let r = vdisk_in(dir, &["convert", "src.raw", "out.qcow2", "-O", "vhdx"]);
+    r.expect_code(2, "-O vhdx to a .qcow2");
+    assert!(r.stderr.contains("the name says qcow2"), "{}", r.stderr);
+    assert!(!dir.join("out.qcow2").exists());
+    // A name that says nothing takes any format.
+    vdisk_in(dir, &["convert", "src.raw", "out.img", "-O", "qcow2"]).expect_code(0, "out.img");
+    assert_eq!(qemu_info(dir, "out.img", false)["format"], "qcow2");
+    // A format vdisk reads but does not write is refused by name.
+    let r = vdisk_in(dir, &["convert", "src.raw", "out.vdi"]);
+    assert!(
+        r.code == Some(0),
+        "a .vdi name is not a format vdisk writes: raw"
+    );
+    let r = vdisk_in(dir, &["convert", "src.raw", "x.bin", "-O", "vdi"]);
+    r.expect_code(2, "-O vdi");
+    assert!(r.stderr.contains("does not write"), "{}", r.stderr);
+}
+
+#[test]
+fn chains_mix_formats_a_qcow2_over_a_vmdk_and_a_raw_file() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::interop::mixed_source(dir, "src.raw");
+    qemu_img(
+        dir,
+        &["convert", "-f", "raw", "-O", "vmdk", "src.raw", "base.vmdk"],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.vmdk",
+            "-F",
+            "vmdk",
+            "mid.qcow2",
+        ],
+    );
+    qemu_io(
+        dir,
+        "qcow2",
+        "mid.qcow2",
+        &["write -P 0x61 64k 192k", "write -z 1M 64k"],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu_io(dir, "qcow2", "top.qcow2", &["write -P 0x62 100k 5k"]);
+    let info: serde_json::Value =
+        serde_json::from_str(&vdisk_in(dir, &["info", "--json", "top.qcow2"]).stdout).unwrap();
+    let formats: Vec<&str> = info["chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["format"].as_str().unwrap())
+        .collect();
+    assert_eq!(formats, ["qcow2", "qcow2", "vmdk"]);
+    qemu_img(dir, &["convert", "-O", "raw", "top.qcow2", "qemu.raw"]);
+    vdisk_in(dir, &["convert", "top.qcow2", "vdisk.raw"]).expect_code(0, "convert chain");
+    assert_same_bytes(&dir.join("qemu.raw"), &dir.join("vdisk.raw"));
+    // A qcow2 over a raw file.
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "src.raw",
+            "-F",
+            "raw",
+            "over-raw.qcow2",
+        ],
+    );
+    qemu_io(dir, "qcow2", "over-raw.qcow2", &["write -P 0x63 0 4k"]);
+    vdisk_in(dir, &["convert", "over-raw.qcow2", "b.raw"]).expect_code(0, "over raw");
+    qemu_img(dir, &["compare", "-F", "raw", "over-raw.qcow2", "b.raw"]);
+}
+
+#[test]
+fn deltas_in_each_format_name_old_relatively_and_read_as_new() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::interop::mixed_source(dir, "old.raw");
+    let mut new = std::fs::read(dir.join("old.raw")).unwrap();
+    new[70_000..80_000].fill(0x5a);
+    new[(2 << 20)..(2 << 20) + 65536].fill(0); // zeroed: must mask the parent
+    std::fs::write(dir.join("new.raw"), &new).unwrap();
+    for (qemu, ext) in [
+        ("qcow2", "qcow2"),
+        ("vhdx", "vhdx"),
+        ("vpc", "vhd"),
+        ("vmdk", "vmdk"),
+    ] {
+        let old = format!("old.{ext}");
+        qemu_img(dir, &["convert", "-f", "raw", "-O", qemu, "old.raw", &old]);
+        let delta = format!("delta.{ext}");
+        let r = vdisk_in(dir, &["diff", &old, "new.raw", "--delta", &delta]);
+        r.expect_code(1, &delta);
+        // Read through the delta (vdisk follows the parent the delta names), the disk is new.
+        vdisk_in(dir, &["diff", &delta, "new.raw"]).expect_code(0, &delta);
+        let info: serde_json::Value =
+            serde_json::from_str(&vdisk_in(dir, &["info", "--json", &delta]).stdout).unwrap();
+        assert_eq!(info["chain"].as_array().unwrap().len(), 2, "{delta}");
+        // qemu follows qcow2 and VMDK parents (it does not read VHDX or VHD differencing
+        // disks).
+        if matches!(qemu, "qcow2" | "vmdk") {
+            qemu_img(dir, &["compare", "-F", "raw", &delta, "new.raw"]);
+            qemu_img(dir, &["check", &delta]);
+            let chain = qemu_info(dir, &delta, true);
+            assert_eq!(
+                chain[1]["filename"],
+                old.as_str(),
+                "{delta}: named relatively"
+            );
+        }
+    }
+}
+
+#[test]
+fn merge_collapses_a_qcow2_chain_whole_or_above_a_base() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    qemu_img(dir, &["create", "-q", "-f", "qcow2", "base.qcow2", "8M"]);
+    qemu_io(dir, "qcow2", "base.qcow2", &["write -P 0x11 0 4M"]);
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "mid.qcow2",
+        ],
+    );
+    qemu_io(
+        dir,
+        "qcow2",
+        "mid.qcow2",
+        &["write -P 0x22 1M 1M", "write -z 3M 64k"],
+    );
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "mid.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu_io(dir, "qcow2", "top.qcow2", &["write -P 0x33 6M 64k"]);
+    vdisk_in(dir, &["merge", "top.qcow2", "-o", "whole.qcow2"]).expect_code(0, "merge");
+    assert!(qemu_info(dir, "whole.qcow2", false)
+        .get("backing-filename")
+        .is_none());
+    qemu_img(dir, &["compare", "top.qcow2", "whole.qcow2"]);
+    qemu_img(dir, &["check", "whole.qcow2"]);
+    vdisk_in(
+        dir,
+        &[
+            "merge",
+            "top.qcow2",
+            "-o",
+            "above.qcow2",
+            "--base",
+            "base.qcow2",
+        ],
+    )
+    .expect_code(0, "merge --base");
+    let chain = qemu_info(dir, "above.qcow2", true);
+    assert_eq!(chain[1]["filename"], "base.qcow2");
+    qemu_img(dir, &["compare", "top.qcow2", "above.qcow2"]);
+    qemu_img(dir, &["check", "above.qcow2"]);
+}
+
+#[test]
+fn qcow2_info_lists_snapshots_and_bitmaps_and_check_finds_leaks() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    qemu_img(dir, &["create", "-q", "-f", "qcow2", "d.qcow2", "4M"]);
+    qemu_io(dir, "qcow2", "d.qcow2", &["write -P 0x11 0 1M"]);
+    qemu_img(dir, &["snapshot", "-c", "before-upgrade", "d.qcow2"]);
+    qemu_img(dir, &["bitmap", "--add", "d.qcow2", "daily"]);
+    let r = vdisk_in(dir, &["info", "d.qcow2"]);
+    r.expect_code(0, "info");
+    assert!(r.stdout.contains("before-upgrade"), "{}", r.stdout);
+    assert!(r.stdout.contains("daily"), "{}", r.stdout);
+    let j: serde_json::Value =
+        serde_json::from_str(&vdisk_in(dir, &["info", "--json", "d.qcow2"]).stdout).unwrap();
+    let text = j.to_string();
+    assert!(
+        text.contains("before-upgrade") && text.contains("daily"),
+        "{text}"
+    );
+    vdisk_in(dir, &["check", "d.qcow2"]).expect_code(0, "clean");
+    // A leaked cluster: bump the refcount of a cluster past the end of what is used, by
+    // appending a cluster and counting it (qemu-img check -r leaks would free it again).
+    qemu_img(dir, &["create", "-q", "-f", "qcow2", "leak.qcow2", "4M"]);
+    qemu_io(dir, "qcow2", "leak.qcow2", &["write -P 0x11 0 128k"]);
+    qemu_io(dir, "qcow2", "leak.qcow2", &["discard 0 64k"]);
+    let q = run({
+        let mut c = std::process::Command::new("qemu-img");
+        c.args(["check", "leak.qcow2"]).current_dir(dir);
+        c
+    });
+    let r = vdisk_in(dir, &["check", "--json", "leak.qcow2"]);
+    // vdisk agrees with qemu-img on whether the image is clean.
+    let clean = serde_json::from_str::<serde_json::Value>(&r.stdout).unwrap()["clean"] == true;
+    assert_eq!(
+        clean,
+        q.code == Some(0),
+        "vdisk: {} qemu: {}",
+        r.stdout,
+        q.stdout
+    );
+}
+
+#[test]
+fn compressed_qcow2_is_zstd_and_reads_back() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::interop::mixed_source(dir, "src.raw");
+    vdisk_in(dir, &["convert", "src.raw", "c.qcow2", "--compress"]).expect_code(0, "compress");
+    let info = qemu_info(dir, "c.qcow2", false);
+    assert_eq!(info["format-specific"]["data"]["compression-type"], "zstd");
+    qemu_img(dir, &["compare", "-F", "raw", "c.qcow2", "src.raw"]);
+    qemu_img(dir, &["check", "c.qcow2"]);
+    let plain = std::fs::metadata(dir.join("src.raw")).unwrap().len();
+    let packed = std::fs::metadata(dir.join("c.qcow2")).unwrap().len();
+    assert!(packed < plain, "{packed} >= {plain}");
+}
+
+#[test]
+fn every_format_backs_up_restores_and_serves() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    crate::interop::mixed_source(dir, "src.raw");
+    for (qemu, ext) in [
+        ("qcow2", "qcow2"),
+        ("vhdx", "vhdx"),
+        ("vpc", "vhd"),
+        ("vdi", "vdi"),
+    ] {
+        let img = format!("d.{ext}");
+        qemu_img(dir, &["convert", "-f", "raw", "-O", qemu, "src.raw", &img]);
+        let repo = format!("repo-{ext}");
+        vdisk_in(dir, &["backup", &img, &repo]).expect_code(0, &img);
+        let out = format!("restored-{ext}.raw");
+        vdisk_in(dir, &["restore", &repo, &out]).expect_code(0, &out);
+        qemu_img(dir, &["compare", "-f", "raw", "-F", qemu, &out, &img]);
+        let h = format!("h-{ext}");
+        vdisk_in(dir, &["hash", &img, "-o", &h]).expect_code(0, &h);
+        // (Some formats round the size up: the image, not src.raw, is what was hashed.)
+        vdisk_in(dir, &["diff", &h, &out]).expect_code(0, "diff by manifest");
+    }
+    // Serve a qcow2 chain over NBD; qemu-img reads it as the disk.
+    qemu_img(
+        dir,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            "d.qcow2",
+            "-F",
+            "qcow2",
+            "top.qcow2",
+        ],
+    );
+    qemu_io(dir, "qcow2", "top.qcow2", &["write -P 0x44 4k 8k"]);
+    let sock = dir.join("s.sock");
+    let served = serve(dir, &["top.qcow2", "--socket", sock.to_str().unwrap()]);
+    qemu_img(dir, &["compare", "-F", "qcow2", &served.uri, "top.qcow2"]);
+}
