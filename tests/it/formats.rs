@@ -481,3 +481,68 @@ fn every_format_backs_up_restores_and_serves() {
     let served = serve(dir, &["top.qcow2", "--socket", sock.to_str().unwrap()]);
     qemu_img(dir, &["compare", "-F", "qcow2", &served.uri, "top.qcow2"]);
 }
+
+/// Decompress `fixtures/realworld/NAME.bz2` into `dir/NAME`.
+fn realworld(dir: &Path, name: &str) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/realworld")
+        .join(format!("{name}.bz2"));
+    let out = std::process::Command::new("bunzip2")
+        .arg("-c")
+        .arg(&src)
+        .output()
+        .expect("bunzip2 (Debian's bzip2) runs");
+    assert!(out.status.success(), "bunzip2 {src:?}");
+    std::fs::write(dir.join(name), out.stdout).unwrap();
+}
+
+#[test]
+fn images_made_by_hyper_v_virtual_pc_disk2vhd_and_esxi_read_as_qemu_reads_them() {
+    require_qemu();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    for (name, qemu) in [
+        ("hyperv2012r2-dynamic.vhd", "vpc"),
+        ("virtualpc-dynamic.vhd", "vpc"),
+        ("d2v-zerofilled.vhd", "vpc"),
+        ("iotest-dynamic-1G.vhdx", "vhdx"),
+        ("test-disk2vhd.vhdx", "vhdx"),
+        ("iotest-version3.vmdk", "vmdk"),
+    ] {
+        realworld(dir, name);
+        vdisk_in(dir, &["check", name]).expect_code(0, name);
+        let v = format!("{name}.vdisk.raw");
+        vdisk_in(dir, &["convert", name, &v]).expect_code(0, name);
+        // qemu-img compare reads both, holes and all, without a second copy on disk.
+        qemu_img(dir, &["compare", "-f", qemu, "-F", "raw", name, &v]);
+        std::fs::remove_file(dir.join(&v)).unwrap();
+    }
+    // A log left to replay: vdisk replays it in memory, qemu-img only on a writable copy.
+    let name = "iotest-dirtylog-10G-4M.vhdx";
+    realworld(dir, name);
+    let before = std::fs::read(dir.join(name)).unwrap();
+    vdisk_in(dir, &["convert", name, "dirty.vdisk.raw"]).expect_code(0, name);
+    assert!(
+        std::fs::read(dir.join(name)).unwrap() == before,
+        "a reader wrote the log back"
+    );
+    std::fs::copy(dir.join(name), dir.join("copy.vhdx")).unwrap();
+    qemu_img(dir, &["check", "-r", "all", "copy.vhdx"]);
+    qemu_img(
+        dir,
+        &[
+            "compare",
+            "-f",
+            "vhdx",
+            "-F",
+            "raw",
+            "copy.vhdx",
+            "dirty.vdisk.raw",
+        ],
+    );
+    // A format no driver reads is refused by name.
+    realworld(dir, "parallels-v1");
+    let r = vdisk_in(dir, &["info", "parallels-v1"]);
+    r.expect_code(2, "parallels");
+    assert!(r.stderr.contains("a Parallels image"), "{}", r.stderr);
+}
