@@ -7,7 +7,7 @@ use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
 use vdisk_core::{
     copy_into, write_delta_from, Advice, CopyOptions, DeltaStats, DeltaTarget, DiskImage, Error,
-    ErrorKind, ImageSink, Result, Throttle,
+    ErrorKind, ImageSink, Progress, Result, Throttle,
 };
 use vdisk_diff::{
     block_hash, diff_manifest_each, Manifest, ManifestBytes, ManifestWriter, ScanOptions,
@@ -32,8 +32,9 @@ pub struct BackupOptions<'a> {
     pub changed: Option<ChangeMap>,
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Progress callback (bytes of disk done).
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Told of bytes read from the source and of ranges passed over (unallocated or
+    /// unchanged).
+    pub progress: Option<&'a dyn Progress>,
 }
 
 /// What a backup did.
@@ -308,9 +309,18 @@ impl Repository {
                 let edge = prev.size.min(size) / GRAIN;
                 map.set_blocks(edge, size.div_ceil(GRAIN));
                 let fresh = Mutex::new(Vec::new());
+                if let Some(p) = opts.progress {
+                    p.skipped(
+                        size.saturating_sub(map.count().saturating_mul(GRAIN))
+                            .min(size),
+                    );
+                }
                 let on_grain = |g: u64, data: &[u8]| {
                     if let Some(t) = throttle {
                         t.take(data.len() as u64);
+                    }
+                    if let Some(p) = opts.progress {
+                        p.read(data.len() as u64);
                     }
                     let h = block_hash(data);
                     fresh.lock().unwrap_or_else(|e| e.into_inner()).push((g, h));

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{Advice, DiskImage, ReadOnce, Result, Throttle};
+use vdisk_core::{Advice, DiskImage, Progress, ReadOnce, Result, Throttle};
 use vdisk_diff::block_hash;
 
 use crate::checksums::check_file;
@@ -24,8 +24,8 @@ const MAX_LISTED_GRAINS: usize = 10;
 pub struct VerifyOptions<'a> {
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Called with bytes of stored grains checked, from any thread.
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Told of bytes of stored grains read and checked, from any thread.
+    pub progress: Option<&'a dyn Progress>,
 }
 
 /// One thing wrong with a point's own files.
@@ -296,7 +296,7 @@ impl Repository {
                         .and_then(|_| Ok(manifest.hash(b)? == Some(block_hash(data))));
                     drop(once);
                     if let Some(pr) = opts.progress {
-                        pr(len);
+                        pr.read(len);
                     }
                     match ok {
                         Ok(true) => {}

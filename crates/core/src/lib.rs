@@ -4,7 +4,8 @@
 //! - [`Extent`] and [`Allocation`]: byte ranges of an image and how they are stored;
 //! - [`Error`] and [`ErrorKind`]: one error type with a matchable kind plus path/offset context;
 //! - [`size`]: parsing and printing of byte sizes (`4K`, `1M`, …);
-//! - [`Throttle`]: a cap on bytes read per second, shared by threads;
+//! - [`Throttle`]: a cap on bytes read per second, shared by threads, and [`Progress`]: how
+//!   far a long job got, in bytes read and bytes passed over;
 //! - [`Granularity`]: the block size of change maps, manifests and scans;
 //! - [`ImageSink`] and [`copy_into`]: writing an image of any format from any image, and
 //!   [`write_delta`]: the changed blocks of a new state on top of a parent;
@@ -23,6 +24,7 @@ mod finding;
 mod granularity;
 mod image;
 mod mem;
+mod progress;
 mod sink;
 pub mod size;
 mod throttle;
@@ -37,6 +39,7 @@ pub use image::{
     check_range, for_each_extent, walk_map, Advice, DiskImage, FileId, ReadOnce, MAP_WINDOW,
 };
 pub use mem::MemImage;
+pub use progress::Progress;
 pub use sink::{chunks, copy_into, CopyOptions, CopyStats, ImageSink, COPY_CHUNK};
 pub use throttle::Throttle;
 pub use zero::is_zero;

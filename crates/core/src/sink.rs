@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use crate::{for_each_extent, Advice, Allocation, DiskImage, ReadOnce, Result, Throttle};
+use crate::{for_each_extent, Advice, Allocation, DiskImage, Progress, ReadOnce, Result, Throttle};
 
 /// Where a written image's blocks go (a raw file, a device, any VMDK subformat, an object in
 /// a store). Blocks come in increasing offset order.
@@ -34,8 +34,8 @@ pub trait ImageSink: Send {
 pub struct CopyOptions<'a> {
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Called with bytes of virtual disk done, from any thread.
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Told of bytes read and of unallocated bytes passed over, from any thread.
+    pub progress: Option<&'a dyn Progress>,
 }
 
 /// What a copy did.
@@ -173,7 +173,7 @@ pub fn copy_into<'s, 'i>(
                 if let Some(lent) = lent {
                     img.advise(off, len, Advice::Populate);
                     if let Some(p) = opts.progress {
-                        p(len);
+                        p.read(len);
                     }
                     return Ok((off, n, ChunkBytes::Lent(lent), once));
                 }
@@ -193,7 +193,7 @@ pub fn copy_into<'s, 'i>(
                     None => img.read_at(dst, off)?,
                 }
                 if let Some(p) = opts.progress {
-                    p(len);
+                    p.read(len);
                 }
                 Ok((off, n, ChunkBytes::Read(buf), once))
             })
@@ -260,7 +260,7 @@ pub fn copy_into<'s, 'i>(
     for_each_extent(img, |e| {
         if e.allocation != Allocation::Data {
             if let Some(p) = opts.progress {
-                p(e.length);
+                p.skipped(e.length);
             }
             return Ok(());
         }

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{is_zero, Advice, Allocation, DiskImage, Granularity, ReadOnce, Result, Throttle};
+use vdisk_core::{
+    is_zero, Advice, Allocation, DiskImage, Granularity, Progress, ReadOnce, Result, Throttle,
+};
 
 use crate::block_hash;
 use crate::manifest::{Manifest, ManifestBytes, ManifestWriter, WindowHashes};
@@ -23,8 +25,9 @@ pub struct ScanOptions<'a> {
     pub granularity: u64,
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Called with bytes of disk done, from the scanning thread.
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Told of bytes read (both sides of a diff) and of stretches passed over without a
+    /// read, from the scanning thread.
+    pub progress: Option<&'a dyn Progress>,
 }
 
 impl ScanOptions<'_> {
@@ -63,9 +66,20 @@ impl ScanOptions<'_> {
         }
     }
 
-    fn tick(&self, bytes: u64) {
+    /// A stretch of `bytes` passed over without a read.
+    fn skipped(&self, bytes: u64) {
         if let Some(p) = self.progress {
-            p(bytes);
+            p.skipped(bytes);
+        }
+    }
+
+    /// A window of `span` bytes scanned, `read` counting its bytes read so far and `before`
+    /// its value when the window began.
+    fn scanned(&self, span: u64, read: &AtomicU64, before: u64) {
+        if let Some(p) = self.progress {
+            let r = read.load(Ordering::Relaxed).saturating_sub(before);
+            p.read(r);
+            p.skipped(span.saturating_sub(r));
         }
     }
 }
@@ -228,11 +242,12 @@ pub fn diff<'a>(
         };
         if next >= start + window {
             let to = (next / window * window).min(size);
-            opts.tick(to - start);
+            opts.skipped(to - start);
             start = to;
             continue;
         }
         let end = (start + window).min(size);
+        let before = read.load(Ordering::Relaxed);
         // Ranges that read as zero on both sides are equal: only data on either side is read.
         let work = tasks(
             &[data_ranges(old, start, end)?, data_ranges(new, start, end)?],
@@ -297,7 +312,7 @@ pub fn diff<'a>(
             map.set(b);
         }
         drop(read_once);
-        opts.tick(end - start);
+        opts.scanned(end - start, &read, before);
         start = end;
     }
     Ok(DiffReport {
@@ -427,15 +442,16 @@ pub fn hash_image<W: Write>(
         let next = img.next_data(start)?.unwrap_or(size);
         if next >= start + window {
             let to = (next / window * window).min(size);
-            opts.tick(to - start);
+            opts.skipped(to - start);
             start = to;
             continue;
         }
         let end = (start + window).min(size);
+        let before = read.load(Ordering::Relaxed);
         for d in digest_window(img, start, end, opts, &read, &|_| None)? {
             writer.push(d.block, d.hash)?;
         }
-        opts.tick(end - start);
+        opts.scanned(end - start, &read, before);
         start = end;
     }
     Ok((writer.finish()?, read.into_inner()))
@@ -534,11 +550,12 @@ pub fn diff_manifest_each<B: ManifestBytes>(
         let next = new_next.min(old_next).min(special_next);
         if next >= start + window {
             let to = (next / window * window).min(size);
-            opts.tick(to - start);
+            opts.skipped(to - start);
             start = to;
             continue;
         }
         let end = (start + window).min(size);
+        let before = read.load(Ordering::Relaxed);
         let w = start / window;
         let first = start / g;
         let last = end.div_ceil(g);
@@ -559,7 +576,7 @@ pub fn diff_manifest_each<B: ManifestBytes>(
             && (first >= old_blocks || manifest.window_is_zero(w))
         {
             on_window(ScanWindow::default())?;
-            opts.tick(end - start);
+            opts.scanned(end - start, &read, before);
             start = end;
             continue;
         }
@@ -625,7 +642,7 @@ pub fn diff_manifest_each<B: ManifestBytes>(
             changed: found,
             hashes,
         })?;
-        opts.tick(end - start);
+        opts.scanned(end - start, &read, before);
         start = end;
     }
     Ok(DiffReport {

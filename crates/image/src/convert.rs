@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use vdisk_core::{
-    copy_into, walk_map, Allocation, CopyOptions, CopyStats, DiskImage, Error, ErrorKind, Result,
-    Throttle,
+    copy_into, walk_map, Allocation, CopyOptions, CopyStats, DiskImage, Error, ErrorKind, Progress,
+    Result, Throttle,
 };
 use vdisk_io::{CreateOptions, FileStore, Format, Protected};
 
@@ -21,8 +21,8 @@ pub struct ConvertOptions<'a> {
     pub create: CreateOptions,
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Called with bytes of virtual disk done, from any thread.
-    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Told of bytes read and of unallocated bytes passed over, from any thread.
+    pub progress: Option<&'a dyn Progress>,
 }
 
 impl ConvertOptions<'_> {

@@ -317,7 +317,7 @@ impl<R: Read> StreamReader<R> {
                 t.take(read);
             }
             if let Some(p) = opts.progress {
-                p(read);
+                p.read(read);
             }
             bytes_read += read;
             // A sink that takes single blocks gets each grain cut into its blocks (a stream's
