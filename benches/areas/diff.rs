@@ -21,7 +21,11 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     g.throughput(Throughput::Bytes(2 * size));
     for (name, path, want) in [
         ("identical", &same, 0),
-        ("one_percent_changed", changed, fx.changed_blocks.len() as u64),
+        (
+            "one_percent_changed",
+            changed,
+            fx.changed_blocks.len() as u64,
+        ),
     ] {
         let new = vdisk::open(path).expect("open");
         // The changes found are the blocks changed (checked once, before timing).

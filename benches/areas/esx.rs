@@ -145,7 +145,9 @@ fn make(dir: &Path) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
 
     let mut cowd_disk = base;
     let mut w = CowdWriter::create(&dir.join("cowd-delta.vmdk"), IMAGE_SIZE, 1, "base.vmdk")?;
-    write_link(&mut rng, 512, false, &mut cowd_disk, |g, what| w.put(g, what));
+    write_link(&mut rng, 512, false, &mut cowd_disk, |g, what| {
+        w.put(g, what)
+    });
     w.finish()?;
     std::fs::write(
         dir.join("cowd.vmdk"),

@@ -84,8 +84,8 @@ impl Fixtures {
         }
         run(io.arg(&lookup))?;
         let changed = dir.path().join("changed.raw");
-        let changed_blocks = write_changed(&raw, &changed)
-            .map_err(|e| format!("cannot write {changed:?}: {e}"))?;
+        let changed_blocks =
+            write_changed(&raw, &changed).map_err(|e| format!("cannot write {changed:?}: {e}"))?;
         Ok(Fixtures {
             dir,
             raw,
@@ -235,7 +235,12 @@ pub fn selected(names: &[&str]) -> bool {
     }
     match filter {
         None => true,
-        Some(f) if f.chars().any(|c| !(c.is_alphanumeric() || "_-/ ".contains(c))) => true,
+        Some(f)
+            if f.chars()
+                .any(|c| !(c.is_alphanumeric() || "_-/ ".contains(c))) =>
+        {
+            true
+        }
         Some(f) => names.iter().any(|n| n.contains(&f) || f.contains(n)),
     }
 }

@@ -21,9 +21,8 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
         },
         ..ConvertOptions::default()
     };
-    let convert = || {
-        vdisk::convert_stream(Cursor::new(&stream[..]), &dst, raw, &opts).expect("convert")
-    };
+    let convert =
+        || vdisk::convert_stream(Cursor::new(&stream[..]), &dst, raw, &opts).expect("convert");
     // The output is the raw disk the VMDK was made from (checked once, before timing).
     let stats = convert();
     assert_eq!(stats.size, IMAGE_SIZE);
