@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput};
 use tempfile::TempDir;
 use vdisk::bitmap::ChangeMap;
 use vdisk::chain::PointKind;
@@ -51,6 +51,9 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
 
     let mut g = c.benchmark_group("backup");
     g.throughput(Throughput::Bytes(raw.size()));
+    // Iterations of tens of milliseconds, each after a set-up as long: the same number of
+    // iterations per sample, rather than 1, 2, … 10.
+    g.sampling_mode(SamplingMode::Flat);
     g.bench_function("full_64MiB", |b| {
         b.iter_batched(
             fresh,

@@ -22,7 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, SamplingMode, Throughput};
 use vdisk::chain::PointKind;
 use vdisk::{BackupOptions, DiskImage, Repository};
 
@@ -219,6 +219,8 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
 
     let mut g = c.benchmark_group("s3");
     g.throughput(Throughput::Bytes(raw.size()));
+    // Iterations of most of a second: one per sample.
+    g.sampling_mode(SamplingMode::Flat);
     g.bench_function("backup_full_64MiB", |b| {
         b.iter_batched(fresh, |loc| backup(&loc, &raw), BatchSize::PerIteration)
     });
