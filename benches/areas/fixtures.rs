@@ -137,7 +137,10 @@ impl Fixtures {
 /// returns the blocks changed.
 fn write_changed(src: &Path, dst: &Path) -> std::io::Result<Vec<u64>> {
     std::fs::copy(src, dst)?;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(dst)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dst)?;
     let blocks = f.metadata()?.len() / BLOCK;
     let changed: Vec<u64> = (0..blocks).step_by(100).collect();
     for &b in &changed {
