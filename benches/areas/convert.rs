@@ -3,12 +3,13 @@
 use std::path::Path;
 
 use criterion::{Criterion, Throughput};
-use vdisk::{ConvertOptions, DiskImage, OutputPolicy, Target};
+use vdisk::{ConvertOptions, CreateOptions, DiskImage, OutputPolicy};
 
-use super::fixtures::Fixtures;
+use super::fixtures::{assert_same, Fixtures};
 
 pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     let mut g = c.benchmark_group("convert/to_raw");
+    let want = std::fs::read(&fx.raw).expect("read source");
     for (name, src) in [
         ("monolithicSparse", &fx.sparse),
         ("streamOptimized", &fx.stream),
@@ -19,21 +20,22 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
         // The output matches the raw the VMDKs were made from (checked once, before timing,
         // so that the check holds when a filter leaves this benchmark out).
         convert(&img, &dst);
-        let want = std::fs::read(&fx.raw).expect("read source");
         let have = std::fs::read(&dst).expect("read output");
-        assert!(
-            want == have,
-            "{name}: converted output differs from the source"
-        );
+        assert_same(&format!("{name} converted to raw"), &want, &have);
         g.bench_function(name, |b| b.iter(|| convert(&img, &dst)));
     }
     g.finish();
 }
 
-fn convert(img: &dyn DiskImage, dst: &Path) {
+/// `vdisk convert IMG DST -O raw`, replacing `dst`.
+pub fn convert(img: &dyn DiskImage, dst: &Path) {
     let opts = ConvertOptions {
-        policy: OutputPolicy::replacing(),
+        create: CreateOptions {
+            policy: OutputPolicy::replacing(),
+            ..CreateOptions::default()
+        },
         ..ConvertOptions::default()
     };
-    vdisk::convert_with(img, dst, Target::Raw, &opts).expect("convert");
+    let raw = vdisk::image::registry::require("raw").expect("raw is registered");
+    vdisk::convert(img, dst, raw, &opts).expect("convert");
 }

@@ -1,17 +1,26 @@
-//! Bench inputs, made with qemu-img and qemu-io in a temporary folder.
+//! Bench inputs, made with qemu-img and qemu-io in a temporary folder, and what the benches
+//! share: whole-image reads in 4 MiB chunks, output comparison, and the filter check that
+//! lets an area skip an expensive set-up when the command line's filter leaves it out.
 
+use std::cell::OnceCell;
 use std::fs::File;
+use std::hint::black_box;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
+use vdisk::{BackupOptions, DiskImage, Repository, Source};
 
-const MIB: u64 = 1 << 20;
+pub const MIB: u64 = 1 << 20;
 /// Virtual size of the images read and converted whole.
 pub const IMAGE_SIZE: u64 = 64 * MIB;
 /// Virtual size of the image used for grain lookups (262144 grains of 64 KiB).
 pub const LOOKUP_SIZE: u64 = 16 << 30;
+/// Block size of hashes, changed-block maps and repository points.
+pub const BLOCK: u64 = 64 << 10;
+/// Bytes per `read_at` call in the whole-image reads: the chunk `copy_into` reads with.
+pub const CHUNK: usize = 4 << 20;
 
 /// The images every bench uses; the folder goes away when this is dropped.
 pub struct Fixtures {
@@ -25,6 +34,13 @@ pub struct Fixtures {
     pub stream: PathBuf,
     /// A 16 GiB monolithicSparse VMDK with grains written at scattered offsets, for lookups.
     pub lookup: PathBuf,
+    /// `raw` with one byte flipped in 1% of its 64 KiB blocks (every hundredth block, some
+    /// of them holes in `raw`): the "new" disk of diffs and incremental backups.
+    pub changed: PathBuf,
+    /// The blocks `changed` differs in (block numbers, 64 KiB each).
+    pub changed_blocks: Vec<u64>,
+    /// A repository with two points, made on first use by [`Fixtures::repository`].
+    repo: OnceCell<PathBuf>,
 }
 
 impl Fixtures {
@@ -67,18 +83,168 @@ impl Fixtures {
             n += 1;
         }
         run(io.arg(&lookup))?;
+        let changed = dir.path().join("changed.raw");
+        let changed_blocks =
+            write_changed(&raw, &changed).map_err(|e| format!("cannot write {changed:?}: {e}"))?;
         Ok(Fixtures {
             dir,
             raw,
             sparse,
             stream,
             lookup,
+            changed,
+            changed_blocks,
+            repo: OnceCell::new(),
+        })
+    }
+
+    /// The name the repositories of the benches know their disk by (`raw` and `changed`
+    /// are two states of one disk).
+    pub fn source() -> Source {
+        Source {
+            identity: "bench/mixed.raw".into(),
+            unclean: false,
+        }
+    }
+
+    /// A folder repository holding a full point of `raw` and a hash-based incremental
+    /// point of `changed` (1% of its blocks), made on first use.
+    pub fn repository(&self) -> &Path {
+        self.repo.get_or_init(|| {
+            let repo = self.dir().join("repo-two-points");
+            let mut r = Repository::open_or_create(&repo).expect("a fresh repository");
+            for path in [&self.raw, &self.changed] {
+                let img = vdisk::open(path).expect("open the disk");
+                r.backup_image(&img, &Self::source(), &BackupOptions::default())
+                    .expect("back up the disk");
+            }
+            assert_eq!(r.points().len(), 2);
+            assert_eq!(
+                r.points()[1].changed_bytes,
+                self.changed_blocks.len() as u64 * BLOCK
+            );
+            repo
         })
     }
 
     /// The temporary folder (for outputs).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// A copy of `src` at `dst` with one byte flipped in every hundredth 64 KiB block (1%);
+/// returns the blocks changed.
+fn write_changed(src: &Path, dst: &Path) -> std::io::Result<Vec<u64>> {
+    std::fs::copy(src, dst)?;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dst)?;
+    let blocks = f.metadata()?.len() / BLOCK;
+    let changed: Vec<u64> = (0..blocks).step_by(100).collect();
+    for &b in &changed {
+        let at = b * BLOCK + 4097;
+        let mut byte = [0u8];
+        f.read_exact_at(&mut byte, at)?;
+        f.write_all_at(&[byte[0] ^ 0xa5], at)?;
+    }
+    f.sync_all()?;
+    Ok(changed)
+}
+
+/// Read the whole of `img` through `read_at` in chunks of `buf`'s length, on one thread;
+/// returns the bytes read.
+pub fn read_whole(img: &dyn DiskImage, buf: &mut [u8]) -> u64 {
+    let size = img.size();
+    let mut off = 0;
+    while off < size {
+        let n = (size - off).min(buf.len() as u64) as usize;
+        img.read_at(&mut buf[..n], off).expect("read");
+        black_box(&buf[..n]);
+        off += n as u64;
+    }
+    size
+}
+
+/// The whole disk of `img`, read in 4 MiB chunks.
+pub fn disk_bytes(img: &dyn DiskImage) -> Vec<u8> {
+    let mut disk = vec![0u8; img.size() as usize];
+    for (i, chunk) in disk.chunks_mut(CHUNK).enumerate() {
+        img.read_at(chunk, (i * CHUNK) as u64).expect("read");
+    }
+    disk
+}
+
+/// Copy the folder `src` (files and folders in it) to `dst`, which must not exist.
+pub fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let to = dst.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else {
+            std::fs::copy(entry.path(), to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Panic unless `have` is `want`, naming the first differing byte.
+pub fn assert_same(what: &str, want: &[u8], have: &[u8]) {
+    if want != have {
+        let at = want.iter().zip(have).position(|(a, b)| a != b);
+        panic!(
+            "{what}: differs from what it should hold ({} bytes against {}, first difference at {at:?})",
+            have.len(),
+            want.len()
+        );
+    }
+}
+
+/// Whether the command line's filter can select a benchmark whose id contains one of
+/// `names`: true without a filter, and whenever the filter is not a plain word (Criterion
+/// takes it as a regular expression; this only rules out the obvious misses). Areas whose
+/// set-up is expensive (starting a server) skip it when this says no.
+pub fn selected(names: &[&str]) -> bool {
+    // Criterion's options that take a value: the value is not a filter.
+    const WITH_VALUE: [&str; 16] = [
+        "--save-baseline",
+        "-s",
+        "--baseline",
+        "-b",
+        "--baseline-lenient",
+        "--load-baseline",
+        "--sample-size",
+        "--warm-up-time",
+        "--measurement-time",
+        "--nresamples",
+        "--noise-threshold",
+        "--confidence-level",
+        "--significance-level",
+        "--profile-time",
+        "--plotting-backend",
+        "--output-format",
+    ];
+    let mut args = std::env::args().skip(1);
+    let mut filter = None;
+    while let Some(a) = args.next() {
+        if WITH_VALUE.contains(&a.as_str()) || a == "--color" || a == "-c" || a == "--format" {
+            args.next();
+        } else if !a.starts_with('-') {
+            filter = Some(a);
+        }
+    }
+    match filter {
+        None => true,
+        Some(f)
+            if f.chars()
+                .any(|c| !(c.is_alphanumeric() || "_-/ ".contains(c))) =>
+        {
+            true
+        }
+        Some(f) => names.iter().any(|n| n.contains(&f) || f.contains(n)),
     }
 }
 

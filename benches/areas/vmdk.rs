@@ -4,24 +4,22 @@ use std::hint::black_box;
 use std::path::Path;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use vdisk::vmdk::{GrainEntry, VmdkImage};
+use vdisk::vmdk::{GrainEntry, VmdkLayer};
 use vdisk::DiskImage;
 
-use super::fixtures::Fixtures;
-
-/// Bytes per `read_at` call: the chunk `convert` reads with.
-const CHUNK: usize = 4 << 20;
+use super::fixtures::{assert_same, disk_bytes, read_whole, Fixtures, CHUNK};
 
 pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     grain_lookup(c, fx);
-    read_whole(c, "monolithicSparse", &fx.sparse);
-    read_whole(c, "streamOptimized", &fx.stream);
+    let want = std::fs::read(&fx.raw).expect("read the fixture disk");
+    read_whole_image(c, "monolithicSparse", &fx.sparse, &want);
+    read_whole_image(c, "streamOptimized", &fx.stream, &want);
 }
 
 /// `SparseExtent::grain` over every grain of a 16 GiB image, in order and shuffled.
 fn grain_lookup(c: &mut Criterion, fx: &Fixtures) {
-    let img = VmdkImage::open(&fx.lookup).expect("open lookup image");
-    let ext = img.layers()[0].first_sparse().expect("a sparse extent");
+    let layer = VmdkLayer::open(&fx.lookup).expect("open lookup image");
+    let ext = layer.first_sparse().expect("a sparse extent");
     let grains = ext.capacity() / ext.grain_bytes();
     let in_order: Vec<u64> = (0..grains).collect();
     let mut shuffled = in_order.clone();
@@ -56,22 +54,13 @@ fn grain_lookup(c: &mut Criterion, fx: &Fixtures) {
 }
 
 /// The whole image through `read_at` in 4 MiB chunks, one thread.
-fn read_whole(c: &mut Criterion, name: &str, path: &Path) {
-    let img = VmdkImage::open(path).expect("open image");
-    let size = img.size();
+fn read_whole_image(c: &mut Criterion, name: &str, path: &Path, want: &[u8]) {
+    let img = vdisk::open(path).expect("open image");
+    // It reads as the raw disk it was made from (checked once, before timing).
+    assert_same(name, want, &disk_bytes(&img));
     let mut buf = vec![0u8; CHUNK];
     let mut g = c.benchmark_group("vmdk/read_4MiB_chunks");
-    g.throughput(Throughput::Bytes(size));
-    g.bench_function(name, |b| {
-        b.iter(|| {
-            let mut off = 0;
-            while off < size {
-                let n = (size - off).min(CHUNK as u64) as usize;
-                img.read_at(&mut buf[..n], off).expect("read");
-                black_box(&buf[..n]);
-                off += n as u64;
-            }
-        })
-    });
+    g.throughput(Throughput::Bytes(img.size()));
+    g.bench_function(name, |b| b.iter(|| read_whole(&img, &mut buf)));
     g.finish();
 }

@@ -2,33 +2,33 @@
 //! delta link holding 10% of the grains of a raw disk on top of a monolithicSparse parent.
 
 use criterion::{Criterion, Throughput};
-use vdisk::vmdk::writer::{write_delta_link, LinkTarget, Subformat, WriteOptions};
-use vdisk::vmdk::VmdkImage;
-use vdisk::{convert_with, ConvertOptions, DiskImage, OutputPolicy, Target};
+use vdisk::vmdk::writer::Subformat;
+use vdisk::{ConvertOptions, CreateOptions, DeltaOptions, DiskImage, OutputPolicy};
 
-use super::fixtures::Fixtures;
+use super::fixtures::{assert_same, disk_bytes, Fixtures};
 
 pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     let mut g = c.benchmark_group("convert/to_vmdk");
     let img = vdisk::open(&fx.raw).expect("open raw");
+    let want = disk_bytes(&img);
     g.throughput(Throughput::Bytes(img.size()));
     for sub in [Subformat::MonolithicSparse, Subformat::StreamOptimized] {
         let dst = fx.dir().join(format!("out-{}.vmdk", sub.name()));
         let opts = ConvertOptions {
-            policy: OutputPolicy::replacing(),
+            create: CreateOptions {
+                policy: OutputPolicy::replacing(),
+                subformat: Some(sub.name().into()),
+                ..CreateOptions::default()
+            },
             ..ConvertOptions::default()
         };
         // What is written reads back as the source (checked once, before timing, so that the
         // check holds when a filter leaves this benchmark out).
-        convert_with(&img, &dst, Target::Vmdk(sub), &opts).expect("convert");
+        vdisk::convert(&img, &dst, &vdisk::vmdk::VMDK, &opts).expect("convert");
         let back = vdisk::open(&dst).expect("open output");
-        let mut a = vec![0u8; img.size() as usize];
-        let mut b = vec![0u8; img.size() as usize];
-        img.read_at(&mut a, 0).expect("read source");
-        back.read_at(&mut b, 0).expect("read output");
-        assert!(a == b, "{}: output differs from the source", sub.name());
+        assert_same(sub.name(), &want, &disk_bytes(&back));
         g.bench_function(sub.name(), |b| {
-            b.iter(|| convert_with(&img, &dst, Target::Vmdk(sub), &opts).expect("convert"))
+            b.iter(|| vdisk::convert(&img, &dst, &vdisk::vmdk::VMDK, &opts).expect("convert"))
         });
     }
     g.finish();
@@ -51,34 +51,30 @@ pub fn bench_delta_link(c: &mut Criterion, fx: &Fixtures) {
     }
     std::fs::write(&new_path, &bytes).expect("write the changed disk");
     let new = vdisk::open(&new_path).expect("open the changed disk");
-    let parent = VmdkImage::open(&fx.sparse).expect("open the parent");
+    let parent = vdisk::open(&fx.sparse).expect("open the parent");
     let dst = fx.dir().join("link.vmdk");
-    let wopts = WriteOptions {
-        policy: OutputPolicy::replacing(),
-        ..WriteOptions::default()
+    // The parent's format (VMDK), written over an existing link.
+    let opts = DeltaOptions {
+        create: CreateOptions {
+            policy: OutputPolicy::replacing(),
+            ..CreateOptions::default()
+        },
+        ..DeltaOptions::default()
     };
-    let target = LinkTarget {
-        parent_path: &fx.sparse,
-        parent: &parent,
-        layout: vdisk::vmdk::writer::Layout::Monolithic,
-        opts: &wopts,
-        on_grain: None,
+    let write = || {
+        vdisk::write_delta(&parent, &new, changed.iter().copied(), &dst, &opts)
+            .expect("write the link")
     };
-    // The link reads as the changed disk (checked once, before timing).
-    write_delta_link(&target, &new, changed.iter().copied(), &dst).expect("write the link");
-    let link = VmdkImage::open(&dst).expect("open the link");
-    let mut back = vec![0u8; bytes.len()];
-    link.read_at(&mut back, 0).expect("read the link");
-    assert!(
-        back == bytes,
-        "the delta link does not read as the changed disk"
-    );
+    // The link reads as the changed disk, through its parent, and stores only the changed
+    // grains (checked once, before timing).
+    let stats = write();
+    assert_eq!(stats.data_blocks, changed.len() as u64, "{stats:?}");
+    let link = vdisk::open(&dst).expect("open the link");
+    assert_eq!(link.layers().len(), 2, "the link and its parent");
+    assert_eq!(link.size(), new.size());
+    assert_same("the delta link", &bytes, &disk_bytes(&link));
     let mut g = c.benchmark_group("write/delta_link");
     g.throughput(Throughput::Bytes(changed.iter().map(|e| e.1).sum()));
-    g.bench_function("10pct_of_64MiB", |b| {
-        b.iter(|| {
-            write_delta_link(&target, &new, changed.iter().copied(), &dst).expect("write the link")
-        })
-    });
+    g.bench_function("10pct_of_64MiB", |b| b.iter(write));
     g.finish();
 }
