@@ -62,7 +62,7 @@ pub use vdisk_chain::{
 pub use vdisk_core::{
     copy_into, for_each_extent, size, write_delta_from, Advice, Allocation, CopyOptions, CopyStats,
     DeltaStats, DiskImage, Error, ErrorKind, Extent, FileId, Finding, Granularity, ImageSink,
-    MemImage, ReadOnce, Result, Severity, Throttle, MAP_WINDOW,
+    MemImage, Progress, ReadOnce, Result, Severity, Throttle, MAP_WINDOW,
 };
 pub use vdisk_diff::{diff_images as diff, hash_to_file as hash, DiffReport};
 pub use vdisk_image::{

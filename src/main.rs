@@ -10,7 +10,8 @@ use vdisk::{Error, ErrorKind, OpenOptions};
 
 use cmd::{Ctx, Status};
 
-/// Read, compare and chain virtual-disk images (VMDK and raw).
+/// Read, convert, compare and back up virtual-disk images: VMDK, qcow2, VHDX, VHD, VDI and
+/// raw, files or live NBD exports.
 #[derive(Parser, Debug)]
 #[command(name = "vdisk", version, about, max_term_width = 100)]
 pub struct Cli {
@@ -24,35 +25,42 @@ pub struct Cli {
 #[derive(clap::Args, Debug)]
 struct GlobalArgs {
     /// Worker threads (default: one per core).
-    #[arg(long, global = true, value_name = "N")]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N")]
     threads: Option<usize>,
     /// Cap on bytes read per second, at least 1M, e.g. 200M.
-    #[arg(long, global = true, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "RATE", value_parser = parse_rate)]
     io_limit: Option<u64>,
     /// No progress bars or summaries.
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = "Global options")]
     quiet: bool,
-    /// Force the input format instead of detecting it (raw, vmdk, ova).
+    /// Force the input format instead of detecting it.
     #[arg(
         short = 'f',
         long = "format",
         global = true,
+        help_heading = "Global options",
         value_name = "FORMAT",
-        value_parser = parse_input_format
+        ignore_case = true,
+        value_parser = input_formats()
     )]
     format: Option<String>,
     /// Keep what is read once (a backup, a hash, a verify, a restore) in the host's page
     /// cache; by default the pages a run brings in are dropped behind it, so it does not
     /// push out the cache of the host and its VMs.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     keep_cache: bool,
     /// The disk of an OVA appliance to read, by its name in the archive (needed when it
     /// holds several; `vdisk info X.ova` lists them). Other images ignore it.
-    #[arg(long, global = true, value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "NAME"
+    )]
     disk: Option<String>,
     /// Follow descriptor paths (extents, parents) that are absolute or leave the
     /// descriptor's folder. (A repository's points never name such paths.)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     allow_outside_paths: bool,
 }
 
@@ -75,6 +83,7 @@ enum Command {
     Convert(cmd::convert::Args),
     Serve(cmd::serve::Args),
     Completions(cmd::completions::Args),
+    Manpage(cmd::manpage::Args),
 }
 
 /// Slowest `--io-limit` accepted: below it a backup of a real disk would take days, and
@@ -88,14 +97,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
     vdisk::size::parse(s).ok_or_else(|| format!("\"{s}\" is not a size (e.g. 512, 64K, 200M)"))
 }
 
-/// A format vdisk reads, by name (or `ova`, an archive of disks).
-fn parse_input_format(s: &str) -> Result<String, String> {
-    if s.eq_ignore_ascii_case("ova") {
-        return Ok("ova".into());
-    }
-    vdisk::image::registry::require(s)
-        .map(|f| f.name().to_string())
-        .map_err(|e| e.message().to_string())
+/// The formats `-f` takes: those vdisk reads, and `ova` (an archive of disks).
+fn input_formats() -> clap::builder::PossibleValuesParser {
+    let mut names = vdisk::image::registry::names();
+    names.push("ova");
+    clap::builder::PossibleValuesParser::new(names)
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -141,15 +147,59 @@ fn subject(c: &Command) -> Option<std::path::PathBuf> {
         Command::Sync(a) => a.dst.clone(),
         Command::Convert(a) => a.src.clone(),
         Command::Serve(a) => a.source.clone(),
-        Command::Completions(_) => return None,
+        Command::Completions(_) | Command::Manpage(_) => return None,
     })
+}
+
+/// What an interrupt of the command leaves as it was, for `vdisk: interrupted; <what>`.
+fn unchanged(c: &Command) -> String {
+    let out = |p: &std::path::Path| {
+        let device = vdisk::io::Destination::of(p).is_ok_and(|d| d.is_device());
+        if device {
+            format!(
+                "{} is a device written in place: it holds part of the output",
+                p.display()
+            )
+        } else if std::fs::symlink_metadata(p).is_ok() {
+            format!("{} is unchanged", p.display())
+        } else {
+            format!("{} is unchanged (not created)", p.display())
+        }
+    };
+    let repo = |p: &std::path::Path| format!("repository {} is unchanged", p.display());
+    let input = |p: &std::path::Path| format!("{} is unchanged", p.display());
+    match c {
+        Command::Info(a) => input(&a.image),
+        Command::Map(a) => input(&a.image),
+        Command::Check(a) => input(&a.image),
+        Command::Merge(a) => out(&a.out),
+        Command::Diff(a) => match (&a.delta, &a.bitmap) {
+            (Some(d), Some(b)) => format!("{}; {}", out(d), out(b)),
+            (Some(p), None) | (None, Some(p)) => out(p),
+            (None, None) => input(&a.new),
+        },
+        Command::Hash(a) => out(&a.out),
+        Command::Bitmap(cmd::bitmap::Command::Show { bitmap, .. }) => input(bitmap),
+        Command::Bitmap(cmd::bitmap::Command::Import { out: o, .. }) => out(o),
+        Command::Backup(a) => repo(&a.repo),
+        Command::Restore(a) => out(&a.dst),
+        Command::List(a) => repo(&a.repo),
+        Command::Verify(a) => repo(&a.repo),
+        Command::Prune(a) => repo(&a.repo),
+        Command::Sync(a) => repo(&a.dst),
+        Command::Convert(a) => out(&a.dst),
+        Command::Serve(a) => input(&a.source),
+        Command::Completions(_) | Command::Manpage(_) => "nothing".to_string(),
+    }
 }
 
 /// What the user can do about an error of this kind, in this command's words.
 fn hint(e: &Error, repository: bool) -> Option<&'static str> {
     match e.kind() {
         ErrorKind::AlreadyExists => Some("pass --force to replace it"),
-        ErrorKind::Unsafe => Some("pass --force to go ahead anyway"),
+        ErrorKind::Unsafe => {
+            Some("pass --force to go ahead anyway (the same disk under another name, say)")
+        }
         ErrorKind::PathRefused if !repository => Some("pass --allow-outside-paths to read it"),
         ErrorKind::Ambiguous => Some("pick one with --disk NAME"),
         _ => None,
@@ -175,18 +225,37 @@ fn clap_error_line(e: &clap::Error) -> String {
     }
     let mut line = String::new();
     for p in parts {
+        let p = p
+            .strip_prefix('[')
+            .and_then(|p| p.strip_suffix(']'))
+            .unwrap_or(&p)
+            .to_string();
         if !line.is_empty() {
             line.push_str(if line.ends_with(':') { " " } else { "; " });
         }
         line.push_str(&p);
     }
-    let command: Vec<&str> = usage
-        .as_deref()
-        .unwrap_or("vdisk")
-        .split_whitespace()
-        .take_while(|w| !w.starts_with('[') && !w.starts_with('<'))
-        .collect();
-    format!("{line} (see {} --help)", command.join(" "))
+    format!(
+        "{line} (see {} --help)",
+        command_path(std::env::args_os().skip(1))
+    )
+}
+
+/// The command an argument list runs, as `vdisk SUB [SUBSUB]`: the subcommand names among
+/// the arguments, in order (options and their values are passed over).
+fn command_path(args: impl Iterator<Item = std::ffi::OsString>) -> String {
+    use clap::CommandFactory;
+    let root = Cli::command();
+    let mut path = vec!["vdisk".to_string()];
+    let mut current = &root;
+    for a in args {
+        let Some(a) = a.to_str() else { continue };
+        if let Some(sub) = current.find_subcommand(a) {
+            path.push(sub.get_name().to_string());
+            current = sub;
+        }
+    }
+    path.join(" ")
 }
 
 fn main() -> ExitCode {
@@ -252,6 +321,25 @@ fn main() -> ExitCode {
     };
     let repository = is_repository_command(&cli.command);
     let subject = subject(&cli.command);
+    // `serve` stops on its own terms (it closes its clients and its socket).
+    if !matches!(cli.command, Command::Serve(_)) {
+        let what = unchanged(&cli.command);
+        let caught = vdisk::io::interrupt::on_interrupt(move |_| {
+            use std::io::{IsTerminal, Write};
+            let mut err = std::io::stderr().lock();
+            if err.is_terminal() {
+                // Wipe a progress bar's line.
+                let _ = write!(err, "\r\x1b[2K");
+            }
+            let _ = writeln!(err, "vdisk: interrupted; {what}");
+            let _ = err.flush();
+            std::process::exit(130);
+        });
+        if let Err(e) = caught {
+            eprintln!("vdisk: error: cannot catch interrupts: {e}");
+            return ExitCode::from(2);
+        }
+    }
     let result: vdisk::Result<Status> = match cli.command {
         Command::Info(a) => cmd::info::run(&ctx, a),
         Command::Map(a) => cmd::map::run(&ctx, a),
@@ -269,6 +357,7 @@ fn main() -> ExitCode {
         Command::Convert(a) => cmd::convert::run(&ctx, a),
         Command::Serve(a) => cmd::serve::run(&ctx, a),
         Command::Completions(a) => cmd::completions::run(&ctx, a),
+        Command::Manpage(a) => cmd::manpage::run(&ctx, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,10 +6,19 @@ use serde_json::json;
 use vdisk::size::human;
 use vdisk::{BackupOptions, DiskImage, Repository, Result};
 
-use super::{print_json, Ctx, Status};
+use super::{print_json, Ctx, Expect, Status};
+use crate::progress::{rate, secs as secs_text};
 
-/// Back up an image into a repository: a full point first, incremental points after.
+/// Back up a disk into a repository (a full point first, incremental points after)
+///
+/// Only what changed since the newest point is stored: the blocks a changed-block bitmap
+/// names (--changed), or otherwise those whose hashes differ. Every block is hashed, so
+/// restore, serve and verify can check it later.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  vdisk backup web01.vmdk /backups/web01                # full, then incremental
+  vdisk backup --changed web01.cbt web01.vmdk /backups/web01
+  vdisk --io-limit 100M backup web01.qcow2 s3://backups/web01")]
 pub struct Args {
     /// The disk to back up.
     pub src: PathBuf,
@@ -28,6 +37,12 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    super::repository_order(
+        &a.repo,
+        &[&a.src],
+        "vdisk backup SRC REPO",
+        "REPO comes last",
+    )?;
     let img = vdisk::open_with(&a.src, &ctx.open)?;
     let source = vdisk::Source::of(&img)?;
     let changed = match &a.changed {
@@ -39,19 +54,28 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let mut repository = Repository::open_or_create(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
-    let progress = ctx.progress(img.size());
-    let tick = |n: u64| progress.tick(n);
+    // A changed-block map bounds the reads; otherwise every allocated byte is read.
+    let expected = match &changed {
+        Some(map) => map
+            .count()
+            .saturating_mul(map.granularity())
+            .min(img.size()),
+        None => super::data_bytes(&img),
+    };
+    let progress = ctx.progress(
+        &format!("backup {}", super::label(&a.src)),
+        Expect::Reads(expected),
+    );
     let opts = BackupOptions {
         force: a.force,
         changed,
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let s = repository
         .backup_image(&img, &source, &opts)
         .map_err(|e| e.with_path(&a.src))?;
     let secs = progress.seconds();
-    progress.done("backed up");
     if a.json {
         print_json(&json!({
             "point": s.point,
@@ -61,16 +85,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             "bytes_written": s.bytes_written,
             "seconds": secs,
         }))?;
-    } else if ctx.summary() {
-        eprintln!(
-            "vdisk: point {} ({}), {} point(s); read {}, wrote {} in {secs:.2} s ({}/s)",
-            s.point,
-            s.kind.name(),
-            s.points,
-            human(s.bytes_read),
-            human(s.bytes_written),
-            human((s.bytes_read as f64 / secs.max(1e-3)) as u64)
-        );
     }
+    progress.finish(format_args!(
+        "backed up {} to {} as point {} ({}; {} point(s) kept): read {}, stored {} in {} ({})",
+        a.src.display(),
+        a.repo.display(),
+        s.point,
+        s.kind.name(),
+        s.points,
+        human(s.bytes_read),
+        human(s.bytes_written),
+        secs_text(secs),
+        rate(s.bytes_read, secs)
+    ));
     Ok(0)
 }

@@ -61,7 +61,7 @@ fn summary(map: &ChangeMap) -> serde_json::Value {
     })
 }
 
-pub fn run(_ctx: &Ctx, command: Command) -> Result<Status> {
+pub fn run(ctx: &Ctx, command: Command) -> Result<Status> {
     match command {
         Command::Show { bitmap, json } => show(&bitmap, json),
         Command::Import {
@@ -84,6 +84,12 @@ pub fn run(_ctx: &Ctx, command: Command) -> Result<Status> {
                 v["output"] = path_text(&out).into();
                 print_json(&v)?;
             }
+            ctx.summary(format_args!(
+                "imported {} into {}: {}",
+                extents.display(),
+                out.display(),
+                super::bitmap_line(&map)
+            ));
             Ok(0)
         }
     }
@@ -123,7 +129,13 @@ fn show(path: &Path, json_out: bool) -> Result<Status> {
 }
 
 /// `vdisk merge BITMAP... -o OUT`: the union (at the finest granularity among them).
-pub fn merge(inputs: &[PathBuf], out: &Path, force: bool, json_out: bool) -> Result<Status> {
+pub fn merge(
+    ctx: &Ctx,
+    inputs: &[PathBuf],
+    out: &Path,
+    force: bool,
+    json_out: bool,
+) -> Result<Status> {
     let mut maps = inputs.iter().map(|p| load(p));
     let Some(first) = maps.next() else {
         return Err(Error::new(ErrorKind::InvalidArgument, "no bitmaps to merge").with_path(out));
@@ -142,5 +154,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path, force: bool, json_out: bool) -> Res
         v["output"] = path_text(out).into();
         print_json(&v)?;
     }
+    ctx.summary(format_args!(
+        "merged {} bitmap(s) into {}: {}",
+        inputs.len(),
+        out.display(),
+        super::bitmap_line(&acc)
+    ));
     Ok(0)
 }

@@ -7,7 +7,9 @@ use vdisk::{Error, ErrorKind, Finding, Result, Severity};
 
 use super::{path_text, print_json, print_text, Ctx, Status};
 
-/// Check metadata consistency (exit 1 when problems are found).
+/// Check an image's metadata for consistency
+///
+/// Exit status 1 when problems are found.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The image.
@@ -87,5 +89,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         }
         print_text(&text)?;
     }
+    let warnings = findings.len() - errors;
+    ctx.summary(format_args!(
+        "checked {}: {}",
+        args.image.display(),
+        if errors == 0 && warnings == 0 {
+            "clean".to_string()
+        } else {
+            format!("{errors} error(s), {warnings} warning(s)")
+        }
+    ));
     Ok(u8::from(errors > 0))
 }

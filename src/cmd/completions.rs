@@ -5,7 +5,9 @@ use vdisk::Result;
 
 use super::{stdout_error, Ctx, Status};
 
-/// Print a completion script for a shell (e.g. `vdisk completions bash > /etc/bash_completion.d/vdisk`).
+/// Print a shell completion script
+///
+/// For example: `vdisk completions bash > /etc/bash_completion.d/vdisk`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The shell.

@@ -6,22 +6,23 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 use vdisk::size::human;
 use vdisk::{
-    ConvertOptions, CopyStats, CreateOptions, DiskImage, Error, ErrorKind, Format, Protected,
-    Result,
+    ConvertOptions, CopyStats, CreateOptions, Error, ErrorKind, Format, Protected, Result,
 };
 
-use super::{path_text, policy, print_json, Ctx, Status};
+use super::{path_text, policy, print_json, Ctx, Expect, Status};
+use crate::progress::{rate, secs};
 
 /// How an output is written (`convert`, `merge`, `restore`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct OutputArgs {
     /// Output format (raw, vmdk, …); without it, the output's extension decides (.vmdk, …),
     /// and any other name is raw.
-    #[arg(short = 'O', value_name = "FORMAT")]
+    #[arg(short = 'O', value_name = "FORMAT", ignore_case = true, value_parser = writable_formats())]
     pub output_format: Option<String>,
-    /// The format's variant, e.g. a VMDK subformat: monolithicSparse (default),
-    /// monolithicFlat, twoGbMaxExtentSparse, twoGbMaxExtentFlat, streamOptimized.
-    #[arg(long)]
+    /// The format's variant: a VMDK's monolithicSparse (default), monolithicFlat,
+    /// twoGbMaxExtentSparse, twoGbMaxExtentFlat or streamOptimized; a VHD's or VHDX's
+    /// dynamic (default) or fixed.
+    #[arg(long, ignore_case = true, value_parser = subformats())]
     pub subformat: Option<String>,
     /// Adapter type recorded in a VMDK output (it sets the geometry):
     /// ide, lsilogic, buslogic, pvscsi.
@@ -30,6 +31,25 @@ pub struct OutputArgs {
     /// Compress the output where its format can (a VMDK: streamOptimized).
     #[arg(long)]
     pub compress: bool,
+}
+
+/// The formats `-O` takes: those vdisk writes (offered by shell completion too).
+fn writable_formats() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(vdisk::image::registry::writable_names())
+}
+
+/// The values `--subformat` takes: every writable format's variants (each output format
+/// then accepts only its own).
+fn subformats() -> clap::builder::PossibleValuesParser {
+    let mut all: Vec<&'static str> = Vec::new();
+    for f in vdisk::image::registry::formats() {
+        for s in f.subformats() {
+            if f.writable() && !all.contains(s) {
+                all.push(s);
+            }
+        }
+    }
+    clap::builder::PossibleValuesParser::new(all)
 }
 
 /// The output's format, and its options under `policy`.
@@ -76,8 +96,16 @@ impl OutputArgs {
     }
 }
 
-/// Convert an image to another format.
+/// Convert an image to another format
+///
+/// The format follows DST's name (.vmdk, .qcow2, .vhdx, .vhd; anything else is raw) unless
+/// -O says it; an -O that contradicts the name is refused. Unallocated space stays
+/// unallocated.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  vdisk convert disk.qcow2 disk.vmdk                    # a monolithicSparse VMDK
+  vdisk convert --subformat streamOptimized disk.vhdx disk-for-ovf.vmdk
+  vdisk convert --compress disk.vmdk disk.qcow2         # zstd-compressed clusters")]
 pub struct Args {
     /// Source image; `-` reads a streamOptimized VMDK from standard input.
     pub src: PathBuf,
@@ -126,12 +154,16 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     let out = args
         .output
         .output(&args.dst, policy(args.force, protected))?;
-    let progress = ctx.progress(img.as_ref().map_or(0, |i| i.size()));
-    let tick = |n: u64| progress.tick(n);
+    // A stream on stdin tells its size only as it goes: its bar counts up to nothing.
+    let expected = img.as_ref().map_or(0, |i| super::data_bytes(i));
+    let progress = ctx.progress(
+        &format!("convert {}", super::label(&args.src)),
+        Expect::Reads(expected),
+    );
     let opts = ConvertOptions {
         create: out.create.clone(),
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let stats = match &img {
         Some(img) => vdisk::convert(img, &args.dst, out.format, &opts)?,
@@ -142,13 +174,18 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         }
     };
     let seconds = progress.seconds();
-    progress.done(&format!(
-        "converted {} of disk ({} read)",
-        human(stats.size),
-        human(stats.bytes_read)
-    ));
     if args.json {
         summary(&args.src, &args.dst, &out, &stats, seconds)?;
     }
+    progress.finish(format_args!(
+        "converted {} to {} ({}, {} disk): read {} in {} ({})",
+        args.src.display(),
+        args.dst.display(),
+        out.format.name(),
+        human(stats.size),
+        human(stats.bytes_read),
+        secs(seconds),
+        rate(stats.bytes_read, seconds)
+    ));
     Ok(0)
 }

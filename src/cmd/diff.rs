@@ -8,10 +8,18 @@ use vdisk::diff::{diff, diff_manifest, is_manifest, ManifestFile, ScanOptions};
 use vdisk::size::human;
 use vdisk::{DiskImage, Error, ErrorKind, Granularity, Protected, Result};
 
-use super::{policy, print_json, print_text, Ctx, Status};
+use super::{policy, print_json, print_text, Ctx, Expect, Status};
+use crate::progress::secs;
 
-/// Find the blocks that changed between two disk states (exit 1 when they differ).
+/// Find the blocks that changed between two disk states
+///
+/// Exit status 0 when they are identical, 1 when they differ. OLD may be a manifest that
+/// `vdisk hash` wrote, so the old state need not be kept.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  vdisk diff monday.vmdk tuesday.vmdk
+  vdisk diff --bitmap changes.cbt monday.raw tuesday.raw
+  vdisk diff --delta tuesday-delta.qcow2 monday.qcow2 tuesday.raw   # an overlay on monday")]
 pub struct Args {
     /// The old state: an image, or a manifest written by `vdisk hash`.
     pub old: PathBuf,
@@ -37,18 +45,28 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let new = vdisk::open_with(&a.new, &ctx.open)?;
-    let progress = ctx.progress(new.size());
-    let tick = |n: u64| progress.tick(n);
-    let scan = |g| ScanOptions {
-        granularity: g,
-        throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
-    };
     let mut protected = Protected::new();
     protected.add_image(&new);
     protected.add_path(&a.old);
     let head = vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?;
-    let (report, old_size, old) = if is_manifest(&head) {
+    let manifest = is_manifest(&head);
+    let old = if manifest {
+        None
+    } else {
+        Some(vdisk::open_with(&a.old, &ctx.open)?)
+    };
+    // Data on either side is read (the new side only, against a manifest).
+    let expected = super::data_bytes(&new) + old.as_ref().map_or(0, |o| super::data_bytes(o));
+    let progress = ctx.progress(
+        &format!("diff {}", super::label(&a.new)),
+        Expect::Reads(expected),
+    );
+    let scan = |g| ScanOptions {
+        granularity: g,
+        throttle: Some(&ctx.throttle),
+        progress: Some(&progress),
+    };
+    let (report, old_size, old) = if manifest {
         if a.delta.is_some() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
@@ -73,14 +91,14 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         }
         (report, m.size(), None)
     } else {
-        let old = vdisk::open_with(&a.old, &ctx.open)?;
+        let old = old.expect("opened above: not a manifest");
         protected.add_image(&old);
         let g = a.granularity.unwrap_or_default().bytes();
         let report = diff(&old, &new, &scan(g))?;
         let size = old.size();
         (report, size, Some(old))
     };
-    progress.done(&format!("compared ({} read)", human(report.bytes_read)));
+    let seconds = progress.seconds();
     let map = report.map;
     let policy = policy(a.force, protected);
     if let Some(path) = &a.bitmap {
@@ -110,6 +128,25 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         vdisk::write_delta(old, &new, map.extents(), path, &opts)?;
     }
     print_result(&map, old_size, a.json)?;
+    // A diff that writes says what it wrote; one that only compares has said it on stdout.
+    let wrote: Vec<String> = [("bitmap", &a.bitmap), ("delta", &a.delta)]
+        .into_iter()
+        .filter_map(|(what, p)| p.as_ref().map(|p| format!("{what} {}", p.display())))
+        .collect();
+    if wrote.is_empty() {
+        progress.clear();
+    } else {
+        progress.finish(format_args!(
+            "compared {} with {}: {} of {} blocks changed; wrote {}; read {} in {}",
+            a.new.display(),
+            a.old.display(),
+            map.count(),
+            map.block_count(),
+            wrote.join(" and "),
+            human(report.bytes_read),
+            secs(seconds)
+        ));
+    }
     Ok(u8::from(!map.is_empty() || old_size != map.size()))
 }
 

@@ -7,9 +7,12 @@ use vdisk::diff::{hash_image, ScanOptions};
 use vdisk::size::human;
 use vdisk::{DiskImage, Granularity, Protected, Result};
 
-use super::{path_text, policy, print_json, Ctx, Status};
+use super::{path_text, policy, print_json, Ctx, Expect, Status};
+use crate::progress::{rate, secs};
 
-/// Hash every block of an image into a manifest (for a later `vdisk diff MANIFEST NEW`).
+/// Hash every block of an image into a manifest
+///
+/// A later `vdisk diff MANIFEST NEW` then finds what changed without the old image.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The image.
@@ -30,12 +33,14 @@ pub struct Args {
 
 pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     let img = vdisk::open_with(&args.image, &ctx.open)?;
-    let progress = ctx.progress(img.size());
-    let tick = |n: u64| progress.tick(n);
+    let progress = ctx.progress(
+        &format!("hash {}", super::label(&args.image)),
+        Expect::Reads(super::data_bytes(&img)),
+    );
     let opts = ScanOptions {
         granularity: args.granularity.bytes(),
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let mut protected = Protected::new();
     protected.add_image(&img);
@@ -43,11 +48,6 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         Ok(hash_image(&img, w, &opts)?.1)
     })?;
     let seconds = progress.seconds();
-    progress.done(&format!(
-        "hashed {} ({} read)",
-        human(img.size()),
-        human(read)
-    ));
     if args.json {
         print_json(&json!({
             "image": path_text(&args.image),
@@ -59,5 +59,15 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
             "seconds": seconds,
         }))?;
     }
+    progress.finish(format_args!(
+        "hashed {} into {} ({} blocks of {}): read {} in {} ({})",
+        args.image.display(),
+        args.out.display(),
+        args.granularity.blocks(img.size()),
+        human(args.granularity.bytes()),
+        human(read),
+        secs(seconds),
+        rate(read, seconds)
+    ));
     Ok(0)
 }

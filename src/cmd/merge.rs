@@ -4,13 +4,15 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::size::human;
-use vdisk::{ConvertOptions, Error, ErrorKind, Protected, Result};
+use vdisk::{ConvertOptions, DiskImage, Error, ErrorKind, Protected, Result};
 
 use super::convert::OutputArgs;
-use super::{path_text, policy, print_json, Ctx, Status};
+use super::{path_text, policy, print_json, Ctx, Expect, Status};
+use crate::progress::{rate, secs};
 
-/// Union changed-block bitmaps, or collapse a delta chain into one image (or, with --base,
-/// into one link above BASE).
+/// Union changed-block bitmaps, or collapse a chain of deltas into one image
+///
+/// With --base, the links above BASE are collapsed into one link above it.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Bitmaps to union, or the one image at the top of a chain.
@@ -40,7 +42,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
                 "--base, -O and --subformat apply to merging a chain, not bitmaps",
             ));
         }
-        return super::bitmap::merge(&a.inputs, &a.out, a.force, a.json);
+        return super::bitmap::merge(ctx, &a.inputs, &a.out, a.force, a.json);
     }
     let [image] = a.inputs.as_slice() else {
         return Err(Error::new(
@@ -65,12 +67,20 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             };
         }
     }
-    let progress = ctx.progress(0);
-    let tick = |n: u64| progress.tick(n);
+    // With --base, only the links above it are read: their span, less what they leave to
+    // the links below, which the merge passes over.
+    let progress = ctx.progress(
+        &format!("merge {}", super::label(image)),
+        if a.base.is_some() {
+            Expect::Span(img.size())
+        } else {
+            Expect::Reads(super::data_bytes(&img))
+        },
+    );
     let opts = ConvertOptions {
         create: out.create.clone(),
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let stats = vdisk::merge(
         &img,
@@ -80,11 +90,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         &ctx.open,
         &opts,
     )?;
-    progress.done(&format!(
-        "merged {} of disk ({} read)",
-        human(stats.size),
-        human(stats.bytes_read)
-    ));
+    let seconds = progress.seconds();
     if a.json {
         print_json(&json!({
             "image": path_text(image),
@@ -93,7 +99,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             "subformat": out.create.subformat.as_deref().or_else(|| out.format.subformats().first().copied()),
             "virtual_size": stats.size,
             "bytes_read": stats.bytes_read,
+            "seconds": seconds,
         }))?;
     }
+    progress.finish(format_args!(
+        "merged {} into {} ({}, {} disk): read {} in {} ({})",
+        image.display(),
+        a.out.display(),
+        out.format.name(),
+        human(stats.size),
+        human(stats.bytes_read),
+        secs(seconds),
+        rate(stats.bytes_read, seconds)
+    ));
     Ok(0)
 }

@@ -10,6 +10,7 @@ pub mod diff;
 pub mod hash;
 pub mod info;
 pub mod list;
+pub mod manpage;
 pub mod map;
 pub mod merge;
 pub mod prune;
@@ -22,7 +23,8 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
-use vdisk::{Error, OpenOptions, OutputPolicy, Protected, Result};
+pub use crate::progress::Expect;
+use vdisk::{DiskImage, Error, OpenOptions, OutputPolicy, Protected, Result};
 
 /// A repository location as typed: a folder, or `s3://BUCKET/PREFIX`.
 pub fn location(repo: &Path) -> Result<vdisk::chain::Location> {
@@ -43,15 +45,80 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A progress bar up to `total` bytes (drawn only on a terminal, never with `-q`).
-    pub fn progress(&self, total: u64) -> crate::progress::Progress {
-        crate::progress::Progress::new(self.quiet, total)
+    /// A progress bar labelled `label` (the command and the disk), up to `expected` bytes
+    /// read (drawn only on a terminal, never with `-q`); its `finish` prints the command's
+    /// summary line.
+    pub fn progress(&self, label: &str, expected: Expect) -> crate::progress::Progress {
+        crate::progress::Progress::new(self.quiet, label, expected, self.throttle.rate())
     }
+}
 
-    /// Whether to print a summary line on stderr.
-    pub fn summary(&self) -> bool {
-        !self.quiet
+impl Ctx {
+    /// Print a command's one summary line, `vdisk: LINE`, on stderr (unless `-q`): for
+    /// commands that write or check without a progress bar.
+    pub fn summary(&self, line: impl std::fmt::Display) {
+        if !self.quiet {
+            eprintln!("vdisk: {line}");
+        }
     }
+}
+
+/// A bitmap's changed blocks in a summary line.
+pub fn bitmap_line(map: &vdisk::bitmap::ChangeMap) -> String {
+    format!(
+        "{} of {} blocks of {} changed ({})",
+        map.count(),
+        map.block_count(),
+        vdisk::size::human(map.granularity()),
+        vdisk::size::human(map.changed_bytes())
+    )
+}
+
+/// The bytes a copy or scan of `img` reads: its allocated data (the whole disk if its map
+/// cannot be walked; the job itself will then report the error).
+pub fn data_bytes(img: &dyn DiskImage) -> u64 {
+    let mut n = 0u64;
+    let walked = vdisk::for_each_extent(img, |e| {
+        if e.allocation == vdisk::Allocation::Data {
+            n = n.saturating_add(e.length);
+        }
+        Ok(())
+    });
+    match walked {
+        Ok(()) => n,
+        Err(_) => img.size(),
+    }
+}
+
+/// A label's name for a file: its last component.
+pub fn label(path: &Path) -> String {
+    crate::progress::file_label(path)
+}
+
+/// Whether `p` names a repository rather than an image: an `s3://` location, or a folder
+/// (an image is never a folder).
+fn is_repository(p: &Path) -> bool {
+    p.as_os_str().as_encoded_bytes().starts_with(b"s3://") || p.is_dir()
+}
+
+/// Refuse arguments given in the wrong order: `images` (sources or destinations, which are
+/// files) where `repo` should be, and a repository among them. `usage` is the command's
+/// synopsis, e.g. `vdisk backup SRC REPO`.
+pub fn repository_order(repo: &Path, images: &[&Path], usage: &str, rule: &str) -> Result<()> {
+    if is_repository(repo) {
+        return Ok(());
+    }
+    if let Some(r) = images.iter().find(|p| is_repository(p)) {
+        return Err(Error::new(
+            vdisk::ErrorKind::InvalidArgument,
+            format!(
+                "is a repository, and {} is not: {rule} ({usage})",
+                repo.display()
+            ),
+        )
+        .with_path(r));
+    }
+    Ok(())
 }
 
 /// The output policy for `--force`, protecting `protected`.

@@ -6,7 +6,8 @@ use serde_json::json;
 use vdisk::size::human;
 use vdisk::{CopyOptions, Repository, Result};
 
-use super::{print_json, Ctx, Status};
+use super::{print_json, Ctx, Expect, Status};
+use crate::progress::secs;
 
 /// Fold the oldest points into the base so that N remain.
 #[derive(clap::Args, Debug)]
@@ -25,14 +26,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let mut repository = Repository::open_writable(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
-    let progress = ctx.progress(repository.prune_bytes(a.keep));
-    let tick = |n: u64| progress.tick(n);
+    let progress = ctx.progress(
+        &format!("prune {}", super::label(&a.repo)),
+        Expect::Span(repository.prune_bytes(a.keep)),
+    );
     let opts = CopyOptions {
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let s = repository.prune(a.keep, &opts)?;
-    progress.done("pruned");
+    let seconds = progress.seconds();
     let kept = repository.points().len();
     if a.json {
         print_json(&json!({
@@ -40,12 +43,13 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             "kept": kept,
             "bytes_freed": s.bytes_freed,
         }))?;
-    } else if ctx.summary() {
-        eprintln!(
-            "vdisk: folded {} point(s) into the base, {kept} kept, freed {}",
-            s.folded,
-            human(s.bytes_freed)
-        );
     }
+    progress.finish(format_args!(
+        "pruned {}: folded {} point(s) into the base, {kept} kept, freed {} in {}",
+        a.repo.display(),
+        s.folded,
+        human(s.bytes_freed),
+        secs(seconds)
+    ));
     Ok(0)
 }

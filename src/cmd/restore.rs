@@ -4,14 +4,22 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::size::human;
-use vdisk::{ConvertOptions, DiskImage, Protected, Repository, Result};
+use vdisk::{ConvertOptions, Protected, Repository, Result};
 
 use super::convert::OutputArgs;
-use super::{path_text, policy, print_json, Ctx, Status};
+use super::{path_text, policy, print_json, Ctx, Expect, Status};
+use crate::progress::{rate, secs};
 
-/// Write a restore point as a disk image, or onto a device (the newest point by default).
-/// Every grain read is checked against the hash kept at backup time.
+/// Restore a point as a disk image, or onto a device
+///
+/// The newest point unless --point says which. The image's format follows DST's name
+/// (.vmdk, .qcow2, .vhdx, .vhd; anything else is raw) unless -O says it. Every block read is
+/// checked against the hash kept at backup time.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  vdisk restore /backups/web01 web01-restored.vmdk      # the newest point, as a VMDK
+  vdisk restore --point 3 /backups/web01 web01.qcow2
+  vdisk restore --force /backups/web01 /dev/vg0/web01   # onto a device, in place")]
 pub struct Args {
     /// The repository: a folder or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
@@ -31,6 +39,12 @@ pub struct Args {
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
+    super::repository_order(
+        &a.repo,
+        &[&a.dst],
+        "vdisk restore REPO DST",
+        "REPO comes first",
+    )?;
     // The output's format is settled before anything is read.
     a.output.output(&a.dst, vdisk::OutputPolicy::new())?;
     let repository = Repository::open(super::location(&a.repo)?)?
@@ -42,21 +56,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         protected.add_folder(dir)?;
     }
     protected.add_image(&image);
-    let progress = ctx.progress(image.size());
-    let tick = |n: u64| progress.tick(n);
+    let progress = ctx.progress(
+        &format!("restore {}", super::label(&a.dst)),
+        Expect::Reads(super::data_bytes(&image)),
+    );
     let out = a.output.output(&a.dst, policy(a.force, protected))?;
     let opts = ConvertOptions {
         create: out.create.clone(),
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let stats = vdisk::convert(&image, &a.dst, out.format, &opts)?;
     let seconds = progress.seconds();
-    progress.done(&format!(
-        "restored {} ({} read)",
-        human(stats.size),
-        human(stats.bytes_read)
-    ));
     if a.json {
         print_json(&json!({
             "point": image.point(),
@@ -67,5 +78,16 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             "seconds": seconds,
         }))?;
     }
+    progress.finish(format_args!(
+        "restored point {} of {} to {} ({}, {} disk): read and checked {} in {} ({})",
+        image.point(),
+        a.repo.display(),
+        a.dst.display(),
+        out.format.name(),
+        human(stats.size),
+        human(stats.bytes_read),
+        secs(seconds),
+        rate(stats.bytes_read, seconds)
+    ));
     Ok(0)
 }

@@ -12,9 +12,16 @@ use vdisk::{DiskImage, Error, ErrorKind, Repository, Result};
 
 use super::{stdout_error, Ctx, Status};
 
-/// Serve an image, or a repository's restore point, read-only over NBD until SIGINT/SIGTERM.
+/// Serve an image, or a repository's point, read-only over NBD
+///
+/// Runs until SIGINT or SIGTERM. A repository's point is checked block by block as it is
+/// read, so a VM can boot from a backup at once (instant recovery).
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("endpoint").required(true).args(["socket", "listen"])))]
+#[command(after_help = "Examples:
+  vdisk serve /backups/web01 --socket /run/web01.sock   # the newest point
+  qemu-img convert -O qcow2 'nbd+unix:///?socket=/run/web01.sock' web01.qcow2
+  vdisk serve --point 3 /backups/web01 --listen 127.0.0.1:10809")]
 pub struct Args {
     /// An image, or a repository: a folder or s3://BUCKET/PREFIX (with --point, the newest
     /// point by default).

@@ -8,11 +8,17 @@ use vdisk::chain::VerifyOptions;
 use vdisk::size::human;
 use vdisk::{Error, ErrorKind, Repository, Result};
 
-use super::{print_json, Ctx, Status};
+use super::{print_json, Ctx, Expect, Status};
+use crate::progress::{rate, secs as secs_text};
 
-/// Make DST hold SRC's points: copy what DST lacks, check it against the hashes kept at
-/// backup time, then switch DST's metadata (a sync killed at any instant leaves DST as it was).
+/// Copy a repository's points to another (offsite) repository
+///
+/// Copies only what DST lacks, checks what arrived against the hashes kept at backup time,
+/// then switches DST's metadata: a sync killed at any instant leaves DST as it was.
 #[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:
+  vdisk sync /backups/web01 s3://offsite/web01          # AWS_* variables name the store
+  vdisk sync s3://offsite/web01 /restore-area/web01     # and back")]
 pub struct Args {
     /// The repository to copy: a folder or s3://BUCKET/PREFIX.
     pub src: PathBuf,
@@ -38,15 +44,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
     let mut dst = Repository::open_or_create(dst_loc)?;
-    let progress = ctx.progress(src.verify_bytes(None));
-    let tick = |n: u64| progress.tick(n);
+    // Each point is copied, then read back and checked: twice its stored bytes, taken off
+    // for the points the destination already holds.
+    let progress = ctx.progress(
+        &format!("sync to {}", super::label(&a.dst)),
+        Expect::Span(src.verify_bytes(None).saturating_mul(2)),
+    );
     let opts = VerifyOptions {
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let s = dst.sync_from(&src, &opts)?;
     let secs = progress.seconds();
-    progress.done("synced");
     if a.json {
         print_json(&json!({
             "points": s.points,
@@ -56,15 +65,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             "points_removed": s.points_removed,
             "seconds": secs,
         }))?;
-    } else if ctx.summary() {
-        eprintln!(
-            "vdisk: {} point(s); copied {} point(s), {} file(s), {}; removed {} in {secs:.2} s",
-            s.points,
-            s.points_copied,
-            s.files_copied,
-            human(s.bytes_copied),
-            s.points_removed
-        );
     }
+    progress.finish(format_args!(
+        "synced {} to {}: {} point(s), {} copied ({} file(s), {}), {} removed in {} ({})",
+        a.src.display(),
+        a.dst.display(),
+        s.points,
+        s.points_copied,
+        s.files_copied,
+        human(s.bytes_copied),
+        s.points_removed,
+        secs_text(secs),
+        rate(s.bytes_copied, secs)
+    ));
     Ok(0)
 }

@@ -6,9 +6,13 @@ use serde_json::json;
 use vdisk::chain::VerifyOptions;
 use vdisk::{Repository, Result};
 
-use super::{print_json, print_text, Ctx, Status};
+use super::{print_json, print_text, Ctx, Expect, Status};
+use crate::progress::{rate, secs};
+use vdisk::size::human;
 
-/// Check a repository's points against the hashes kept at backup time (exit 1 if damaged).
+/// Check a repository's points against the hashes kept at backup time
+///
+/// Exit status 1 when a point is damaged.
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The repository: a folder or s3://BUCKET/PREFIX.
@@ -25,15 +29,23 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let repository = Repository::open(super::location(&a.repo)?)?
         .with_read_ahead(ctx.open.read_ahead)
         .with_cache(ctx.open.cache);
-    let progress = ctx.progress(repository.verify_bytes(a.point));
-    let tick = |n: u64| progress.tick(n);
+    let expected = repository.verify_bytes(a.point);
+    let progress = ctx.progress(
+        &format!("verify {}", super::label(&a.repo)),
+        Expect::Reads(expected),
+    );
     let opts = VerifyOptions {
         throttle: Some(&ctx.throttle),
-        progress: Some(&tick),
+        progress: Some(&progress),
     };
     let reports = repository.verify(a.point, &opts)?;
-    progress.done("verified");
+    let seconds = progress.seconds();
     let sound = reports.iter().all(|r| r.sound());
+    let damaged = reports.iter().filter(|r| !r.problems.is_empty()).count();
+    let affected = reports
+        .iter()
+        .filter(|r| r.problems.is_empty() && r.depends_on_damaged.is_some())
+        .count();
     if a.json {
         let v: Vec<_> = reports
             .iter()
@@ -74,5 +86,18 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         });
         print_text(&text)?;
     }
+    let verdict = if sound {
+        "sound".to_string()
+    } else {
+        format!("DAMAGED ({damaged} point(s) damaged, {affected} affected)")
+    };
+    progress.finish(format_args!(
+        "verified {} point(s) of {}: {verdict}; checked {} in {} ({})",
+        reports.len(),
+        a.repo.display(),
+        human(expected),
+        secs(seconds),
+        rate(expected, seconds)
+    ));
     Ok(u8::from(!sound))
 }

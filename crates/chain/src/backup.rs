@@ -141,10 +141,7 @@ impl Repository {
                 return Err(repo_err(
                     &self.dir,
                     ErrorKind::Unsafe,
-                    format!(
-                        "backs up {}, not {} (if this is the same disk under another name, insist)",
-                        meta.disk.source, source.identity
-                    ),
+                    format!("backs up {}, not {}", meta.disk.source, source.identity),
                 ));
             }
         }

@@ -5,7 +5,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_core::{Error, ErrorKind, Progress, Result};
 
 use crate::meta::{FileCheck, RepoMeta, RestorePoint};
 use crate::repo::{repo_err, Repository};
@@ -121,7 +121,7 @@ impl Repository {
                         ),
                     ));
                 }
-                summary.bytes_copied += copy_file(src, self, name)?;
+                summary.bytes_copied += copy_file(src, self, name, opts.progress)?;
                 summary.files_copied += 1;
                 copied_here = true;
             }
@@ -139,6 +139,9 @@ impl Repository {
                     ));
                 }
                 summary.points_copied += 1;
+            } else if let Some(pr) = opts.progress {
+                // Neither copied nor read back.
+                pr.skipped(p.changed_bytes.saturating_mul(2));
             }
         }
         let kept: HashSet<u64> = want.points.iter().map(|p| p.point).collect();
@@ -196,7 +199,12 @@ fn check_compatible(
 }
 
 /// Copy `name` from `src` to `dst`, a piece at a time; returns its length.
-fn copy_file(src: &Repository, dst: &Repository, name: &str) -> Result<u64> {
+fn copy_file(
+    src: &Repository,
+    dst: &Repository,
+    name: &str,
+    progress: Option<&dyn Progress>,
+) -> Result<u64> {
     let from = src.store.load(&src.path(name))?;
     let len = from.len();
     let mut out = dst.store.create_stream(name)?;
@@ -209,6 +217,9 @@ fn copy_file(src: &Repository, dst: &Repository, name: &str) -> Result<u64> {
             .write_all(&buf[..n])
             .map_err(|e| Error::io("cannot write", e).with_path(dst.path(name)))?;
         at += n as u64;
+        if let Some(pr) = progress {
+            pr.read(n as u64);
+        }
     }
     let written = out.finish()?;
     if written != len {

@@ -126,6 +126,8 @@ impl ImageOutput for LocalFiles {
         Ok(())
     }
     fn commit(self: Box<Self>, main: Box<dyn SealedOutput>) -> Result<()> {
+        // The files go under their names together, or (interrupted before) not at all.
+        let _publishing = crate::interrupt::publishing();
         for f in self.pending {
             f.publish()?;
         }

@@ -23,6 +23,7 @@ mod device;
 mod files;
 pub mod format;
 mod holes;
+pub mod interrupt;
 mod mapped;
 mod output;
 mod paths;

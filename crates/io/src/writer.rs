@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use vdisk_core::{is_zero, Error, ErrorKind, Result};
 
+use crate::interrupt::{publishing, TempName};
 use crate::output::{Destination, Existing, OutputPolicy};
 use crate::sys;
 
@@ -65,8 +66,8 @@ pub fn write_stream<T>(
 enum Temp {
     /// An `O_TMPFILE` inode: no name at all, so a killed run leaves nothing behind.
     Unnamed,
-    /// A temporary name (file systems without `O_TMPFILE`).
-    Named(PathBuf),
+    /// A temporary name (file systems without `O_TMPFILE`), removed by an interrupt.
+    Named(TempName),
 }
 
 /// Writes an image file that leaves holes wherever the data is zero.
@@ -116,6 +117,7 @@ fn folder_of(dst: &Path) -> &Path {
 /// Make `file` visible at `dst`: link an unnamed file, or rename a named one. An existing
 /// `dst` is replaced only when `replace` is set.
 fn publish(file: Option<&File>, temp: &Temp, dst: &Path, replace: bool) -> Result<()> {
+    let _publishing = publishing();
     let exists = || std::fs::symlink_metadata(dst).is_ok();
     let already = || {
         Error::new(
@@ -130,12 +132,13 @@ fn publish(file: Option<&File>, temp: &Temp, dst: &Path, replace: bool) -> Resul
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && replace => {
                 // Link under the temporary name, then rename over the old file: the old file
                 // stays whole until the rename, which is atomic.
-                let tmp = partial_path(dst);
-                remove_stale(&tmp);
-                sys::link_unnamed(f, &tmp)
-                    .map_err(|e| Error::io("cannot link the new file", e).with_path(&tmp))?;
-                std::fs::rename(&tmp, dst).map_err(|e| {
-                    let _ = std::fs::remove_file(&tmp);
+                let tmp = TempName::new(partial_path(dst));
+                let tmp = tmp.path();
+                remove_stale(tmp);
+                sys::link_unnamed(f, tmp)
+                    .map_err(|e| Error::io("cannot link the new file", e).with_path(tmp))?;
+                std::fs::rename(tmp, dst).map_err(|e| {
+                    let _ = std::fs::remove_file(tmp);
                     Error::io("cannot rename into place", e).with_path(dst)
                 })?;
             }
@@ -146,7 +149,7 @@ fn publish(file: Option<&File>, temp: &Temp, dst: &Path, replace: bool) -> Resul
             if !replace && exists() {
                 return Err(already());
             }
-            std::fs::rename(tmp, dst)
+            std::fs::rename(tmp.path(), dst)
                 .map_err(|e| Error::io("cannot rename into place", e).with_path(dst))?;
         }
         (Temp::Unnamed, None) => {
@@ -217,15 +220,15 @@ impl SparseWriter {
                     Some(sys::errno::EOPNOTSUPP | sys::errno::EISDIR | sys::errno::EINVAL)
                 ) =>
             {
-                let tmp = partial_path(dst);
+                let tmp = TempName::new(partial_path(dst));
                 let f = OpenOptions::new()
                     .read(true)
                     .write(true)
                     .create_new(true)
                     .mode(0o644)
                     .custom_flags(sys::flags::O_NOFOLLOW)
-                    .open(&tmp)
-                    .map_err(|e| Error::io("cannot create", e).with_path(&tmp))?;
+                    .open(tmp.path())
+                    .map_err(|e| Error::io("cannot create", e).with_path(tmp.path()))?;
                 (f, Temp::Named(tmp))
             }
             Err(e) => return Err(Error::io("cannot create a file in", e).with_path(dir)),
@@ -322,10 +325,10 @@ impl SparseWriter {
             } else {
                 // Too many open: give it its temporary name now and close it.
                 UNNAMED_SEALED.fetch_sub(1, Ordering::Relaxed);
-                let tmp = partial_path(&sealed.dst);
-                remove_stale(&tmp);
-                sys::link_unnamed(&self.file, &tmp)
-                    .map_err(|e| Error::io("cannot link the new file", e).with_path(&tmp))?;
+                let tmp = TempName::new(partial_path(&sealed.dst));
+                remove_stale(tmp.path());
+                sys::link_unnamed(&self.file, tmp.path())
+                    .map_err(|e| Error::io("cannot link the new file", e).with_path(tmp.path()))?;
                 sealed.temp = Temp::Named(tmp);
             }
         }
@@ -365,7 +368,7 @@ impl Drop for SealedFile {
             UNNAMED_SEALED.fetch_sub(1, Ordering::Relaxed);
         }
         if let (false, Temp::Named(tmp)) = (self.committed, &self.temp) {
-            let _ = std::fs::remove_file(tmp);
+            let _ = std::fs::remove_file(tmp.path());
         }
     }
 }
@@ -373,7 +376,7 @@ impl Drop for SealedFile {
 impl Drop for SparseWriter {
     fn drop(&mut self) {
         if let (false, Temp::Named(tmp)) = (self.committed, &self.temp) {
-            let _ = std::fs::remove_file(tmp);
+            let _ = std::fs::remove_file(tmp.path());
         }
     }
 }
