@@ -41,8 +41,21 @@ impl Progress {
             let b = indicatif::ProgressBar::new(total.max(1));
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{prefix} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {eta}",
+                    "{prefix} {wide_bar} {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} eta {when}",
                 )
+                .map(|s| {
+                    // Nothing read yet: no ETA to speak of (indicatif would say 0s).
+                    s.with_key(
+                        "when",
+                        |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = if st.pos() == 0 {
+                                write!(w, "?")
+                            } else {
+                                write!(w, "{:#}", indicatif::HumanDuration(st.eta()))
+                            };
+                        },
+                    )
+                })
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             let mut prefix = shorten(label, LABEL_WIDTH);
@@ -145,9 +158,14 @@ pub fn secs(s: f64) -> String {
     }
 }
 
+/// An amount of bytes moved, as a summary line writes it (`12.04 MiB`, as the bar does).
+pub fn amount(bytes: u64) -> String {
+    indicatif::BinaryBytes(bytes).to_string()
+}
+
 /// A rate as a summary line writes it.
 pub fn rate(bytes: u64, seconds: f64) -> String {
-    format!("{}/s", human((bytes as f64 / seconds.max(1e-3)) as u64))
+    format!("{}/s", amount((bytes as f64 / seconds.max(1e-3)) as u64))
 }
 
 #[cfg(test)]

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::size::human;
 use vdisk::{BackupOptions, DiskImage, Repository, Result};
 
 use super::{print_json, Ctx, Expect, Status};
@@ -60,7 +59,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             .count()
             .saturating_mul(map.granularity())
             .min(img.size()),
-        None => super::data_bytes(&img),
+        // A repository reads whole 64 KiB grains.
+        None => super::data_blocks(&img, 64 << 10),
     };
     let progress = ctx.progress(
         &format!("backup {}", super::label(&a.src)),
@@ -93,8 +93,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         s.point,
         s.kind.name(),
         s.points,
-        human(s.bytes_read),
-        human(s.bytes_written),
+        crate::progress::amount(s.bytes_read),
+        crate::progress::amount(s.bytes_written),
         secs_text(secs),
         rate(s.bytes_read, secs)
     ));

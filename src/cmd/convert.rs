@@ -183,7 +183,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         args.dst.display(),
         out.format.name(),
         human(stats.size),
-        human(stats.bytes_read),
+        crate::progress::amount(stats.bytes_read),
         secs(seconds),
         rate(stats.bytes_read, seconds)
     ));

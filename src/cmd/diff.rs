@@ -126,6 +126,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             on_block: None,
         };
         vdisk::write_delta(old, &new, map.extents(), path, &opts)?;
+        // A parent outside the delta's folder is named by its absolute path, which readers
+        // follow only when told to: say so now rather than at the first read.
+        if let Ok((name, false)) = vdisk::image::parent_name(path, old.path()) {
+            eprintln!(
+                "vdisk: warning: {} names its parent by an absolute path ({}), as it lies outside the delta's folder; reading it will need --allow-outside-paths",
+                path.display(),
+                name.display()
+            );
+        }
     }
     print_result(&map, old_size, a.json)?;
     // A diff that writes says what it wrote; one that only compares has said it on stdout.
@@ -143,7 +152,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             map.count(),
             map.block_count(),
             wrote.join(" and "),
-            human(report.bytes_read),
+            crate::progress::amount(report.bytes_read),
             secs(seconds)
         ));
     }

@@ -65,7 +65,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         args.out.display(),
         args.granularity.blocks(img.size()),
         human(args.granularity.bytes()),
-        human(read),
+        crate::progress::amount(read),
         secs(seconds),
         rate(read, seconds)
     ));

@@ -36,6 +36,17 @@ pub fn run(_ctx: &Ctx, _a: Args) -> Result<Status> {
     let mut out = Vec::new();
     man.render_version_section(&mut out).map_err(stdout_error)?;
     page.push_str(&String::from_utf8_lossy(&out));
+    // roff input is ASCII: other characters as groff's Unicode escapes.
+    let page: String = page
+        .chars()
+        .map(|c| {
+            if c.is_ascii() {
+                c.to_string()
+            } else {
+                format!("\\[u{:04X}]", u32::from(c))
+            }
+        })
+        .collect();
     use std::io::Write;
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(page.as_bytes()).map_err(stdout_error)?;

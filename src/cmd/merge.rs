@@ -108,7 +108,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         a.out.display(),
         out.format.name(),
         human(stats.size),
-        human(stats.bytes_read),
+        crate::progress::amount(stats.bytes_read),
         secs(seconds),
         rate(stats.bytes_read, seconds)
     ));

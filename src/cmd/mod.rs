@@ -77,16 +77,31 @@ pub fn bitmap_line(map: &vdisk::bitmap::ChangeMap) -> String {
 /// The bytes a copy or scan of `img` reads: its allocated data (the whole disk if its map
 /// cannot be walked; the job itself will then report the error).
 pub fn data_bytes(img: &dyn DiskImage) -> u64 {
+    data_blocks(img, 1)
+}
+
+/// The bytes a job that reads `img` in whole `block`s reads: its allocated data, rounded out
+/// to blocks (a block counted once however many extents touch it).
+pub fn data_blocks(img: &dyn DiskImage, block: u64) -> u64 {
+    let block = block.max(1);
+    let size = img.size();
     let mut n = 0u64;
+    // The end of the last block counted.
+    let mut counted = 0u64;
     let walked = vdisk::for_each_extent(img, |e| {
         if e.allocation == vdisk::Allocation::Data {
-            n = n.saturating_add(e.length);
+            let start = (e.start / block * block).max(counted);
+            let end = e.end().div_ceil(block).saturating_mul(block).min(size);
+            if end > start {
+                n = n.saturating_add(end - start);
+                counted = end;
+            }
         }
         Ok(())
     });
     match walked {
         Ok(()) => n,
-        Err(_) => img.size(),
+        Err(_) => size,
     }
 }
 

@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::size::human;
 use vdisk::{CopyOptions, Repository, Result};
 
 use super::{print_json, Ctx, Expect, Status};
@@ -48,7 +47,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         "pruned {}: folded {} point(s) into the base, {kept} kept, freed {} in {}",
         a.repo.display(),
         s.folded,
-        human(s.bytes_freed),
+        crate::progress::amount(s.bytes_freed),
         secs(seconds)
     ));
     Ok(0)

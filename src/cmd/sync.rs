@@ -5,7 +5,6 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::chain::VerifyOptions;
-use vdisk::size::human;
 use vdisk::{Error, ErrorKind, Repository, Result};
 
 use super::{print_json, Ctx, Expect, Status};
@@ -73,7 +72,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         s.points,
         s.points_copied,
         s.files_copied,
-        human(s.bytes_copied),
+        crate::progress::amount(s.bytes_copied),
         s.points_removed,
         secs_text(secs),
         rate(s.bytes_copied, secs)

@@ -8,7 +8,6 @@ use vdisk::{Repository, Result};
 
 use super::{print_json, print_text, Ctx, Expect, Status};
 use crate::progress::{rate, secs};
-use vdisk::size::human;
 
 /// Check a repository's points against the hashes kept at backup time
 ///
@@ -95,7 +94,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         "verified {} point(s) of {}: {verdict}; checked {} in {} ({})",
         reports.len(),
         a.repo.display(),
-        human(expected),
+        crate::progress::amount(expected),
         secs(seconds),
         rate(expected, seconds)
     ));

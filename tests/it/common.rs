@@ -452,3 +452,10 @@ pub fn process_state(pid: u32) -> Option<char> {
     // "PID (COMM) S …": the state follows the last ')'.
     stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
+
+/// Send `sig` to process `pid` (a child of the test's, not yet reaped).
+pub fn send_signal(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid the caller owns.
+    let r = unsafe { libc::kill(pid as libc::pid_t, sig) };
+    assert_eq!(r, 0, "kill({pid}, {sig}) failed");
+}

@@ -191,7 +191,13 @@ fn an_output_format_that_contradicts_the_name_is_refused() {
     );
     let r = vdisk_in(dir, &["convert", "src.raw", "x.bin", "-O", "vdi"]);
     r.expect_code(2, "-O vdi");
-    assert!(r.stderr.contains("does not write"), "{}", r.stderr);
+    assert!(r.stderr.contains("invalid value 'vdi'"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("possible values: vmdk, qcow2, vhdx, vhd, raw;"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

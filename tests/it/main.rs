@@ -3,6 +3,7 @@
 //!
 //! One test binary (`cargo test --test it`), a module per area.
 
+mod admin;
 mod backup;
 mod beyond;
 mod cli;
