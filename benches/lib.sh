@@ -171,8 +171,21 @@ random_file() {
 stamp_ok() { [[ $REGEN != 1 && -f $WORK/$1 && $(cat "$WORK/$1") == "$2" ]]; }
 
 # build_vdisk [CARGO ARGS...]: build the release vdisk (and whatever else is asked for) from the
-# repository; sets TARGET_DIR (honours CARGO_TARGET_DIR) and VDISK.
+# repository; sets TARGET_DIR (honours CARGO_TARGET_DIR) and VDISK. With VDISK_BIN=PATH set,
+# that binary is measured instead (an older build, for a before/after comparison on the same
+# files); what else is asked for is still built from the repository.
 build_vdisk() {
+    if [[ -n ${VDISK_BIN:-} ]]; then
+        [[ -x $VDISK_BIN ]] || die "VDISK_BIN=$VDISK_BIN is not an executable"
+        if [[ $# -gt 0 ]]; then
+            (cd "$REPO_DIR" && cargo build --release --quiet "$@")
+        fi
+        VDISK=$VDISK_BIN
+        TARGET_DIR=$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps \
+            | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+        echo "== measuring $VDISK (VDISK_BIN)"
+        return
+    fi
     echo "== building vdisk (release)"
     (cd "$REPO_DIR" && cargo build --release --quiet --bin vdisk "$@")
     TARGET_DIR=$(cd "$REPO_DIR" && cargo metadata --format-version 1 --no-deps \
