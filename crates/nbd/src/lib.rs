@@ -29,6 +29,7 @@
 //! Threads, no async runtime: an accept loop per listener, a thread per connection reading
 //! requests, and a few worker threads per connection serving them.
 
+pub mod client;
 mod export;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -43,4 +44,5 @@ pub use export::{ExportConfig, MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
 pub use handshake::{MAX_OPTIONS, MAX_OPTION_LEN};
 pub use server::{Limits, Server, ServerStats, ShutdownHandle};
 pub use transmission::{MAX_DESCRIPTORS, READ_CHUNK, STATUS_WINDOW};
-pub use uri::{tcp_uri, unix_uri};
+pub use client::{ClientOptions, ExportInfo, NbdExport};
+pub use uri::{tcp_uri, unix_uri, NbdTransport, NbdUri, DEFAULT_PORT};
