@@ -9,3 +9,5 @@ mod lifecycle;
 mod nbdinfo;
 mod protocol;
 mod qemu;
+mod reader;
+mod servers;
