@@ -5,6 +5,7 @@ mod client;
 mod common;
 mod corpus;
 mod hostile;
+mod liar;
 mod lifecycle;
 mod nbdinfo;
 mod protocol;
