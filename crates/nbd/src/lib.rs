@@ -40,9 +40,9 @@ mod transmission;
 mod uri;
 pub mod wire;
 
+pub use client::{ClientOptions, ExportInfo, NbdExport};
 pub use export::{ExportConfig, MAX_PAYLOAD, MIN_BLOCK, PREFERRED_BLOCK};
 pub use handshake::{MAX_OPTIONS, MAX_OPTION_LEN};
 pub use server::{Limits, Server, ServerStats, ShutdownHandle};
 pub use transmission::{MAX_DESCRIPTORS, READ_CHUNK, STATUS_WINDOW};
-pub use client::{ClientOptions, ExportInfo, NbdExport};
 pub use uri::{tcp_uri, unix_uri, NbdTransport, NbdUri, DEFAULT_PORT};

@@ -100,9 +100,9 @@ impl NbdUri {
     }
 
     fn parse_inner(text: &str) -> Result<NbdUri> {
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| bad("is not an NBD URI (nbd://HOST/EXPORT or nbd+unix:///EXPORT?socket=PATH)".into()))?;
+        let (scheme, rest) = text.split_once("://").ok_or_else(|| {
+            bad("is not an NBD URI (nbd://HOST/EXPORT or nbd+unix:///EXPORT?socket=PATH)".into())
+        })?;
         let scheme = scheme.to_ascii_lowercase();
         let unix = match scheme.as_str() {
             "nbd" => false,
@@ -162,7 +162,11 @@ impl NbdUri {
                 k => {
                     return Err(bad(format!(
                         "has the query parameter \"{k}\", which vdisk does not know{}",
-                        if unix { "" } else { " (socket= is for nbd+unix:// URIs)" }
+                        if unix {
+                            ""
+                        } else {
+                            " (socket= is for nbd+unix:// URIs)"
+                        }
                     )))
                 }
             }
@@ -208,7 +212,9 @@ fn split_host_port(authority: &str) -> Result<(String, u16)> {
         }
         match p.parse::<u16>() {
             Ok(n) if n > 0 => Ok(n),
-            _ => Err(bad(format!("has the port \"{p}\", not a number from 1 to 65535"))),
+            _ => Err(bad(format!(
+                "has the port \"{p}\", not a number from 1 to 65535"
+            ))),
         }
     };
     let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
@@ -327,7 +333,10 @@ mod tests {
             port,
         };
         assert_eq!(p("nbd://example.com/disk").export, "disk");
-        assert_eq!(p("nbd://example.com/disk").transport, tcp("example.com", 10809));
+        assert_eq!(
+            p("nbd://example.com/disk").transport,
+            tcp("example.com", 10809)
+        );
         assert_eq!(p("nbd://example.com").export, "");
         assert_eq!(p("nbd://example.com/").export, "");
         assert_eq!(p("nbd://example.com//disk").export, "/disk");
@@ -344,7 +353,11 @@ mod tests {
         );
         assert_eq!(p("nbd+unix://?socket=s").export, "");
         // Round trips through Display.
-        for s in ["nbd://h:1/a%20b", "nbd+unix:///x?socket=/run/s.sock", "nbd://[::1]:10809/"] {
+        for s in [
+            "nbd://h:1/a%20b",
+            "nbd+unix:///x?socket=/run/s.sock",
+            "nbd://[::1]:10809/",
+        ] {
             assert_eq!(p(s).to_string(), s);
         }
     }

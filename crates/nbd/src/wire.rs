@@ -427,7 +427,9 @@ pub fn server_string(b: &[u8]) -> String {
 /// Decode the data of an `NBD_REP_INFO` reply.
 pub fn parse_info(data: &[u8]) -> Result<InfoItem> {
     if data.len() < 2 {
-        return Err(Error::invalid("an NBD_REP_INFO reply is shorter than its type"));
+        return Err(Error::invalid(
+            "an NBD_REP_INFO reply is shorter than its type",
+        ));
     }
     let kind = be16(data, 0);
     let body = &data[2..];
@@ -489,7 +491,9 @@ pub fn parse_meta_context(data: &[u8]) -> Result<(u32, String)> {
     let name = std::str::from_utf8(&data[4..])
         .map_err(|_| Error::invalid("a metadata context name is not UTF-8"))?;
     if name.chars().any(|c| c.is_control()) {
-        return Err(Error::invalid("a metadata context name holds control characters"));
+        return Err(Error::invalid(
+            "a metadata context name holds control characters",
+        ));
     }
     Ok((be32(data, 0), name.to_string()))
 }
@@ -580,7 +584,11 @@ pub struct ChunkError {
 
 /// Decode an error chunk of type `kind` (bit 15 set) from its whole payload.
 pub fn parse_chunk_error(kind: u16, payload: &[u8]) -> Result<ChunkError> {
-    let fixed = if kind == REPLY_TYPE_ERROR_OFFSET { 14 } else { 6 };
+    let fixed = if kind == REPLY_TYPE_ERROR_OFFSET {
+        14
+    } else {
+        6
+    };
     if payload.len() < fixed {
         return Err(Error::invalid(format!(
             "an error chunk of {} bytes is shorter than its {fixed} fixed bytes",
@@ -739,6 +747,142 @@ mod tests {
             export_name_reply(5, 3, true),
             [0, 0, 0, 0, 0, 0, 0, 5, 0, 3]
         );
+    }
+
+    #[test]
+    fn greetings_are_checked_byte_by_byte() {
+        assert_eq!(parse_greeting(b"NBDMAGICIHAVEOPT\x00\x03").unwrap(), 3);
+        assert_eq!(
+            parse_greeting(b"NBDMAGICIHAVEOPT\x00\x00")
+                .unwrap_err()
+                .kind(),
+            vdisk_core::ErrorKind::Unsupported
+        );
+        let mut old = *b"NBDMAGIC\x00\x00\x42\x02\x81\x86\x12\x53\x00\x00";
+        assert_eq!(
+            parse_greeting(&old).unwrap_err().kind(),
+            vdisk_core::ErrorKind::Unsupported
+        );
+        old[0] = b'X';
+        assert!(parse_greeting(&old)
+            .unwrap_err()
+            .message()
+            .contains("not an NBD server"));
+    }
+
+    #[test]
+    fn client_requests_spelled_out() {
+        assert_eq!(
+            option_request(OPT_STRUCTURED_REPLY, b""),
+            *b"IHAVEOPT\x00\x00\x00\x08\x00\x00\x00\x00"
+        );
+        assert_eq!(
+            export_request(b"vda", &[INFO_BLOCK_SIZE]),
+            [0, 0, 0, 3, b'v', b'd', b'a', 0, 1, 0, 3]
+        );
+        let q = meta_context_request(b"", &["base:allocation"]);
+        assert_eq!(&q[..12], &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 15]);
+        // What the server's parser makes of them.
+        let r = MetaContextRequest::parse(&q).unwrap();
+        assert_eq!(
+            r.queries().collect::<Vec<_>>(),
+            vec![&b"base:allocation"[..]]
+        );
+        let g = export_request(b"x", &[3, 2]);
+        assert_eq!(
+            ExportRequest::parse(&g)
+                .unwrap()
+                .info_requests()
+                .collect::<Vec<_>>(),
+            [3, 2]
+        );
+    }
+
+    #[test]
+    fn server_replies_are_decoded_and_checked() {
+        let r = option_reply(OPT_GO, REP_INFO, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3]);
+        let h = OptionReplyHeader::parse(r[..20].try_into().unwrap()).unwrap();
+        assert_eq!((h.option, h.reply, h.length), (OPT_GO, REP_INFO, 12));
+        assert_eq!(
+            parse_info(&r[20..]).unwrap(),
+            InfoItem::Export { size: 1, flags: 3 }
+        );
+        assert!(OptionReplyHeader::parse(&[0u8; 20]).is_err());
+        assert!(parse_info(&[0, 0, 1]).is_err());
+        assert!(parse_info(&[0]).is_err());
+        let bs = |min: u32, pref: u32, max: u32| {
+            let mut d = vec![0, 3];
+            for v in [min, pref, max] {
+                d.extend_from_slice(&v.to_be_bytes());
+            }
+            parse_info(&d)
+        };
+        assert_eq!(
+            bs(512, 4096, 1 << 25).unwrap(),
+            InfoItem::BlockSize {
+                min: 512,
+                preferred: 4096,
+                max_payload: 1 << 25
+            }
+        );
+        assert!(bs(3, 4096, 1 << 25).is_err());
+        assert!(bs(1 << 17, 1 << 17, 1 << 25).is_err());
+        assert!(bs(4096, 512, 1 << 25).is_err());
+        assert!(bs(4096, 4096, 512).is_err());
+        assert_eq!(parse_info(&[0, 9, 1, 2]).unwrap(), InfoItem::Unknown(9));
+        assert_eq!(
+            parse_info(b"\x00\x02hi\nthere").unwrap(),
+            InfoItem::Description("hi there".into())
+        );
+        assert_eq!(
+            parse_meta_context(b"\x00\x00\x00\x07base:allocation").unwrap(),
+            (7, "base:allocation".to_string())
+        );
+        assert!(parse_meta_context(b"\x00\x00\x00\x07").is_err());
+        assert!(parse_meta_context(b"\x00\x00\x00\x07\xff").is_err());
+        assert!(parse_meta_context(b"\x00\x00\x00\x07a\nb").is_err());
+        assert_eq!(
+            parse_server_entry(b"\x00\x00\x00\x02abdesc").unwrap(),
+            ("ab".to_string(), "desc".to_string())
+        );
+        assert!(parse_server_entry(b"\x00\x00\x00\x09ab").is_err());
+        assert!(parse_server_entry(b"\x00\x00").is_err());
+    }
+
+    #[test]
+    fn transmission_replies_are_decoded() {
+        assert_eq!(
+            ReplyMagic::parse(&[0x67, 0x44, 0x66, 0x98]).unwrap(),
+            ReplyMagic::Simple
+        );
+        assert_eq!(
+            ReplyMagic::parse(&[0x66, 0x8e, 0x33, 0xef]).unwrap(),
+            ReplyMagic::Structured
+        );
+        assert!(ReplyMagic::parse(&[0, 0, 0, 0]).is_err());
+        let s = simple_reply(EIO, 9);
+        assert_eq!(parse_simple_reply(s[4..].try_into().unwrap()), (EIO, 9));
+        let c = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, 5, 20);
+        let h = ChunkHeader::parse(c[4..].try_into().unwrap());
+        assert_eq!(
+            (h.flags, h.kind, h.cookie, h.length),
+            (1, REPLY_TYPE_ERROR_OFFSET, 5, 20)
+        );
+        assert!(h.done() && h.is_error());
+        // error, message length 2, "no", offset 4096
+        let p = [0, 0, 0, 5, 0, 2, b'n', b'o', 0, 0, 0, 0, 0, 0, 0x10, 0];
+        let e = parse_chunk_error(REPLY_TYPE_ERROR_OFFSET, &p).unwrap();
+        assert_eq!(
+            (e.errno, e.message.as_str(), e.offset),
+            (5, "no", Some(4096))
+        );
+        let e = parse_chunk_error(REPLY_TYPE_ERROR, &p[..8]).unwrap();
+        assert_eq!(e.offset, None);
+        assert!(parse_chunk_error(REPLY_TYPE_ERROR, &[0, 0, 0, 5, 0, 9, b'x']).is_err());
+        assert!(parse_chunk_error(REPLY_TYPE_ERROR, &[0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse_chunk_error(REPLY_TYPE_ERROR_OFFSET, &p[..13]).is_err());
+        assert_eq!(parse_descriptor(&[0, 0, 16, 0, 0, 0, 0, 3]), (4096, 3));
+        assert!(errno_name(EIO).starts_with("EIO"));
     }
 
     #[test]

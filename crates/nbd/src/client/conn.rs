@@ -52,8 +52,8 @@ impl Coverage {
         }
         let before = self.ranges.range(..=start).next_back();
         let after = self.ranges.range(start..).next();
-        let overlaps = before.is_some_and(|(_, &e)| e > start)
-            || after.is_some_and(|(&s, _)| s < end);
+        let overlaps =
+            before.is_some_and(|(_, &e)| e > start) || after.is_some_and(|(&s, _)| s < end);
         if overlaps {
             return Err(WireError::protocol(format!(
                 "its read reply covers bytes {start}..{end} twice"
@@ -84,7 +84,9 @@ impl Piece {
 
     /// Check that `[off, off + len)` lies inside this request and covers nothing twice.
     fn claim(&mut self, off: u64, len: u64) -> WireResult<()> {
-        let end = off.checked_add(len).filter(|&e| off >= self.start && e <= self.end());
+        let end = off
+            .checked_add(len)
+            .filter(|&e| off >= self.start && e <= self.end());
         let Some(end) = end else {
             return Err(WireError::protocol(format!(
                 "it sent {len} bytes at offset {off} for a read of {} bytes at {}",
@@ -104,7 +106,10 @@ pub(crate) fn answer(what: &str, e: &ChunkError) -> Error {
     };
     let err = Error::new(
         ErrorKind::Io,
-        format!("the NBD server failed the {what}: {}{msg}", wire::errno_name(e.errno)),
+        format!(
+            "the NBD server failed the {what}: {}{msg}",
+            wire::errno_name(e.errno)
+        ),
     );
     match e.offset {
         Some(o) => err.at(o),
@@ -204,19 +209,27 @@ impl Conn {
     }
 
     fn piece_of(inflight: &[Piece], cookie: u64) -> WireResult<usize> {
-        inflight.iter().position(|p| p.cookie == cookie).ok_or_else(|| {
-            WireError::protocol(format!(
-                "it replied with cookie {cookie:#x}, which no request in flight has"
-            ))
-        })
+        inflight
+            .iter()
+            .position(|p| p.cookie == cookie)
+            .ok_or_else(|| {
+                WireError::protocol(format!(
+                    "it replied with cookie {cookie:#x}, which no request in flight has"
+                ))
+            })
     }
 
     /// Read one reply message of a read; the index of the piece it finished, if any.
-    fn read_message(&mut self, buf: &mut [u8], inflight: &mut [Piece]) -> WireResult<Option<usize>> {
+    fn read_message(
+        &mut self,
+        buf: &mut [u8],
+        inflight: &mut [Piece],
+    ) -> WireResult<Option<usize>> {
         let magic = ReplyMagic::parse(&self.wire.read_array::<4>().map_err(io)?)
             .map_err(WireError::Protocol)?;
         if magic == ReplyMagic::Simple {
-            let (error, cookie) = wire::parse_simple_reply(&self.wire.read_array::<12>().map_err(io)?);
+            let (error, cookie) =
+                wire::parse_simple_reply(&self.wire.read_array::<12>().map_err(io)?);
             let i = Self::piece_of(inflight, cookie)?;
             let p = &mut inflight[i];
             if error != 0 {
@@ -418,7 +431,8 @@ impl Conn {
                         )));
                     }
                     seen.push(id);
-                    let c = self.descriptors(n, u64::from(len), (id == want).then_some(&mut *out))?;
+                    let c =
+                        self.descriptors(n, u64::from(len), (id == want).then_some(&mut *out))?;
                     if id == want {
                         covered = Some(c);
                     }
@@ -456,14 +470,21 @@ impl Conn {
 
     /// Read `n` descriptors of a chunk; keep them in `out` when given (clipped to `len`);
     /// returns the bytes they cover (at most `len`).
-    fn descriptors(&mut self, n: u32, len: u64, mut out: Option<&mut Vec<(u64, u32)>>) -> WireResult<u64> {
+    fn descriptors(
+        &mut self,
+        n: u32,
+        len: u64,
+        mut out: Option<&mut Vec<(u64, u32)>>,
+    ) -> WireResult<u64> {
         let mut sum = 0u64;
         let mut kept = 0usize;
         let mut covered = 0u64;
         for i in 0..n {
             let (l, flags) = wire::parse_descriptor(&self.wire.read_array::<8>().map_err(io)?);
             if l == 0 {
-                return Err(WireError::protocol("it sent a block status extent of length 0"));
+                return Err(WireError::protocol(
+                    "it sent a block status extent of length 0",
+                ));
             }
             if sum >= len {
                 return Err(WireError::protocol(format!(

@@ -103,7 +103,8 @@ impl NbdExport {
     ) -> Result<u64> {
         if !self.info.bitmaps.iter().any(|b| b == name) {
             let offers = if self.info.bitmaps.is_empty() {
-                "it offers none (export one with qemu-nbd -B NAME, or block-export-add's bitmaps)".to_string()
+                "it offers none (export one with qemu-nbd -B NAME, or block-export-add's bitmaps)"
+                    .to_string()
             } else {
                 let names: Vec<String> = self
                     .info
@@ -260,8 +261,16 @@ impl Layer for NbdExport {
         let mut text = vec![format!("export \"{}\"", self.pool.uri.export)];
         text.push(format!(
             "{}, {}, {} connection(s)",
-            if i.read_only() { "read-only" } else { "writable (read here only)" },
-            if i.multi_conn() { "multi-conn" } else { "single-conn" },
+            if i.read_only() {
+                "read-only"
+            } else {
+                "writable (read here only)"
+            },
+            if i.multi_conn() {
+                "multi-conn"
+            } else {
+                "single-conn"
+            },
             self.connections()
         ));
         text.push(format!(
@@ -315,4 +324,3 @@ impl Layer for NbdExport {
         self.read_dirty(name, dirty)
     }
 }
-

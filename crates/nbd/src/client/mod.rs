@@ -26,9 +26,8 @@ use std::time::Duration;
 
 use vdisk_core::Result;
 
-pub use negotiate::{DIRTY_BITMAP, MAX_BITMAPS, MAX_OPTION_REPLY};
 pub use conn::{MAX_CHUNKS, MAX_STATUS_DESCRIPTORS, PIECES_IN_FLIGHT, READ_PIECE};
-
+pub use negotiate::{DIRTY_BITMAP, MAX_BITMAPS, MAX_OPTION_REPLY};
 
 pub(crate) use conn::Conn;
 pub(crate) use negotiate::{negotiate as client_negotiate, Wanted};

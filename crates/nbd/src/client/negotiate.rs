@@ -307,10 +307,7 @@ fn refused(wire: &mut Wire, name: &[u8], reply: u32, message: &str) -> WireError
             ErrorKind::Refused,
             format!("the server refuses access to the export \"{export}\""),
         ),
-        REP_ERR_SHUTDOWN => (
-            ErrorKind::Io,
-            "the server is shutting down".to_string(),
-        ),
+        REP_ERR_SHUTDOWN => (ErrorKind::Io, "the server is shutting down".to_string()),
         other => (
             ErrorKind::Io,
             format!(

@@ -62,8 +62,8 @@ pub(crate) fn open_conn(
     bitmaps: bool,
     handshake: Duration,
 ) -> WireResult<Conn> {
-    let stream = connect(uri, opts.connect_timeout, opts.request_timeout)
-        .map_err(WireError::Answer)?;
+    let stream =
+        connect(uri, opts.connect_timeout, opts.request_timeout).map_err(WireError::Answer)?;
     let mut wire = Wire::new(Box::new(stream));
     wire.deadline_in(handshake);
     let want = Wanted {
@@ -83,10 +83,15 @@ impl Pool {
     /// Open the first connection (which lists and selects the dirty bitmaps), and start
     /// the others in the background when the export allows several.
     pub fn open(uri: &NbdUri, opts: &ClientOptions) -> Result<Arc<Pool>> {
-        let first = open_conn(uri, opts, true, opts.handshake_timeout).map_err(WireError::into_error)?;
+        let first =
+            open_conn(uri, opts, true, opts.handshake_timeout).map_err(WireError::into_error)?;
         let neg = first.neg.clone();
         let parallel = neg.flags & (FLAG_CAN_MULTI_CONN | FLAG_READ_ONLY) != 0;
-        let n = if parallel { opts.connections.clamp(1, 16) } else { 1 };
+        let n = if parallel {
+            opts.connections.clamp(1, 16)
+        } else {
+            1
+        };
         let slots = (0..n)
             .map(|i| Slot {
                 conn: Mutex::new(None),

@@ -64,12 +64,14 @@ pub(crate) fn connect(uri: &NbdUri, timeout: Duration, io_timeout: Duration) -> 
             // A Unix connect does not wait for the server: it fails at once when nobody
             // listens, and is queued by the kernel otherwise (the greeting's deadline then
             // bounds a server that never accepts).
-            let s = UnixStream::connect(socket).map_err(|e| {
-                Error::io(format!("cannot connect to {}", socket.display()), e)
-            })?;
-            set_timeouts(&s, io_timeout, |s, t| s.set_read_timeout(t), |s, t| {
-                s.set_write_timeout(t)
-            })?;
+            let s = UnixStream::connect(socket)
+                .map_err(|e| Error::io(format!("cannot connect to {}", socket.display()), e))?;
+            set_timeouts(
+                &s,
+                io_timeout,
+                |s, t| s.set_read_timeout(t),
+                |s, t| s.set_write_timeout(t),
+            )?;
             Stream::Unix(s)
         }
         NbdTransport::Tcp { host, port } => {
@@ -103,9 +105,12 @@ pub(crate) fn connect(uri: &NbdUri, timeout: Duration, io_timeout: Duration) -> 
             };
             // Requests are small and must not wait for an ACK (the spec asks for this).
             let _ = s.set_nodelay(true);
-            set_timeouts(&s, io_timeout, |s, t| s.set_read_timeout(t), |s, t| {
-                s.set_write_timeout(t)
-            })?;
+            set_timeouts(
+                &s,
+                io_timeout,
+                |s, t| s.set_read_timeout(t),
+                |s, t| s.set_write_timeout(t),
+            )?;
             Stream::Tcp(s)
         }
     };
@@ -161,14 +166,12 @@ impl WireError {
     pub(crate) fn into_error(self) -> Error {
         match self {
             WireError::Transport(e) => match e.kind() {
-                io::ErrorKind::UnexpectedEof => Error::new(
-                    ErrorKind::Io,
-                    "the NBD server closed the connection",
-                ),
-                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => Error::new(
-                    ErrorKind::Io,
-                    "the NBD server did not answer in time",
-                ),
+                io::ErrorKind::UnexpectedEof => {
+                    Error::new(ErrorKind::Io, "the NBD server closed the connection")
+                }
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock => {
+                    Error::new(ErrorKind::Io, "the NBD server did not answer in time")
+                }
                 _ => Error::io("NBD connection failed", e),
             },
             WireError::Protocol(e) => Error::new(

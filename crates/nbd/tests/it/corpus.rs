@@ -85,7 +85,12 @@ fn server_seeds_are_current() {
         if write {
             std::fs::write(&path, &bytes).unwrap();
         } else {
-            assert_eq!(std::fs::read(&path).ok(), Some(bytes), "{} is stale", path.display());
+            assert_eq!(
+                std::fs::read(&path).ok(),
+                Some(bytes),
+                "{} is stale",
+                path.display()
+            );
         }
     }
 }
@@ -147,10 +152,22 @@ fn server_seeds() -> Vec<(&'static str, Vec<u8>)> {
     // qemu-nbd -r -B b0, as it answers.
     let mut s = greeting.clone();
     s.extend(rep(OPT_STRUCTURED_REPLY, REP_ACK, b""));
-    s.extend(rep(OPT_LIST_META_CONTEXT, REP_META_CONTEXT, &ctx(0, "qemu:dirty-bitmap:b0")));
+    s.extend(rep(
+        OPT_LIST_META_CONTEXT,
+        REP_META_CONTEXT,
+        &ctx(0, "qemu:dirty-bitmap:b0"),
+    ));
     s.extend(rep(OPT_LIST_META_CONTEXT, REP_ACK, b""));
-    s.extend(rep(OPT_SET_META_CONTEXT, REP_META_CONTEXT, &ctx(1, "base:allocation")));
-    s.extend(rep(OPT_SET_META_CONTEXT, REP_META_CONTEXT, &ctx(2, "qemu:dirty-bitmap:b0")));
+    s.extend(rep(
+        OPT_SET_META_CONTEXT,
+        REP_META_CONTEXT,
+        &ctx(1, "base:allocation"),
+    ));
+    s.extend(rep(
+        OPT_SET_META_CONTEXT,
+        REP_META_CONTEXT,
+        &ctx(2, "qemu:dirty-bitmap:b0"),
+    ));
     s.extend(rep(OPT_SET_META_CONTEXT, REP_ACK, b""));
     s.extend(rep(OPT_GO, REP_INFO, &info_export(size, ro)));
     s.extend(rep(OPT_GO, REP_INFO, &block_size));
@@ -193,7 +210,11 @@ fn server_seeds() -> Vec<(&'static str, Vec<u8>)> {
     let mut s = greeting.clone();
     s.extend(rep(OPT_STRUCTURED_REPLY, REP_ERR_UNSUP, b""));
     s.extend(rep(OPT_GO, REP_ERR_UNSUP, b""));
-    s.extend(wire::export_name_reply(size, FLAG_HAS_FLAGS | FLAG_READ_ONLY, true));
+    s.extend(wire::export_name_reply(
+        size,
+        FLAG_HAS_FLAGS | FLAG_READ_ONLY,
+        true,
+    ));
     s.extend(wire::simple_reply(0, 1));
     s.extend(vec![9u8; 65536]);
     seeds.push(("export-name", s));

@@ -96,7 +96,12 @@ pub fn greet(s: &mut UnixStream) {
 }
 
 /// A correct handshake offering `contexts`; returns the selected (id, name).
-pub fn handshake(s: &mut UnixStream, size: u64, flags: u16, contexts: &[&str]) -> Option<Vec<(u32, String)>> {
+pub fn handshake(
+    s: &mut UnixStream,
+    size: u64,
+    flags: u16,
+    contexts: &[&str],
+) -> Option<Vec<(u32, String)>> {
     greet(s);
     let mut selected = Vec::new();
     loop {
@@ -115,7 +120,11 @@ pub fn handshake(s: &mut UnixStream, size: u64, flags: u16, contexts: &[&str]) -
                         }
                     });
                     if hit {
-                        let id = if opt == OPT_SET_META_CONTEXT { i as u32 + 1 } else { 0 };
+                        let id = if opt == OPT_SET_META_CONTEXT {
+                            i as u32 + 1
+                        } else {
+                            0
+                        };
                         let mut d = id.to_be_bytes().to_vec();
                         d.extend_from_slice(c.as_bytes());
                         reply(s, opt, REP_META_CONTEXT, &d);
@@ -178,7 +187,11 @@ pub fn serve_honestly(s: &mut UnixStream, ids: &[(u32, String)]) {
                     let mut p = id.to_be_bytes().to_vec();
                     p.extend_from_slice(&r.length.to_be_bytes());
                     p.extend_from_slice(&0u32.to_be_bytes());
-                    let f = if i + 1 == ids.len() { REPLY_FLAG_DONE } else { 0 };
+                    let f = if i + 1 == ids.len() {
+                        REPLY_FLAG_DONE
+                    } else {
+                        0
+                    };
                     chunk(s, f, REPLY_TYPE_BLOCK_STATUS, r.cookie, &p);
                 }
             }
@@ -207,99 +220,161 @@ fn read_fails(fake: &Fake) -> (String, ErrorKind, Duration) {
 fn handshakes_that_are_not_nbd_or_lie_fail_cleanly() {
     type Script = fn(&mut UnixStream);
     let cases: Vec<(&str, Script, &str)> = vec![
-        ("http", |s| { let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n"); }, "is not an NBD server"),
-        ("oldstyle", |s| {
-            let mut g = NBDMAGIC.to_be_bytes().to_vec();
-            g.extend_from_slice(&wire::OLDSTYLE_MAGIC.to_be_bytes());
-            g.extend_from_slice(&[0u8; 2]);
-            let _ = s.write_all(&g);
-        }, "oldstyle"),
-        ("no fixed newstyle", |s| { let _ = s.write_all(&wire::greeting(0)); }, "fixed newstyle"),
-        ("absurd option reply length", |s| {
-            greet(s);
-            let _ = read_option(s);
-            let mut r = wire::option_reply(OPT_STRUCTURED_REPLY, REP_ACK, b"");
-            r[16..20].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
-            let _ = s.write_all(&r);
-        }, "longer than"),
-        ("reply to another option", |s| {
-            greet(s);
-            let _ = read_option(s);
-            reply(s, OPT_GO, REP_ACK, b"");
-        }, "when asked option"),
-        ("bad option reply magic", |s| {
-            greet(s);
-            let _ = read_option(s);
-            let _ = s.write_all(&[0x55u8; 20]);
-        }, "option reply magic"),
-        ("endless contexts", |s| {
-            greet(s);
-            let _ = read_option(s); // structured
-            reply(s, OPT_STRUCTURED_REPLY, REP_ACK, b"");
-            let _ = read_option(s); // list
-            for i in 0..5000u32 {
-                let mut d = 0u32.to_be_bytes().to_vec();
-                d.extend_from_slice(format!("qemu:dirty-bitmap:b{i}").as_bytes());
-                reply(s, OPT_LIST_META_CONTEXT, REP_META_CONTEXT, &d);
-            }
-        }, "more than 4096 replies"),
-        ("a context never asked for", |s| {
-            greet(s);
-            let _ = read_option(s);
-            reply(s, OPT_STRUCTURED_REPLY, REP_ACK, b"");
-            let _ = read_option(s);
-            reply(s, OPT_LIST_META_CONTEXT, REP_ACK, b"");
-            let _ = read_option(s);
-            let mut d = 7u32.to_be_bytes().to_vec();
-            d.extend_from_slice(b"x-evil:thing");
-            reply(s, OPT_SET_META_CONTEXT, REP_META_CONTEXT, &d);
-        }, "did not ask for"),
-        ("go without a size", |s| {
-            greet(s);
-            loop {
-                let Some((opt, _)) = read_option(s) else { return };
-                if opt == OPT_GO {
-                    reply(s, opt, REP_ACK, b"");
-                    return;
+        (
+            "http",
+            |s| {
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            },
+            "is not an NBD server",
+        ),
+        (
+            "oldstyle",
+            |s| {
+                let mut g = NBDMAGIC.to_be_bytes().to_vec();
+                g.extend_from_slice(&wire::OLDSTYLE_MAGIC.to_be_bytes());
+                g.extend_from_slice(&[0u8; 2]);
+                let _ = s.write_all(&g);
+            },
+            "oldstyle",
+        ),
+        (
+            "no fixed newstyle",
+            |s| {
+                let _ = s.write_all(&wire::greeting(0));
+            },
+            "fixed newstyle",
+        ),
+        (
+            "absurd option reply length",
+            |s| {
+                greet(s);
+                let _ = read_option(s);
+                let mut r = wire::option_reply(OPT_STRUCTURED_REPLY, REP_ACK, b"");
+                r[16..20].copy_from_slice(&0xffff_fff0u32.to_be_bytes());
+                let _ = s.write_all(&r);
+            },
+            "longer than",
+        ),
+        (
+            "reply to another option",
+            |s| {
+                greet(s);
+                let _ = read_option(s);
+                reply(s, OPT_GO, REP_ACK, b"");
+            },
+            "when asked option",
+        ),
+        (
+            "bad option reply magic",
+            |s| {
+                greet(s);
+                let _ = read_option(s);
+                let _ = s.write_all(&[0x55u8; 20]);
+            },
+            "option reply magic",
+        ),
+        (
+            "endless contexts",
+            |s| {
+                greet(s);
+                let _ = read_option(s); // structured
+                reply(s, OPT_STRUCTURED_REPLY, REP_ACK, b"");
+                let _ = read_option(s); // list
+                for i in 0..5000u32 {
+                    let mut d = 0u32.to_be_bytes().to_vec();
+                    d.extend_from_slice(format!("qemu:dirty-bitmap:b{i}").as_bytes());
+                    reply(s, OPT_LIST_META_CONTEXT, REP_META_CONTEXT, &d);
                 }
-                reply(s, opt, REP_ERR_UNSUP, b"");
-            }
-        }, "without giving the export's size"),
-        ("a short export item", |s| {
-            greet(s);
-            loop {
-                let Some((opt, _)) = read_option(s) else { return };
-                if opt == OPT_GO {
-                    reply(s, opt, REP_INFO, &[0, 0, 1, 2, 3]);
-                    return;
-                }
-                reply(s, opt, REP_ERR_UNSUP, b"");
-            }
-        }, "NBD_INFO_EXPORT"),
-        ("block sizes that break the rules", |s| {
-            greet(s);
-            loop {
-                let Some((opt, _)) = read_option(s) else { return };
-                if opt == OPT_GO {
-                    let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
-                    for v in [3u32, 4096, 1 << 20] {
-                        d.extend_from_slice(&v.to_be_bytes());
+            },
+            "more than 4096 replies",
+        ),
+        (
+            "a context never asked for",
+            |s| {
+                greet(s);
+                let _ = read_option(s);
+                reply(s, OPT_STRUCTURED_REPLY, REP_ACK, b"");
+                let _ = read_option(s);
+                reply(s, OPT_LIST_META_CONTEXT, REP_ACK, b"");
+                let _ = read_option(s);
+                let mut d = 7u32.to_be_bytes().to_vec();
+                d.extend_from_slice(b"x-evil:thing");
+                reply(s, OPT_SET_META_CONTEXT, REP_META_CONTEXT, &d);
+            },
+            "did not ask for",
+        ),
+        (
+            "go without a size",
+            |s| {
+                greet(s);
+                loop {
+                    let Some((opt, _)) = read_option(s) else {
+                        return;
+                    };
+                    if opt == OPT_GO {
+                        reply(s, opt, REP_ACK, b"");
+                        return;
                     }
-                    reply(s, opt, REP_INFO, &d);
-                    return;
+                    reply(s, opt, REP_ERR_UNSUP, b"");
                 }
-                reply(s, opt, REP_ERR_UNSUP, b"");
-            }
-        }, "minimum block size 3"),
+            },
+            "without giving the export's size",
+        ),
+        (
+            "a short export item",
+            |s| {
+                greet(s);
+                loop {
+                    let Some((opt, _)) = read_option(s) else {
+                        return;
+                    };
+                    if opt == OPT_GO {
+                        reply(s, opt, REP_INFO, &[0, 0, 1, 2, 3]);
+                        return;
+                    }
+                    reply(s, opt, REP_ERR_UNSUP, b"");
+                }
+            },
+            "NBD_INFO_EXPORT",
+        ),
+        (
+            "block sizes that break the rules",
+            |s| {
+                greet(s);
+                loop {
+                    let Some((opt, _)) = read_option(s) else {
+                        return;
+                    };
+                    if opt == OPT_GO {
+                        let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                        for v in [3u32, 4096, 1 << 20] {
+                            d.extend_from_slice(&v.to_be_bytes());
+                        }
+                        reply(s, opt, REP_INFO, &d);
+                        return;
+                    }
+                    reply(s, opt, REP_ERR_UNSUP, b"");
+                }
+            },
+            "minimum block size 3",
+        ),
         ("an exabyte export", |_| {}, "larger than vdisk handles"),
-        ("silence after the greeting", |s| {
-            greet(s);
-            std::thread::sleep(Duration::from_secs(10));
-        }, "did not answer in time"),
-        ("closing mid-handshake", |s| {
-            greet(s);
-            let _ = read_option(s);
-        }, "closed the connection"),
+        (
+            "silence after the greeting",
+            |s| {
+                greet(s);
+                std::thread::sleep(Duration::from_secs(10));
+            },
+            "did not answer in time",
+        ),
+        (
+            "closing mid-handshake",
+            |s| {
+                greet(s);
+                let _ = read_option(s);
+            },
+            "closed the connection",
+        ),
     ];
     for (name, script, want) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -389,7 +464,8 @@ fn lie(s: &mut UnixStream, r: &Request, how: Lie) {
             let _ = s.write_all(&[0x42u8; 64]);
         }
         Lie::DisconnectMidData => {
-            let mut m = wire::chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, c, 8 + len).to_vec();
+            let mut m =
+                wire::chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, c, 8 + len).to_vec();
             m.extend_from_slice(&off.to_be_bytes());
             m.extend_from_slice(&d[..1000]);
             let _ = s.write_all(&m);
@@ -397,7 +473,8 @@ fn lie(s: &mut UnixStream, r: &Request, how: Lie) {
         }
         Lie::Silence => std::thread::sleep(Duration::from_secs(8)),
         Lie::Dribble => {
-            let mut m = wire::chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, c, 8 + len).to_vec();
+            let mut m =
+                wire::chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, c, 8 + len).to_vec();
             m.extend_from_slice(&off.to_be_bytes());
             m.extend_from_slice(&d);
             for b in m {
@@ -467,7 +544,10 @@ fn a_read_only_export_is_reconnected_once_and_not_twice() {
     let img = NbdExport::open(&fake.uri(), &opts()).unwrap();
     let mut b = vec![0u8; 64 << 10];
     img.read_at(&mut b, 4096).unwrap();
-    assert!(b.iter().enumerate().all(|(i, &x)| x == ((4096 + i as u64) % 251) as u8));
+    assert!(b
+        .iter()
+        .enumerate()
+        .all(|(i, &x)| x == ((4096 + i as u64) % 251) as u8));
     assert_eq!(fake.accepted.load(Ordering::Relaxed), 2);
     drop(img);
 
@@ -512,7 +592,10 @@ fn a_read_only_export_is_reconnected_once_and_not_twice() {
         }
     });
     let (msg, _, _) = read_fails(&fake);
-    assert!(msg.contains("reconnecting failed") && msg.contains("2097152 bytes now"), "{msg}");
+    assert!(
+        msg.contains("reconnecting failed") && msg.contains("2097152 bytes now"),
+        "{msg}"
+    );
 }
 
 /// How a block-status reply lies.
@@ -554,7 +637,12 @@ fn status_lie(s: &mut UnixStream, r: &Request, how: StatusLie) {
         StatusLie::OddLength => chunk(s, d, REPLY_TYPE_BLOCK_STATUS, c, &[0, 0, 0, 1, 0, 0]),
         StatusLie::HugeCount => {
             // Claims 2^21 descriptors and sends none: refused before anything is read.
-            let _ = s.write_all(&wire::chunk_header(d, REPLY_TYPE_BLOCK_STATUS, c, 4 + 8 * (1 << 21)));
+            let _ = s.write_all(&wire::chunk_header(
+                d,
+                REPLY_TYPE_BLOCK_STATUS,
+                c,
+                4 + 8 * (1 << 21),
+            ));
         }
         StatusLie::TwiceForOneContext => {
             chunk(s, 0, REPLY_TYPE_BLOCK_STATUS, c, &desc(1, &[(r.length, 0)]));
@@ -595,7 +683,10 @@ fn block_status_that_lies_is_an_error_never_a_map() {
         let img = NbdExport::open(&fake.uri(), &opts()).unwrap();
         let e = img.allocation(0, SIZE).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains(want) && msg.starts_with("nbd+unix://"), "{how:?}: {msg}");
+        assert!(
+            msg.contains(want) && msg.starts_with("nbd+unix://"),
+            "{how:?}: {msg}"
+        );
         assert!(t.elapsed() < Duration::from_secs(4), "{how:?}");
     }
 }
@@ -623,12 +714,26 @@ fn honest_fakes_read_and_map_and_errors_keep_the_stream_in_step() {
                                 p.extend_from_slice(&(m.len() as u16).to_be_bytes());
                                 p.extend_from_slice(m);
                                 p.extend_from_slice(&(r.offset + 5).to_be_bytes());
-                                chunk(&mut s, REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, r.cookie, &p);
+                                chunk(
+                                    &mut s,
+                                    REPLY_FLAG_DONE,
+                                    REPLY_TYPE_ERROR_OFFSET,
+                                    r.cookie,
+                                    &p,
+                                );
                                 continue;
                             }
                             let half = r.length / 2;
-                            hole_chunk(&mut s, 0, r.cookie, r.offset + u64::from(half), r.length - half);
-                            let d: Vec<u8> = (r.offset..r.offset + u64::from(half)).map(|o| (o % 251) as u8).collect();
+                            hole_chunk(
+                                &mut s,
+                                0,
+                                r.cookie,
+                                r.offset + u64::from(half),
+                                r.length - half,
+                            );
+                            let d: Vec<u8> = (r.offset..r.offset + u64::from(half))
+                                .map(|o| (o % 251) as u8)
+                                .collect();
                             data_chunk(&mut s, 0, r.cookie, r.offset, &d);
                             chunk(&mut s, REPLY_FLAG_DONE, REPLY_TYPE_NONE, r.cookie, b"");
                         }
@@ -636,11 +741,21 @@ fn honest_fakes_read_and_map_and_errors_keep_the_stream_in_step() {
                 }
                 CMD_BLOCK_STATUS => {
                     let mut p = 1u32.to_be_bytes().to_vec();
-                    for (l, f) in [(4096u32, 0u32), (4096, 3), (r.length.saturating_sub(4096).max(1) + 1 << 20, 2)] {
+                    for (l, f) in [
+                        (4096u32, 0u32),
+                        (4096, 3),
+                        (r.length.saturating_sub(4096).max(1) + 1 << 20, 2),
+                    ] {
                         p.extend_from_slice(&l.to_be_bytes());
                         p.extend_from_slice(&f.to_be_bytes());
                     }
-                    chunk(&mut s, REPLY_FLAG_DONE, REPLY_TYPE_BLOCK_STATUS, r.cookie, &p);
+                    chunk(
+                        &mut s,
+                        REPLY_FLAG_DONE,
+                        REPLY_TYPE_BLOCK_STATUS,
+                        r.cookie,
+                        &p,
+                    );
                 }
                 _ => return,
             }
@@ -651,18 +766,35 @@ fn honest_fakes_read_and_map_and_errors_keep_the_stream_in_step() {
     img.read_at(&mut b, 0).unwrap();
     for (i, &x) in b.iter().enumerate() {
         let in_piece = i % (1 << 20);
-        let want = if in_piece < 1 << 19 { (i % 251) as u8 } else { 0 };
+        let want = if in_piece < 1 << 19 {
+            (i % 251) as u8
+        } else {
+            0
+        };
         assert_eq!(x, want, "byte {i}");
     }
     let e = img.read_at(&mut b[..1 << 20], 3 << 20).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("EIO") && msg.contains("disk on fire") && msg.contains("(at offset 3145733)"), "{msg}");
+    assert!(
+        msg.contains("EIO") && msg.contains("disk on fire") && msg.contains("(at offset 3145733)"),
+        "{msg}"
+    );
     // Still in step after the error.
     img.read_at(&mut b[..1 << 20], 1 << 20).unwrap();
     let map = img.allocation(0, 12288).unwrap();
-    let kinds: Vec<_> = map.iter().map(|e| (e.start, e.length, e.allocation)).collect();
+    let kinds: Vec<_> = map
+        .iter()
+        .map(|e| (e.start, e.length, e.allocation))
+        .collect();
     use vdisk_core::Allocation::*;
-    assert_eq!(kinds, [(0, 4096, Data), (4096, 4096, Unallocated), (8192, 4096, Zero)]);
+    assert_eq!(
+        kinds,
+        [
+            (0, 4096, Data),
+            (4096, 4096, Unallocated),
+            (8192, 4096, Zero)
+        ]
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod corpus;
 mod hostile;
 mod liar;
 mod lifecycle;
+mod limits;
 mod nbdinfo;
 mod protocol;
 mod qemu;

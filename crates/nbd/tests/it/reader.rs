@@ -93,7 +93,11 @@ fn shared_export_is_read_over_several_connections_in_parallel() {
     assert!(img.export_info().multi_conn());
     let t = Instant::now();
     while img.connections() < 4 {
-        assert!(t.elapsed() < Duration::from_secs(10), "{}", img.connections());
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "{}",
+            img.connections()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let want = Arc::new(want);
@@ -184,13 +188,19 @@ fn qemu_dirty_bitmaps_are_listed_and_read_and_unknown_ones_refused_with_the_list
     assert_eq!(names, ["b0", "b1"]);
     assert_eq!(
         dirty_of(&img, "b0"),
-        (vec![(m, 64 << 10), (5 * m, 128 << 10), (7 * m, 64 << 10)], 64 << 10)
+        (
+            vec![(m, 64 << 10), (5 * m, 128 << 10), (7 * m, 64 << 10)],
+            64 << 10
+        )
     );
     assert_eq!(dirty_of(&img, "b1").0, vec![(7 * m, 64 << 10)]);
     let e = img.read_bitmap("b9", &mut |_, _| Ok(())).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let msg = e.to_string();
-    assert!(msg.contains("\"b9\"") && msg.contains("\"b0\"") && msg.contains("\"b1\""), "{msg}");
+    assert!(
+        msg.contains("\"b9\"") && msg.contains("\"b0\"") && msg.contains("\"b1\""),
+        "{msg}"
+    );
     assert_eq!(img.bitmaps().len(), 2);
     // One bitmap exported: only it is offered.
     let one = Proc::qemu_nbd(dir, "one", &["-r", "-t", "-f", "qcow2", "-B", "b1"], &d);
@@ -200,7 +210,10 @@ fn qemu_dirty_bitmaps_are_listed_and_read_and_unknown_ones_refused_with_the_list
     assert!(e.to_string().contains("it offers \"b1\""), "{e}");
     // None exported.
     let none = Proc::qemu_nbd(dir, "none", &["-r", "-t", "-f", "qcow2"], &d);
-    let e = none.open("").read_bitmap("b0", &mut |_, _| Ok(())).unwrap_err();
+    let e = none
+        .open("")
+        .read_bitmap("b0", &mut |_, _| Ok(()))
+        .unwrap_err();
     assert!(e.to_string().contains("offers none"), "{e}");
 }
 
@@ -226,7 +239,9 @@ fn storage_daemon_names_the_exports_it_has_when_one_is_missing() {
     assert_eq!(e.kind(), ErrorKind::NotFound);
     let msg = e.to_string();
     assert!(
-        msg.starts_with("nbd+unix:///beta?socket=") && msg.contains("no export \"beta\"") && msg.contains("\"alpha\""),
+        msg.starts_with("nbd+unix:///beta?socket=")
+            && msg.contains("no export \"beta\"")
+            && msg.contains("\"alpha\""),
         "{msg}"
     );
     assert_eq!(msg.lines().count(), 1);
@@ -258,7 +273,10 @@ fn nbdkit_read_errors_are_answers_and_the_connection_stays_usable() {
     std::fs::write(&trigger, b"").unwrap();
     let e = img.read_at(&mut b, 1 << 20).unwrap_err();
     let msg = e.to_string();
-    assert!(msg.contains("EIO") && msg.starts_with("nbd+unix://"), "{msg}");
+    assert!(
+        msg.contains("EIO") && msg.starts_with("nbd+unix://"),
+        "{msg}"
+    );
     std::fs::remove_file(&trigger).unwrap();
     // Still in step: the next read works on the same connections.
     img.read_at(&mut b, 2 << 20).unwrap();
@@ -273,9 +291,16 @@ fn a_stalled_server_times_out_within_the_bound() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let k = Proc::nbdkit(dir, "k", &["--filter=delay", "memory", "size=8M", "rdelay=30"]);
-    let img = NbdExport::open(&k.uri(""), &ClientOptions::with_timeout(Duration::from_secs(1)))
-        .unwrap();
+    let k = Proc::nbdkit(
+        dir,
+        "k",
+        &["--filter=delay", "memory", "size=8M", "rdelay=30"],
+    );
+    let img = NbdExport::open(
+        &k.uri(""),
+        &ClientOptions::with_timeout(Duration::from_secs(1)),
+    )
+    .unwrap();
     let t = Instant::now();
     let e = img.read_at(&mut [0u8; 4096], 0).unwrap_err();
     let took = t.elapsed();
