@@ -41,6 +41,9 @@ pub struct OpenOptions {
     /// The disk of an archive to read, by its name in it (`--disk`); needed when the
     /// archive holds several. Images that are not archives ignore it.
     pub disk: Option<String>,
+    /// Every timeout of an NBD export's connections (connect, handshake, each request);
+    /// `None`: the client's defaults (10 s, 20 s, 30 s).
+    pub nbd_timeout: Option<std::time::Duration>,
 }
 
 impl Default for OpenOptions {
@@ -53,6 +56,7 @@ impl Default for OpenOptions {
             read_ahead: ReadAhead::default(),
             cache: Cache::default(),
             disk: None,
+            nbd_timeout: None,
         }
     }
 }
@@ -329,6 +333,7 @@ pub fn open_with(location: impl Into<ImageLocation>, opts: &OpenOptions) -> Resu
     let store = opts.store();
     match &location {
         ImageLocation::File(path) => {
+            refuse_bad_uri(path)?;
             let bytes = store.load(path)?;
             #[cfg(feature = "ova")]
             if opts
@@ -358,5 +363,55 @@ pub fn open_with(location: impl Into<ImageLocation>, opts: &OpenOptions) -> Resu
                 )
             }
         }
+        #[cfg(feature = "nbd")]
+        ImageLocation::Nbd(uri) => open_nbd(uri, opts, location.clone()),
     }
+}
+
+/// A file name that is NBD URI text: the reason it is not an export, never a search for a
+/// file of that name.
+fn refuse_bad_uri(path: &Path) -> Result<()> {
+    let Some(text) = path.to_str() else {
+        return Ok(());
+    };
+    #[cfg(feature = "nbd")]
+    if vdisk_nbd::NbdUri::looks_like(text) {
+        return vdisk_nbd::NbdUri::parse(text).map(|_| ());
+    }
+    #[cfg(not(feature = "nbd"))]
+    if text.contains("://") && text.to_ascii_lowercase().starts_with("nbd") {
+        return Err(Error::unsupported(
+            "is an NBD URI, and vdisk was built without NBD support (the nbd feature)",
+        )
+        .with_path(path));
+    }
+    Ok(())
+}
+
+/// An NBD export: one layer, no backing file, format `nbd`.
+#[cfg(feature = "nbd")]
+fn open_nbd(uri: &vdisk_nbd::NbdUri, opts: &OpenOptions, location: ImageLocation) -> Result<Image> {
+    if let Some(f) = opts.format.as_deref() {
+        if !f.eq_ignore_ascii_case("raw") && !f.eq_ignore_ascii_case("nbd") {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "an NBD export is read as the disk the server presents; -f {f} does not apply"
+                ),
+            )
+            .with_path(uri.to_string()));
+        }
+    }
+    let client = match opts.nbd_timeout {
+        Some(t) => vdisk_nbd::ClientOptions::with_timeout(t),
+        None => vdisk_nbd::ClientOptions::default(),
+    };
+    let export = vdisk_nbd::NbdExport::open(uri, &client)?;
+    Ok(Image {
+        layers: vec![Box::new(export)],
+        formats: vec![&vdisk_nbd::NBD],
+        location,
+        #[cfg(feature = "ova")]
+        archive: None,
+    })
 }

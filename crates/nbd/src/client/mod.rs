@@ -15,6 +15,7 @@
 //!   again once for a read-only export.
 
 mod conn;
+mod format;
 mod layer;
 mod negotiate;
 mod pool;
@@ -27,6 +28,7 @@ use std::time::Duration;
 use vdisk_core::Result;
 
 pub use conn::{MAX_CHUNKS, MAX_STATUS_DESCRIPTORS, PIECES_IN_FLIGHT, READ_PIECE};
+pub use format::{NbdFormat, NBD};
 pub use negotiate::{DIRTY_BITMAP, MAX_BITMAPS, MAX_OPTION_REPLY};
 
 pub(crate) use conn::Conn;
