@@ -79,7 +79,8 @@ impl OutputArgs {
 /// Convert an image to another format.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Source image; `-` reads a streamOptimized VMDK from standard input.
+    /// Source image (a file, or an NBD export: nbd://HOST/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH); `-` reads a streamOptimized VMDK from standard input.
     pub src: PathBuf,
     /// Destination file, or a device (written in place).
     pub dst: PathBuf,

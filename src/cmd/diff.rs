@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::bitmap::ChangeMap;
-use vdisk::diff::{diff, diff_manifest, is_manifest, ManifestFile, ScanOptions};
+use vdisk::diff::{
+    diff, diff_changed, diff_manifest, diff_manifest_changed, is_manifest, ManifestFile,
+    ScanOptions,
+};
 use vdisk::size::human;
 use vdisk::{DiskImage, Error, ErrorKind, Granularity, Protected, Result};
 
@@ -27,6 +30,11 @@ pub struct Args {
     /// name says (OUT.vmdk), or OLD's.
     #[arg(long, value_name = "OUT")]
     pub delta: Option<PathBuf>,
+    /// Only these blocks may have changed (the hypervisor says so): a bitmap file, or
+    /// qemu:dirty-bitmap:NAME, a QEMU dirty bitmap of NEW (an NBD export's or a qcow2
+    /// file's). Only they are read and compared; no other block is reported.
+    #[arg(long, value_name = "CHANGES")]
+    pub changed: Option<PathBuf>,
     /// One JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -47,7 +55,32 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let mut protected = Protected::new();
     protected.add_image(&new);
     protected.add_path(&a.old);
-    let head = vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?;
+    // The candidates, at the granularity asked (a manifest's, when OLD is one).
+    let candidates = |g: u64| -> Result<Option<ChangeMap>> {
+        let Some(spec) = &a.changed else {
+            return Ok(None);
+        };
+        let map = super::bitmap::changes(spec, &new, g)?;
+        if map.size() != new.size() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the changed-block bitmap describes a disk of {} bytes, but the new state has {} bytes",
+                    map.size(),
+                    new.size()
+                ),
+            )
+            .with_path(spec));
+        }
+        Ok(Some(map))
+    };
+    // An NBD export is never a manifest (and has no head to read as a file).
+    let live = vdisk::ImageLocation::from(&a.old).is_live();
+    let head = if live {
+        Vec::new()
+    } else {
+        vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?
+    };
     let (report, old_size, old) = if is_manifest(&head) {
         if a.delta.is_some() {
             return Err(Error::new(
@@ -57,7 +90,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             .with_path(&a.old));
         }
         let m = ManifestFile::open(&a.old)?;
-        let mut report = diff_manifest(&m, &new, &scan(m.granularity()))?;
+        let mut report = match candidates(m.granularity())? {
+            Some(c) => diff_manifest_changed(&m, &new, &c, &scan(m.granularity()))?,
+            None => diff_manifest(&m, &new, &scan(m.granularity()))?,
+        };
         if let Some(g) = a.granularity {
             if g.bytes() < m.granularity() {
                 return Err(Error::new(
@@ -76,7 +112,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         let old = vdisk::open_with(&a.old, &ctx.open)?;
         protected.add_image(&old);
         let g = a.granularity.unwrap_or_default().bytes();
-        let report = diff(&old, &new, &scan(g))?;
+        let report = match candidates(g)? {
+            Some(c) => diff_changed(&old, &new, &c, &scan(g))?,
+            None => diff(&old, &new, &scan(g))?,
+        };
         let size = old.size();
         (report, size, Some(old))
     };

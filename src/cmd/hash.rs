@@ -12,7 +12,7 @@ use super::{path_text, policy, print_json, Ctx, Status};
 /// Hash every block of an image into a manifest (for a later `vdisk diff MANIFEST NEW`).
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The image.
+    /// The image (a file, or an NBD export: nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH).
     pub image: PathBuf,
     /// Manifest to write.
     #[arg(short = 'o', value_name = "MANIFEST")]

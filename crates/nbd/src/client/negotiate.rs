@@ -316,8 +316,25 @@ fn refused(wire: &mut Wire, name: &[u8], reply: u32, message: &str) -> WireError
             ),
         ),
     };
-    let _ = wire.write_all(&wire::option_request(OPT_ABORT, &[]));
+    abort(wire);
     WireError::Answer(Error::new(kind, format!("{what}{said}")))
+}
+
+/// End the handshake politely: `NBD_OPT_ABORT`, and its acknowledgement read (briefly), so
+/// that the server does not see its reply fail.
+fn abort(wire: &mut Wire) {
+    if wire
+        .write_all(&wire::option_request(OPT_ABORT, &[]))
+        .is_err()
+    {
+        return;
+    }
+    wire.deadline_in(std::time::Duration::from_secs(1));
+    if let Ok(h) = wire.read_array::<20>() {
+        if let Ok(h) = OptionReplyHeader::parse(&h) {
+            let _ = wire.skip(u64::from(h.length.min(MAX_OPTION_REPLY)));
+        }
+    }
 }
 
 /// The quoted names of the exports the server lists (a few), or `None` when it will not.
