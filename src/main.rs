@@ -114,6 +114,21 @@ fn parse_rate(s: &str) -> Result<u64, String> {
     Ok(rate)
 }
 
+/// `VDISK_NBD_TIMEOUT`: seconds every step of an NBD connection may take (connect,
+/// handshake, each request), instead of the client's defaults.
+fn nbd_timeout() -> Result<Option<std::time::Duration>, String> {
+    let Some(v) = std::env::var_os("VDISK_NBD_TIMEOUT") else {
+        return Ok(None);
+    };
+    let text = v.to_string_lossy();
+    match text.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s <= 86_400.0 => Ok(Some(std::time::Duration::from_secs_f64(s))),
+        _ => Err(format!(
+            "VDISK_NBD_TIMEOUT is \"{text}\", not a number of seconds from 0 to 86400"
+        )),
+    }
+}
+
 /// Whether the command reads or writes a repository (whose points never name files outside
 /// it, whatever `--allow-outside-paths` says).
 fn is_repository_command(c: &Command) -> bool {
@@ -299,6 +314,13 @@ fn main() -> ExitCode {
     }
     // A split image keeps each extent open until it is published.
     vdisk::io::sys::raise_file_limit();
+    let nbd_timeout = match nbd_timeout() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("vdisk: error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let ctx = Ctx {
         open: OpenOptions {
             format: g.format,
@@ -314,6 +336,7 @@ fn main() -> ExitCode {
                 vdisk::io::Cache::Forget
             },
             disk: g.disk,
+            nbd_timeout,
             ..Default::default()
         },
         throttle: vdisk::Throttle::new(g.io_limit),

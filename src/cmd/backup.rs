@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use vdisk::{BackupOptions, DiskImage, Repository, Result};
+use vdisk::{BackupOptions, DiskImage, Granularity, Repository, Result};
 
 use super::{print_json, Ctx, Expect, Status};
 use crate::progress::{rate, secs as secs_text};
@@ -19,13 +19,16 @@ use crate::progress::{rate, secs as secs_text};
   vdisk backup --changed web01.cbt web01.vmdk /backups/web01
   vdisk --io-limit 100M backup web01.qcow2 s3://backups/web01")]
 pub struct Args {
-    /// The disk to back up.
+    /// The disk to back up: an image, or a live NBD export (nbd://HOST[:PORT]/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH).
     pub src: PathBuf,
     /// The repository: a folder (created on the first backup) or s3://BUCKET/PREFIX.
     pub repo: PathBuf,
-    /// Changed blocks from the hypervisor (a bitmap from `vdisk bitmap import`), trusted
-    /// as a superset of the changes; without it, changes are found by hashing.
-    #[arg(long, value_name = "BITMAP")]
+    /// Changed blocks from the hypervisor, trusted as a superset of the changes: a bitmap
+    /// from `vdisk bitmap import`, or qemu:dirty-bitmap:NAME, a QEMU dirty bitmap of the
+    /// source (an NBD export's, or a qcow2 file's); only those blocks are read. Without it,
+    /// changes are found by hashing.
+    #[arg(long, value_name = "CHANGES")]
     pub changed: Option<PathBuf>,
     /// Back up a source that was not closed cleanly, or that is not the repository's disk.
     #[arg(long)]
@@ -45,7 +48,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let img = vdisk::open_with(&a.src, &ctx.open)?;
     let source = vdisk::Source::of(&img)?;
     let changed = match &a.changed {
-        Some(p) => Some(super::bitmap::load(p)?),
+        Some(p) => Some(super::bitmap::changes(
+            p,
+            &img,
+            Granularity::DEFAULT.bytes(),
+        )?),
         None => None,
     };
     // Paced reads read no more than asked, in the repository too (the previous point, which

@@ -6,9 +6,12 @@ use serde_json::json;
 use vdisk::bitmap::ChangeMap;
 use vdisk::io::MappedFile;
 use vdisk::size::human;
-use vdisk::{Error, ErrorKind, Granularity, Protected, Result};
+use vdisk::{DiskImage, Error, ErrorKind, Granularity, Image, Protected, Result};
 
 use super::{path_text, policy, print_json, print_text, Ctx, Status};
+
+/// The prefix that makes a `--changed` argument a QEMU dirty bitmap of the source.
+pub const QEMU_BITMAP: &str = "qemu:dirty-bitmap:";
 
 /// Changed-block bitmaps.
 #[derive(clap::Subcommand, Debug)]
@@ -21,13 +24,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Make a bitmap from a JSON extent list (vdisk's, VMware's changedArea, Hyper-V's ranges).
+    /// Make a bitmap from a JSON extent list (vdisk's, VMware's changedArea, Hyper-V's
+    /// ranges), or from a QEMU dirty bitmap of an image (a qcow2 file's, or an NBD export's:
+    /// `bitmap import nbd+unix:///vda?socket=S --qemu-bitmap NAME -o OUT`).
     Import {
-        /// The extent list.
+        /// The extent list; with --qemu-bitmap, the image or NBD export holding the bitmap.
         extents: PathBuf,
-        /// Size of the disk in bytes (suffixes allowed).
+        /// Size of the disk in bytes (suffixes allowed); needed for an extent list.
         #[arg(long, value_parser = crate::parse_size)]
-        size: u64,
+        size: Option<u64>,
+        /// Read this QEMU dirty bitmap of the image (NAME, or qemu:dirty-bitmap:NAME).
+        #[arg(long, value_name = "NAME")]
+        qemu_bitmap: Option<String>,
         /// Block size: 512, 4K, 64K (default), 1M, … up to 64M.
         #[arg(long, default_value = "64K")]
         granularity: Granularity,
@@ -41,6 +49,34 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// The changes `--changed` names: a bitmap file, or `qemu:dirty-bitmap:NAME`, the QEMU
+/// dirty bitmap NAME of `img`'s top layer (an NBD export's meta context, or a qcow2 file's
+/// bitmap directory), as a map at `granularity` over `img`'s size. (A bitmap file whose
+/// name starts so is reached as `./qemu:dirty-bitmap:…`.)
+pub fn changes(spec: &Path, img: &Image, granularity: u64) -> Result<ChangeMap> {
+    match spec.to_str().and_then(|s| s.strip_prefix(QEMU_BITMAP)) {
+        Some(name) => qemu_bitmap(img, name, granularity),
+        None => load(spec),
+    }
+}
+
+/// The QEMU dirty bitmap `name` of `img`'s top layer as a change map at `granularity`.
+pub fn qemu_bitmap(img: &Image, name: &str, granularity: u64) -> Result<ChangeMap> {
+    let name = name.strip_prefix(QEMU_BITMAP).unwrap_or(name);
+    if name.is_empty() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "names no bitmap: qemu:dirty-bitmap:NAME",
+        )
+        .with_path(img.path()));
+    }
+    let mut map = ChangeMap::new(img.size(), granularity)?;
+    img.top()
+        .read_bitmap(name, &mut |s, l| map.mark_bytes(s, l))
+        .map_err(|e| e.with_path(img.path()))?;
+    Ok(map)
 }
 
 /// Read and check a bitmap file.
@@ -67,17 +103,44 @@ pub fn run(ctx: &Ctx, command: Command) -> Result<Status> {
         Command::Import {
             extents,
             size,
+            qemu_bitmap: bitmap,
             granularity,
             out,
             force,
             json,
         } => {
-            let text = std::fs::read(&extents)
-                .map_err(|e| Error::io("cannot read", e).with_path(&extents))?;
-            let map = ChangeMap::from_extents_json(&text, size, granularity.bytes())
-                .map_err(|e| e.with_path(&extents))?;
             let mut protected = Protected::new();
             protected.add_path(&extents);
+            let map = match &bitmap {
+                Some(name) => {
+                    let img = vdisk::open_with(&extents, &ctx.open)?;
+                    if size.is_some_and(|s| s != img.size()) {
+                        return Err(Error::new(
+                            ErrorKind::InvalidArgument,
+                            format!(
+                                "--size differs from the image's size ({} bytes); leave it out with --qemu-bitmap",
+                                img.size()
+                            ),
+                        )
+                        .with_path(&extents));
+                    }
+                    protected.add_image(&img);
+                    qemu_bitmap(&img, name, granularity.bytes())?
+                }
+                None => {
+                    let size = size.ok_or_else(|| {
+                        Error::new(
+                            ErrorKind::InvalidArgument,
+                            "an extent list needs the disk's --size (or name a QEMU bitmap of an image with --qemu-bitmap)",
+                        )
+                        .with_path(&extents)
+                    })?;
+                    let text = std::fs::read(&extents)
+                        .map_err(|e| Error::io("cannot read", e).with_path(&extents))?;
+                    ChangeMap::from_extents_json(&text, size, granularity.bytes())
+                        .map_err(|e| e.with_path(&extents))?
+                }
+            };
             vdisk::io::write_file(&out, &map.encode(), &policy(force, protected))?;
             if json {
                 let mut v = summary(&map);

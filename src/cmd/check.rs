@@ -12,7 +12,7 @@ use super::{path_text, print_json, print_text, Ctx, Status};
 /// Exit status 1 when problems are found.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The image.
+    /// The image (a file, or an NBD export: nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH).
     pub image: PathBuf,
     /// One JSON document on stdout.
     #[arg(long)]

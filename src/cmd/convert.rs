@@ -107,7 +107,8 @@ impl OutputArgs {
   vdisk convert --subformat streamOptimized disk.vhdx disk-for-ovf.vmdk
   vdisk convert --compress disk.vmdk disk.qcow2         # zstd-compressed clusters")]
 pub struct Args {
-    /// Source image; `-` reads a streamOptimized VMDK from standard input.
+    /// Source image (a file, or an NBD export: nbd://HOST/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH); `-` reads a streamOptimized VMDK from standard input.
     pub src: PathBuf,
     /// Destination file, or a device (written in place).
     pub dst: PathBuf,

@@ -4,7 +4,10 @@ use std::path::PathBuf;
 
 use serde_json::json;
 use vdisk::bitmap::ChangeMap;
-use vdisk::diff::{diff, diff_manifest, is_manifest, ManifestFile, ScanOptions};
+use vdisk::diff::{
+    diff, diff_changed, diff_manifest, diff_manifest_changed, is_manifest, ManifestFile,
+    ScanOptions,
+};
 use vdisk::size::human;
 use vdisk::{DiskImage, Error, ErrorKind, Granularity, Protected, Result};
 
@@ -35,6 +38,11 @@ pub struct Args {
     /// name says (OUT.vmdk), or OLD's.
     #[arg(long, value_name = "OUT")]
     pub delta: Option<PathBuf>,
+    /// Only these blocks may have changed (the hypervisor says so): a bitmap file, or
+    /// qemu:dirty-bitmap:NAME, a QEMU dirty bitmap of NEW (an NBD export's or a qcow2
+    /// file's). Only they are read and compared; no other block is reported.
+    #[arg(long, value_name = "CHANGES")]
+    pub changed: Option<PathBuf>,
     /// One JSON document on stdout.
     #[arg(long)]
     pub json: bool,
@@ -48,19 +56,41 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let mut protected = Protected::new();
     protected.add_image(&new);
     protected.add_path(&a.old);
-    let head = vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?;
-    let manifest = is_manifest(&head);
+    // The candidates, at the granularity asked (a manifest's, when OLD is one).
+    let candidates = |g: u64| -> Result<Option<ChangeMap>> {
+        let Some(spec) = &a.changed else {
+            return Ok(None);
+        };
+        let map = super::bitmap::changes(spec, &new, g)?;
+        if map.size() != new.size() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "the changed-block bitmap describes a disk of {} bytes, but the new state has {} bytes",
+                    map.size(),
+                    new.size()
+                ),
+            )
+            .with_path(spec));
+        }
+        Ok(Some(map))
+    };
+    // An NBD export is never a manifest (and has no head to read as a file).
+    let live = vdisk::ImageLocation::from(&a.old).is_live();
+    let manifest = !live && is_manifest(&vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?);
     let old = if manifest {
         None
     } else {
         Some(vdisk::open_with(&a.old, &ctx.open)?)
     };
-    // Data on either side is read (the new side only, against a manifest).
-    let expected = super::data_bytes(&new) + old.as_ref().map_or(0, |o| super::data_bytes(o));
-    let progress = ctx.progress(
-        &format!("diff {}", super::label(&a.new)),
-        Expect::Reads(expected),
-    );
+    // Data on either side is read (the new side only, against a manifest); with --changed,
+    // only the candidates, so the bar counts the span and shrinks by what is passed over.
+    let expect = if a.changed.is_some() {
+        Expect::Span(new.size() * if manifest { 1 } else { 2 })
+    } else {
+        Expect::Reads(super::data_bytes(&new) + old.as_ref().map_or(0, |o| super::data_bytes(o)))
+    };
+    let progress = ctx.progress(&format!("diff {}", super::label(&a.new)), expect);
     let scan = |g| ScanOptions {
         granularity: g,
         throttle: Some(&ctx.throttle),
@@ -75,7 +105,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             .with_path(&a.old));
         }
         let m = ManifestFile::open(&a.old)?;
-        let mut report = diff_manifest(&m, &new, &scan(m.granularity()))?;
+        let mut report = match candidates(m.granularity())? {
+            Some(c) => diff_manifest_changed(&m, &new, &c, &scan(m.granularity()))?,
+            None => diff_manifest(&m, &new, &scan(m.granularity()))?,
+        };
         if let Some(g) = a.granularity {
             if g.bytes() < m.granularity() {
                 return Err(Error::new(
@@ -94,7 +127,10 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         let old = old.expect("opened above: not a manifest");
         protected.add_image(&old);
         let g = a.granularity.unwrap_or_default().bytes();
-        let report = diff(&old, &new, &scan(g))?;
+        let report = match candidates(g)? {
+            Some(c) => diff_changed(&old, &new, &c, &scan(g))?,
+            None => diff(&old, &new, &scan(g))?,
+        };
         let size = old.size();
         (report, size, Some(old))
     };

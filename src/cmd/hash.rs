@@ -15,7 +15,7 @@ use crate::progress::{rate, secs};
 /// A later `vdisk diff MANIFEST NEW` then finds what changed without the old image.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The image.
+    /// The image (a file, or an NBD export: nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH).
     pub image: PathBuf,
     /// Manifest to write.
     #[arg(short = 'o', value_name = "MANIFEST")]

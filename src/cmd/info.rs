@@ -13,7 +13,7 @@ use super::{path_text, stdout_error, Ctx, Status};
 /// Show format, size, allocation, the chain and each file's details.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The image.
+    /// The image (a file, or an NBD export: nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH).
     pub image: PathBuf,
     /// One JSON document on stdout.
     #[arg(long)]

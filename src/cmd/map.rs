@@ -11,7 +11,7 @@ use super::{stdout_error, Ctx, Status};
 /// Show which byte ranges hold data and which read as zero.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// The image.
+    /// The image (a file, or an NBD export: nbd://HOST/EXPORT, nbd+unix:///EXPORT?socket=PATH).
     pub image: PathBuf,
     /// One JSON document on stdout: [{"start","length","data","zero","depth"}].
     #[arg(long)]

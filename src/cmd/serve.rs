@@ -23,8 +23,9 @@ use super::{stdout_error, Ctx, Status};
   qemu-img convert -O qcow2 'nbd+unix:///?socket=/run/web01.sock' web01.qcow2
   vdisk serve --point 3 /backups/web01 --listen 127.0.0.1:10809")]
 pub struct Args {
-    /// An image, or a repository: a folder or s3://BUCKET/PREFIX (with --point, the newest
-    /// point by default).
+    /// An image (a file, or an NBD export to re-export: nbd://HOST/EXPORT,
+    /// nbd+unix:///EXPORT?socket=PATH), or a repository: a folder or s3://BUCKET/PREFIX
+    /// (with --point, the newest point by default).
     pub source: PathBuf,
     /// The point of a repository to serve.
     #[arg(long, value_name = "N")]
@@ -66,6 +67,16 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
 
 /// The image to serve: an image file, or a checked restore point of a repository.
 fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
+    if vdisk::ImageLocation::from(&a.source).is_live() {
+        if a.point.is_some() {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                "--point applies to a repository, and this is an NBD export",
+            )
+            .with_path(&a.source));
+        }
+        return Ok(Arc::new(vdisk::open_with(&a.source, &ctx.open)?));
+    }
     let location = super::location(&a.source)?;
     let is_s3 = matches!(location, vdisk::chain::Location::S3 { .. });
     if is_s3 || a.source.join(vdisk::chain::META_FILE).is_file() {

@@ -14,6 +14,8 @@ mod esx;
 mod formats;
 mod hostile;
 mod interop;
+mod nbd;
+mod nbdserver;
 mod realworld;
 mod roundtrip;
 mod s3;

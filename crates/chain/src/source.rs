@@ -10,7 +10,8 @@ use vdisk_image::{Image, ImageLocation};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Source {
     /// What identifies the disk across backups (its canonical path; for a disk of an archive,
-    /// the archive's canonical path joined with the disk's name in it).
+    /// the archive's canonical path joined with the disk's name in it; for an NBD export,
+    /// its URI without the Unix socket's path: `nbd+unix:///vda`, `nbd://host:10809/vda`).
     pub identity: String,
     /// Whether the image says it was not closed cleanly (not quiesced).
     pub unclean: bool,
@@ -36,6 +37,8 @@ impl Source {
                     .display()
                     .to_string()
             }
+            // A live source (an NBD export): files at rest have no say.
+            live => live.live_identity().unwrap_or_else(|| live.to_string()),
         };
         Ok(Source {
             identity,

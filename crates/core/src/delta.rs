@@ -23,6 +23,10 @@ pub struct DeltaStats {
 /// Blocks read in parallel before they are handed to the sink.
 const BATCH: usize = 256;
 
+/// Changed blocks this close together share one allocation query (a query costs a round
+/// trip on an NBD export; a few extra bytes of map cost nothing).
+const SPAN_GAP: u64 = 1 << 20;
+
 /// What a delta stores for one changed block.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plan {
@@ -77,6 +81,10 @@ pub fn write_delta(
 /// across groups; repeats are skipped. Each group is written before the next is waited for,
 /// so writing overlaps with whatever produces the groups. An `Err` from `groups` stops the
 /// writer: the sink is dropped unfinished (its files are removed) and the error returned.
+///
+/// The new image's allocation map is asked first for each batch: a changed block it says
+/// reads as zero (a hole, a zeroed range: QEMU marks discarded blocks dirty) is taken as
+/// zeros without being read, and `on_block` sees it as zeros.
 pub fn write_delta_from(
     target: DeltaTarget<'_>,
     groups: impl IntoIterator<Item = Result<Vec<u64>>>,
@@ -108,12 +116,28 @@ pub fn write_delta_from(
         if bufs.len() < batch.len() {
             bufs.resize_with(batch.len(), Vec::new);
         }
-        // Per block: where its bytes are and what the delta stores for it.
-        let plans: Vec<(Option<&[u8]>, Plan, ReadOnce<'_>)> = batch
+        // Blocks the new image's map says read as zero are not read.
+        let known_zero = known_zero(new, batch, range)?;
+        // Per block: where its bytes are, what the delta stores for it, and whether it was
+        // read.
+        type Planned<'r> = (Option<&'r [u8]>, Plan, Option<ReadOnce<'r>>);
+        let plans: Vec<Planned<'_>> = batch
             .par_iter()
             .zip(bufs.par_iter_mut())
-            .map(|(&b, buf)| {
+            .zip(known_zero.par_iter())
+            .map(|((&b, buf), &zero)| {
                 let (off, len) = range(b);
+                if zero {
+                    if let Some(f) = on_block {
+                        f(b, &zeros[..len as usize]);
+                    }
+                    let plan = if reads_zero(parent, off, len)? {
+                        Plan::Skip
+                    } else {
+                        Plan::Zeroed
+                    };
+                    return Ok((None, plan, None));
+                }
                 let once = ReadOnce::new(new, off, len);
                 let lent = new.mapped(off, len);
                 let data = match lent {
@@ -134,13 +158,15 @@ pub fn write_delta_from(
                 } else {
                     Plan::Zeroed
                 };
-                Ok((lent, plan, once))
+                Ok((lent, plan, Some(once)))
             })
             .collect::<Result<_>>()?;
         let mut put: Vec<(u64, &[u8])> = Vec::with_capacity(batch.len());
-        for ((&b, buf), (lent, plan, _)) in batch.iter().zip(&bufs).zip(&plans) {
+        for ((&b, buf), (lent, plan, once)) in batch.iter().zip(&bufs).zip(&plans) {
             let (off, len) = range(b);
-            stats.bytes_read += len;
+            if once.is_some() {
+                stats.bytes_read += len;
+            }
             match plan {
                 Plan::Data => {
                     put.push((off, lent.unwrap_or(buf)));
@@ -184,6 +210,48 @@ pub fn write_delta_from(
     }
     sink.finish()?;
     Ok(stats)
+}
+
+/// For each of `blocks` (ascending), whether `img`'s allocation map says it reads as zero:
+/// one map query per span of nearby blocks.
+fn known_zero(
+    img: &dyn DiskImage,
+    blocks: &[u64],
+    range: impl Fn(u64) -> (u64, u64),
+) -> Result<Vec<bool>> {
+    let mut out = vec![false; blocks.len()];
+    let mut i = 0;
+    while i < blocks.len() {
+        let (start, len) = range(blocks[i]);
+        let mut end = start + len;
+        let mut j = i + 1;
+        while j < blocks.len() {
+            let (s, l) = range(blocks[j]);
+            if s > end + SPAN_GAP {
+                break;
+            }
+            end = s + l;
+            j += 1;
+        }
+        let map = img.allocation(start, end - start)?;
+        let mut k = 0;
+        for (z, &b) in out[i..j].iter_mut().zip(&blocks[i..j]) {
+            let (s, l) = range(b);
+            while k < map.len() && map[k].end() <= s {
+                k += 1;
+            }
+            // Every byte covered by extents that read as zero (a gap in the map is not).
+            let mut at = s;
+            let mut m = k;
+            while at < s + l && m < map.len() && map[m].start <= at && map[m].reads_as_zero() {
+                at = map[m].end();
+                m += 1;
+            }
+            *z = at >= s + l;
+        }
+        i = j;
+    }
+    Ok(out)
 }
 
 /// Whether `img` reads as zero over `len` bytes at `off` without storing data there (past
@@ -241,6 +309,121 @@ mod tests {
         .unwrap();
         assert_eq!(*seen.lock().unwrap(), [(4096, true), (3 * 4096, false)]);
         assert_eq!((stats.data_blocks, stats.zeroed_blocks), (1, 1));
-        assert_eq!(stats.bytes_read, 3 * 4096);
+        // Blocks 1 and 4 read as zero by the new image's map: only block 3 is read.
+        assert_eq!(stats.bytes_read, 4096);
+    }
+
+    /// A disk whose map says `[zero_start, zero_end)` reads as zero, and whose reads there
+    /// fail (as a hostile or broken source might): the delta writer must not read there.
+    struct ZeroByMap {
+        inner: MemImage,
+        zero: (u64, u64),
+        reads: Mutex<Vec<(u64, usize)>>,
+    }
+
+    impl DiskImage for ZeroByMap {
+        fn size(&self) -> u64 {
+            self.inner.size()
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
+            self.reads.lock().unwrap().push((offset, buf.len()));
+            if offset < self.zero.1 && offset + buf.len() as u64 > self.zero.0 {
+                return Err(crate::Error::corrupt("read a range the map says is zero"));
+            }
+            self.inner.read_at(buf, offset)
+        }
+        fn allocation(&self, offset: u64, length: u64) -> Result<Vec<crate::Extent>> {
+            let end = offset + length;
+            let mut map = Vec::new();
+            let (zs, ze) = self.zero;
+            for (s, e, a) in [
+                (0, zs, crate::Allocation::Data),
+                (zs, ze, crate::Allocation::Zero),
+                (ze, self.size(), crate::Allocation::Data),
+            ] {
+                let (s, e) = (s.max(offset), e.min(end));
+                if s < e {
+                    crate::coalesce(
+                        &mut map,
+                        crate::Extent {
+                            start: s,
+                            length: e - s,
+                            allocation: a,
+                            depth: 0,
+                        },
+                    );
+                }
+            }
+            Ok(map)
+        }
+        fn format_name(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    #[test]
+    fn dirty_blocks_the_map_says_are_zero_are_recorded_as_zero_without_a_read() {
+        let bs = 4096u64;
+        // The parent has data everywhere; the new disk is the parent with blocks 2..5
+        // discarded (zero by the map) and block 7 rewritten.
+        let old = vec![1u8; 10 * bs as usize];
+        let mut new = old.clone();
+        new[2 * 4096..5 * 4096].fill(0);
+        new[7 * 4096] = 9;
+        let new = ZeroByMap {
+            inner: MemImage::new(new),
+            zero: (2 * bs, 5 * bs),
+            reads: Mutex::new(Vec::new()),
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hooked = Mutex::new(Vec::new());
+        let hook = |b: u64, d: &[u8]| hooked.lock().unwrap().push((b, is_zero(d), d.len()));
+        // Dirty: 1 (unchanged data), 2..5 (discarded), 7 (rewritten), 9 (past a gap).
+        let stats = write_delta(
+            DeltaTarget {
+                parent: &MemImage::new(old),
+                new: &new,
+                sink: Box::new(Record(Arc::clone(&seen))),
+                on_block: Some(&hook),
+            },
+            [(bs, 4 * bs), (7 * bs, 1), (9 * bs, bs)],
+        )
+        .unwrap();
+        let reads = new.reads.lock().unwrap().clone();
+        assert!(
+            reads.iter().all(|&(o, _)| o < 2 * bs || o >= 5 * bs),
+            "{reads:?}"
+        );
+        assert_eq!(reads.len(), 3, "{reads:?}");
+        assert_eq!(stats.bytes_read, 3 * bs);
+        assert_eq!(stats.zeroed_blocks, 3);
+        assert_eq!(stats.data_blocks, 3);
+        // The discarded blocks mask the parent with zeros, in order with the rest.
+        let seen = seen.lock().unwrap().clone();
+        let zeroed: Vec<u64> = seen.iter().filter(|s| s.1).map(|s| s.0 / bs).collect();
+        assert_eq!(zeroed, [2, 3, 4]);
+        // The hook saw every block, the unread ones as zeros of a whole block.
+        let mut h = hooked.into_inner().unwrap();
+        h.sort();
+        assert_eq!(h.len(), 6);
+        assert!(h
+            .iter()
+            .filter(|x| (2..5).contains(&x.0))
+            .all(|x| x.1 && x.2 == 4096));
+    }
+
+    #[test]
+    fn known_zero_needs_every_byte_of_a_block_to_read_as_zero() {
+        let img = ZeroByMap {
+            inner: MemImage::new(vec![1u8; 8 * 4096]),
+            zero: (4096 + 512, 3 * 4096),
+            reads: Mutex::new(Vec::new()),
+        };
+        let range = |b: u64| (b * 4096, 4096);
+        assert_eq!(
+            known_zero(&img, &[0, 1, 2, 3, 7], range).unwrap(),
+            [false, false, true, false, false]
+        );
+        assert!(known_zero(&img, &[], range).unwrap().is_empty());
     }
 }

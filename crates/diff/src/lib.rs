@@ -3,6 +3,8 @@
 //! - [`diff`]: compare two images of any formats block by block;
 //! - [`hash_image`] and [`diff_manifest`]: a hash manifest (xxh3-128 of every block) made
 //!   once, so that a later diff needs only the new image;
+//! - [`diff_changed`] and [`diff_manifest_changed`]: the same, reading only the blocks a
+//!   changed-block map names (a hypervisor's dirty bitmap);
 //! - [`Manifest`]: the manifest's checksummed on-disk form.
 //!
 //! Scans walk the disk in windows. In each window the allocation maps of both sides decide
@@ -11,11 +13,13 @@
 //! hashed straight from memory maps where the image has them, and the window's mapped pages
 //! are released before the next one, so resident memory stays flat however large the disk.
 
+mod candidates;
 #[doc(hidden)]
 pub mod fuzzing;
 mod manifest;
 mod scan;
 
+pub use candidates::{diff_changed, diff_manifest_changed};
 pub use manifest::{
     is_manifest, window_blocks, Manifest, ManifestBytes, ManifestFile, ManifestFileBytes,
     ManifestWriter, WindowHashes, MANIFEST_MAGIC,

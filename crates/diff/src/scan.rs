@@ -40,7 +40,7 @@ impl ScanOptions<'_> {
         }
     }
 
-    fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<()> {
         Granularity::new(self.granularity).map(|_| ())
     }
 
@@ -54,7 +54,7 @@ impl ScanOptions<'_> {
     }
 
     /// Prepare `img` for this scan's reads: paced reads read what is asked, nothing ahead.
-    fn prepare(&self, img: &dyn DiskImage) {
+    pub(crate) fn prepare(&self, img: &dyn DiskImage) {
         if self.paced() {
             img.advise(0, img.size(), Advice::Paced);
         }
@@ -75,7 +75,7 @@ impl ScanOptions<'_> {
 
     /// A window of `span` bytes scanned, `read` counting its bytes read so far and `before`
     /// its value when the window began.
-    fn scanned(&self, span: u64, read: &AtomicU64, before: u64) {
+    pub(crate) fn scanned(&self, span: u64, read: &AtomicU64, before: u64) {
         if let Some(p) = self.progress {
             let r = read.load(Ordering::Relaxed).saturating_sub(before);
             p.read(r);
@@ -116,7 +116,7 @@ fn data_ranges(img: &dyn DiskImage, start: u64, end: u64) -> Result<Vec<(u64, u6
 
 /// The union of sorted range lists, rounded out to blocks of `g`, clipped to `[start, end)`,
 /// and cut into tasks of at most [`CHUNK`] that never cross a chunk boundary.
-fn tasks(lists: &[Vec<(u64, u64)>], start: u64, end: u64, g: u64) -> Vec<(u64, u64)> {
+pub(crate) fn tasks(lists: &[Vec<(u64, u64)>], start: u64, end: u64, g: u64) -> Vec<(u64, u64)> {
     let mut all: Vec<(u64, u64)> = lists.iter().flatten().copied().collect();
     all.sort_unstable();
     let chunk = CHUNK.max(g);
@@ -159,7 +159,7 @@ fn tasks(lists: &[Vec<(u64, u64)>], start: u64, end: u64, g: u64) -> Vec<(u64, u
 /// disk read, too slow for one thread to keep up with the pace on a busy disk (a diff's
 /// last seconds, read by one thread, fell to 0.7 times the limit), and a populate would read
 /// the whole piece at once, ahead of the pace. A read of a paced piece is one request.
-fn bytes_at<'a>(
+pub(crate) fn bytes_at<'a>(
     img: &'a dyn DiskImage,
     off: u64,
     len: u64,

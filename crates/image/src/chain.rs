@@ -41,6 +41,9 @@ pub struct OpenOptions {
     /// The disk of an archive to read, by its name in it (`--disk`); needed when the
     /// archive holds several. Images that are not archives ignore it.
     pub disk: Option<String>,
+    /// Every timeout of an NBD export's connections (connect, handshake, each request);
+    /// `None`: the client's defaults (10 s, 20 s, 30 s).
+    pub nbd_timeout: Option<std::time::Duration>,
 }
 
 impl Default for OpenOptions {
@@ -53,6 +56,7 @@ impl Default for OpenOptions {
             read_ahead: ReadAhead::default(),
             cache: Cache::default(),
             disk: None,
+            nbd_timeout: None,
         }
     }
 }

@@ -1,9 +1,11 @@
-//! Opening an image from where it is: a file (an archive's disk when the file is an OVA) or
-//! a disk named inside an archive.
+//! Opening an image from where it is: a file (an archive's disk when the file is an OVA), a
+//! disk named inside an archive, or an NBD export.
 
-#[cfg(not(feature = "ova"))]
-use vdisk_core::Error;
-use vdisk_core::Result;
+use std::path::Path;
+
+#[cfg(feature = "nbd")]
+use vdisk_core::ErrorKind;
+use vdisk_core::{Error, Result};
 use vdisk_io::FileStore;
 
 #[cfg(feature = "ova")]
@@ -34,6 +36,7 @@ pub fn open_with(location: impl Into<ImageLocation>, opts: &OpenOptions) -> Resu
     let store = opts.store();
     match &location {
         ImageLocation::File(path) => {
+            refuse_bad_uri(path)?;
             let bytes = store.load(path)?;
             #[cfg(feature = "ova")]
             if opts
@@ -63,5 +66,55 @@ pub fn open_with(location: impl Into<ImageLocation>, opts: &OpenOptions) -> Resu
                 )
             }
         }
+        #[cfg(feature = "nbd")]
+        ImageLocation::Nbd(uri) => open_nbd(uri, opts, location.clone()),
     }
+}
+
+/// A file name that is NBD URI text: the reason it is not an export, never a search for a
+/// file of that name.
+fn refuse_bad_uri(path: &Path) -> Result<()> {
+    let Some(text) = path.to_str() else {
+        return Ok(());
+    };
+    #[cfg(feature = "nbd")]
+    if vdisk_nbd::NbdUri::looks_like(text) {
+        return vdisk_nbd::NbdUri::parse(text).map(|_| ());
+    }
+    #[cfg(not(feature = "nbd"))]
+    if text.contains("://") && text.to_ascii_lowercase().starts_with("nbd") {
+        return Err(Error::unsupported(
+            "is an NBD URI, and vdisk was built without NBD support (the nbd feature)",
+        )
+        .with_path(path));
+    }
+    Ok(())
+}
+
+/// An NBD export: one layer, no backing file, format `nbd`.
+#[cfg(feature = "nbd")]
+fn open_nbd(uri: &vdisk_nbd::NbdUri, opts: &OpenOptions, location: ImageLocation) -> Result<Image> {
+    if let Some(f) = opts.format.as_deref() {
+        if !f.eq_ignore_ascii_case("raw") && !f.eq_ignore_ascii_case("nbd") {
+            return Err(Error::new(
+                ErrorKind::InvalidArgument,
+                format!(
+                    "an NBD export is read as the disk the server presents; -f {f} does not apply"
+                ),
+            )
+            .with_path(uri.to_string()));
+        }
+    }
+    let client = match opts.nbd_timeout {
+        Some(t) => vdisk_nbd::ClientOptions::with_timeout(t),
+        None => vdisk_nbd::ClientOptions::default(),
+    };
+    let export = vdisk_nbd::NbdExport::open(uri, &client)?;
+    Ok(Image {
+        layers: vec![Box::new(export)],
+        formats: vec![&vdisk_nbd::NBD],
+        location,
+        #[cfg(feature = "ova")]
+        archive: None,
+    })
 }

@@ -1,11 +1,15 @@
-//! Entry points shared by the cargo-fuzz target in `fuzz/` and the corpus replay tests.
-//! Each takes arbitrary bytes and must return without panicking, whatever they are.
+//! Entry points shared by the cargo-fuzz targets in `fuzz/` and the corpus replay tests.
+//! Each takes arbitrary bytes and must return without panicking, whatever they are:
+//! [`client_bytes`] plays a client against the server, [`server_bytes`] a server against
+//! the client.
 
 use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use vdisk_core::{check_range, Allocation, DiskImage, Error, Extent, Result};
 
+use crate::client::{client_negotiate as negotiate_client, Conn, Transport, Wanted, Wire};
 use crate::export::{Export, ExportConfig};
 use crate::handshake::negotiate;
 use crate::transmission::{ChunkBuf, Connection, Inline};
@@ -110,4 +114,86 @@ pub fn client_bytes(data: &[u8]) {
         buf: Mutex::new(ChunkBuf::default()),
     };
     conn.read_requests(&mut input, &inline);
+}
+
+/// Bytes a fuzzed server sends, as the client's transport: reads come from the bytes (then
+/// end of stream), writes are dropped.
+struct ServerBytes {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ServerBytes {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = buf.len().min(self.data.len() - self.pos);
+        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+impl Write for ServerBytes {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Transport for ServerBytes {
+    fn close(&self) {}
+}
+
+/// Feed `data` to the client as everything a server sends on one connection: the handshake
+/// (greeting, option replies), then the replies to a read of the first 64 KiB (or less), a
+/// block-status walk of the same range in every context the handshake selected, and a read
+/// of the export's last bytes.
+pub fn server_bytes(data: &[u8]) {
+    let transport = ServerBytes {
+        data: data.to_vec(),
+        pos: 0,
+    };
+    let mut wire = Wire::new(Box::new(transport));
+    wire.deadline_in(Duration::from_secs(60));
+    let want = Wanted {
+        export: "fuzz",
+        bitmaps: true,
+    };
+    let Ok(neg) = negotiate_client(&mut wire, &want) else {
+        return;
+    };
+    let size = neg.size;
+    let contexts: Vec<u32> = neg.contexts.iter().map(|c| c.0).collect();
+    let min = u64::from(neg.min_block.max(1));
+    let mut conn = Conn::new(wire, neg, Duration::from_secs(60));
+    let len = (size.min(64 << 10) / min * min) as usize;
+    let mut buf = vec![0u8; len];
+    if len > 0 && conn.read(&mut buf, 0).is_err() {
+        return;
+    }
+    for id in contexts {
+        let mut pos = 0u64;
+        // A walk ends at the range's end, at the first failure, or after a bounded number
+        // of replies (the bytes run out long before).
+        for _ in 0..64 {
+            if pos >= len as u64 {
+                break;
+            }
+            let mut runs = Vec::new();
+            match conn.block_status(pos, (len as u64 - pos) as u32, id, &mut runs) {
+                Ok(covered) => {
+                    assert!(covered > 0 && covered <= len as u64 - pos);
+                    assert_eq!(runs.iter().map(|r| r.0).sum::<u64>(), covered);
+                    pos += covered;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+    if size > len as u64 && size >= min {
+        let start = (size - min) / min * min;
+        let mut tail = vec![0u8; (size - start).min(64 << 10) as usize];
+        let _ = conn.read(&mut tail, start);
+    }
 }

@@ -3,10 +3,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use vdisk_io::sys::errno;
 
 use crate::export::{Export, ExportConfig};
 use crate::handshake::negotiate;
-use crate::transmission::{ChunkBuf, Connection, Dispatch, RequestQueue};
+use crate::transmission::{ChunkBuf, Connection, Dispatch, ReplySink, RequestQueue};
 
 /// Bounds that keep one client (or many) from exhausting the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +34,19 @@ pub struct Limits {
     /// Time a client has from connecting to finishing its handshake; a client that stalls
     /// or dribbles bytes is disconnected after it.
     pub handshake_timeout: Duration,
-    /// Time a reply may wait for a client that does not read; the connection is closed
-    /// after it. (There is no timeout on idle clients in transmission: clients keep
-    /// connections open between requests.)
+    /// Longest one reply may take to send (each chunk of a structured read is one reply
+    /// here): a client that does not read its replies is disconnected after it, however
+    /// much it asked for.
     pub write_timeout: Duration,
+    /// How long a connection in transmission must have had no request in flight before it
+    /// gives its place to a new client when [`Limits::max_connections`] is reached (the one
+    /// idle longest goes). Idle connections are never closed otherwise: clients such as a
+    /// VM's disk keep them open between requests for hours.
+    pub idle_timeout: Duration,
+    /// TCP connections one address may hold at once; more are closed on arrival, so that a
+    /// single host cannot take every place. (Unix-socket clients are local, and not
+    /// counted per peer.)
+    pub max_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -48,6 +57,8 @@ impl Default for Limits {
             workers: 4,
             handshake_timeout: Duration::from_secs(20),
             write_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+            max_per_peer: 16,
         }
     }
 }
@@ -75,6 +86,12 @@ impl Limits {
         if self.write_timeout.is_zero() {
             return bad("write_timeout");
         }
+        if self.idle_timeout.is_zero() {
+            return bad("idle_timeout");
+        }
+        if self.max_per_peer == 0 {
+            return bad("max_per_peer");
+        }
         Ok(())
     }
 }
@@ -84,9 +101,11 @@ impl Limits {
 pub struct ServerStats {
     /// Connections accepted and served.
     pub accepted: u64,
-    /// Connections closed on arrival (over [`Limits::max_connections`], or during
-    /// shutdown).
+    /// Connections closed on arrival (over [`Limits::max_connections`] with nobody idle
+    /// long enough to give way, over [`Limits::max_per_peer`], or during shutdown).
     pub refused: u64,
+    /// Idle connections closed to make room for a new client.
+    pub evicted: u64,
     /// Connections open now.
     pub active: usize,
     /// Most requests one connection had in flight at once (never above
@@ -135,7 +154,49 @@ struct Inner {
     registry: Mutex<Registry>,
     accepted: AtomicU64,
     refused: AtomicU64,
+    evicted: AtomicU64,
     peak_in_flight: AtomicUsize,
+    /// The clock connections' activity is measured on.
+    epoch: Instant,
+}
+
+/// What the accept loop knows of a connection: how to close it, where it comes from, and
+/// whether it is idle.
+struct Entry {
+    close: Box<dyn Fn() + Send>,
+    peer: Option<IpAddr>,
+    activity: Arc<Activity>,
+}
+
+/// A connection's activity, kept by its threads.
+#[derive(Default)]
+pub(crate) struct Activity {
+    /// In transmission (the handshake is over).
+    transmitting: AtomicBool,
+    /// Requests read and not yet answered.
+    busy: AtomicUsize,
+    /// When a request last arrived or was answered, in milliseconds since the server's
+    /// epoch.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self, epoch: Instant) {
+        self.last
+            .store(epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the connection has been idle in transmission; `None` while it has work
+    /// or is still in its handshake (which has a deadline of its own).
+    fn idle_for(&self, epoch: Instant) -> Option<Duration> {
+        if !self.transmitting.load(Ordering::Relaxed) || self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let now = epoch.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(
+            now.saturating_sub(self.last.load(Ordering::Relaxed)),
+        ))
+    }
 }
 
 /// Everything shutdown must reach, under one lock so that nothing registers after it ran.
@@ -144,7 +205,7 @@ struct Registry {
     stopping: bool,
     next_id: u64,
     /// Open connections, each with a way to shut its socket down.
-    connections: HashMap<u64, Box<dyn Fn() + Send>>,
+    connections: HashMap<u64, Entry>,
     /// The write ends of the wake-up sockets of running accept loops.
     wakers: HashMap<u64, UnixStream>,
 }
@@ -157,8 +218,8 @@ impl Inner {
     fn shutdown(&self) {
         let mut r = self.registry();
         r.stopping = true;
-        for close in r.connections.values() {
-            close();
+        for c in r.connections.values() {
+            (c.close)();
         }
         for w in r.wakers.values() {
             // Non-blocking: a full buffer means a wake-up is already pending.
@@ -226,7 +287,9 @@ impl Server {
                 registry: Mutex::new(Registry::default()),
                 accepted: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
+                evicted: AtomicU64::new(0),
                 peak_in_flight: AtomicUsize::new(0),
+                epoch: Instant::now(),
             }),
         })
     }
@@ -253,6 +316,7 @@ impl Server {
         ServerStats {
             accepted: self.inner.accepted.load(Ordering::Relaxed),
             refused: self.inner.refused.load(Ordering::Relaxed),
+            evicted: self.inner.evicted.load(Ordering::Relaxed),
             active: self.inner.registry().connections.len(),
             peak_in_flight: self.inner.peak_in_flight.load(Ordering::Relaxed),
         }
@@ -354,15 +418,51 @@ impl Server {
         let Ok(closer) = stream.duplicate() else {
             return refuse();
         };
+        let peer = stream.peer_ip();
+        let activity = Arc::new(Activity::default());
+        let limits = &self.inner.limits;
         let id = {
             let mut r = self.inner.registry();
-            if r.stopping || r.connections.len() >= self.inner.limits.max_connections {
+            let same_peer = |r: &Registry| {
+                peer.map_or(0, |p| {
+                    r.connections.values().filter(|c| c.peer == Some(p)).count()
+                })
+            };
+            if r.stopping || same_peer(&r) >= limits.max_per_peer {
                 drop(r);
                 return refuse();
             }
+            if r.connections.len() >= limits.max_connections {
+                // Full: the connection idle longest gives way, if it has been idle long
+                // enough; otherwise the newcomer is turned away.
+                let epoch = self.inner.epoch;
+                let victim = r
+                    .connections
+                    .iter()
+                    .filter_map(|(id, c)| c.activity.idle_for(epoch).map(|d| (d, *id)))
+                    .filter(|(d, _)| *d >= limits.idle_timeout)
+                    .max();
+                match victim.and_then(|(_, id)| r.connections.remove(&id)) {
+                    Some(gone) => {
+                        (gone.close)();
+                        self.inner.evicted.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None => {
+                        drop(r);
+                        return refuse();
+                    }
+                }
+            }
             let id = r.next_id;
             r.next_id += 1;
-            r.connections.insert(id, Box::new(move || closer.close()));
+            r.connections.insert(
+                id,
+                Entry {
+                    close: Box::new(move || closer.close()),
+                    peer,
+                    activity: Arc::clone(&activity),
+                },
+            );
             id
         };
         self.inner.accepted.fetch_add(1, Ordering::Relaxed);
@@ -372,7 +472,7 @@ impl Server {
             .spawn(move || {
                 let inner = inner;
                 let _registered = Registered { inner: &inner, id };
-                run_connection(&inner, stream);
+                run_connection(&inner, stream, &activity);
             });
         match spawned {
             Ok(t) => threads.push(t),
@@ -396,7 +496,7 @@ impl Drop for Registered<'_> {
 }
 
 /// Handshake, then transmission with the reader on this thread and workers beside it.
-fn run_connection<S: Socket>(inner: &Inner, sock: S) {
+fn run_connection<S: Socket>(inner: &Inner, sock: S, activity: &Activity) {
     let limits = &inner.limits;
     sock.tune();
     let mut handshake = DeadlineIo {
@@ -406,17 +506,27 @@ fn run_connection<S: Socket>(inner: &Inner, sock: S) {
     let Ok(Some(negotiated)) = negotiate(&mut handshake, &inner.export) else {
         return;
     };
-    if sock.set_read_timeout(None).is_err()
-        || sock.set_write_timeout(Some(limits.write_timeout)).is_err()
-    {
+    if sock.set_read_timeout(None).is_err() {
         return;
     }
     let close = || sock.close();
-    let conn = Connection::new(&inner.export, negotiated, SockIo(&sock), &close);
+    let replies = ReplyIo {
+        sock: &sock,
+        limit: limits.write_timeout,
+        deadline: Instant::now() + limits.write_timeout,
+    };
+    let conn = Connection::new(&inner.export, negotiated, replies, &close);
     let peak = |n: usize| {
         inner.peak_in_flight.fetch_max(n, Ordering::Relaxed);
     };
     let queue = RequestQueue::new(limits.max_in_flight, &peak);
+    activity.touch(inner.epoch);
+    activity.transmitting.store(true, Ordering::Relaxed);
+    let tracked = Tracked {
+        queue: &queue,
+        activity,
+        epoch: inner.epoch,
+    };
     thread::scope(|s| {
         let mut workers = 0;
         for _ in 0..limits.workers {
@@ -426,6 +536,8 @@ fn run_connection<S: Socket>(inner: &Inner, sock: S) {
                     let mut buf = ChunkBuf::default();
                     while let Some(req) = queue.next() {
                         conn.execute(req, &mut buf);
+                        activity.busy.fetch_sub(1, Ordering::Relaxed);
+                        activity.touch(inner.epoch);
                         queue.release();
                     }
                 });
@@ -434,12 +546,34 @@ fn run_connection<S: Socket>(inner: &Inner, sock: S) {
             }
         }
         if workers > 0 {
-            conn.read_requests(&mut SockIo(&sock), &queue);
+            conn.read_requests(&mut SockIo(&sock), &tracked);
         }
         // Workers answer what was already read (the spec wants requests before a
         // disconnect served), then end.
         queue.close();
     });
+}
+
+/// The request queue, noting the connection's activity on the way.
+struct Tracked<'a> {
+    queue: &'a RequestQueue<'a>,
+    activity: &'a Activity,
+    epoch: Instant,
+}
+
+impl Dispatch for Tracked<'_> {
+    fn reserve(&self) -> bool {
+        self.queue.reserve()
+    }
+    fn submit(&self, req: crate::wire::Request) {
+        self.activity.busy.fetch_add(1, Ordering::Relaxed);
+        self.activity.touch(self.epoch);
+        self.queue.submit(req);
+    }
+    fn release(&self) {
+        self.activity.touch(self.epoch);
+        self.queue.release();
+    }
 }
 
 /// Wait until `a` or `b` is readable (or has an error or hang-up pending).
@@ -502,10 +636,14 @@ pub(crate) trait Socket: Send + Sync + Sized + 'static {
     fn duplicate(&self) -> io::Result<Self>;
     /// Per-family settings at the start of a connection.
     fn tune(&self) {}
+    /// The peer's address, for TCP.
+    fn peer_ip(&self) -> Option<IpAddr> {
+        None
+    }
 }
 
 macro_rules! socket_impl {
-    ($t:ty, $tune:expr) => {
+    ($t:ty, $tune:expr, $peer:expr) => {
         impl Socket for $t {
             fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
                 (&*self).read(buf)
@@ -532,15 +670,23 @@ macro_rules! socket_impl {
                 let tune: fn(&$t) = $tune;
                 tune(self)
             }
+            fn peer_ip(&self) -> Option<IpAddr> {
+                let peer: fn(&$t) -> Option<IpAddr> = $peer;
+                peer(self)
+            }
         }
     };
 }
 
-socket_impl!(UnixStream, |_| {});
+socket_impl!(UnixStream, |_| {}, |_| None);
 // The spec asks for TCP_NODELAY: replies are often small and must not wait for an ACK.
-socket_impl!(TcpStream, |s| {
-    let _ = s.set_nodelay(true);
-});
+socket_impl!(
+    TcpStream,
+    |s| {
+        let _ = s.set_nodelay(true);
+    },
+    |s| s.peer_addr().ok().map(|a| a.ip())
+);
 
 /// `Read + Write` over a shared socket.
 struct SockIo<'a, S>(&'a S);
@@ -557,6 +703,36 @@ impl<S: Socket> Write for SockIo<'_, S> {
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The reply stream of a connection: each reply (from [`ReplySink::start_reply`]) must be
+/// sent within the write timeout, however many `send` calls it takes. (A timeout per call
+/// would not do: a call that sends a little before its timeout returns, and the next call
+/// starts a new one.)
+struct ReplyIo<'a, S> {
+    sock: &'a S,
+    limit: Duration,
+    deadline: Instant,
+}
+
+impl<S: Socket> Write for ReplyIo<'_, S> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        self.sock.set_write_timeout(Some(left))?;
+        self.sock.send(buf).map_err(timed_out)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<S: Socket> ReplySink for ReplyIo<'_, S> {
+    fn start_reply(&mut self) {
+        self.deadline = Instant::now() + self.limit;
     }
 }
 

@@ -63,6 +63,15 @@ impl ChunkBuf {
     }
 }
 
+/// Where replies go: a writer told when each reply starts (a socket bounds the time each
+/// reply may take from then).
+pub(crate) trait ReplySink: Write + Send {
+    /// A reply (or one chunk of a long read) starts now.
+    fn start_reply(&mut self) {}
+}
+
+impl ReplySink for std::io::Sink {}
+
 /// Where the reader hands requests and how it waits for room.
 pub(crate) trait Dispatch {
     /// Wait until one more request may be in flight; false when the connection is ending.
@@ -102,7 +111,7 @@ fn status_of(a: Allocation) -> u32 {
 
 /// One client connection in transmission: the export, what was negotiated, and the reply
 /// stream. `W` is the socket (or a sink when fuzzing).
-pub(crate) struct Connection<'a, W: Write + Send> {
+pub(crate) struct Connection<'a, W: ReplySink> {
     export: &'a Export,
     neg: Negotiated,
     out: Mutex<W>,
@@ -110,7 +119,7 @@ pub(crate) struct Connection<'a, W: Write + Send> {
     close: &'a (dyn Fn() + Sync),
 }
 
-impl<'a, W: Write + Send> Connection<'a, W> {
+impl<'a, W: ReplySink> Connection<'a, W> {
     /// `close` shuts the connection down (both directions), so that a reader blocked on the
     /// client returns; it is called when a reply cannot be sent.
     pub fn new(export: &'a Export, neg: Negotiated, out: W, close: &'a (dyn Fn() + Sync)) -> Self {
@@ -134,8 +143,11 @@ impl<'a, W: Write + Send> Connection<'a, W> {
         (self.close)();
     }
 
+    /// The reply stream, for one reply: its time to send starts now.
     fn lock(&self) -> MutexGuard<'_, W> {
-        self.out.lock().unwrap_or_else(|p| p.into_inner())
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        out.start_reply();
+        out
     }
 
     /// Write under a lock the caller holds; on failure the connection is aborted.
@@ -677,12 +689,12 @@ impl Dispatch for RequestQueue<'_> {
 }
 
 /// A dispatcher that serves each request at once, in the reader's thread (for fuzzing).
-pub(crate) struct Inline<'c, 'a, W: Write + Send> {
+pub(crate) struct Inline<'c, 'a, W: ReplySink> {
     pub conn: &'c Connection<'a, W>,
     pub buf: Mutex<ChunkBuf>,
 }
 
-impl<W: Write + Send> Dispatch for Inline<'_, '_, W> {
+impl<W: ReplySink> Dispatch for Inline<'_, '_, W> {
     fn reserve(&self) -> bool {
         true
     }

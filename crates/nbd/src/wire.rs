@@ -287,6 +287,352 @@ pub fn message(text: &str) -> String {
     m
 }
 
+// The other direction: what a client sends and how it reads what a server answers. These are
+// the client's parsers of hostile input (the `nbd_server_bytes` fuzz target feeds them): each
+// decodes a fixed-size header or a payload whose length the caller has already bounded.
+
+/// `NBDMAGIC` followed by the oldstyle magic: a server that skips option haggling.
+pub const OLDSTYLE_MAGIC: u64 = 0x0000_4202_8186_1253;
+
+/// Decode the server's 18-byte greeting; returns the handshake flags. Fails when the bytes
+/// are not an NBD server's, when the server speaks only the oldstyle handshake, or when it
+/// does not offer the fixed newstyle handshake (the only one this client speaks).
+pub fn parse_greeting(b: &[u8; 18]) -> Result<u16> {
+    let magic = be64(b, 0);
+    if magic != NBDMAGIC {
+        return Err(Error::invalid(format!(
+            "is not an NBD server (its greeting starts with {magic:#018x}, not NBDMAGIC)"
+        )));
+    }
+    let second = be64(b, 8);
+    if second == OLDSTYLE_MAGIC {
+        return Err(Error::unsupported(
+            "the server speaks only the oldstyle NBD handshake, which names no export; vdisk needs a newstyle server",
+        ));
+    }
+    if second != IHAVEOPT {
+        return Err(Error::invalid(format!(
+            "the server's greeting has {second:#018x} where IHAVEOPT belongs"
+        )));
+    }
+    let flags = be16(b, 16);
+    if flags & FLAG_FIXED_NEWSTYLE == 0 {
+        return Err(Error::unsupported(
+            "the server does not offer the fixed newstyle NBD handshake",
+        ));
+    }
+    Ok(flags)
+}
+
+/// An option as a client sends it: header, then `data`.
+pub fn option_request(option: u32, data: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(16 + data.len());
+    // Callers send small payloads: names are capped at MAX_STRING, queries at a few.
+    let length = data.len() as u32;
+    r.extend_from_slice(&OptionHeader { option, length }.to_bytes());
+    r.extend_from_slice(data);
+    r
+}
+
+/// The payload of `NBD_OPT_INFO` and `NBD_OPT_GO`: the export name and the information
+/// requests (`NBD_INFO_*`).
+pub fn export_request(name: &[u8], info: &[u16]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(6 + name.len() + 2 * info.len());
+    p.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    p.extend_from_slice(name);
+    p.extend_from_slice(&(info.len() as u16).to_be_bytes());
+    for i in info {
+        p.extend_from_slice(&i.to_be_bytes());
+    }
+    p
+}
+
+/// The payload of `NBD_OPT_LIST_META_CONTEXT` and `NBD_OPT_SET_META_CONTEXT`.
+pub fn meta_context_request(name: &[u8], queries: &[&str]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(8 + name.len());
+    p.extend_from_slice(&(name.len() as u32).to_be_bytes());
+    p.extend_from_slice(name);
+    p.extend_from_slice(&(queries.len() as u32).to_be_bytes());
+    for q in queries {
+        p.extend_from_slice(&(q.len() as u32).to_be_bytes());
+        p.extend_from_slice(q.as_bytes());
+    }
+    p
+}
+
+/// The 20-byte header of an option reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OptionReplyHeader {
+    /// The option answered.
+    pub option: u32,
+    /// The reply type (`NBD_REP_*`).
+    pub reply: u32,
+    /// Length of the data that follows.
+    pub length: u32,
+}
+
+impl OptionReplyHeader {
+    /// Size on the wire.
+    pub const LEN: usize = 20;
+
+    /// Decode; fails when the magic is wrong.
+    pub fn parse(b: &[u8; 20]) -> Result<Self> {
+        let magic = be64(b, 0);
+        if magic != OPTION_REPLY_MAGIC {
+            return Err(Error::invalid(format!(
+                "option reply magic is {magic:#018x}, not {OPTION_REPLY_MAGIC:#018x}"
+            )));
+        }
+        Ok(OptionReplyHeader {
+            option: be32(b, 8),
+            reply: be32(b, 12),
+            length: be32(b, 16),
+        })
+    }
+}
+
+/// One `NBD_REP_INFO` item, decoded from its data (type included).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InfoItem {
+    /// `NBD_INFO_EXPORT`: size and transmission flags.
+    Export {
+        /// The export's size in bytes.
+        size: u64,
+        /// Transmission flags (`NBD_FLAG_*`).
+        flags: u16,
+    },
+    /// `NBD_INFO_NAME`: the canonical name.
+    Name(String),
+    /// `NBD_INFO_DESCRIPTION`: text for a human.
+    Description(String),
+    /// `NBD_INFO_BLOCK_SIZE`: the size constraints, checked against the spec's rules.
+    BlockSize {
+        /// Minimum block size (alignment of every request).
+        min: u32,
+        /// Preferred block size.
+        preferred: u32,
+        /// Largest read the server takes.
+        max_payload: u32,
+    },
+    /// An information type this client does not know (ignored, as the spec asks).
+    Unknown(u16),
+}
+
+/// A protocol string from a server: UTF-8 (invalid bytes replaced), one line, at most
+/// [`MAX_STRING`] bytes.
+pub fn server_string(b: &[u8]) -> String {
+    message(&String::from_utf8_lossy(&b[..b.len().min(MAX_STRING)]))
+}
+
+/// Decode the data of an `NBD_REP_INFO` reply.
+pub fn parse_info(data: &[u8]) -> Result<InfoItem> {
+    if data.len() < 2 {
+        return Err(Error::invalid(
+            "an NBD_REP_INFO reply is shorter than its type",
+        ));
+    }
+    let kind = be16(data, 0);
+    let body = &data[2..];
+    let exact = |n: usize, what: &str| {
+        if body.len() != n {
+            return Err(Error::invalid(format!(
+                "{what} information is {} bytes long, not {n}",
+                body.len()
+            )));
+        }
+        Ok(())
+    };
+    Ok(match kind {
+        INFO_EXPORT => {
+            exact(10, "NBD_INFO_EXPORT")?;
+            InfoItem::Export {
+                size: be64(body, 0),
+                flags: be16(body, 8),
+            }
+        }
+        INFO_NAME => InfoItem::Name(server_string(body)),
+        INFO_DESCRIPTION => InfoItem::Description(server_string(body)),
+        INFO_BLOCK_SIZE => {
+            exact(12, "NBD_INFO_BLOCK_SIZE")?;
+            let (min, preferred, max_payload) = (be32(body, 0), be32(body, 4), be32(body, 8));
+            if !min.is_power_of_two() || min > 1 << 16 {
+                return Err(Error::invalid(format!(
+                    "minimum block size {min} is not a power of two up to 64 KiB"
+                )));
+            }
+            if !preferred.is_power_of_two() || preferred < min {
+                return Err(Error::invalid(format!(
+                    "preferred block size {preferred} is not a power of two at least the minimum {min}"
+                )));
+            }
+            if max_payload < min {
+                return Err(Error::invalid(format!(
+                    "maximum payload {max_payload} is below the minimum block size {min}"
+                )));
+            }
+            InfoItem::BlockSize {
+                min,
+                preferred,
+                max_payload,
+            }
+        }
+        other => InfoItem::Unknown(other),
+    })
+}
+
+/// Decode the data of an `NBD_REP_META_CONTEXT` reply: context id and name.
+pub fn parse_meta_context(data: &[u8]) -> Result<(u32, String)> {
+    if data.len() < 5 || data.len() > 4 + MAX_STRING {
+        return Err(Error::invalid(format!(
+            "a metadata context reply of {} bytes is not an id and a name of 1 to {MAX_STRING} bytes",
+            data.len()
+        )));
+    }
+    let name = std::str::from_utf8(&data[4..])
+        .map_err(|_| Error::invalid("a metadata context name is not UTF-8"))?;
+    if name.chars().any(|c| c.is_control()) {
+        return Err(Error::invalid(
+            "a metadata context name holds control characters",
+        ));
+    }
+    Ok((be32(data, 0), name.to_string()))
+}
+
+/// Decode the data of an `NBD_REP_SERVER` reply: the export's name and description.
+pub fn parse_server_entry(data: &[u8]) -> Result<(String, String)> {
+    let mut b = data;
+    let len = take_u32(&mut b, "the export name length")
+        .map_err(|_| Error::invalid("an NBD_REP_SERVER reply is shorter than its name length"))?;
+    let name = take(&mut b, len as usize, "the export name")
+        .map_err(|_| Error::invalid("an NBD_REP_SERVER name is longer than its reply"))?;
+    Ok((server_string(name), server_string(b)))
+}
+
+/// A transmission reply's first 4 bytes: which kind of reply follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMagic {
+    /// A simple reply: 12 more header bytes (error, cookie).
+    Simple,
+    /// A structured reply chunk: 16 more header bytes (flags, type, cookie, length).
+    Structured,
+}
+
+impl ReplyMagic {
+    /// Decode; fails on any other magic (the stream cannot be resynchronised after it).
+    pub fn parse(b: &[u8; 4]) -> Result<Self> {
+        match u32::from_be_bytes(*b) {
+            SIMPLE_REPLY_MAGIC => Ok(ReplyMagic::Simple),
+            STRUCTURED_REPLY_MAGIC => Ok(ReplyMagic::Structured),
+            m => Err(Error::invalid(format!(
+                "reply magic is {m:#010x}, neither a simple nor a structured reply"
+            ))),
+        }
+    }
+}
+
+/// The rest of a simple reply's header (after its magic): error and cookie.
+pub fn parse_simple_reply(b: &[u8; 12]) -> (u32, u64) {
+    (be32(b, 0), be64(b, 4))
+}
+
+/// The rest of a structured chunk's header (after its magic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkHeader {
+    /// Reply flags (`NBD_REPLY_FLAG_DONE`).
+    pub flags: u16,
+    /// Chunk type (`NBD_REPLY_TYPE_*`).
+    pub kind: u16,
+    /// The request's cookie.
+    pub cookie: u64,
+    /// Payload length.
+    pub length: u32,
+}
+
+impl ChunkHeader {
+    /// Decode the 16 bytes after the magic.
+    pub fn parse(b: &[u8; 16]) -> Self {
+        ChunkHeader {
+            flags: be16(b, 0),
+            kind: be16(b, 2),
+            cookie: be64(b, 4),
+            length: be32(b, 12),
+        }
+    }
+
+    /// Whether this is the reply's last chunk.
+    pub fn done(&self) -> bool {
+        self.flags & REPLY_FLAG_DONE != 0
+    }
+
+    /// Whether the type is an error chunk (bit 15).
+    pub fn is_error(&self) -> bool {
+        self.kind & (1 << 15) != 0
+    }
+}
+
+/// An error chunk's payload, decoded: error number, message, and the offset of
+/// `NBD_REPLY_TYPE_ERROR_OFFSET`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkError {
+    /// The error (`NBD_E*`), never zero.
+    pub errno: u32,
+    /// The server's message, made one line.
+    pub message: String,
+    /// Where it happened, for `NBD_REPLY_TYPE_ERROR_OFFSET`.
+    pub offset: Option<u64>,
+}
+
+/// Decode an error chunk of type `kind` (bit 15 set) from its whole payload.
+pub fn parse_chunk_error(kind: u16, payload: &[u8]) -> Result<ChunkError> {
+    let fixed = if kind == REPLY_TYPE_ERROR_OFFSET {
+        14
+    } else {
+        6
+    };
+    if payload.len() < fixed {
+        return Err(Error::invalid(format!(
+            "an error chunk of {} bytes is shorter than its {fixed} fixed bytes",
+            payload.len()
+        )));
+    }
+    let errno = be32(payload, 0);
+    let len = be16(payload, 4) as usize;
+    if len > payload.len() - fixed {
+        return Err(Error::invalid(format!(
+            "an error chunk's message of {len} bytes is longer than its payload"
+        )));
+    }
+    if errno == 0 {
+        return Err(Error::invalid("an error chunk carries error number 0"));
+    }
+    let offset = (kind == REPLY_TYPE_ERROR_OFFSET).then(|| be64(payload, 6 + len));
+    Ok(ChunkError {
+        errno,
+        message: server_string(&payload[6..6 + len]),
+        offset,
+    })
+}
+
+/// The name of an NBD error number, for messages.
+pub fn errno_name(errno: u32) -> &'static str {
+    match errno {
+        EPERM => "EPERM (operation not permitted)",
+        EIO => "EIO (input/output error)",
+        ENOMEM => "ENOMEM (out of memory)",
+        EINVAL => "EINVAL (invalid argument)",
+        ENOSPC => "ENOSPC (no space left)",
+        EOVERFLOW => "EOVERFLOW (request too large)",
+        ENOTSUP => "ENOTSUP (not supported)",
+        ESHUTDOWN => "ESHUTDOWN (server shutting down)",
+        _ => "an unknown error",
+    }
+}
+
+/// A block-status descriptor: extent length and status flags.
+pub fn parse_descriptor(b: &[u8; 8]) -> (u32, u32) {
+    (be32(b, 0), be32(b, 4))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -401,6 +747,142 @@ mod tests {
             export_name_reply(5, 3, true),
             [0, 0, 0, 0, 0, 0, 0, 5, 0, 3]
         );
+    }
+
+    #[test]
+    fn greetings_are_checked_byte_by_byte() {
+        assert_eq!(parse_greeting(b"NBDMAGICIHAVEOPT\x00\x03").unwrap(), 3);
+        assert_eq!(
+            parse_greeting(b"NBDMAGICIHAVEOPT\x00\x00")
+                .unwrap_err()
+                .kind(),
+            vdisk_core::ErrorKind::Unsupported
+        );
+        let mut old = *b"NBDMAGIC\x00\x00\x42\x02\x81\x86\x12\x53\x00\x00";
+        assert_eq!(
+            parse_greeting(&old).unwrap_err().kind(),
+            vdisk_core::ErrorKind::Unsupported
+        );
+        old[0] = b'X';
+        assert!(parse_greeting(&old)
+            .unwrap_err()
+            .message()
+            .contains("not an NBD server"));
+    }
+
+    #[test]
+    fn client_requests_spelled_out() {
+        assert_eq!(
+            option_request(OPT_STRUCTURED_REPLY, b""),
+            *b"IHAVEOPT\x00\x00\x00\x08\x00\x00\x00\x00"
+        );
+        assert_eq!(
+            export_request(b"vda", &[INFO_BLOCK_SIZE]),
+            [0, 0, 0, 3, b'v', b'd', b'a', 0, 1, 0, 3]
+        );
+        let q = meta_context_request(b"", &["base:allocation"]);
+        assert_eq!(&q[..12], &[0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 15]);
+        // What the server's parser makes of them.
+        let r = MetaContextRequest::parse(&q).unwrap();
+        assert_eq!(
+            r.queries().collect::<Vec<_>>(),
+            vec![&b"base:allocation"[..]]
+        );
+        let g = export_request(b"x", &[3, 2]);
+        assert_eq!(
+            ExportRequest::parse(&g)
+                .unwrap()
+                .info_requests()
+                .collect::<Vec<_>>(),
+            [3, 2]
+        );
+    }
+
+    #[test]
+    fn server_replies_are_decoded_and_checked() {
+        let r = option_reply(OPT_GO, REP_INFO, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 3]);
+        let h = OptionReplyHeader::parse(r[..20].try_into().unwrap()).unwrap();
+        assert_eq!((h.option, h.reply, h.length), (OPT_GO, REP_INFO, 12));
+        assert_eq!(
+            parse_info(&r[20..]).unwrap(),
+            InfoItem::Export { size: 1, flags: 3 }
+        );
+        assert!(OptionReplyHeader::parse(&[0u8; 20]).is_err());
+        assert!(parse_info(&[0, 0, 1]).is_err());
+        assert!(parse_info(&[0]).is_err());
+        let bs = |min: u32, pref: u32, max: u32| {
+            let mut d = vec![0, 3];
+            for v in [min, pref, max] {
+                d.extend_from_slice(&v.to_be_bytes());
+            }
+            parse_info(&d)
+        };
+        assert_eq!(
+            bs(512, 4096, 1 << 25).unwrap(),
+            InfoItem::BlockSize {
+                min: 512,
+                preferred: 4096,
+                max_payload: 1 << 25
+            }
+        );
+        assert!(bs(3, 4096, 1 << 25).is_err());
+        assert!(bs(1 << 17, 1 << 17, 1 << 25).is_err());
+        assert!(bs(4096, 512, 1 << 25).is_err());
+        assert!(bs(4096, 4096, 512).is_err());
+        assert_eq!(parse_info(&[0, 9, 1, 2]).unwrap(), InfoItem::Unknown(9));
+        assert_eq!(
+            parse_info(b"\x00\x02hi\nthere").unwrap(),
+            InfoItem::Description("hi there".into())
+        );
+        assert_eq!(
+            parse_meta_context(b"\x00\x00\x00\x07base:allocation").unwrap(),
+            (7, "base:allocation".to_string())
+        );
+        assert!(parse_meta_context(b"\x00\x00\x00\x07").is_err());
+        assert!(parse_meta_context(b"\x00\x00\x00\x07\xff").is_err());
+        assert!(parse_meta_context(b"\x00\x00\x00\x07a\nb").is_err());
+        assert_eq!(
+            parse_server_entry(b"\x00\x00\x00\x02abdesc").unwrap(),
+            ("ab".to_string(), "desc".to_string())
+        );
+        assert!(parse_server_entry(b"\x00\x00\x00\x09ab").is_err());
+        assert!(parse_server_entry(b"\x00\x00").is_err());
+    }
+
+    #[test]
+    fn transmission_replies_are_decoded() {
+        assert_eq!(
+            ReplyMagic::parse(&[0x67, 0x44, 0x66, 0x98]).unwrap(),
+            ReplyMagic::Simple
+        );
+        assert_eq!(
+            ReplyMagic::parse(&[0x66, 0x8e, 0x33, 0xef]).unwrap(),
+            ReplyMagic::Structured
+        );
+        assert!(ReplyMagic::parse(&[0, 0, 0, 0]).is_err());
+        let s = simple_reply(EIO, 9);
+        assert_eq!(parse_simple_reply(s[4..].try_into().unwrap()), (EIO, 9));
+        let c = chunk_header(REPLY_FLAG_DONE, REPLY_TYPE_ERROR_OFFSET, 5, 20);
+        let h = ChunkHeader::parse(c[4..].try_into().unwrap());
+        assert_eq!(
+            (h.flags, h.kind, h.cookie, h.length),
+            (1, REPLY_TYPE_ERROR_OFFSET, 5, 20)
+        );
+        assert!(h.done() && h.is_error());
+        // error, message length 2, "no", offset 4096
+        let p = [0, 0, 0, 5, 0, 2, b'n', b'o', 0, 0, 0, 0, 0, 0, 0x10, 0];
+        let e = parse_chunk_error(REPLY_TYPE_ERROR_OFFSET, &p).unwrap();
+        assert_eq!(
+            (e.errno, e.message.as_str(), e.offset),
+            (5, "no", Some(4096))
+        );
+        let e = parse_chunk_error(REPLY_TYPE_ERROR, &p[..8]).unwrap();
+        assert_eq!(e.offset, None);
+        assert!(parse_chunk_error(REPLY_TYPE_ERROR, &[0, 0, 0, 5, 0, 9, b'x']).is_err());
+        assert!(parse_chunk_error(REPLY_TYPE_ERROR, &[0, 0, 0, 0, 0, 0]).is_err());
+        assert!(parse_chunk_error(REPLY_TYPE_ERROR_OFFSET, &p[..13]).is_err());
+        assert_eq!(parse_descriptor(&[0, 0, 16, 0, 0, 0, 0, 3]), (4096, 3));
+        assert!(errno_name(EIO).starts_with("EIO"));
     }
 
     #[test]
