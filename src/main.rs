@@ -54,6 +54,10 @@ struct GlobalArgs {
     /// descriptor's folder. (A repository's points never name such paths.)
     #[arg(long, global = true)]
     allow_outside_paths: bool,
+    /// The password of an encrypted repository: the first line of FILE (else
+    /// VDISK_PASSWORD, else asked on the terminal; never an argument).
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,12 +70,15 @@ enum Command {
     Hash(cmd::hash::Args),
     #[command(subcommand)]
     Bitmap(cmd::bitmap::Command),
+    Init(cmd::init::Args),
     Backup(cmd::backup::Args),
     Restore(cmd::restore::Args),
     List(cmd::list::Args),
     Verify(cmd::verify::Args),
     Prune(cmd::prune::Args),
     Sync(cmd::sync::Args),
+    #[command(subcommand)]
+    Key(cmd::key::Command),
     Convert(cmd::convert::Args),
     Serve(cmd::serve::Args),
     Completions(cmd::completions::Args),
@@ -86,6 +93,15 @@ const MAX_THREADS: usize = 1024;
 /// A size as users type it: `512`, `64K`, `1M`, `200M`.
 fn parse_size(s: &str) -> Result<u64, String> {
     vdisk::size::parse(s).ok_or_else(|| format!("\"{s}\" is not a size (e.g. 512, 64K, 200M)"))
+}
+
+/// A repository's block size: a power of two from 4K to 1M.
+fn parse_block_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !n.is_power_of_two() || !(vdisk::chain::MIN_BLOCK..=vdisk::chain::MAX_BLOCK).contains(&n) {
+        return Err(format!("\"{s}\" is not a block size: a power of two from 4K to 1M"));
+    }
+    Ok(n)
 }
 
 /// A format vdisk reads, by name (or `ova`, an archive of disks).
@@ -114,6 +130,8 @@ fn is_repository_command(c: &Command) -> bool {
     matches!(
         c,
         Command::Restore(_)
+            | Command::Init(_)
+            | Command::Key(_)
             | Command::List(_)
             | Command::Verify(_)
             | Command::Prune(_)
@@ -133,7 +151,9 @@ fn subject(c: &Command) -> Option<std::path::PathBuf> {
         Command::Hash(a) => a.image.clone(),
         Command::Bitmap(cmd::bitmap::Command::Show { bitmap, .. }) => bitmap.clone(),
         Command::Bitmap(cmd::bitmap::Command::Import { extents, .. }) => extents.clone(),
+        Command::Init(a) => a.repo.clone(),
         Command::Backup(a) => a.repo.clone(),
+        Command::Key(c) => c.repo().to_path_buf(),
         Command::Restore(a) => a.repo.clone(),
         Command::List(a) => a.repo.clone(),
         Command::Verify(a) => a.repo.clone(),
@@ -249,6 +269,7 @@ fn main() -> ExitCode {
         },
         throttle: vdisk::Throttle::new(g.io_limit),
         quiet: g.quiet,
+        password_file: g.password_file,
     };
     let repository = is_repository_command(&cli.command);
     let subject = subject(&cli.command);
@@ -260,7 +281,9 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff::run(&ctx, a),
         Command::Hash(a) => cmd::hash::run(&ctx, a),
         Command::Bitmap(c) => cmd::bitmap::run(&ctx, c),
+        Command::Init(a) => cmd::init::run(&ctx, a),
         Command::Backup(a) => cmd::backup::run(&ctx, a),
+        Command::Key(c) => cmd::key::run(&ctx, c),
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::List(a) => cmd::list::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),

@@ -169,16 +169,6 @@ impl PackBuilder {
         self.bytes.len() >= PACK_TARGET
     }
 
-    /// Blobs in the pack.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Whether the pack holds no blob.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
     /// The pack's bytes (blobs, sealed header, trailer) and its entries.
     pub fn finish(mut self, keys: &Keys) -> Result<(String, Vec<u8>, Vec<PackEntry>)> {
         let mut header = Vec::with_capacity(4 + self.entries.len() * HEADER_ENTRY);

@@ -301,13 +301,3 @@ impl Objects for S3Objects {
         }
     }
 }
-
-impl S3Store {
-    /// Whether this prefix holds a layout-2 repository (its metadata objects).
-    pub(crate) fn has_layout2(&self) -> Result<bool> {
-        Ok(self
-            .list_all()?
-            .iter()
-            .any(|f| f.name == crate::layout2::META_FILE || super::meta_number(&f.name).is_some()))
-    }
-}
