@@ -73,7 +73,8 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         &Access {
             password: Some(&ask),
         },
-    )?;
+    )?
+    .with_reading(ctx.open.read_ahead, ctx.open.cache);
     let total: u64 = images.iter().map(|(i, _, _)| vdisk::DiskImage::size(i)).sum();
     let progress = ctx.progress(total);
     let tick = |n: u64| progress.tick(n);

@@ -63,6 +63,7 @@ pub fn checked_disk(
             (Arc::new(img), n, p, label, dir)
         }
         Reader::Three(r) => {
+            let r = r.with_reading(ctx.open.read_ahead, ctx.open.cache);
             let p = r.select(name, point)?;
             let img = r.point_image(&p, ctx.open.disk.as_deref())?;
             let label = img.disk().label.clone();

@@ -65,6 +65,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             (s, secs)
         }
         Reader::Three(src) => {
+            let src = src.with_reading(ctx.open.read_ahead, ctx.open.cache);
             let copy_password = if src.encrypted() {
                 Some(dst_password(&a.dst)?)
             } else {

@@ -85,7 +85,7 @@ fn verify_layout2(ctx: &Ctx, r: layout2::Repository, a: &Args) -> Result<Status>
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     let r = match super::open_reader(ctx, &a.repo)? {
         Reader::Two(r) => return verify_layout2(ctx, r, &a),
-        Reader::Three(r) => r,
+        Reader::Three(r) => r.with_reading(ctx.open.read_ahead, ctx.open.cache),
     };
     let progress = ctx.progress(r.verify_bytes(a.name.as_deref(), a.point));
     let tick = |n: u64| progress.tick(n);

@@ -141,7 +141,12 @@ struct PackStat {
 impl Repository {
     /// Collect garbage (see the module docs); `dry` only counts. Runs under `_reg`, this
     /// run's registration (a prune's).
-    pub(crate) fn collect_garbage(&self, _reg: &Registration, dry: bool) -> Result<GcSummary> {
+    pub(crate) fn collect_garbage(
+        &self,
+        _reg: &Registration,
+        dry: bool,
+        removed: &HashSet<String>,
+    ) -> Result<GcSummary> {
         let mut sum = GcSummary::default();
         let now = now_secs();
         let grace = grace_secs();
@@ -167,7 +172,7 @@ impl Repository {
         let bs = self.block_size();
         let max = self.max_blob();
         let mut seen_leaves: HashSet<BlockId> = HashSet::new();
-        for p in &points.points {
+        for p in points.points.iter().filter(|p| !removed.contains(&p.key)) {
             for d in &p.record.disks {
                 let shape = Shape::new(d.size, bs)?;
                 let mut t = TreeReader::new(shape.clone(), d.root_id(), |id: &BlockId| {

@@ -93,12 +93,16 @@ impl Repository {
                 }
             }
         }
+        // Garbage is what the kept points do not need. The removed points' objects go last:
+        // a prune that fails or is killed before leaves them all, and what it condemned for
+        // them is found live again (and kept) by the next prune.
+        let doomed_set: std::collections::HashSet<String> = doomed.iter().cloned().collect();
+        sum.gc = self.collect_garbage(&reg, opts.dry_run, &doomed_set)?;
         if !opts.dry_run {
             for key in &doomed {
                 self.store().delete(key)?;
             }
         }
-        sum.gc = self.collect_garbage(&reg, opts.dry_run)?;
         Ok(sum)
     }
 }

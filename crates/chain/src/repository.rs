@@ -284,6 +284,15 @@ impl Repository {
         Self::from_parts(store, config, master, unlocked_by)
     }
 
+    /// Read the repository's files with read-ahead as `read_ahead` says (off when reads are
+    /// paced: `--io-limit`), and drop what a read brings into the page cache, or keep it.
+    pub fn with_reading(self, read_ahead: vdisk_io::ReadAhead, cache: vdisk_io::Cache) -> Self {
+        self.inner
+            .store
+            .set_reading(read_ahead == vdisk_io::ReadAhead::Off, cache == vdisk_io::Cache::Forget);
+        self
+    }
+
     /// The repository's location as messages name it.
     pub fn location(&self) -> &Path {
         &self.inner.root

@@ -20,6 +20,12 @@ const CACHED_LEAVES: usize = 64;
 /// Blocks kept opened (for reads of parts of blocks: NBD clients read 4 KiB at a time).
 const CACHED_BLOCKS: usize = 32;
 
+/// A leaf of zero blocks (shared by every zero leaf: a thin disk's empty terabytes cost one).
+fn zero_leaf() -> Arc<Vec<LeafEntry>> {
+    static ZERO: std::sync::OnceLock<Arc<Vec<LeafEntry>>> = std::sync::OnceLock::new();
+    Arc::clone(ZERO.get_or_init(|| Arc::new(vec![LeafEntry::ZERO; FANOUT as usize])))
+}
+
 /// Small caches of opened leaves and blocks.
 #[derive(Default)]
 struct Caches {
@@ -170,7 +176,14 @@ impl PointImage {
         if let Some(l) = self.caches().leaves.get(&j) {
             return Ok(Arc::clone(l));
         }
-        let got = self.tree.lock().unwrap_or_else(|e| e.into_inner()).leaf(j);
+        let got = {
+            let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+            match t.chunk_id(0, j) {
+                Ok(id) if id.is_zero() => return Ok(zero_leaf()),
+                Ok(_) => t.leaf(j),
+                Err(e) => Err(e),
+            }
+        };
         let leaf = Arc::new(got.map_err(|e| {
             self.damaged(
                 format!("its index cannot be read ({})", e.message()),

@@ -233,6 +233,9 @@ impl Repository {
                 self.read_blob(id, max)
             });
             for j in 0..shape.leaves() {
+                if tree.chunk_id(0, j).is_ok_and(|id| id.is_zero()) {
+                    continue;
+                }
                 let leaf = match tree.leaf(j) {
                     Ok(l) => l,
                     Err(e) => {

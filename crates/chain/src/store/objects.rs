@@ -75,6 +75,9 @@ pub(crate) trait Objects: Send + Sync + fmt::Debug {
     }
     /// Drop local cached copies of objects for which `keep` says no (tables a prune removed).
     fn forget_cached(&self, _keep: &dyn Fn(&str) -> bool) {}
+    /// Read local files without read-ahead (reads paced by `--io-limit` read what they
+    /// ask for), and drop from the page cache the pages a read brings in (`forget`).
+    fn set_reading(&self, _read_ahead_off: bool, _forget: bool) {}
 }
 
 /// Whether `name` is a name objects may have: words of letters, digits, `-`, `_` and `.`
@@ -103,6 +106,8 @@ fn check_name(root: &Path, name: &str) -> Result<()> {
 #[derive(Debug)]
 pub(crate) struct FolderObjects {
     dir: PathBuf,
+    read_ahead_off: std::sync::atomic::AtomicBool,
+    forget: std::sync::atomic::AtomicBool,
 }
 
 /// The temporary name of an object being written where `O_TMPFILE` is missing.
@@ -112,6 +117,8 @@ impl FolderObjects {
     pub(crate) fn new(dir: &Path) -> Self {
         FolderObjects {
             dir: dir.to_path_buf(),
+            read_ahead_off: Default::default(),
+            forget: Default::default(),
         }
     }
 
@@ -142,6 +149,9 @@ impl FolderObjects {
         let m = f.metadata().map_err(|e| self.io("read", name, e))?;
         if !m.is_file() {
             return Err(Error::corrupt("is not a plain file").with_path(self.path(name)));
+        }
+        if self.read_ahead_off.load(std::sync::atomic::Ordering::Relaxed) {
+            sys::fadvise(&f, 0, 0, sys::FileAdvice::Random);
         }
         Ok((f, m.len()))
     }
@@ -195,7 +205,7 @@ impl FolderObjects {
             .mode(0o644)
             .custom_flags(sys::flags::O_TMPFILE | sys::flags::O_CLOEXEC)
             .open(dir);
-        let (mut f, temp) = match unnamed {
+        let (f, temp) = match unnamed {
             Ok(f) => (f, None),
             Err(_) => {
                 let name = format!("{TEMP_PREFIX}{}", crate::crypto::random_id()?);
@@ -210,10 +220,28 @@ impl FolderObjects {
                 (f, Some(p))
             }
         };
-        f.write_all(bytes)
+        f.write_all_at(bytes, 0)
             .and_then(|()| f.sync_all())
             .map_err(|e| Error::io("cannot write", e).with_path(dir))?;
         Ok((f, temp))
+    }
+}
+
+/// Writes a file front to back with positional writes (`pwrite`), as every file vdisk
+/// writes is written.
+struct PositionalWriter<'a> {
+    file: &'a File,
+    at: u64,
+}
+
+impl Write for PositionalWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -255,10 +283,26 @@ impl Objects for FolderObjects {
             ))
             .with_path(self.path(name)));
         }
+        let forget = self.forget.load(std::sync::atomic::Ordering::Relaxed);
+        // Pages cached before are kept; those this read brings in leave with it.
+        let cached_before = if forget {
+            sys::cached_pages(&f, offset, len)
+        } else {
+            None
+        };
         let mut buf = vec![0u8; len as usize];
         f.read_exact_at(&mut buf, offset)
             .map_err(|e| self.io("read", name, e))?;
+        if forget && cached_before.is_none_or(|n| n == 0) {
+            sys::fadvise(&f, offset, len, sys::FileAdvice::DontNeed);
+        }
         Ok(buf)
+    }
+
+    fn set_reading(&self, read_ahead_off: bool, forget: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.read_ahead_off.store(read_ahead_off, Relaxed);
+        self.forget.store(forget, Relaxed);
     }
 
     fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
@@ -289,13 +333,13 @@ impl Objects for FolderObjects {
         let path = self.path(name);
         let temp = dir.join(format!("{TEMP_PREFIX}{}", crate::crypto::random_id()?));
         let written = (|| {
-            let mut f = OpenOptions::new()
+            let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o644)
                 .custom_flags(sys::flags::O_NOFOLLOW | sys::flags::O_CLOEXEC)
                 .open(&temp)?;
-            f.write_all(bytes)?;
+            f.write_all_at(bytes, 0)?;
             f.sync_all()?;
             std::fs::rename(&temp, &path)
         })();
@@ -316,7 +360,7 @@ impl Objects for FolderObjects {
         let path = self.path(name);
         let (f, temp) = self.write_temp(&dir, &[])?;
         let written = (|| -> Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, &f);
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, PositionalWriter { file: &f, at: 0 });
             fill(&mut w)?;
             w.flush()
                 .map_err(|e| Error::io("cannot write", e).with_path(&path))?;
