@@ -385,6 +385,22 @@ impl IndexTable {
             .all(|&bit| block[usize::from(bit / 8)] & (1 << (bit % 8)) != 0))
     }
 
+    /// Whether the filter is the one the table's entries make (verify reads every page).
+    pub fn filter_matches(&self) -> Result<bool> {
+        let mut want = vec![0u8; (self.filter_blocks * 64) as usize];
+        for p in 0..self.pages {
+            for e in self.page(p)? {
+                let (b, bits) = probes(&e.id, self.filter_blocks);
+                for bit in bits {
+                    want[(b * 64) as usize + usize::from(bit / 8)] |= 1 << (bit % 8);
+                }
+            }
+        }
+        let mut have = vec![0u8; want.len()];
+        self.bytes.read_at(&mut have, self.filter_at)?;
+        Ok(have == want)
+    }
+
     /// Page `p`, opened and checked (sorted, and where its fence says).
     pub fn page(&self, p: u64) -> Result<Vec<IndexEntry>> {
         if p >= self.pages {

@@ -1,9 +1,9 @@
 //! Reading a repository of either layout: the reading commands (list, verify, restore,
 //! serve) open what is there.
 
-use vdisk_core::{ErrorKind, Result};
+use vdisk_core::Result;
 
-use crate::repository::{err_at, Access, Repository};
+use crate::repository::{Access, Repository};
 use crate::store::{self, Layout, Location};
 
 /// A repository opened to read, in the layout it is in.
@@ -30,10 +30,6 @@ pub fn open_reader(location: impl Into<Location>, access: &Access<'_>) -> Result
     match store::layout_of(&*objects, &*legacy)? {
         Layout::Three => Ok(Reader::Three(Repository::open_in(objects, access)?)),
         Layout::Two => Ok(Reader::Two(crate::layout2::Repository::open_in(legacy)?)),
-        Layout::None => Err(err_at(
-            objects.location(),
-            ErrorKind::InvalidFormat,
-            "not a vdisk repository (no config; make one with `vdisk init`)",
-        )),
+        Layout::None => Err(Repository::none_here(objects.location())),
     }
 }

@@ -249,6 +249,11 @@ impl Repository {
         }
     }
 
+    /// The error for a location holding no repository.
+    pub(crate) fn none_here(root: &Path) -> Error {
+        not_a_repository(root)
+    }
+
     /// Open the repository at `location`, making an unencrypted one with the default block
     /// size if nothing is there yet (what a first backup does).
     pub fn open_or_init(location: impl Into<Location>, access: &Access<'_>) -> Result<Repository> {
@@ -609,6 +614,10 @@ impl Repository {
 }
 
 fn not_a_repository(root: &Path) -> Error {
+    let local = !root.to_string_lossy().starts_with("s3://");
+    if local && !root.is_dir() {
+        return err_at(root, ErrorKind::NotFound, "no repository here (not a folder)");
+    }
     err_at(
         root,
         ErrorKind::InvalidFormat,

@@ -154,7 +154,24 @@ impl Repository {
     ) -> Result<Vec<Report>> {
         let mut reports = Vec::new();
         if name.is_none() && seq.is_none() {
-            let (_, damaged) = self.load_index()?;
+            let (index, mut damaged) = self.load_index()?;
+            // Every table whole (each page, and its filter), every pack's header.
+            for t in index.tables() {
+                let name = format!("index/{}", t.id);
+                match t.filter_matches() {
+                    Ok(true) => {}
+                    Ok(false) => damaged.push((name, vdisk_core::Error::corrupt("its filter does not match its entries"))),
+                    Err(e) => damaged.push((name, e)),
+                }
+            }
+            for o in self.store().list("data/")? {
+                let Some(id) = crate::pack::pack_id_of(&o.name) else { continue };
+                if let Err(e) = self.pack_entries(id) {
+                    if e.kind() != ErrorKind::NotFound {
+                        damaged.push((o.name.clone(), e));
+                    }
+                }
+            }
             for (table, e) in damaged {
                 reports.push(Report {
                     name: String::new(),
