@@ -3,6 +3,7 @@
 //!
 //! One test binary (`cargo test --test it`), a module per area.
 
+mod attacks;
 mod backup;
 mod beyond;
 mod cli;

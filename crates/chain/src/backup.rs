@@ -155,9 +155,12 @@ impl Packer {
         ))
     }
 
-    fn add(&mut self, id: BlockId, sealed: &[u8]) -> Result<BlobAt> {
+    /// Add a blob; also whether a full pack was sent off first.
+    fn add(&mut self, id: BlockId, sealed: &[u8]) -> Result<(BlobAt, bool)> {
+        let mut sent = false;
         if self.current.as_ref().is_some_and(PackBuilder::full) {
             self.send()?;
+            sent = true;
         }
         if self.current.is_none() {
             self.current = Some(self.fresh()?);
@@ -167,11 +170,14 @@ impl Packer {
             .as_mut()
             .ok_or_else(|| Error::invalid("no pack"))?;
         let e = p.add(id, sealed);
-        Ok(BlobAt {
-            pack: PackId::parse(&p.id).unwrap_or_default(),
-            offset: e.offset,
-            len: e.len,
-        })
+        Ok((
+            BlobAt {
+                pack: PackId::parse(&p.id).unwrap_or_default(),
+                offset: e.offset,
+                len: e.len,
+            },
+            sent,
+        ))
     }
 
     fn send(&mut self) -> Result<()> {
@@ -270,6 +276,8 @@ pub(crate) struct BlobWriter {
     pub bytes_added: u64,
     pub blobs_added: u64,
     pub tables_written: u64,
+    /// Write a table as soon as each pack is written (sync: a killed run's packs count).
+    pub table_per_pack: bool,
 }
 
 impl BlobWriter {
@@ -283,6 +291,7 @@ impl BlobWriter {
             bytes_added: 0,
             blobs_added: 0,
             tables_written: 0,
+            table_per_pack: false,
         })
     }
 
@@ -296,6 +305,7 @@ impl BlobWriter {
             bytes_added: 0,
             blobs_added: 0,
             tables_written: 0,
+            table_per_pack: false,
         })
     }
 
@@ -304,7 +314,11 @@ impl BlobWriter {
         if self.index.lookup(&id)?.is_some() {
             return Ok(());
         }
-        let at = self.packer.add(id, sealed)?;
+        if self.table_per_pack && self.packer.current.as_ref().is_some_and(PackBuilder::full) {
+            // The full pack, with its table, before the next blob starts a new one.
+            self.write_table()?;
+        }
+        let (at, _) = self.packer.add(id, sealed)?;
         self.index.add_pending(id, at);
         self.bytes_added += sealed.len() as u64;
         self.blobs_added += 1;

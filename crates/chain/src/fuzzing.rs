@@ -112,3 +112,20 @@ pub fn index_chunk(data: &[u8]) {
         assert_eq!(crate::tree::encode_node(&c), body);
     }
 }
+
+/// For the tests of crafted objects: seal `json` as the point object `key` of the
+/// unencrypted repository at `repo`, with its (public) key — what anyone who can read its
+/// `config` can do, and why encryption is what stops a writer with access to the store.
+pub fn forge_point(repo: &std::path::Path, key: &str, json: &[u8]) -> vdisk_core::Result<()> {
+    let r = crate::Repository::open(repo, &crate::Access::default())?;
+    let sealed = r
+        .keys()
+        .seal(crate::crypto::Kind::Point, key.as_bytes(), json)?;
+    r.store().replace(key, &sealed)
+}
+
+/// The tag of NAME in the point keys of the repository at `repo`.
+pub fn name_tag(repo: &std::path::Path, name: &str) -> vdisk_core::Result<String> {
+    let r = crate::Repository::open(repo, &crate::Access::default())?;
+    Ok(r.keys().name_tag(name))
+}

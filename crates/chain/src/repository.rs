@@ -292,9 +292,10 @@ impl Repository {
     /// Read the repository's files with read-ahead as `read_ahead` says (off when reads are
     /// paced: `--io-limit`), and drop what a read brings into the page cache, or keep it.
     pub fn with_reading(self, read_ahead: vdisk_io::ReadAhead, cache: vdisk_io::Cache) -> Self {
-        self.inner
-            .store
-            .set_reading(read_ahead == vdisk_io::ReadAhead::Off, cache == vdisk_io::Cache::Forget);
+        self.inner.store.set_reading(
+            read_ahead == vdisk_io::ReadAhead::Off,
+            cache == vdisk_io::Cache::Forget,
+        );
         self
     }
 
@@ -616,7 +617,11 @@ impl Repository {
 fn not_a_repository(root: &Path) -> Error {
     let local = !root.to_string_lossy().starts_with("s3://");
     if local && !root.is_dir() {
-        return err_at(root, ErrorKind::NotFound, "no repository here (not a folder)");
+        return err_at(
+            root,
+            ErrorKind::NotFound,
+            "no repository here (not a folder)",
+        );
     }
     err_at(
         root,

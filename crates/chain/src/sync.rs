@@ -157,6 +157,7 @@ impl Repository {
             }
             if same_ids {
                 let mut w = BlobWriter::new(self, true)?;
+                w.table_per_pack = true;
                 for d in &p.record.disks {
                     copy_tree(src, &mut w, d.size, d.root_id(), same_seal, opts)?;
                 }

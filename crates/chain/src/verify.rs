@@ -160,12 +160,17 @@ impl Repository {
                 let name = format!("index/{}", t.id);
                 match t.filter_matches() {
                     Ok(true) => {}
-                    Ok(false) => damaged.push((name, vdisk_core::Error::corrupt("its filter does not match its entries"))),
+                    Ok(false) => damaged.push((
+                        name,
+                        vdisk_core::Error::corrupt("its filter does not match its entries"),
+                    )),
                     Err(e) => damaged.push((name, e)),
                 }
             }
             for o in self.store().list("data/")? {
-                let Some(id) = crate::pack::pack_id_of(&o.name) else { continue };
+                let Some(id) = crate::pack::pack_id_of(&o.name) else {
+                    continue;
+                };
                 if let Err(e) = self.pack_entries(id) {
                     if e.kind() != ErrorKind::NotFound {
                         damaged.push((o.name.clone(), e));

@@ -343,9 +343,11 @@ pub(crate) fn open_both(loc: &Location) -> Result<(Arc<dyn objects::Objects>, Ar
 
 /// The layout at `loc`, whose stores are `objects` and `legacy`.
 pub(crate) fn layout_of(objects: &dyn objects::Objects, legacy: &dyn Store) -> Result<Layout> {
+    // A missing bucket is an error to say, not an empty repository.
+    let no_bucket = |e: &Error| e.message().contains("no such bucket");
     match objects.read(crate::config::CONFIG, crate::config::MAX_SMALL) {
         Ok(_) => return Ok(Layout::Three),
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if e.kind() == ErrorKind::NotFound && !no_bucket(&e) => {}
         // Something is there but cannot be read as a config: opening will say what.
         Err(e) if e.kind() == ErrorKind::Corrupt => return Ok(Layout::Three),
         Err(e) => return Err(e),
@@ -353,7 +355,7 @@ pub(crate) fn layout_of(objects: &dyn objects::Objects, legacy: &dyn Store) -> R
     match legacy.load_meta() {
         Ok(Some(_)) => Ok(Layout::Two),
         Ok(None) => Ok(Layout::None),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(Layout::None),
+        Err(e) if e.kind() == ErrorKind::NotFound && !no_bucket(&e) => Ok(Layout::None),
         // Damaged layout-2 metadata is still layout 2: its readers say what is wrong.
         Err(e)
             if matches!(

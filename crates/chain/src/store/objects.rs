@@ -150,7 +150,10 @@ impl FolderObjects {
         if !m.is_file() {
             return Err(Error::corrupt("is not a plain file").with_path(self.path(name)));
         }
-        if self.read_ahead_off.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .read_ahead_off
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             sys::fadvise(&f, 0, 0, sys::FileAdvice::Random);
         }
         Ok((f, m.len()))
@@ -360,7 +363,8 @@ impl Objects for FolderObjects {
         let path = self.path(name);
         let (f, temp) = self.write_temp(&dir, &[])?;
         let written = (|| -> Result<()> {
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, PositionalWriter { file: &f, at: 0 });
+            let mut w =
+                std::io::BufWriter::with_capacity(1 << 20, PositionalWriter { file: &f, at: 0 });
             fill(&mut w)?;
             w.flush()
                 .map_err(|e| Error::io("cannot write", e).with_path(&path))?;
