@@ -401,3 +401,4 @@ fn attack_7_a_foreign_file_where_an_object_will_go_never_blocks() {
     assert_eq!(r.code, Some(1), "the foreign objects are reported: {r:#?}");
     assert!(r.stdout.contains("vm point 6: ok"), "{}", r.stdout);
 }
+

@@ -258,6 +258,12 @@ impl Registration {
             .map_or((body.since, reg.key.as_str()), |m| m.order());
         for r in &all {
             let Some(b) = &r.body else { continue };
+            // A registration proven dead (this host and boot, its process gone) is taken
+            // over: removed, with that proof. Others are only ever removed by their holder.
+            if r.key != reg.key && b.proven_dead() {
+                let _ = repo.store().delete(&r.key);
+                continue;
+            }
             if r.key == reg.key || b.kind != kind || b.name.as_deref() != name || !r.live(now) {
                 continue;
             }

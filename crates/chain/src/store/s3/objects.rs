@@ -95,10 +95,15 @@ impl S3Objects {
     }
 
     fn head_len(&self, name: &str) -> Result<u64> {
+        self.head(name).map(|h| h.0)
+    }
+
+    /// The length and entity tag of `name`.
+    fn head(&self, name: &str) -> Result<(u64, String)> {
         let i = &self.store.inner;
         let key = i.key(name);
         i.block_on(retrying(|| i.s3.head(&key)))
-            .map(|m| m.size)
+            .map(|m| (m.size, m.e_tag.unwrap_or_default()))
             .map_err(|e| i.err("read", name, e))
     }
 
@@ -261,8 +266,11 @@ impl Objects for S3Objects {
             Ok(d) => d,
             Err(_) => return Ok(None),
         };
-        let path = dir.join(name.replace('/', "_"));
-        let len = self.head_len(name)?;
+        // Named by the object's entity tag too: an object replaced under the same name (which
+        // vdisk never does: damage, or an attack) is fetched again, never read from a copy.
+        let (len, etag) = self.head(name)?;
+        let tag = crate::crypto::hex(&blake3::hash(etag.as_bytes()).as_bytes()[..8]);
+        let path = dir.join(format!("{}_{tag}", name.replace('/', "_")));
         if std::fs::metadata(&path).is_ok_and(|m| m.len() == len && m.is_file()) {
             return Ok(Some(path));
         }
@@ -294,7 +302,11 @@ impl Objects for S3Objects {
             return;
         };
         for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().replace('_', "/");
+            let file = e.file_name().to_string_lossy().into_owned();
+            let n = file
+                .rsplit_once('_')
+                .map_or(file.as_str(), |(n, _)| n)
+                .replacen('_', "/", 1);
             if n.starts_with("index/") && !keep(&n) {
                 let _ = std::fs::remove_file(e.path());
             }
