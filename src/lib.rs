@@ -56,8 +56,7 @@
 pub struct ReadmeDoctests;
 
 pub use vdisk_chain::{
-    backup, restore, verify, BackupOptions, BackupSummary, Location, PointReport, Repository,
-    Source,
+    backup, restore, verify, BackupOptions, BackupSummary, Location, Report, Repository, Source,
 };
 pub use vdisk_core::{
     copy_into, for_each_extent, size, write_delta_from, Advice, Allocation, CopyOptions, CopyStats,

@@ -62,6 +62,10 @@ struct GlobalArgs {
     /// descriptor's folder. (A repository's points never name such paths.)
     #[arg(long, global = true, help_heading = "Global options")]
     allow_outside_paths: bool,
+    /// The password of an encrypted repository: the first line of FILE (else
+    /// VDISK_PASSWORD, else asked on the terminal; never an argument).
+    #[arg(long, global = true, value_name = "FILE")]
+    password_file: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,12 +78,15 @@ enum Command {
     Hash(cmd::hash::Args),
     #[command(subcommand)]
     Bitmap(cmd::bitmap::Command),
+    Init(cmd::init::Args),
     Backup(cmd::backup::Args),
     Restore(cmd::restore::Args),
     List(cmd::list::Args),
     Verify(cmd::verify::Args),
     Prune(cmd::prune::Args),
     Sync(cmd::sync::Args),
+    #[command(subcommand)]
+    Key(cmd::key::Command),
     Convert(cmd::convert::Args),
     Serve(cmd::serve::Args),
     Completions(cmd::completions::Args),
@@ -102,6 +109,17 @@ fn input_formats() -> clap::builder::PossibleValuesParser {
     let mut names = vdisk::image::registry::names();
     names.push("ova");
     clap::builder::PossibleValuesParser::new(names)
+}
+
+/// A repository's block size: a power of two from 4K to 1M.
+fn parse_block_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !n.is_power_of_two() || !(vdisk::chain::MIN_BLOCK..=vdisk::chain::MAX_BLOCK).contains(&n) {
+        return Err(format!(
+            "\"{s}\" is not a block size: a power of two from 4K to 1M"
+        ));
+    }
+    Ok(n)
 }
 
 fn parse_rate(s: &str) -> Result<u64, String> {
@@ -135,6 +153,8 @@ fn is_repository_command(c: &Command) -> bool {
     matches!(
         c,
         Command::Restore(_)
+            | Command::Init(_)
+            | Command::Key(_)
             | Command::List(_)
             | Command::Verify(_)
             | Command::Prune(_)
@@ -154,7 +174,9 @@ fn subject(c: &Command) -> Option<std::path::PathBuf> {
         Command::Hash(a) => a.image.clone(),
         Command::Bitmap(cmd::bitmap::Command::Show { bitmap, .. }) => bitmap.clone(),
         Command::Bitmap(cmd::bitmap::Command::Import { extents, .. }) => extents.clone(),
+        Command::Init(a) => a.repo.clone(),
         Command::Backup(a) => a.repo.clone(),
+        Command::Key(c) => c.repo().to_path_buf(),
         Command::Restore(a) => a.repo.clone(),
         Command::List(a) => a.repo.clone(),
         Command::Verify(a) => a.repo.clone(),
@@ -196,6 +218,8 @@ fn unchanged(c: &Command) -> String {
         Command::Hash(a) => out(&a.out),
         Command::Bitmap(cmd::bitmap::Command::Show { bitmap, .. }) => input(bitmap),
         Command::Bitmap(cmd::bitmap::Command::Import { out: o, .. }) => out(o),
+        Command::Init(a) => out(&a.repo),
+        Command::Key(cmd::key::Command::Passwd { repo: r, .. }) => repo(r),
         Command::Backup(a) => repo(&a.repo),
         Command::Restore(a) => out(&a.dst),
         Command::List(a) => repo(&a.repo),
@@ -341,6 +365,7 @@ fn main() -> ExitCode {
         },
         throttle: vdisk::Throttle::new(g.io_limit),
         quiet: g.quiet,
+        password_file: g.password_file,
     };
     let repository = is_repository_command(&cli.command);
     let subject = subject(&cli.command);
@@ -371,7 +396,9 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff::run(&ctx, a),
         Command::Hash(a) => cmd::hash::run(&ctx, a),
         Command::Bitmap(c) => cmd::bitmap::run(&ctx, c),
+        Command::Init(a) => cmd::init::run(&ctx, a),
         Command::Backup(a) => cmd::backup::run(&ctx, a),
+        Command::Key(c) => cmd::key::run(&ctx, c),
         Command::Restore(a) => cmd::restore::run(&ctx, a),
         Command::List(a) => cmd::list::run(&ctx, a),
         Command::Verify(a) => cmd::verify::run(&ctx, a),

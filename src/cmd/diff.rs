@@ -77,7 +77,11 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
     };
     // An NBD export is never a manifest (and has no head to read as a file).
     let live = vdisk::ImageLocation::from(&a.old).is_live();
-    let manifest = !live && is_manifest(&vdisk::read_head(&a.old, vdisk::diff::MANIFEST_MAGIC.len())?);
+    let manifest = !live
+        && is_manifest(&vdisk::read_head(
+            &a.old,
+            vdisk::diff::MANIFEST_MAGIC.len(),
+        )?);
     let old = if manifest {
         None
     } else {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use vdisk::nbd::{ExportConfig, Server};
-use vdisk::{DiskImage, Error, ErrorKind, Repository, Result};
+use vdisk::{DiskImage, Error, ErrorKind, Result};
 
 use super::{stdout_error, Ctx, Status};
 
@@ -19,15 +19,15 @@ use super::{stdout_error, Ctx, Status};
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("endpoint").required(true).args(["socket", "listen"])))]
 #[command(after_help = "Examples:
-  vdisk serve /backups/web01 --socket /run/web01.sock   # the newest point
+  vdisk serve --name web01 /backups --socket /run/web01.sock   # the newest point
   qemu-img convert -O qcow2 'nbd+unix:///?socket=/run/web01.sock' web01.qcow2
-  vdisk serve --point 3 /backups/web01 --listen 127.0.0.1:10809")]
+  vdisk serve --name web01 --point 3 /backups --listen 127.0.0.1:10809")]
 pub struct Args {
     /// An image (a file, or an NBD export to re-export: nbd://HOST/EXPORT,
     /// nbd+unix:///EXPORT?socket=PATH), or a repository: a folder or s3://BUCKET/PREFIX
     /// (with --point, the newest point by default).
     pub source: PathBuf,
-    /// The point of a repository to serve.
+    /// The point of a repository to serve, by its number in its NAME.
     #[arg(long, value_name = "N")]
     pub point: Option<u64>,
     /// Listen on this Unix socket (created; removed at exit).
@@ -36,9 +36,13 @@ pub struct Args {
     /// Listen on this TCP address only, e.g. 127.0.0.1:10809.
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
+    /// For a repository: the NAME whose point to serve (default: its only NAME). For an
+    /// image: the export's name, as --export.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// The export's name (clients ask for it; the default is the empty name).
-    #[arg(long, value_name = "EXPORT", default_value = "")]
-    pub name: String,
+    #[arg(long, value_name = "EXPORT")]
+    pub export: Option<String>,
 }
 
 /// Bind the Unix socket at `path`, replacing a stale socket a killed server left (one nobody
@@ -65,8 +69,9 @@ fn bind_unix(path: &Path) -> Result<UnixListener> {
     UnixListener::bind(path).map_err(|e| Error::io("cannot listen on", e).with_path(path))
 }
 
-/// The image to serve: an image file, or a checked restore point of a repository.
-fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
+/// The image to serve: an image file or NBD export, or a disk of a point of a repository,
+/// checked as it is read; and the export's name.
+fn open_source(ctx: &Ctx, a: &Args) -> Result<(Arc<dyn DiskImage>, String)> {
     if vdisk::ImageLocation::from(&a.source).is_live() {
         if a.point.is_some() {
             return Err(Error::new(
@@ -75,13 +80,22 @@ fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
             )
             .with_path(&a.source));
         }
-        return Ok(Arc::new(vdisk::open_with(&a.source, &ctx.open)?));
+        let export = a
+            .export
+            .clone()
+            .or_else(|| a.name.clone())
+            .unwrap_or_default();
+        return Ok((Arc::new(vdisk::open_with(&a.source, &ctx.open)?), export));
     }
     let location = super::location(&a.source)?;
     let is_s3 = matches!(location, vdisk::chain::Location::S3 { .. });
-    if is_s3 || a.source.join(vdisk::chain::META_FILE).is_file() {
-        let repo = Repository::open(location)?;
-        return Ok(Arc::new(repo.checked_point(a.point)?));
+    let export = a.export.clone().unwrap_or_default();
+    if is_s3
+        || a.source.join(vdisk::chain::layout2::META_FILE).is_file()
+        || a.source.join("config").is_file()
+    {
+        let (img, ..) = super::restore::checked_disk(ctx, &a.source, a.name.as_deref(), a.point)?;
+        return Ok((img, export));
     }
     if a.point.is_some() {
         return Err(Error::new(
@@ -90,12 +104,17 @@ fn open_source(ctx: &Ctx, a: &Args) -> Result<Arc<dyn DiskImage>> {
         )
         .with_path(&a.source));
     }
-    Ok(Arc::new(vdisk::open_with(&a.source, &ctx.open)?))
+    let export = a
+        .export
+        .clone()
+        .or_else(|| a.name.clone())
+        .unwrap_or_default();
+    Ok((Arc::new(vdisk::open_with(&a.source, &ctx.open)?), export))
 }
 
 pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
-    let image = open_source(ctx, &a)?;
-    let server = Arc::new(Server::new(image, ExportConfig::new(a.name.clone()))?);
+    let (image, export) = open_source(ctx, &a)?;
+    let server = Arc::new(Server::new(image, ExportConfig::new(export.clone()))?);
     let wake = vdisk::io::sys::interrupt_pipe()
         .map_err(|e| Error::io("cannot catch SIGINT and SIGTERM", e))?;
     let handle = server.shutdown_handle();
@@ -103,7 +122,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         let listener = bind_unix(path)?;
         // An absolute path in the URI, so that clients anywhere can use it.
         let abs = std::path::absolute(path).unwrap_or_else(|_| path.clone());
-        let uri = vdisk::nbd::unix_uri(&a.name, &abs);
+        let uri = vdisk::nbd::unix_uri(&export, &abs);
         let s = Arc::clone(&server);
         let t = std::thread::spawn(move || s.serve_unix(listener));
         (uri, Some(path.clone()), t)
@@ -123,7 +142,7 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             .map_or(addr, |(h, _)| h)
             .trim_start_matches('[')
             .trim_end_matches(']');
-        let uri = vdisk::nbd::tcp_uri(host, local.port(), &a.name);
+        let uri = vdisk::nbd::tcp_uri(host, local.port(), &export);
         let s = Arc::clone(&server);
         let t = std::thread::spawn(move || s.serve_tcp(listener));
         (uri, None, t)

@@ -4,6 +4,7 @@
 //! One test binary (`cargo test --test it`), a module per area.
 
 mod admin;
+mod attacks;
 mod backup;
 mod beyond;
 mod cli;

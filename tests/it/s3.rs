@@ -94,40 +94,51 @@ fn s3_verify_finds_damaged_objects_and_restore_refuses_them() {
     let disk = source(dir, "disk.raw", 12, 1);
     loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     let p = prefix(&loc);
-    // A byte of a grain of the extent, of the manifest, of the descriptor, of the metadata.
-    for (name, at) in [
-        ("point-000001-s001.vmdk", 4096 + 65536 * 3 + 11),
-        ("point-000001.hashes", 50),
-        ("point-000001.vmdk", 30),
-        ("vdisk-repo.000000000001.json", 40),
+    let objs = objects(server, &loc);
+    let pick = |start: &str| {
+        objs.iter()
+            .find(|o| o.0.starts_with(start))
+            .unwrap()
+            .clone()
+    };
+    // A byte of a pack (a block), of an index table, of the point, of the config.
+    for (name, len) in [
+        pick("data/"),
+        pick("index/"),
+        pick("points/"),
+        pick("config"),
     ] {
         let key = format!("{p}/{name}");
         let (code, pristine) = curl(server, &[], &key);
         assert_eq!(code, "200", "{key}");
         let mut b = pristine.clone();
-        b[at] ^= 0x21;
+        b[(len / 3) as usize] ^= 0x21;
         std::fs::write(dir.join("obj"), &b).unwrap();
         assert_eq!(
             curl(server, &["-T", dir.join("obj").to_str().unwrap()], &key).0,
             "200"
         );
         let r = loc.run(dir, &["verify", "--json", "REPO"]);
-        if name.starts_with("vdisk-repo") {
-            one_line(&r, name);
+        if name == "config" {
+            one_line(&r, "config");
         } else {
             assert_eq!(r.code, Some(1), "{name}: {r:#?}");
             let v: Value = serde_json::from_str(&r.stdout).unwrap();
-            assert_eq!(v["points"][0]["status"], "damaged", "{name}: {v}");
-            if !name.ends_with("1.vmdk") {
-                // Damaged data or hashes: restore fails rather than return other bytes (a
-                // damaged descriptor comment still reads the same disk).
-                let r = loc.run(dir, &["restore", "REPO", "x.raw", "--force"]);
-                assert_eq!(
-                    r.code,
-                    Some(2),
-                    "{name}: restore returned other data: {r:#?}"
-                );
-            }
+            assert!(
+                v["points"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|p| p["status"] == "damaged"),
+                "{name}: {v}"
+            );
+            // Restore fails rather than return other bytes.
+            let r = loc.run(dir, &["restore", "REPO", "x.raw", "--force"]);
+            assert_eq!(
+                r.code,
+                Some(2),
+                "{name}: restore returned other data: {r:#?}"
+            );
         }
         std::fs::write(dir.join("obj"), &pristine).unwrap();
         assert_eq!(
@@ -193,67 +204,23 @@ fn s3_errors_are_one_line_and_never_show_the_secret() {
     );
 
     loc.ok(dir, &["backup", "disk.raw", "REPO"]);
-    // A live lease of another host refuses a writer at once; reading needs no lock.
-    let lease_key = format!("{}/vdisk-lease.json", prefix(&loc));
-    let far = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 3600;
-    std::fs::write(
-        dir.join("lease"),
-        format!(r#"{{"format":"vdisk-lease","host":"elsewhere","boot":"b","pid":7,"token":"t","expires":{far}}}"#),
-    )
-    .unwrap();
+    // A registration of any content (not a valid one, from nobody) blocks no writer; and
+    // the writer removes its own when done.
+    let junk = format!("{}/locks/00000000000000000000000000000001", prefix(&loc));
+    std::fs::write(dir.join("junk"), b"1\n").unwrap();
     assert_eq!(
-        curl(
-            server,
-            &["-T", dir.join("lease").to_str().unwrap()],
-            &lease_key
-        )
-        .0,
+        curl(server, &["-T", dir.join("junk").to_str().unwrap()], &junk).0,
         "200"
     );
-    one_line(&loc.run(dir, &["backup", "disk.raw", "REPO"]), "in use");
-    one_line(&loc.run(dir, &["prune", "REPO", "--keep", "1"]), "in use");
+    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
     loc.ok(dir, &["list", "REPO"]);
     loc.ok(dir, &["verify", "REPO"]);
-    // Expired: taken over.
-    std::fs::write(
-        dir.join("lease"),
-        r#"{"format":"vdisk-lease","host":"elsewhere","boot":"b","pid":7,"token":"t","expires":5}"#,
-    )
-    .unwrap();
-    assert_eq!(
-        curl(
-            server,
-            &["-T", dir.join("lease").to_str().unwrap()],
-            &lease_key
-        )
-        .0,
-        "200"
-    );
-    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
-    // A lease left by a run killed on this host never blocks the next run here.
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-    std::fs::write(
-        dir.join("lease"),
-        format!(r#"{{"format":"vdisk-lease","host":"{}","boot":"b","pid":7,"token":"t","expires":{far}}}"#, host.trim()),
-    )
-    .unwrap();
-    assert_eq!(
-        curl(
-            server,
-            &["-T", dir.join("lease").to_str().unwrap()],
-            &lease_key
-        )
-        .0,
-        "200"
-    );
-    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
-    // The writer removes its lease when done.
-    assert_eq!(curl(server, &["-I"], &lease_key).0, "404");
-    assert_eq!(points(dir, &loc).len(), 3);
+    let locks: Vec<_> = objects(server, &loc)
+        .into_iter()
+        .filter(|o| o.0.starts_with("locks/"))
+        .collect();
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    assert_eq!(points(dir, &loc).len(), 2);
 }
 
 #[test]
@@ -281,7 +248,7 @@ fn s3_transient_faults_are_retried() {
         assert!(proxy.requests.load(std::sync::atomic::Ordering::SeqCst) > 10);
     }
     proxy.set(Faults::default());
-    loc.ok(dir, &["prune", "REPO", "--keep", "1"]);
+    loc.ok(dir, &["prune", "REPO", "--keep-last", "1"]);
     restores_to(dir, &loc, 3, &disk);
 }
 
@@ -289,15 +256,22 @@ fn s3_transient_faults_are_retried() {
 fn killed_at(dir: &Path, loc: &Loc, proxy: &Proxy, args: &[&str], n: u64) -> bool {
     let mut c = loc.command(dir, args);
     c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut child = c.spawn().unwrap();
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
     proxy.set(Faults {
         kill_at: Some((child.id(), n)),
         ..Default::default()
     });
-    let status = child.wait().unwrap();
+    let out = child.wait_with_output().unwrap();
     proxy.set(Faults::default());
-    status.success()
+    // Killed, or finished: never an error of its own.
+    use std::os::unix::process::ExitStatusExt;
+    assert!(
+        out.status.success() || out.status.signal() == Some(libc::SIGKILL),
+        "{args:?} at request {n}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.success()
 }
 
 /// The repository's objects: (name under the prefix, size).
@@ -345,12 +319,27 @@ fn objects(server: &S3Server, loc: &Loc) -> Vec<(String, u64)> {
     out
 }
 
-/// The repository's objects that no point refers to, and pending upload markers.
+/// What killed runs left that a prune past the grace period does not remove: registrations,
+/// condemned lists, objects of no known kind.
 fn leftovers(server: &S3Server, loc: &Loc) -> Vec<String> {
+    let mut now = loc.clone();
+    now.env.push(("VDISK_GC_GRACE_SECS".into(), "0".into()));
+    for _ in 0..2 {
+        now.ok(
+            std::path::Path::new("/tmp"),
+            &["prune", "REPO", "--keep-last", "1000"],
+        );
+    }
     objects(server, loc)
         .into_iter()
         .map(|(name, _)| name)
-        .filter(|n| n.starts_with(".vdisk-upload") || n == "vdisk-lease.json")
+        .filter(|n| {
+            !(n == "config"
+                || n.starts_with("keys/")
+                || n.starts_with("points/")
+                || n.starts_with("index/")
+                || n.starts_with("data/"))
+        })
         .collect()
 }
 
@@ -414,7 +403,7 @@ fn s3_kill_at_each_request_loses_nothing() {
     // A prune killed at each request.
     let before = points(dir, &direct);
     let mut n = 1;
-    while !killed_at(dir, &loc, &proxy, &["prune", "REPO", "--keep", "1"], n) {
+    while !killed_at(dir, &loc, &proxy, &["prune", "REPO", "--keep-last", "1"], n) {
         let after = points(dir, &direct);
         assert!(after == before || after.len() == 1, "request {n}");
         direct.ok(dir, &["verify", "REPO"]);
@@ -432,16 +421,25 @@ fn s3_kill_at_each_request_loses_nothing() {
     let dst = Loc::s3(server, proxy.port, "kill-copy");
     let dst_direct = dst.via(server.port);
     let mut n = 1;
+    let want = points(dir, &direct);
     while !killed_at(dir, &dst, &proxy, &["sync", &direct.repo, "REPO"], n) {
-        let r = dst_direct.run(dir, &["list", "REPO"]);
+        let r = dst_direct.run(dir, &["list", "--json", "REPO"]);
         if r.code == Some(0) {
-            // Killed after its commit: a whole copy.
-            break;
+            // Whatever points it holds are whole points of the source.
+            let v: Value = serde_json::from_str(&r.stdout).unwrap();
+            for p in v["points"].as_array().unwrap() {
+                assert!(
+                    want.contains(p) || want.iter().any(|w| w["point"] == p["point"]),
+                    "{p}"
+                );
+            }
+            dst_direct.ok(dir, &["verify", "REPO"]);
+        } else {
+            assert!(
+                r.stderr.contains("not a vdisk repository"),
+                "request {n}: {r:#?}"
+            );
         }
-        assert!(
-            r.stderr.contains("not a vdisk repository"),
-            "request {n}: {r:#?}"
-        );
         n += 1;
         assert!(n < 300);
     }
@@ -452,7 +450,6 @@ fn s3_kill_at_each_request_loses_nothing() {
 
 #[test]
 fn s3_sync_between_folders_and_buckets_moves_only_what_is_missing() {
-    require_qemu();
     let Some(server) = s3() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -469,51 +466,61 @@ fn s3_sync_between_folders_and_buckets_moves_only_what_is_missing() {
         }
         local.ok(dir, &["backup", "disk.raw", "REPO"]);
         versions.push((round + 1, disk.clone()));
-        // Local to S3: only the new point moves.
+        // Local to S3: only the new point moves, and only its new blocks.
         let r = bucket.ok(dir, &["sync", "--json", "repo", "REPO"]);
         let v: Value = serde_json::from_str(&r.stdout).unwrap();
         assert_eq!(v["points_copied"], 1, "{v}");
+        if round > 0 {
+            assert!(v["bytes_copied"].as_u64().unwrap() < 3 * MIB as u64, "{v}");
+        }
     }
     let r = bucket.ok(dir, &["sync", "--json", "repo", "REPO"]);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
     assert_eq!(
-        (v["files_copied"].as_u64(), v["bytes_copied"].as_u64()),
+        (v["points_copied"].as_u64(), v["bytes_copied"].as_u64()),
         (Some(0), Some(0))
     );
     assert_eq!(points(dir, &bucket), points(dir, &local));
-    // S3 to S3, S3 to local: each point restores, and qemu-img reads the copy.
+    // S3 to S3, S3 to local: each point restores from each copy.
     bucket2.ok(dir, &["sync", &bucket.repo, "REPO"]);
     bucket2.ok(dir, &["sync", "REPO", "down"]);
+    let down = Loc::folder("down");
     for (n, d) in &versions {
         restores_to(dir, &bucket2, *n, d);
-        std::fs::write(dir.join("want.raw"), d).unwrap();
-        let image = points(dir, &bucket2)[(*n - 1) as usize]["image"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        qemu_img(dir, &["compare", &format!("down/{image}"), "want.raw"]);
+        restores_to(dir, &down, *n, d);
     }
-    // After a prune of the source, a sync makes the copy match: its synthetic full, the
-    // folded points gone.
-    local.ok(dir, &["prune", "REPO", "--keep", "2"]);
+    // Sync adds what the destination lacks; it removes nothing (the destination keeps its
+    // own retention): after a prune of the source, the copy keeps its three points.
+    local.ok(dir, &["prune", "REPO", "--keep-last", "2"]);
     let r = bucket.ok(dir, &["sync", "--json", "repo", "REPO"]);
     let v: Value = serde_json::from_str(&r.stdout).unwrap();
-    assert_eq!(v["points_removed"], 1, "{v}");
-    assert_eq!(points(dir, &bucket), points(dir, &local));
-    assert_eq!(points(dir, &bucket)[0]["kind"], "full");
+    assert_eq!(v["points_copied"], 0, "{v}");
+    assert_eq!(points(dir, &bucket).len(), 3);
     bucket.ok(dir, &["verify", "REPO"]);
-    for (n, d) in &versions[1..] {
-        restores_to(dir, &bucket, *n, d);
-    }
-    // A copy of another disk is not overwritten.
+    // Another repository (another key): its NAME comes in beside, resealed; nothing of the
+    // bucket's own points changes.
     source(dir, "other.raw", 4, 9);
     Loc::folder("other").ok(dir, &["backup", "other.raw", "REPO"]);
-    let r = bucket.run(dir, &["sync", "other", "REPO"]);
-    one_line(&r, "not a copy");
+    bucket.ok(dir, &["sync", "other", "REPO"]);
+    assert_eq!(points(dir, &bucket).len(), 4);
+    for (n, d) in &versions {
+        std::fs::write(dir.join("want.raw"), d).unwrap();
+        let p = n.to_string();
+        bucket.ok(
+            dir,
+            &[
+                "restore", "REPO", "got.raw", "--name", "disk", "--point", &p, "--force",
+            ],
+        );
+        assert_same_bytes(&dir.join("want.raw"), &dir.join("got.raw"));
+    }
+    bucket.ok(dir, &["verify", "REPO"]);
     // A point serves from the bucket too (the repository is detected from the location).
     let r = bucket.run(
         dir,
-        &["serve", "REPO", "--point", "9", "--socket", "s.sock"],
+        &[
+            "serve", "REPO", "--name", "disk", "--point", "9", "--socket", "s.sock",
+        ],
     );
     one_line(&r, "no point 9");
 }
@@ -523,10 +530,11 @@ fn s3_a_writer_renews_its_lease_and_a_second_writer_is_refused() {
     let Some(server) = s3() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let loc = Loc::s3(server, server.port, "lease");
+    let mut loc = Loc::s3(server, server.port, "lease");
+    loc.env.push(("VDISK_LOCK_REFRESH_SECS".into(), "2".into()));
     source(dir, "disk.raw", 4, 6);
     loc.ok(dir, &["backup", "disk.raw", "REPO"]);
-    // 14 MiB of new data read at 1 MiB/s: a run of about 14 s, past one renewal (10 s).
+    // 14 MiB of new data read at 1 MiB/s: a run of about 14 s, past several refreshes.
     let mut disk = vec![0u8; 16 * MIB];
     disk[MIB..15 * MIB].copy_from_slice(&pattern(60, 14 * MIB));
     std::fs::write(dir.join("disk.raw"), &disk).unwrap();
@@ -534,29 +542,29 @@ fn s3_a_writer_renews_its_lease_and_a_second_writer_is_refused() {
     c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut slow = c.spawn().unwrap();
-    let lease_key = format!("{}/vdisk-lease.json", prefix(&loc));
-    let expires = || -> u64 {
-        let (code, body) = curl(server, &[], &lease_key);
-        assert_eq!(code, "200", "no lease while a backup runs");
-        let v: Value = serde_json::from_slice(&body).unwrap();
-        v["expires"].as_u64().unwrap()
+    let registration = || -> Vec<u8> {
+        let locks: Vec<_> = objects(server, &loc)
+            .into_iter()
+            .filter(|o| o.0.starts_with("locks/"))
+            .collect();
+        assert_eq!(locks.len(), 1, "no registration while a backup runs");
+        curl(server, &[], &format!("{}/{}", prefix(&loc), locks[0].0)).1
     };
-    std::thread::sleep(Duration::from_secs(2));
-    let first = expires();
-    // A second writer is refused at once (and a reader is not).
+    std::thread::sleep(Duration::from_secs(3));
+    let first = registration();
+    // A second backup of the NAME is refused at once (and a reader is not).
     let r = loc.run(dir, &["backup", "disk.raw", "REPO"]);
-    one_line(&r, "in use");
+    one_line(&r, "running");
     loc.ok(dir, &["list", "REPO"]);
-    std::thread::sleep(Duration::from_secs(10));
-    assert!(expires() > first, "the lease was not renewed");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_ne!(registration(), first, "the registration was not refreshed");
     assert!(slow.wait().unwrap().success());
     assert_eq!(points(dir, &loc).len(), 2);
     restores_to(dir, &loc, 2, &disk);
+    assert!(!objects(server, &loc)
+        .iter()
+        .any(|o| o.0.starts_with("locks/")));
 }
-
-// ---------------------------------------------------------------------------------------
-// The local repository's trust and scale tests (`trust.rs`, `scale.rs`, `serve.rs`), on the
-// object store.
 
 /// "`backup --changed` with a bitmap of another disk size silently drops the changes": on
 /// the object store too, refused in one line with the repository's objects untouched.
@@ -636,8 +644,8 @@ fn s3_a_disk_of_a_million_bytes_backs_up_verifies_and_restores_exactly() {
 }
 
 /// "A killed run leaves a zombie … repositories stay locked after a kill -9": a backup to the
-/// object store SIGKILLed while it holds the lease, and never reaped, blocks nothing on this
-/// host (the lease's host-local kernel lock died with it), and uses up no point number.
+/// object store SIGKILLed while registered, and never reaped, blocks nothing (its
+/// registration names this host and a process that is a zombie), and uses up no number.
 #[test]
 fn s3_a_killed_unreaped_backup_leaves_the_repository_free() {
     let Some(server) = s3() else { return };
@@ -650,10 +658,15 @@ fn s3_a_killed_unreaped_backup_leaves_the_repository_free() {
         .stderr(std::process::Stdio::null());
     let mut slow = c.spawn().unwrap();
     let pid = slow.id();
-    let lease_key = format!("{}/vdisk-lease.json", prefix(&loc));
     let t0 = std::time::Instant::now();
-    while curl(server, &[], &lease_key).0 != "200" {
-        assert!(t0.elapsed() < Duration::from_secs(30), "no lease was taken");
+    while !objects(server, &loc)
+        .iter()
+        .any(|o| o.0.starts_with("locks/"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no registration was made"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     slow.kill().unwrap(); // SIGKILL, and no wait: it stays a zombie
@@ -661,10 +674,12 @@ fn s3_a_killed_unreaped_backup_leaves_the_repository_free() {
         assert!(t0.elapsed() < Duration::from_secs(40), "never a zombie");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The lease object is still there, unexpired, naming this host.
-    assert_eq!(curl(server, &[], &lease_key).0, "200");
+    // Its registration is still there, fresh, naming this host: proven dead by its pid.
+    assert!(objects(server, &loc)
+        .iter()
+        .any(|o| o.0.starts_with("locks/")));
     let r = loc.ok(dir, &["backup", "disk.raw", "REPO"]);
-    assert!(!r.stderr.contains("in use"), "{}", r.stderr);
+    assert!(!r.stderr.contains("running"), "{}", r.stderr);
     assert_eq!(process_state(pid), Some('Z'));
     let p = points(dir, &loc);
     assert_eq!(p.len(), 1);
@@ -676,8 +691,8 @@ fn s3_a_killed_unreaped_backup_leaves_the_repository_free() {
 }
 
 /// A repository on a bucket that the reader may only read: list, verify, restore and serve
-/// need no write access (they take no lease); writers are refused in one line, and nothing
-/// changes.
+/// need no write access (they register nothing); writers are refused in one line, and
+/// nothing changes.
 #[test]
 fn s3_a_read_only_key_lists_verifies_and_restores() {
     require_qemu();
@@ -703,7 +718,7 @@ fn s3_a_read_only_key_lists_verifies_and_restores() {
         let srv = serve_env(
             dir,
             &[
-                &ro.repo, "--point", "1", "--socket", "s.sock", "--name", "p",
+                &ro.repo, "--point", "1", "--socket", "s.sock", "--export", "p",
             ],
             &ro.env,
         );
@@ -716,7 +731,7 @@ fn s3_a_read_only_key_lists_verifies_and_restores() {
     }
     for args in [
         vec!["backup", "disk.raw", "REPO"],
-        vec!["prune", "REPO", "--keep", "1"],
+        vec!["prune", "REPO", "--keep-last", "1"],
     ] {
         let r = ro.run(dir, &args);
         assert_eq!(r.code, Some(2), "{args:?}: {r:#?}");
@@ -752,13 +767,15 @@ fn s3_a_4_tib_thin_disk_costs_what_its_data_costs() {
     };
     make("disk.raw", false);
     make("new.raw", true);
-    let loc = Loc::s3(server, server.port, "thin");
+    let mut loc = Loc::s3(server, server.port, "thin");
+    loc.env.push(("VDISK_GC_GRACE_SECS".into(), "0".into()));
     let commands: Vec<Vec<&str>> = vec![
         vec!["backup", "disk.raw", &loc.repo],
-        vec!["backup", "new.raw", &loc.repo, "--force"],
+        vec!["backup", "new.raw", &loc.repo, "--name", "disk", "--force"],
         vec!["verify", &loc.repo],
         vec!["restore", &loc.repo, "restored.raw", "--point", "1"],
-        vec!["prune", &loc.repo, "--keep", "1"],
+        vec!["prune", &loc.repo, "--keep-last", "1"],
+        vec!["prune", &loc.repo, "--keep-last", "1"],
         vec!["restore", &loc.repo, "pruned.raw"],
     ];
     let runs = vdisk_measured_env(dir, &commands, &loc.env);
@@ -787,7 +804,8 @@ fn s3_a_4_tib_thin_disk_costs_what_its_data_costs() {
     let objs = objects(server, &loc);
     let bytes: u64 = objs.iter().map(|o| o.1).sum();
     eprintln!("{} objects, {bytes} bytes", objs.len());
-    assert!(bytes < (4 << 20) + (512 << 10), "{bytes} bytes: {objs:?}");
+    // (The old version of the changed piece may stay in a pack that is mostly live.)
+    assert!(bytes < (5 << 20), "{bytes} bytes: {objs:?}");
     assert!(objs.len() <= 2 * 8 + 8, "{} objects: {objs:?}", objs.len());
 }
 
@@ -800,11 +818,19 @@ fn s3_a_point_naming_an_object_outside_the_repository_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let loc = Loc::s3(server, server.port, "outside");
+    // A layout-2 repository (made through the library in a folder, then put under the
+    // prefix): its points name files; layout 3's name none.
     let mut disk = source(dir, "disk.raw", 2, 131);
-    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    let layout2 = |dir: &Path| {
+        use vdisk::chain::layout2::{BackupOptions, Repository};
+        let mut r = Repository::open_or_create(dir.join("old")).unwrap();
+        r.backup(dir.join("disk.raw"), &BackupOptions::default())
+            .unwrap();
+    };
+    layout2(dir);
     disk[MIB + 5] ^= 0x44;
     std::fs::write(dir.join("disk.raw"), &disk).unwrap();
-    loc.ok(dir, &["backup", "disk.raw", "REPO"]);
+    layout2(dir);
     let p = prefix(&loc);
     let parent = p.rsplit_once('/').unwrap().0;
     let put = |key: &str, bytes: &[u8]| {
@@ -812,6 +838,13 @@ fn s3_a_point_naming_an_object_outside_the_repository_is_refused() {
         let r = curl(server, &["-T", dir.join("obj").to_str().unwrap()], key);
         assert_eq!(r.0, "200", "{key}");
     };
+    for e in std::fs::read_dir(dir.join("old")).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name != ".vdisk-lock" {
+            put(&format!("{p}/{name}"), &std::fs::read(e.path()).unwrap());
+        }
+    }
     let (code, extent) = curl(server, &[], &format!("{p}/point-000002-s001.vmdk"));
     assert_eq!(code, "200");
     put(&format!("{parent}/outside.vmdk"), &extent);

@@ -32,8 +32,14 @@ fn repo_shape(repo: &Path) -> (u64, usize) {
     let mut files = 0;
     for e in std::fs::read_dir(repo).unwrap() {
         let e = e.unwrap();
-        bytes += e.metadata().unwrap().len();
-        files += 1;
+        if e.file_type().unwrap().is_dir() {
+            let (b, f) = repo_shape(&e.path());
+            bytes += b;
+            files += f;
+        } else {
+            bytes += e.metadata().unwrap().len();
+            files += 1;
+        }
     }
     (bytes, files)
 }
@@ -53,11 +59,11 @@ fn costs(dir: &Path, size: u64) -> Costs {
         vec!["diff", "disk.raw", "new.raw"],
         vec!["diff", "disk.hashes", "new.raw"],
         vec!["backup", "disk.raw", "repo"],
-        vec!["backup", "new.raw", "repo", "--force"],
+        vec!["backup", "new.raw", "repo", "--name", "disk", "--force"],
         vec!["verify", "repo"],
         vec!["restore", "repo", "restored.raw", "--point", "1"],
         vec!["convert", "new.raw", "conv.vmdk", "-O", "vmdk"],
-        vec!["prune", "repo", "--keep", "1"],
+        vec!["prune", "repo", "--keep-last", "1"],
         vec!["sync", "repo", "repo-copy"],
         // A chain: a base, a delta link of what changed, merged into one image.
         vec!["convert", "disk.raw", "base.vmdk", "-O", "vmdk"],

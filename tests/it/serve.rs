@@ -17,7 +17,7 @@ use crate::common::*;
 
 const MIB: u64 = 1 << 20;
 
-/// The URI `vdisk serve --socket s.sock --name NAME` prints when run in `dir`: the export
+/// The URI `vdisk serve --socket s.sock --export NAME` prints when run in `dir`: the export
 /// name as given, the socket's absolute path.
 fn unix_uri_in(dir: &Path, name: &str) -> String {
     let sock = dir.canonicalize().unwrap().join("s.sock");
@@ -27,7 +27,7 @@ fn unix_uri_in(dir: &Path, name: &str) -> String {
 /// Serve `source` (relative to `dir`) on `dir/s.sock` as export `name`, with `extra`
 /// arguments; checks the printed URI.
 fn serve_unix(dir: &Path, source: &str, name: &str, extra: &[&str]) -> Served {
-    let mut args = vec![source, "--socket", "s.sock", "--name", name];
+    let mut args = vec![source, "--socket", "s.sock", "--export", name];
     args.extend_from_slice(extra);
     let s = serve(dir, &args);
     assert_eq!(s.uri, unix_uri_in(dir, name), "the printed URI");
@@ -625,25 +625,28 @@ fn listen_on_tcp_binds_only_the_given_address() {
     assert_ne!(run(c).code, Some(0), "{wrong} was served");
 }
 
-/// Flip a byte of the first grain point 2 stores (in the clustered layout, grains follow a
-/// 4 KiB header area in disk order): disk bytes 2M..2M+64k (its writes start at 2M).
+/// Flip a byte of the first block point 2 stored: the block of 0x44 its writes start with
+/// at 2M (the sixteen blocks of 2M..3M are equal: stored once), first in the pack its backup
+/// wrote (the second pack made, after point 1's).
 fn damage_point_2(dir: &Path) {
-    let p = dir.join("repo/point-000002-s001.vmdk");
-    let mut perm = std::fs::metadata(&p).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perm.set_readonly(false);
-    std::fs::set_permissions(&p, perm).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&p).unwrap();
-    let at = 4096 + 10;
-    let mut b = [0u8];
-    std::fs::File::open(&p)
-        .unwrap()
-        .read_exact_at(&mut b, at)
+    let mut packs = Vec::new();
+    for d in std::fs::read_dir(dir.join("repo/data")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let f = f.unwrap();
+            packs.push((f.metadata().unwrap().modified().unwrap(), f.path()));
+        }
+    }
+    packs.sort();
+    assert_eq!(packs.len(), 3, "one pack per backup");
+    let p = &packs[1].1;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
         .unwrap();
-    assert_eq!(
-        b[0], 0x44,
-        "the first stored grain of point 2 is not where expected"
-    );
+    let at = 10;
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
     f.write_all_at(&[!b[0]], at).unwrap();
 }
 
@@ -662,6 +665,7 @@ fn damaged_grain_reads_as_eio_and_the_rest_still_reads() {
         "read 2097162 1",
         "read 1M 2M",
         "read -P 0x44 2M 4k",
+        "read -P 0x44 2162688 983040",
     ] {
         let r = read(cmd);
         assert!(
@@ -671,7 +675,6 @@ fn damaged_grain_reads_as_eio_and_the_rest_still_reads() {
         assert!(!r.stdout.contains("Pattern verification"), "{cmd}: {r:#?}");
     }
     for cmd in [
-        "read -P 0x44 2162688 983040",
         "read -P 0x11 0 2M",
         "read -P 0x55 20M 1M",
         "read -P 0x22 8M 4M",
@@ -694,7 +697,7 @@ fn damaged_grain_reads_as_eio_and_the_rest_still_reads() {
     let p1 = serve(
         dir,
         &[
-            "repo", "--point", "1", "--socket", "p1.sock", "--name", "p1",
+            "repo", "--point", "1", "--socket", "p1.sock", "--export", "p1",
         ],
     );
     let restored = restore(dir, 1);

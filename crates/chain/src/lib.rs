@@ -1,95 +1,83 @@
-//! vdisk-chain: backup repositories.
+//! vdisk-chain: backup repositories, in a folder or under a prefix of an S3 bucket
+//! ([`Location`]).
 //!
-//! A repository is a folder, or a prefix of an S3 bucket ([`Location`]), holding the restore
-//! points of one disk: a full point and
-//! incremental points, each a twoGbMaxExtentSparse VMDK (a small descriptor plus sparse
-//! extents) linked to the one before by parentFileNameHint and parentCID, so qemu-img or
-//! VMware opens any point directly. Beside them, vdisk keeps per point a hash manifest of the
-//! disk (one xxh3-128 per grain), a bitmap of the grains the point stores, and checksums of
-//! its files' metadata; and `vdisk-repo.json`, the list of points.
+//! A repository (layout 3, see the crate's README for the design and the reasons behind it)
+//! holds the points of many NAMEs; a point is one instant of one NAME, one disk or several
+//! disks of one VM taken together. Stored data is content-addressed: each disk is cut into
+//! fixed, aligned blocks (64 KiB by default); a block's id is BLAKE3 keyed with a key of the
+//! repository, so the same block in any disk, VM or point is stored once, and an all-zero
+//! block is stored nowhere; blocks are compressed with zstd where that pays and sealed
+//! (XChaCha20-Poly1305 in an encrypted repository, a keyed MAC otherwise) into packs of some
+//! MiB; a disk's index at a point is itself cut into content-addressed chunks, so an
+//! unchanged region costs a new point nothing.
 //!
-//! - [`Repository`]: opening (reading needs no lock and no write access; writing takes the
-//!   kernel's lock and first removes what killed runs left), in `repo`;
-//! - backing up ([`Repository::backup`]), in `backup`;
-//! - restoring, with every grain checked against its hash ([`CheckedPoint`]), in `restore`;
-//! - verifying ([`Repository::verify`]), in `verify`;
-//! - pruning ([`Repository::prune`]), in `prune`;
-//! - the metadata ([`RepoMeta`]) and file checksums, in `meta` and `checksums`.
-//!
-//! Every run writes new files under names nothing refers to yet, syncs them, and only then
-//! switches `vdisk-repo.json` atomically. A run killed at any instant leaves the repository as
-//! it was; the files it left behind are removed by the next writer.
+//! - [`Repository`]: making ([`Repository::init`]) and opening one, its points;
+//! - [`Repository::backup`]: a point of a NAME (xxh3 fingerprints decide what to hash);
+//! - [`Repository::point_image`]: a disk of a point as a [`vdisk_core::DiskImage`] whose every
+//!   block is checked ([`PointImage`]);
+//! - [`Repository::verify`], [`Repository::prune`] (retention, then garbage collection),
+//!   [`Repository::sync_from`], [`Repository::add_key`];
+//! - [`layout2`]: the earlier layout (a VMDK chain per folder), still read by every reading
+//!   command, and brought into layout 3 by [`Repository::import_layout2`].
 //!
 //! ```
-//! use vdisk_chain::{BackupOptions, Repository, Source};
-//! use vdisk_core::MemImage;
+//! use vdisk_chain::{Access, BackupOptions, DiskSource, InitOptions, Repository, Source};
+//! use vdisk_core::{DiskImage, MemImage};
 //! # let dir = tempfile::tempdir().unwrap();
+//! let repo = Repository::init(dir.path().join("repo"), &InitOptions::default())?;
 //! let disk = MemImage::new(vec![7u8; 1 << 20]);
-//! let source = Source { identity: "vm1/disk0".into(), unclean: false };
-//! let mut repo = Repository::open_or_create(dir.path().join("repo"))?;
-//! let first = repo.backup_image(&disk, &source, &BackupOptions::default())?;
-//! assert_eq!(first.point, 1);
-//! let point = repo.checked_point(None)?; // a DiskImage whose reads are checked
+//! let src = DiskSource {
+//!     image: &disk,
+//!     source: Source { identity: "/vm1/disk0.raw".into(), unclean: false },
+//!     label: "disk0.raw".into(),
+//! };
+//! let s = repo.backup("vm1", &[src], &BackupOptions::default())?;
+//! assert_eq!(s.point, 1);
+//! let point = repo.select(Some("vm1"), None)?;
+//! let image = repo.point_image(&point, None)?; // a DiskImage whose reads are checked
+//! assert_eq!(image.size(), 1 << 20);
 //! # Ok::<(), vdisk_core::Error>(())
 //! ```
 
 mod backup;
-mod checksums;
-mod hashes;
+mod clock;
+mod config;
+mod crypto;
+mod gc;
+mod index;
 mod jobs;
-mod lock;
-mod meta;
+pub mod layout2;
+mod locks;
+mod pack;
+mod point;
 mod prune;
-mod repo;
+mod reader;
+mod repository;
 mod restore;
+mod retention;
 mod source;
 mod store;
 mod sync;
 #[cfg(test)]
 mod tests;
+mod tree;
 mod verify;
 
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use backup::{BackupOptions, BackupSummary};
+pub use backup::{BackupOptions, BackupSummary, DiskSource, PointKind};
+pub use clock::rfc3339;
+pub use config::{DEFAULT_BLOCK, MAX_BLOCK, MIN_BLOCK};
+pub use gc::GcSummary;
 pub use jobs::{backup, restore, verify};
-pub use lock::{RepoLock, LOCK_FILE};
-pub use meta::{
-    now_rfc3339, Covers, DiskIdentity, FileCheck, PointKind, RepoMeta, RestorePoint, META_FILE,
-};
-pub use prune::PruneSummary;
-pub use repo::Repository;
-pub use restore::CheckedPoint;
+pub use point::{DiskRecord, PointRecord, PointStats};
+pub use prune::{PruneOptions, PruneSummary};
+pub use reader::{open_reader, Reader};
+pub use repository::{Access, InitOptions, PasswordSource, Point, PointList, Repository};
+pub use restore::PointImage;
+pub use retention::Retention;
 pub use source::Source;
-pub use store::Location;
+pub use store::{Layout, Location};
 pub use sync::SyncSummary;
-pub use verify::{PointProblem, PointReport, VerifyOptions};
-
-/// The format points are written in: a VMDK in the clustered layout (what a VMDK driver
-/// writes into a store), a small descriptor file (which prune can rewrite atomically when a
-/// link's parent becomes a synthetic full) and sparse extents cut along the data, so a point
-/// costs its data, not its disk's size.
-const POINT_FORMAT: &str = "vmdk";
-/// Grain size of the points, and so the block size of hashes and bitmaps.
-const GRAIN: u64 = 64 << 10;
-
-/// The driver points are written with.
-fn point_format() -> vdisk_core::Result<&'static dyn vdisk_io::Format> {
-    vdisk_image::registry::require(POINT_FORMAT)
-}
-
-/// Make a small repository with two points at `dir`, for documentation examples.
-#[doc(hidden)]
-pub fn doc_example_repository(dir: &std::path::Path) {
-    let source = Source {
-        identity: "example".into(),
-        unclean: false,
-    };
-    let mut repo = Repository::open_or_create(dir).expect("a repository in a fresh folder");
-    for fill in [1u8, 2] {
-        let disk = vdisk_core::MemImage::new(vec![fill; 256 << 10]);
-        repo.backup_image(&disk, &source, &BackupOptions::default())
-            .expect("a backup of an in-memory disk");
-    }
-}
+pub use verify::{Problem, Report, VerifyOptions};

@@ -1,138 +1,108 @@
-//! Pruning: the oldest points folded into the base (a synthetic full), without changing what
-//! any kept point restores to.
+//! Pruning: the points a retention policy does not keep are removed (each NAME on its own;
+//! the newest point of a NAME is always kept), then garbage is collected.
 
-use std::path::Path;
+use vdisk_core::{Error, ErrorKind, Result};
 
-use vdisk_core::{copy_into, CopyOptions, Error, ErrorKind, Result};
-use vdisk_io::{CreateOptions, LinkId, OutputPolicy};
+use crate::gc::GcSummary;
+use crate::locks::Registration;
+use crate::repository::Repository;
+use crate::retention::Retention;
 
-use crate::checksums::file_checks;
-use crate::meta::PointKind;
-use crate::point_format;
-use crate::repo::Repository;
+/// Options of a prune.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    /// Which points to keep.
+    pub retention: Retention,
+    /// Only the points of this NAME (all NAMEs when `None`).
+    pub name: Option<String>,
+    /// Say what would be removed, remove nothing.
+    pub dry_run: bool,
+}
 
-/// What `prune` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a prune did (or would do).
+#[derive(Debug, Clone, Default)]
 pub struct PruneSummary {
-    /// Points folded into the new base.
-    pub folded: usize,
-    /// Bytes of files removed.
-    pub bytes_freed: u64,
+    /// Points kept: (NAME, number).
+    pub kept: Vec<(String, u64)>,
+    /// Points removed (or that would be): (NAME, number).
+    pub removed: Vec<(String, u64)>,
+    /// What garbage collection did.
+    pub gc: GcSummary,
 }
 
 impl Repository {
-    /// Bytes `prune` reads to keep `keep` points: the disk of the point that becomes the new
-    /// base (the total a progress bar counts up to).
-    pub fn prune_bytes(&self, keep: usize) -> u64 {
-        let points = self.points();
-        match points.len().checked_sub(keep) {
-            Some(fold) if fold > 0 && keep > 0 => points[fold].size,
-            _ => 0,
-        }
-    }
-
-    /// Fold the oldest points into the base (a synthetic full) so that `keep` remain. Kept
-    /// points keep their numbers and restore to what they did before. The new base is copied
-    /// from the old chain with every grain checked against its hash: a damaged point is never
-    /// folded into a new full.
+    /// Remove the points `opts.retention` does not keep, then collect garbage.
     ///
     /// ```
-    /// use vdisk_chain::{PointKind, Repository};
-    /// use vdisk_core::{CopyOptions, DiskImage};
+    /// use vdisk_chain::{BackupOptions, DiskSource, InitOptions, PruneOptions, Repository, Retention, Source};
+    /// use vdisk_core::MemImage;
     /// # let dir = tempfile::tempdir().unwrap();
-    /// # // Two points of a 256 KiB disk: all 1s, then all 2s.
-    /// # vdisk_chain::doc_example_repository(dir.path());
-    /// let mut repo = Repository::open_writable(dir.path())?;
-    /// let summary = repo.prune(1, &CopyOptions::default())?;
-    /// assert_eq!(summary.folded, 1);
-    /// // Point 2 keeps its number, becomes a full, and restores to what it did.
-    /// assert_eq!(repo.points().len(), 1);
-    /// assert_eq!((repo.points()[0].point, repo.points()[0].kind), (2, PointKind::Full));
-    /// let point = repo.checked_point(Some(2))?;
-    /// let mut disk = vec![0u8; 256 << 10];
-    /// point.read_at(&mut disk, 0)?;
-    /// assert!(disk.iter().all(|&b| b == 2));
+    /// let repo = Repository::init(dir.path().join("repo"), &InitOptions::default())?;
+    /// for fill in 1..=3u8 {
+    ///     let img = MemImage::new(vec![fill; 1 << 20]);
+    ///     let src = DiskSource { image: &img, source: Source { identity: "/a".into(), unclean: false }, label: "a".into() };
+    ///     repo.backup("vm", &[src], &BackupOptions::default())?;
+    /// }
+    /// let opts = PruneOptions { retention: Retention { last: 1, ..Default::default() }, ..Default::default() };
+    /// let s = repo.prune(&opts)?;
+    /// assert_eq!(s.removed, [("vm".to_string(), 1), ("vm".to_string(), 2)]);
+    /// assert_eq!(repo.points()?.points.len(), 1);
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
-    pub fn prune(&mut self, keep: usize, opts: &CopyOptions<'_>) -> Result<PruneSummary> {
-        self.writable()?;
-        if keep == 0 {
+    pub fn prune(&self, opts: &PruneOptions) -> Result<PruneSummary> {
+        if opts.retention.is_empty() {
             return Err(Error::new(
                 ErrorKind::InvalidArgument,
-                "a repository keeps at least one point",
+                "a prune needs a policy: --keep-last, --keep-daily, --keep-weekly or --keep-monthly, at least 1",
             ));
         }
-        let nothing = PruneSummary {
-            folded: 0,
-            bytes_freed: 0,
-        };
-        let Some(meta) = self.meta.clone() else {
-            return Ok(nothing);
-        };
-        if meta.points.len() <= keep {
-            return Ok(nothing);
+        let reg = Registration::register(self, "prune", None)?;
+        let list = self.points()?;
+        let mut sum = PruneSummary::default();
+        let names: Vec<String> = list.names().iter().map(|s| s.to_string()).collect();
+        if let Some(n) = &opts.name {
+            if !names.contains(n) {
+                return Err(crate::repository::err_at(
+                    self.location(),
+                    ErrorKind::NotFound,
+                    format!("has no points of \"{n}\" (names: {})", names.join(", ")),
+                ));
+            }
         }
-        let fold = meta.points.len() - keep;
-        let base = meta.points[fold].clone();
-        let generation = meta.generation;
-        let before = self.usage();
-
-        // The synthetic full: the base point's whole disk, with the base's CID so the link
-        // above it stays valid.
-        let full_name = format!("point-{:06}.g{generation}.vmdk", base.point);
-        let img = self.checked_point(Some(base.point))?;
-        let copts = CreateOptions {
-            policy: OutputPolicy::replacing(),
-            link_id: Some(LinkId {
-                kind: "vmdk-cid",
-                value: format!("{:08x}", base.cid),
-            }),
-            ..Default::default()
-        };
-        let out = self.store.image_output(&full_name, &copts.policy)?;
-        let sink = vdisk_image::create_in(out, point_format()?, base.size, &copts)?;
-        copy_into(&img, sink, opts)?;
-        drop(img);
-        let stored_name = format!("point-{:06}.g{generation}.stored", base.point);
-        let (_, stored, files) = self.record_point(&full_name, &stored_name)?;
-        let mut new_base = base.clone();
-        new_base.image = full_name.clone();
-        new_base.kind = PointKind::Full;
-        new_base.parent = None;
-        new_base.stored = stored_name;
-        new_base.changed_bytes = stored.changed_bytes();
-        new_base.files = files;
-
-        // Every kept point above the base gets a new descriptor naming its parent's new name
-        // (the base is now the synthetic full). Their data files stay as they are; the old
-        // descriptors stay valid until the metadata switch, so a run killed before it leaves
-        // every old point whole.
-        let mut parent_name = full_name.clone();
-        let mut points = vec![new_base];
-        for child in meta.points.iter().skip(fold + 1) {
-            let old_path = self.path(&child.image);
-            let old = self.store.read(&child.image, 16 << 20)?;
-            let rebased = point_format()?
-                .rebase(&old, Path::new(&parent_name))
-                .map_err(|e| e.with_path(&old_path))?;
-            let name = format!("point-{:06}.g{generation}.vmdk", child.point);
-            self.store.put(&name, &rebased)?;
-            let mut c = child.clone();
-            c.files.retain(|f| f.name != child.image);
-            c.files
-                .insert(0, file_checks(&*self.store, &name)?.remove(0));
-            c.image = name.clone();
-            parent_name = name;
-            points.push(c);
+        let mut doomed = Vec::new();
+        for name in &names {
+            let points = list.of(name);
+            if opts.name.as_ref().is_some_and(|n| n != name) {
+                sum.kept
+                    .extend(points.iter().map(|p| (name.clone(), p.record.seq)));
+                continue;
+            }
+            let records: Vec<&crate::point::PointRecord> =
+                points.iter().map(|p| &p.record).collect();
+            let mut keep = opts.retention.keep(&records);
+            // The newest point of a NAME always stays: numbers go on from it.
+            if let Some(last) = keep.last_mut() {
+                *last = true;
+            }
+            for (p, k) in points.iter().zip(keep) {
+                if k {
+                    sum.kept.push((name.clone(), p.record.seq));
+                } else {
+                    sum.removed.push((name.clone(), p.record.seq));
+                    doomed.push(p.key.clone());
+                }
+            }
         }
-        let mut next = meta.clone();
-        next.points = points;
-        next.generation = generation + 1;
-        self.commit(next)?;
-        let after = self.usage();
-        Ok(PruneSummary {
-            folded: fold,
-            bytes_freed: before.saturating_sub(after),
-        })
+        // Garbage is what the kept points do not need. The removed points' objects go last:
+        // a prune that fails or is killed before leaves them all, and what it condemned for
+        // them is found live again (and kept) by the next prune.
+        let doomed_set: std::collections::HashSet<String> = doomed.iter().cloned().collect();
+        sum.gc = self.collect_garbage(&reg, opts.dry_run, &doomed_set)?;
+        if !opts.dry_run {
+            for key in &doomed {
+                self.store().delete(key)?;
+            }
+        }
+        Ok(sum)
     }
 }

@@ -1,308 +1,339 @@
-//! Reading a point back: every grain handed out is checked against the hash kept at backup
-//! time, so damaged or replaced files give an error naming the point and the offset, never
-//! other bytes.
+//! Reading a point back: a disk of a point as a [`DiskImage`] whose every block is opened
+//! and checked (its seal, and its bytes against its id) before a byte of it is handed out.
+//! Restore, `serve` and the copies of `sync` read points through it.
 
-use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use vdisk_core::{
-    check_range, coalesce, copy_into, Advice, Allocation, CopyOptions, CopyStats, DiskImage, Error,
-    ErrorKind, Extent, FileId, ImageSink, Result,
+    check_range, coalesce, Allocation, DiskImage, Error, ErrorKind, Extent, FileId, Result,
 };
-use vdisk_diff::block_hash;
 
-use crate::hashes::{open_manifest, PointManifest};
-use vdisk_image::Image;
+use crate::crypto::BlockId;
+use crate::point::{DiskRecord, PointRecord};
+use crate::repository::{err_at, Point, Repository};
+use crate::tree::{LeafEntry, Shape, TreeReader, FANOUT};
 
-use crate::repo::Repository;
-use crate::GRAIN;
+/// Leaves kept opened.
+const CACHED_LEAVES: usize = 64;
+/// Blocks kept opened (for reads of parts of blocks: NBD clients read 4 KiB at a time).
+const CACHED_BLOCKS: usize = 32;
 
-/// A restore point as a disk image that checks what it hands out: every grain read is hashed
-/// and compared with the point's manifest, and ranges the chain reads as zero are compared
-/// with it too. Its size is the source's exact size (a VMDK counts in whole sectors).
-///
-/// Restore and `serve` read points through it.
-#[derive(Debug)]
-pub struct CheckedPoint {
-    image: Image,
-    manifest: PointManifest,
-    size: u64,
-    point: u64,
-    dir: PathBuf,
+/// A leaf of zero blocks (shared by every zero leaf: a thin disk's empty terabytes cost one).
+fn zero_leaf() -> Arc<Vec<LeafEntry>> {
+    static ZERO: std::sync::OnceLock<Arc<Vec<LeafEntry>>> = std::sync::OnceLock::new();
+    Arc::clone(ZERO.get_or_init(|| Arc::new(vec![LeafEntry::ZERO; FANOUT as usize])))
+}
+
+/// Small caches of opened leaves and blocks.
+#[derive(Default)]
+struct Caches {
+    leaves: HashMap<u64, Arc<Vec<LeafEntry>>>,
+    leaf_order: VecDeque<u64>,
+    blocks: HashMap<u64, Arc<Vec<u8>>>,
+    block_order: VecDeque<u64>,
+}
+
+/// One disk of a point, read with every block checked.
+pub struct PointImage {
+    repo: Repository,
+    point: PointRecord,
+    disk: DiskRecord,
+    index: usize,
+    shape: Shape,
+    caches: Mutex<Caches>,
+    /// The disk's index, its nodes on the way to the last leaf read kept.
+    tree: Mutex<TreeReader<'static>>,
+}
+
+impl std::fmt::Debug for PointImage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PointImage({} #{} disk {})",
+            self.point.name, self.point.seq, self.disk.label
+        )
+    }
+}
+
+/// Pick disk `disk` of `point` (by position from 0, or by label); `None` when it holds one.
+pub fn pick_disk(point: &PointRecord, disk: Option<&str>, root: &std::path::Path) -> Result<usize> {
+    let labels: Vec<&str> = point.disks.iter().map(|d| d.label.as_str()).collect();
+    match disk {
+        None if labels.len() == 1 => Ok(0),
+        None => Err(err_at(
+            root,
+            ErrorKind::Ambiguous,
+            format!(
+                "point {} of \"{}\" holds {} disks ({}); pick one with --disk (a position from 0, or a name)",
+                point.seq,
+                point.name,
+                labels.len(),
+                labels.join(", ")
+            ),
+        )),
+        Some(d) => {
+            if let Some(i) = labels.iter().position(|l| *l == d) {
+                return Ok(i);
+            }
+            match d.parse::<usize>() {
+                Ok(i) if i < labels.len() => Ok(i),
+                _ => Err(err_at(
+                    root,
+                    ErrorKind::NotFound,
+                    format!(
+                        "point {} of \"{}\" has no disk \"{d}\" (disks: {})",
+                        point.seq,
+                        point.name,
+                        labels
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| format!("{i} {l}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )),
+            }
+        }
+    }
 }
 
 impl Repository {
-    /// Point `n` (the newest when `None`) as a [`CheckedPoint`].
+    /// Disk `disk` of `point` as an image whose reads are checked.
     ///
     /// ```
-    /// use vdisk_core::DiskImage;
+    /// use vdisk_chain::{BackupOptions, DiskSource, InitOptions, Repository, Source};
+    /// use vdisk_core::{DiskImage, MemImage};
     /// # let dir = tempfile::tempdir().unwrap();
-    /// # // Two points of a 256 KiB disk: all 1s, then all 2s.
-    /// # vdisk_chain::doc_example_repository(dir.path());
-    /// let repo = vdisk_chain::Repository::open(dir.path())?;
-    /// for (n, fill) in [(1, 1u8), (2, 2)] {
-    ///     let point = repo.checked_point(Some(n))?;
-    ///     let mut disk = vec![0u8; point.size() as usize];
-    ///     point.read_at(&mut disk, 0)?; // every grain checked against its hash
-    ///     assert!(disk.iter().all(|&b| b == fill));
-    /// }
-    /// assert_eq!(repo.checked_point(None)?.point(), 2);
-    /// assert!(repo.checked_point(Some(3)).is_err());
+    /// let repo = Repository::init(dir.path().join("repo"), &InitOptions::default())?;
+    /// let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i / 7) as u8).collect();
+    /// let img = MemImage::new(bytes.clone());
+    /// let src = DiskSource { image: &img, source: Source { identity: "/a".into(), unclean: false }, label: "a".into() };
+    /// repo.backup("vm", &[src], &BackupOptions::default())?;
+    /// let point = repo.select(Some("vm"), None)?;
+    /// let disk = repo.point_image(&point, None)?;
+    /// let mut back = vec![0u8; disk.size() as usize];
+    /// disk.read_at(&mut back, 0)?;
+    /// assert_eq!(back, bytes);
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
-    pub fn checked_point(&self, n: Option<u64>) -> Result<CheckedPoint> {
-        let p = self.point(n)?;
-        let image = self.open_point(p)?;
-        let manifest = open_manifest(&*self.store, &p.hashes)?;
-        let m = &manifest;
-        let damaged = |what: String| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!("point {}: {what} (damaged repository)", p.point),
-            )
-            .with_path(&self.dir)
-        };
-        if m.granularity() != GRAIN || m.size() != p.size {
-            return Err(damaged(format!(
-                "{} describes a disk of {} bytes in blocks of {}, the point is {} bytes in grains of {GRAIN}",
-                p.hashes,
-                m.size(),
-                m.granularity(),
-                p.size
-            )));
-        }
-        if image.size() < p.size {
-            return Err(damaged(format!(
-                "its image is {} bytes, smaller than the {} bytes backed up",
-                image.size(),
-                p.size
-            )));
-        }
-        Ok(CheckedPoint {
-            image,
-            manifest,
-            size: p.size,
-            point: p.point,
-            dir: self.dir.clone(),
+    pub fn point_image(&self, point: &Point, disk: Option<&str>) -> Result<PointImage> {
+        let index = pick_disk(&point.record, disk, self.location())?;
+        let d = point.record.disks[index].clone();
+        let shape = Shape::new(d.size, self.block_size())?;
+        let repo = self.clone();
+        let max = self.max_blob();
+        let tree = TreeReader::new(shape.clone(), d.root_id(), move |id: &BlockId| {
+            repo.read_blob(id, max)
+        });
+        Ok(PointImage {
+            repo: self.clone(),
+            tree: Mutex::new(tree),
+            shape,
+            point: point.record.clone(),
+            disk: d,
+            index,
+            caches: Mutex::default(),
         })
-    }
-
-    /// Copy point `n` (the newest when `None`) into `sink`, checking every grain.
-    ///
-    /// ```
-    /// use vdisk_core::CopyOptions;
-    /// use vdisk_io::CreateOptions;
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # vdisk_chain::doc_example_repository(&dir.path().join("repo"));
-    /// let repo = vdisk_chain::Repository::open(dir.path().join("repo"))?;
-    /// let dst = dir.path().join("point1.raw");
-    /// let size = repo.point(Some(1))?.size;
-    /// let raw = vdisk_image::registry::require("raw")?;
-    /// let sink = vdisk_image::create(&dst, raw, size, &CreateOptions::default())?;
-    /// let stats = repo.restore_into(Some(1), sink, &CopyOptions::default())?;
-    /// assert_eq!(stats.size, 256 << 10);
-    /// assert_eq!(std::fs::read(&dst).unwrap(), vec![1u8; 256 << 10]);
-    /// # Ok::<(), vdisk_core::Error>(())
-    /// ```
-    pub fn restore_into(
-        &self,
-        n: Option<u64>,
-        sink: Box<dyn ImageSink + '_>,
-        opts: &CopyOptions<'_>,
-    ) -> Result<CopyStats> {
-        let img = self.checked_point(n)?;
-        copy_into(&img, sink, opts)
     }
 }
 
-impl CheckedPoint {
-    /// The point's number.
-    pub fn point(&self) -> u64 {
-        self.point
+impl PointImage {
+    /// The point.
+    pub fn point(&self) -> &PointRecord {
+        &self.point
     }
 
-    /// The point's image, unchecked.
-    pub fn image(&self) -> &Image {
-        &self.image
+    /// The disk.
+    pub fn disk(&self) -> &DiskRecord {
+        &self.disk
     }
 
-    fn grain_end(&self, b: u64) -> u64 {
-        ((b + 1) * GRAIN).min(self.size)
+    /// The disk's position in its point.
+    pub fn disk_index(&self) -> usize {
+        self.index
     }
 
-    fn mismatch(&self, b: u64) -> Error {
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        self.caches.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn damaged(&self, what: String, offset: u64) -> Error {
         Error::new(
             ErrorKind::Corrupt,
             format!(
-                "point {}: the grain at bytes {}..{} does not match the hash kept at backup time (a point file was damaged or replaced); refusing to return other data",
-                self.point,
-                b * GRAIN,
-                self.grain_end(b)
+                "point {} of \"{}\", disk {}: {what}; refusing to return other data",
+                self.point.seq, self.point.name, self.disk.label
             ),
         )
-        .with_path(&self.dir)
-        .at(b * GRAIN)
+        .with_path(PathBuf::from(self.repo.location()))
+        .at(offset)
     }
 
-    /// Check grain `b`, whose bytes are `data`.
-    fn check(&self, b: u64, data: &[u8]) -> Result<()> {
-        if self.manifest.hash(b)? == Some(block_hash(data)) {
-            Ok(())
-        } else {
-            Err(self.mismatch(b))
+    /// The entries of leaf `j`.
+    pub(crate) fn leaf(&self, j: u64) -> Result<Arc<Vec<LeafEntry>>> {
+        if let Some(l) = self.caches().leaves.get(&j) {
+            return Ok(Arc::clone(l));
         }
+        let got = {
+            let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+            match t.chunk_id(0, j) {
+                Ok(id) if id.is_zero() => return Ok(zero_leaf()),
+                Ok(_) => t.leaf(j),
+                Err(e) => Err(e),
+            }
+        };
+        let leaf = Arc::new(got.map_err(|e| {
+            self.damaged(
+                format!("its index cannot be read ({})", e.message()),
+                j * FANOUT * self.repo.block_size(),
+            )
+        })?);
+        let mut c = self.caches();
+        if c.leaves.insert(j, Arc::clone(&leaf)).is_none() {
+            c.leaf_order.push_back(j);
+        }
+        while c.leaf_order.len() > CACHED_LEAVES {
+            if let Some(k) = c.leaf_order.pop_front() {
+                c.leaves.remove(&k);
+            }
+        }
+        Ok(leaf)
     }
 
-    /// Whether the manifest says grain `b` is all zero.
-    fn zero_in_manifest(&self, b: u64) -> Result<bool> {
-        let len = self.grain_end(b) - b * GRAIN;
-        Ok(self.manifest.hash(b)? == Some(self.manifest.zero_hash(len)))
+    fn block_len(&self, b: u64) -> u64 {
+        let bs = self.repo.block_size();
+        bs.min(self.disk.size - b * bs)
+    }
+
+    /// The entry of block `b`.
+    pub(crate) fn entry(&self, b: u64) -> Result<LeafEntry> {
+        let leaf = self.leaf(b / FANOUT)?;
+        leaf.get((b % FANOUT) as usize)
+            .copied()
+            .ok_or_else(|| self.damaged("its index is shorter than the disk".into(), b))
+    }
+
+    /// The bytes of block `b` (`None`: all zero), checked.
+    fn block(&self, b: u64, keep: bool) -> Result<Option<Arc<Vec<u8>>>> {
+        if let Some(d) = self.caches().blocks.get(&b) {
+            return Ok(Some(Arc::clone(d)));
+        }
+        let e = self.entry(b)?;
+        if e.is_zero() {
+            return Ok(None);
+        }
+        let bs = self.repo.block_size();
+        let data = self.repo.read_blob(&e.id, bs as usize).map_err(|err| {
+            self.damaged(
+                format!(
+                    "the block at bytes {}..{} cannot be read ({})",
+                    b * bs,
+                    b * bs + self.block_len(b),
+                    err.message()
+                ),
+                b * bs,
+            )
+        })?;
+        if data.len() as u64 != self.block_len(b) {
+            return Err(self.damaged(
+                format!(
+                    "the block at bytes {}.. is {} bytes, not {}",
+                    b * bs,
+                    data.len(),
+                    self.block_len(b)
+                ),
+                b * bs,
+            ));
+        }
+        let data = Arc::new(data);
+        if keep {
+            let mut c = self.caches();
+            if c.blocks.insert(b, Arc::clone(&data)).is_none() {
+                c.block_order.push_back(b);
+            }
+            while c.block_order.len() > CACHED_BLOCKS {
+                if let Some(k) = c.block_order.pop_front() {
+                    c.blocks.remove(&k);
+                }
+            }
+        }
+        Ok(Some(data))
     }
 }
 
-impl DiskImage for CheckedPoint {
+impl DiskImage for PointImage {
     fn size(&self) -> u64 {
-        self.size
+        self.disk.size
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> Result<()> {
-        check_range(self.size, offset, buf.len() as u64)?;
+        check_range(self.disk.size, offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(());
         }
+        let bs = self.repo.block_size();
         let end = offset + buf.len() as u64;
-        let first = offset / GRAIN;
-        let last = (end - 1) / GRAIN;
-        if offset.is_multiple_of(GRAIN) && (end.is_multiple_of(GRAIN) || end == self.size) {
-            // Whole grains (what a copy asks for: the allocation map is in whole grains).
-            self.image.read_at(buf, offset)?;
-            for b in first..=last {
-                let s = (b * GRAIN - offset) as usize;
-                let e = (self.grain_end(b) - offset) as usize;
-                self.check(b, &buf[s..e])?;
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        for b in first..=last {
+            let bstart = b * bs;
+            let s = bstart.max(offset);
+            let e = (bstart + self.block_len(b)).min(end);
+            let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
+            // Whole blocks (what copies ask for) are not kept; parts are, for the next part.
+            let whole = s == bstart && e == bstart + self.block_len(b);
+            match self.block(b, !whole)? {
+                None => out.fill(0),
+                Some(d) => out.copy_from_slice(&d[(s - bstart) as usize..(e - bstart) as usize]),
             }
-            return Ok(());
         }
-        // Parts of grains: each grain is read whole, checked, and the part copied.
-        thread_local! {
-            static GRAIN_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        GRAIN_BUF.with(|g| {
-            let mut g = g.borrow_mut();
-            for b in first..=last {
-                let gs = b * GRAIN;
-                let ge = self.grain_end(b);
-                g.resize((ge - gs) as usize, 0);
-                self.image.read_at(&mut g[..], gs)?;
-                self.check(b, &g[..])?;
-                let s = gs.max(offset);
-                let e = ge.min(end);
-                buf[(s - offset) as usize..(e - offset) as usize]
-                    .copy_from_slice(&g[(s - gs) as usize..(e - gs) as usize]);
-            }
-            Ok(())
-        })
+        Ok(())
     }
 
-    /// The chain's map in whole grains: a grain holding data anywhere is data (so that copies
-    /// read, and check, whole grains), and a grain the chain reads as zero whose hash says it
-    /// held data is data too (reading it then fails the check).
+    /// Data where a block holds data; a hole (reading as zero) where a block is all zero.
     fn allocation(&self, offset: u64, length: u64) -> Result<Vec<Extent>> {
-        check_range(self.size, offset, length)?;
+        check_range(self.disk.size, offset, length)?;
         let mut out = Vec::new();
         if length == 0 {
             return Ok(out);
         }
+        let bs = self.repo.block_size();
         let end = offset + length;
-        let qs = offset / GRAIN * GRAIN;
-        let qe = end.div_ceil(GRAIN).saturating_mul(GRAIN).min(self.size);
-        let inner = self.image.allocation(qs, qe - qs)?;
-        let wb = self.manifest.window_blocks();
-        let mut i = 0;
-        let mut b = qs / GRAIN;
-        let end_grain = qe.div_ceil(GRAIN);
-        while b < end_grain {
-            // A window the manifest says is all zero, where the chain stores no data, needs
-            // no look at its grains: the map is the chain's (work follows the data).
-            let w = b / wb;
-            let window_end = ((w + 1) * wb).min(end_grain);
-            let ws = b * GRAIN;
-            let we = (window_end * GRAIN).min(self.size);
-            while i < inner.len() && inner[i].end() <= ws {
-                i += 1;
+        let mut b = offset / bs;
+        while b * bs < end {
+            let j = b / FANOUT;
+            let leaf = self.leaf(j)?;
+            let leaf_end = ((j + 1) * FANOUT).min(self.shape.blocks);
+            while b < leaf_end && b * bs < end {
+                let e = leaf[(b - j * FANOUT) as usize];
+                let s = (b * bs).max(offset);
+                let t = (b * bs + self.block_len(b)).min(end);
+                coalesce(
+                    &mut out,
+                    Extent {
+                        start: s,
+                        length: t - s,
+                        allocation: if e.is_zero() {
+                            Allocation::Unallocated
+                        } else {
+                            Allocation::Data
+                        },
+                        depth: 0,
+                    },
+                );
+                b += 1;
             }
-            let data_here = inner[i..]
-                .iter()
-                .take_while(|e| e.start < we)
-                .any(|e| e.allocation == Allocation::Data);
-            if !data_here && self.manifest.window_is_zero(w) {
-                for e in inner[i..].iter().take_while(|e| e.start < we) {
-                    let s = e.start.max(ws).max(offset);
-                    let t = e.end().min(we).min(end);
-                    if t > s {
-                        coalesce(
-                            &mut out,
-                            Extent {
-                                start: s,
-                                length: t - s,
-                                allocation: e.allocation,
-                                depth: e.depth,
-                            },
-                        );
-                    }
-                }
-                b = window_end;
-                continue;
-            }
-            let gs = b * GRAIN;
-            let ge = self.grain_end(b);
-            let mut alloc = Allocation::Unallocated;
-            let mut depth = 0;
-            let mut j = i;
-            while j < inner.len() && inner[j].start < ge {
-                let e = &inner[j];
-                if depth == 0 {
-                    depth = e.depth;
-                }
-                match e.allocation {
-                    Allocation::Data => {
-                        alloc = Allocation::Data;
-                        depth = e.depth;
-                        break;
-                    }
-                    Allocation::Zero => alloc = Allocation::Zero,
-                    Allocation::Unallocated => {}
-                }
-                j += 1;
-            }
-            if alloc != Allocation::Data && !self.zero_in_manifest(b)? {
-                alloc = Allocation::Data;
-            }
-            coalesce(
-                &mut out,
-                Extent {
-                    start: gs.max(offset),
-                    length: ge.min(end) - gs.max(offset),
-                    allocation: alloc,
-                    depth,
-                },
-            );
-            b += 1;
         }
         Ok(out)
     }
 
     fn format_name(&self) -> &'static str {
-        self.image.format_name()
-    }
-
-    fn advise(&self, offset: u64, len: u64, advice: Advice) {
-        self.image.advise(offset, len, advice)
+        "vdisk-point"
     }
 
     fn files(&self) -> Vec<FileId> {
-        let mut f = self.image.files();
-        f.extend(self.manifest.bytes().id());
-        f
+        Vec::new()
     }
 }

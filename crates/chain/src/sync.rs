@@ -1,232 +1,339 @@
-//! Copying a repository's points to another location (a folder or an object store, either
-//! way): only the files the destination lacks move, what arrives is checked against the
-//! hashes kept at backup time, and the destination's metadata switches last, so a sync killed
-//! at any instant leaves the destination as it was.
+//! Copying points between repositories (folders and object stores, either way), and bringing
+//! a layout-2 repository's points into layout 3.
+//!
+//! Only what the destination lacks moves: the blobs it has (by id) are never sent. Between
+//! two repositories that share their key (a destination made by `sync` itself), sealed blobs
+//! move as they are; between repositories with different keys, blocks are opened, checked,
+//! and hashed and sealed again with the destination's keys. Every pack written is read back
+//! from the destination and checked before anything refers to it, and its table is written
+//! at once: a sync killed at any instant resumes where it was (what it copied counts), and
+//! the destination's points appear only once whole, each a conditional create.
 
-use std::collections::{HashMap, HashSet};
+use vdisk_core::{Error, ErrorKind, Result};
 
-use vdisk_core::{Error, ErrorKind, Progress, Result};
-
-use crate::meta::{FileCheck, RepoMeta, RestorePoint};
-use crate::repo::{repo_err, Repository};
+use crate::backup::{AsPoint, BackupOptions, BlobWriter, DiskSource};
+use crate::config::{Config, KeyFile, CONFIG};
+use crate::crypto::BlockId;
+use crate::locks::Registration;
+use crate::point::point_key;
+use crate::repository::{err_at, Access, Point, Repository};
+use crate::source::Source;
+use crate::store::{self, Layout, Location};
+use crate::tree::{decode_leaf, Shape, TreeReader};
 use crate::verify::VerifyOptions;
 
 /// What a sync did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SyncSummary {
-    /// Points the destination holds now (the source's).
+    /// Points of the source looked at.
     pub points: usize,
-    /// Points whose files were copied (and checked).
+    /// Points copied now.
     pub points_copied: usize,
-    /// Files copied.
-    pub files_copied: usize,
-    /// Bytes copied.
+    /// Points the destination had already.
+    pub points_present: usize,
+    /// Blobs copied.
+    pub blobs_copied: u64,
+    /// Bytes of blobs copied (as stored in the destination).
     pub bytes_copied: u64,
-    /// Points the destination held that the source no longer does (folded by a prune).
-    pub points_removed: usize,
 }
-
-/// A file a point refers to, and what is known of it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Known<'a> {
-    /// A point's image file, with its checksums.
-    Checked(&'a FileCheck),
-    /// A manifest or bitmap: known by name (their names never change meaning: a prune
-    /// writes new names) and checked by the point's verify.
-    Plain,
-}
-
-fn files_of(p: &RestorePoint) -> Vec<(&str, Known<'_>)> {
-    let mut v: Vec<(&str, Known<'_>)> = p
-        .files
-        .iter()
-        .map(|f| (f.name.as_str(), Known::Checked(f)))
-        .collect();
-    v.push((p.hashes.as_str(), Known::Plain));
-    v.push((p.stored.as_str(), Known::Plain));
-    v
-}
-
-/// Bytes copied at a time.
-const COPY_CHUNK: usize = 8 << 20;
 
 impl Repository {
-    /// Make this repository (opened writable) hold `src`'s points: copy the files it lacks,
-    /// check every copied point against its hashes, then switch its metadata to `src`'s
-    /// (points `src` no longer has, folded by a prune, are removed).
-    ///
-    /// The destination must be empty, or a copy of `src` (the same disk, and the points both
-    /// hold made by the same backups); points it has that are newer than all of `src`'s are
-    /// never dropped.
-    ///
-    /// ```
-    /// use vdisk_chain::{Repository, VerifyOptions};
-    /// # let dir = tempfile::tempdir().unwrap();
-    /// # vdisk_chain::doc_example_repository(&dir.path().join("a"));
-    /// let src = Repository::open(dir.path().join("a"))?;
-    /// let mut dst = Repository::open_or_create(dir.path().join("b"))?;
-    /// let s = dst.sync_from(&src, &VerifyOptions::default())?;
-    /// assert_eq!((s.points, s.points_copied), (2, 2));
-    /// // Nothing left to move the second time.
-    /// let again = dst.sync_from(&src, &VerifyOptions::default())?;
-    /// assert_eq!((again.files_copied, again.bytes_copied), (0, 0));
-    /// # Ok::<(), vdisk_core::Error>(())
-    /// ```
-    pub fn sync_from(&mut self, src: &Repository, opts: &VerifyOptions<'_>) -> Result<SyncSummary> {
-        self.writable()?;
-        let want = src
-            .meta
-            .clone()
-            .ok_or_else(|| repo_err(&src.dir, ErrorKind::NotFound, "repository has no points"))?;
-        let have = self.meta.clone();
-        if let Some(have) = &have {
-            check_compatible(self, src, have, &want)?;
-        }
-        // What the destination's current metadata refers to, and what it says of it.
-        let mut referenced: HashMap<&str, Known<'_>> = HashMap::new();
-        if let Some(have) = &have {
-            for p in &have.points {
-                referenced.extend(files_of(p));
+    /// Open the repository at `location` to copy `src` into, making it if nothing is there:
+    /// then it shares `src`'s block size and key (so sealed blobs move as they are), and, if
+    /// `src` is encrypted, opens with the same password (`password`).
+    pub fn open_or_init_copy(
+        location: impl Into<Location>,
+        src: &Repository,
+        access: &Access<'_>,
+        password: Option<String>,
+    ) -> Result<Repository> {
+        let loc = location.into();
+        let (objects, legacy) = store::open_both(&loc)?;
+        match store::layout_of(&*objects, &*legacy)? {
+            Layout::None => {}
+            Layout::Three => return Repository::open_in(objects, access),
+            Layout::Two => {
+                return Err(err_at(
+                    objects.location(),
+                    ErrorKind::Refused,
+                    "holds a layout-2 repository; sync into a new location",
+                ))
             }
         }
-        let present: HashMap<String, u64> = self
-            .store
-            .list()?
+        // A new repository with the source's key.
+        let root = objects.location().to_path_buf();
+        if let Some(dir) = objects.folder() {
+            if std::fs::read_dir(dir).is_ok_and(|mut rd| rd.next().is_some()) {
+                return Err(err_at(&root, ErrorKind::Refused, "is not a vdisk repository and holds other files; sync into a new or empty folder"));
+            }
+        } else if !objects.list("")?.is_empty() {
+            return Err(err_at(
+                &root,
+                ErrorKind::Refused,
+                "is not a vdisk repository and holds other objects; sync under a new prefix",
+            ));
+        }
+        objects.prepare()?;
+        let config = Config::copy_of(&src.inner.config, &src.inner.master)?;
+        if config.encrypted {
+            let pw = password.ok_or_else(|| {
+                err_at(
+                    &root,
+                    ErrorKind::Refused,
+                    "the copy of an encrypted repository needs a password",
+                )
+            })?;
+            let key = KeyFile::new(&src.inner.master, pw.as_bytes(), &config.id)?;
+            objects.create(&KeyFile::name(&key.id), &key.encode())?;
+        }
+        if !objects.create(CONFIG, &config.encode())? {
+            return Repository::open_in(objects, access);
+        }
+        Repository::open_in(objects, access)
+    }
+
+    /// Make this repository hold the points of `src` (of `name`, or all) it lacks.
+    pub fn sync_from(
+        &self,
+        src: &Repository,
+        name: Option<&str>,
+        opts: &VerifyOptions<'_>,
+    ) -> Result<SyncSummary> {
+        if self.id() == src.id() {
+            return Err(err_at(
+                self.location(),
+                ErrorKind::Refused,
+                "source and destination are the same repository",
+            ));
+        }
+        let reg = Registration::register(self, "sync", None)?;
+        let want: Vec<Point> = src
+            .points()?
+            .points
             .into_iter()
-            .map(|f| (f.name, f.len))
+            .filter(|p| name.is_none_or(|n| p.record.name == n))
             .collect();
-        let mut summary = SyncSummary {
-            points: want.points.len(),
+        if want.is_empty() {
+            return Err(err_at(
+                src.location(),
+                ErrorKind::NotFound,
+                match name {
+                    Some(n) => format!("has no points of \"{n}\""),
+                    None => "repository has no points".into(),
+                },
+            ));
+        }
+        let mut sum = SyncSummary {
+            points: want.len(),
             ..Default::default()
         };
-        for p in &want.points {
-            let mut copied_here = false;
-            for (name, known) in files_of(p) {
-                let same = match (referenced.get(name), &known) {
-                    (Some(Known::Checked(a)), Known::Checked(b)) => a == b,
-                    (Some(Known::Plain), Known::Plain) => true,
-                    _ => false,
-                };
-                if same && present.contains_key(name) {
+        let same_ids = self.keys().same_ids(src.keys()) && self.block_size() == src.block_size();
+        let same_seal = same_ids && self.keys().same_seal(src.keys());
+        for p in &want {
+            let key = point_key(&self.keys().name_tag(&p.record.name), p.record.seq);
+            match self.read_point(&key) {
+                Ok(have) if have.unix == p.record.unix && have.disks == p.record.disks => {
+                    sum.points_present += 1;
                     continue;
                 }
-                if referenced.contains_key(name) {
-                    // Never replace a file the destination's points use.
-                    return Err(repo_err(
-                        &self.dir,
+                Ok(have) if have.unix == p.record.unix && !same_ids => {
+                    sum.points_present += 1;
+                    continue;
+                }
+                Ok(_) => {
+                    return Err(err_at(
+                        self.location(),
                         ErrorKind::Refused,
                         format!(
-                            "holds another {name} than {} (not a copy of it); sync into an empty location",
-                            src.dir.display()
+                            "its point {} of \"{}\" was made by another backup than {}'s; it is not a copy of it (sync into an empty location)",
+                            p.record.seq,
+                            p.record.name,
+                            src.location().display()
                         ),
+                    ))
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if same_ids {
+                let mut w = BlobWriter::new(self, true)?;
+                w.table_per_pack = true;
+                for d in &p.record.disks {
+                    copy_tree(src, &mut w, d.size, d.root_id(), same_seal, opts)?;
+                }
+                w.write_table()?;
+                sum.blobs_copied += w.blobs_added;
+                sum.bytes_copied += w.bytes_added;
+                reg.check_fresh()?;
+                let sealed = p.record.seal(self.keys(), &key)?;
+                if !self.store().create(&key, &sealed)? {
+                    return Err(err_at(
+                        self.location(),
+                        ErrorKind::InUse,
+                        format!("{key} appeared while it was copied; nothing was replaced"),
                     ));
                 }
-                summary.bytes_copied += copy_file(src, self, name, opts.progress)?;
-                summary.files_copied += 1;
-                copied_here = true;
+            } else {
+                // Other keys: the blocks are read (checked), hashed and sealed anew, as a
+                // backup of the point with its number and time.
+                let images: Vec<_> = (0..p.record.disks.len())
+                    .map(|i| src.point_image(p, Some(&i.to_string())))
+                    .collect::<Result<_>>()?;
+                let disks: Vec<DiskSource<'_>> = images
+                    .iter()
+                    .zip(&p.record.disks)
+                    .map(|(img, d)| DiskSource {
+                        image: img,
+                        source: Source {
+                            identity: d.source.clone(),
+                            unclean: false,
+                        },
+                        label: d.label.clone(),
+                    })
+                    .collect();
+                let bopts = BackupOptions {
+                    force: true,
+                    throttle: opts.throttle,
+                    progress: opts.progress,
+                    ..Default::default()
+                };
+                let s = self.backup_as(
+                    &p.record.name,
+                    &disks,
+                    &bopts,
+                    Some(AsPoint {
+                        seq: p.record.seq,
+                        unix: p.record.unix,
+                        host: None,
+                    }),
+                )?;
+                sum.blobs_copied += s.blobs_added;
+                sum.bytes_copied += s.bytes_added;
             }
-            if copied_here {
-                // Check what arrived, from the destination, before anything refers to it.
-                let problems = self.verify_point(p, &want, opts);
-                if let Some(first) = problems.first() {
-                    return Err(repo_err(
-                        &self.dir,
-                        ErrorKind::Corrupt,
-                        format!(
-                            "point {} did not arrive whole ({first}); nothing was changed",
-                            p.point
-                        ),
-                    ));
+            sum.points_copied += 1;
+        }
+        Ok(sum)
+    }
+
+    /// Bring the points of `old`, a layout-2 repository, into this one as points of `name`
+    /// (with their numbers and times), each read with every grain checked. Points already
+    /// brought over are passed.
+    pub fn import_layout2(
+        &self,
+        old: &crate::layout2::Repository,
+        name: &str,
+        opts: &VerifyOptions<'_>,
+    ) -> Result<SyncSummary> {
+        let meta = old
+            .meta()
+            .ok_or_else(|| err_at(old.dir(), ErrorKind::NotFound, "repository has no points"))?;
+        let label = std::path::Path::new(&meta.disk.source)
+            .file_name()
+            .map_or_else(|| "disk".to_string(), |n| n.to_string_lossy().into_owned());
+        let tag = self.keys().name_tag(name);
+        let mut sum = SyncSummary {
+            points: meta.points.len(),
+            ..Default::default()
+        };
+        for p in &meta.points {
+            match self.read_point(&point_key(&tag, p.point)) {
+                Ok(_) => {
+                    sum.points_present += 1;
+                    continue;
                 }
-                summary.points_copied += 1;
-            } else if let Some(pr) = opts.progress {
-                // Neither copied nor read back.
-                pr.skipped(p.changed_bytes.saturating_mul(2));
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
             }
+            let img = old.checked_point(Some(p.point))?;
+            let disks = [DiskSource {
+                image: &img,
+                source: Source {
+                    identity: meta.disk.source.clone(),
+                    unclean: false,
+                },
+                label: label.clone(),
+            }];
+            let unix =
+                crate::clock::parse_rfc3339(&p.created).unwrap_or_else(crate::clock::now_secs);
+            let bopts = BackupOptions {
+                force: true,
+                throttle: opts.throttle,
+                progress: opts.progress,
+                ..Default::default()
+            };
+            let s = self.backup_as(
+                name,
+                &disks,
+                &bopts,
+                Some(AsPoint {
+                    seq: p.point,
+                    unix,
+                    host: None,
+                }),
+            )?;
+            sum.points_copied += 1;
+            sum.blobs_copied += s.blobs_added;
+            sum.bytes_copied += s.bytes_added;
         }
-        let kept: HashSet<u64> = want.points.iter().map(|p| p.point).collect();
-        summary.points_removed = have.as_ref().map_or(0, |h| {
-            h.points.iter().filter(|p| !kept.contains(&p.point)).count()
-        });
-        let unchanged = have.as_ref() == Some(&want);
-        if !unchanged {
-            self.commit(want)?;
-        }
-        Ok(summary)
+        Ok(sum)
     }
 }
 
-/// Refuse a destination that is not a copy of `src` (another disk, other backups), or that
-/// holds points newer than all of `src`'s.
-fn check_compatible(
-    dst: &Repository,
+/// Copy into `w` every blob of the disk index under `root` (a disk of `size` bytes) and every
+/// block it names that the destination lacks.
+fn copy_tree(
     src: &Repository,
-    have: &RepoMeta,
-    want: &RepoMeta,
+    w: &mut BlobWriter,
+    size: u64,
+    root: BlockId,
+    same_seal: bool,
+    opts: &VerifyOptions<'_>,
 ) -> Result<()> {
-    let refuse = |why: String| {
-        Err(Error::new(
-            ErrorKind::Refused,
-            format!(
-                "{why}; it is not a copy of {} (sync into an empty location)",
-                src.dir.display()
-            ),
-        )
-        .with_path(&dst.dir))
+    let shape = Shape::new(size, src.block_size())?;
+    let max = src.max_blob();
+    let mut t = TreeReader::new(shape.clone(), root, |id: &BlockId| src.read_blob(id, max));
+    let copy = |id: &BlockId, w: &mut BlobWriter| -> Result<()> {
+        if id.is_zero() || w.index.lookup(id)?.is_some() {
+            return Ok(());
+        }
+        let sealed = if same_seal {
+            let (_, at) = src.locate(id)?;
+            let at = at.ok_or_else(|| {
+                Error::corrupt(format!("block {} is in no pack", &id.hex()[..16]))
+                    .with_path(src.location())
+            })?;
+            let sealed = src.read_sealed(&at)?;
+            // Checked before it leaves.
+            crate::pack::check_blob(src.keys(), id, &sealed, max)
+                .map_err(|e| e.with_path(src.location()))?;
+            sealed
+        } else {
+            let data = src.read_blob(id, max)?;
+            crate::pack::seal_blob(w.repo.keys(), id, &data)?
+        };
+        if let Some(t) = opts.throttle {
+            t.take(sealed.len() as u64);
+        }
+        if let Some(p) = opts.progress {
+            p.read(sealed.len() as u64);
+        }
+        w.put_sealed(*id, &sealed)
     };
-    if have.disk.source != want.disk.source {
-        return refuse(format!(
-            "backs up {}, not {}",
-            have.disk.source, want.disk.source
-        ));
+    for j in 0..shape.leaves() {
+        let id = t.chunk_id(0, j)?;
+        if id.is_zero() || w.index.lookup(&id)?.is_some() {
+            continue;
+        }
+        for e in decode_leaf(&src.read_blob(&id, max)?, shape.items(0, j))? {
+            copy(&e.id, w)?;
+        }
+        copy(&id, w)?;
     }
-    let newest = want.points.last().map_or(0, |p| p.point);
-    for p in &have.points {
-        match want.point(p.point) {
-            // A prune rewrites a point's image, never its CID, time or hashes.
-            Some(q) if q.cid == p.cid && q.created == p.created && q.hashes == p.hashes => {}
-            Some(_) => return refuse(format!("its point {} was made by another backup", p.point)),
-            None if p.point > newest => {
-                return refuse(format!(
-                    "it holds point {}, newer than any point of the source",
-                    p.point
-                ))
-            }
-            None => {}
+    for k in 1..shape.levels.len() {
+        for j in 0..shape.levels[k] {
+            let id = t.chunk_id(k, j)?;
+            copy(&id, w)?;
         }
     }
     Ok(())
-}
-
-/// Copy `name` from `src` to `dst`, a piece at a time; returns its length.
-fn copy_file(
-    src: &Repository,
-    dst: &Repository,
-    name: &str,
-    progress: Option<&dyn Progress>,
-) -> Result<u64> {
-    let from = src.store.load(&src.path(name))?;
-    let len = from.len();
-    let mut out = dst.store.create_stream(name)?;
-    let mut buf = vec![0u8; COPY_CHUNK.min(len as usize)];
-    let mut at = 0u64;
-    while at < len {
-        let n = (len - at).min(buf.len() as u64) as usize;
-        from.read_at(&mut buf[..n], at)?;
-        out.writer()
-            .write_all(&buf[..n])
-            .map_err(|e| Error::io("cannot write", e).with_path(dst.path(name)))?;
-        at += n as u64;
-        if let Some(pr) = progress {
-            pr.read(n as u64);
-        }
-    }
-    let written = out.finish()?;
-    if written != len {
-        return Err(
-            Error::new(ErrorKind::Io, format!("copied {written} of {len} bytes"))
-                .with_path(dst.path(name)),
-        );
-    }
-    Ok(len)
 }

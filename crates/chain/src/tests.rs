@@ -1,511 +1,549 @@
-//! The repository's logic on a store held in memory: backups (full, by hashing, by a
-//! changed-block map), what is refused, restores that check every grain, verify finding each
-//! kind of damage, prune, sync and clean-up. No file system, qemu, strace or object store.
+//! Layout 3 on a store held in memory: backups (full, by fingerprints, by a changed-block
+//! map, several disks, several NAMEs), restores that check every block, tampering of every
+//! kind of object, encryption, retention and garbage collection (with readers and writers
+//! running), sync (same key, other keys, resumed), and the crafted objects of the issue.
 
 use std::sync::Arc;
 
 use vdisk_bitmap::ChangeMap;
-use vdisk_core::{CopyOptions, DiskImage, ErrorKind, MemImage};
+use vdisk_core::{DiskImage, ErrorKind, MemImage};
 
-use crate::meta::META_FILE;
 use crate::store::memory::MemoryStore;
-use crate::verify::PointProblem;
-use crate::{BackupOptions, PointKind, Repository, Source, VerifyOptions, GRAIN};
+use crate::store::objects::{MemoryObjects, Objects};
+use crate::{
+    Access, BackupOptions, DiskSource, InitOptions, PruneOptions, Repository, Retention, Source,
+    VerifyOptions,
+};
 
-const G: usize = GRAIN as usize;
+const B: usize = 64 << 10;
 
-fn source(name: &str) -> Source {
-    Source {
-        identity: name.into(),
-        unclean: false,
+fn fast_kdf() {
+    std::env::set_var("VDISK_KDF_MEMORY_KIB", "8192");
+}
+
+fn repo_on(store: &MemoryObjects, password: Option<&str>) -> Repository {
+    fast_kdf();
+    let opts = InitOptions {
+        password: password.map(str::to_string),
+        ..Default::default()
+    };
+    Repository::init_in(Arc::new(store.clone()), &MemoryStore::new("legacy"), &opts).unwrap()
+}
+
+fn new_repo(password: Option<&str>) -> (MemoryObjects, Repository) {
+    let s = MemoryObjects::new("r");
+    let r = repo_on(&s, password);
+    (s, r)
+}
+
+fn reopen(store: &MemoryObjects, password: Option<&str>) -> vdisk_core::Result<Repository> {
+    fast_kdf();
+    let pw = password.map(str::to_string);
+    let f = move |_: &std::path::Path| Ok(pw.clone().unwrap_or_default());
+    Repository::open_in(Arc::new(store.clone()), &Access { password: Some(&f) })
+}
+
+/// `n` blocks of random-looking bytes, block `i` drawn from `seed + i` (never zero, all
+/// different, incompressible).
+fn disk(n: usize, seed: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(n * B);
+    for b in 0..n {
+        let mut x = u64::from(seed + b as u32).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        for _ in 0..B / 8 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(&x.to_le_bytes());
+        }
+    }
+    out
+}
+
+fn src<'a>(img: &'a MemImage, id: &str) -> DiskSource<'a> {
+    DiskSource {
+        image: img,
+        source: Source {
+            identity: id.into(),
+            unclean: false,
+        },
+        label: id.rsplit('/').next().unwrap_or(id).into(),
     }
 }
 
-/// A disk of `n` grains, grain `g` filled with `g + seed` (never zero).
-fn disk(n: usize, seed: u8) -> Vec<u8> {
-    (0..n * G).map(|i| (i / G) as u8 + seed).collect()
+fn backup(r: &Repository, name: &str, bytes: &[u8]) -> crate::BackupSummary {
+    let img = MemImage::new(bytes.to_vec());
+    r.backup(
+        name,
+        &[src(&img, &format!("/{name}.raw"))],
+        &BackupOptions::default(),
+    )
+    .unwrap()
 }
 
-fn writable(store: &MemoryStore) -> Repository {
-    Repository::open_or_create_in(Arc::new(store.clone())).unwrap()
+fn restored(r: &Repository, name: &str, seq: Option<u64>) -> vdisk_core::Result<Vec<u8>> {
+    let p = r.select(Some(name), seq)?;
+    let img = r.point_image(&p, None)?;
+    let mut out = vec![0u8; img.size() as usize];
+    img.read_at(&mut out, 0)?;
+    Ok(out)
 }
 
-fn readable(store: &MemoryStore) -> Repository {
-    Repository::open_in(Arc::new(store.clone())).unwrap()
-}
-
-fn backup(store: &MemoryStore, bytes: &[u8]) -> crate::BackupSummary {
-    writable(store)
-        .backup_image(
-            &MemImage::new(bytes.to_vec()),
-            &source("vm1/disk0"),
-            &BackupOptions::default(),
-        )
+fn sound(r: &Repository) -> bool {
+    r.verify(None, None, &VerifyOptions::default())
         .unwrap()
+        .iter()
+        .all(|x| x.sound())
 }
 
-fn read_point(repo: &Repository, n: u64) -> vdisk_core::Result<Vec<u8>> {
-    let p = repo.checked_point(Some(n))?;
-    let mut buf = vec![0u8; p.size() as usize];
-    p.read_at(&mut buf, 0)?;
-    Ok(buf)
-}
-
-fn verify(store: &MemoryStore) -> Vec<crate::PointReport> {
-    readable(store)
-        .verify(None, &VerifyOptions::default())
-        .unwrap()
-}
-
-/// Flip a byte of the grain of point `n` that holds `fill` in every byte (found in the
-/// point's extent by its content, wherever the layout put it).
-fn flip_grain(store: &MemoryStore, n: u64, fill: u8) {
-    let extent = file_of(store, n, "-s001.vmdk");
-    let mut bytes = store.get(&extent).unwrap();
-    let at = bytes
-        .windows(4096)
-        .position(|w| w.iter().all(|&b| b == fill))
-        .unwrap_or_else(|| panic!("no grain of {fill:#x} in {extent}"));
-    bytes[at + 100] ^= 1;
-    store.set(&extent, bytes);
-}
-
-/// The descriptor of point `n`.
-fn descriptor_of(n: u64) -> String {
-    format!("point-{n:06}.vmdk")
-}
-
-/// The name of the (first) file of point `n` whose name ends with `suffix`.
-fn file_of(store: &MemoryStore, n: u64, suffix: &str) -> String {
-    let prefix = format!("point-{n:06}");
-    store
-        .names()
+fn names(s: &MemoryObjects, prefix: &str) -> Vec<String> {
+    s.names()
         .into_iter()
-        .find(|f| f.starts_with(&prefix) && f.ends_with(suffix))
-        .unwrap_or_else(|| panic!("no {suffix} file of point {n}: {:?}", store.names()))
+        .filter(|n| n.starts_with(prefix))
+        .collect()
 }
 
 #[test]
-fn a_first_backup_is_a_full_point_that_restores_exactly() {
-    let store = MemoryStore::new("r");
-    let d = disk(16, 1);
-    let s = backup(&store, &d);
-    assert_eq!((s.point, s.kind, s.points), (1, PointKind::Full, 1));
-    assert_eq!(s.bytes_read, d.len() as u64);
-    assert!(read_point(&readable(&store), 1).unwrap() == d);
+fn full_hash_and_cbt_points_restore_exactly_and_store_only_changes() {
+    for pw in [None, Some("pw")] {
+        let (_, r) = new_repo(pw);
+        let mut d = disk(40, 1);
+        // Zero blocks are stored nowhere.
+        d[5 * B..8 * B].fill(0);
+        let s1 = backup(&r, "vm", &d);
+        assert_eq!((s1.point, s1.kind.name()), (1, "full"));
+        // 37 data blocks, one leaf.
+        assert_eq!(s1.blobs_added, 37 + 1);
+        let v1 = d.clone();
+        // By fingerprints: two blocks change.
+        d[3 * B + 9] ^= 1;
+        d[30 * B] ^= 1;
+        let s2 = backup(&r, "vm", &d);
+        assert_eq!(
+            (s2.point, s2.kind.name(), s2.blobs_added),
+            (2, "incremental", 3)
+        );
+        let v2 = d.clone();
+        // By a changed-block map: only marked blocks are read.
+        d[20 * B + 100] ^= 0xff;
+        let mut cbt = ChangeMap::new(d.len() as u64, 4096).unwrap();
+        cbt.mark_bytes(20 * B as u64 + 100, 1).unwrap();
+        let img = MemImage::new(d.clone());
+        let opts = BackupOptions {
+            changed: vec![Some(cbt)],
+            ..Default::default()
+        };
+        let s3 = r.backup("vm", &[src(&img, "/vm.raw")], &opts).unwrap();
+        assert_eq!((s3.point, s3.bytes_read, s3.blobs_added), (3, B as u64, 2));
+        for (n, want) in [(1, &v1), (2, &v2), (3, &d)] {
+            assert_eq!(&restored(&r, "vm", Some(n)).unwrap(), want, "point {n}");
+        }
+        assert!(sound(&r));
+    }
 }
 
 #[test]
-fn an_unchanged_disk_makes_an_empty_incremental() {
-    let store = MemoryStore::new("r");
-    let d = disk(8, 1);
-    backup(&store, &d);
-    let s = backup(&store, &d);
-    assert_eq!((s.point, s.kind), (2, PointKind::Incremental));
-    assert_eq!(readable(&store).points()[1].changed_bytes, 0);
-    assert!(read_point(&readable(&store), 2).unwrap() == d);
-}
-
-#[test]
-fn a_hashed_incremental_stores_only_the_changed_grains() {
-    let store = MemoryStore::new("r");
-    let mut d = disk(16, 1);
-    backup(&store, &d);
-    d[3 * G + 17] ^= 0xff;
-    d[9 * G..10 * G].fill(0); // zeroed: stored as a zeroed grain
-    backup(&store, &d);
-    let repo = readable(&store);
-    assert_eq!(repo.points()[1].changed_bytes, 2 * GRAIN);
-    assert!(read_point(&repo, 2).unwrap() == d);
-    // The first point still reads as it was.
-    assert!(read_point(&repo, 1).unwrap() == disk(16, 1));
-}
-
-#[test]
-fn a_changed_block_map_is_trusted_and_only_its_blocks_are_read() {
-    let store = MemoryStore::new("r");
-    let mut d = disk(16, 1);
-    backup(&store, &d);
-    d[5 * G] = 0xee;
-    let mut cbt = ChangeMap::new(d.len() as u64, GRAIN).unwrap();
-    cbt.mark_bytes((5 * G) as u64, 1).unwrap();
-    let opts = BackupOptions {
-        changed: Some(cbt),
-        ..Default::default()
-    };
-    let s = writable(&store)
-        .backup_image(&MemImage::new(d.clone()), &source("vm1/disk0"), &opts)
-        .unwrap();
-    assert_eq!(s.bytes_read, GRAIN);
-    assert!(read_point(&readable(&store), 2).unwrap() == d);
-}
-
-#[test]
-fn a_change_the_map_does_not_list_is_not_backed_up_but_verify_still_holds() {
-    // The map is a promise from the hypervisor: a change it misses is missed (this is why
-    // it must be a superset); what was stored still verifies.
-    let store = MemoryStore::new("r");
-    let mut d = disk(4, 1);
-    backup(&store, &d);
-    d[G] = 0;
-    let opts = BackupOptions {
-        changed: Some(ChangeMap::new(d.len() as u64, GRAIN).unwrap()),
-        ..Default::default()
-    };
-    writable(&store)
-        .backup_image(&MemImage::new(d), &source("vm1/disk0"), &opts)
-        .unwrap();
-    assert!(read_point(&readable(&store), 2).unwrap() == disk(4, 1));
-    assert!(verify(&store).iter().all(|r| r.sound()));
-}
-
-#[test]
-fn a_bitmap_of_another_size_is_refused_and_nothing_is_written() {
-    let store = MemoryStore::new("r");
-    let d = disk(4, 1);
-    backup(&store, &d);
-    let before = store.names();
-    let opts = BackupOptions {
-        changed: Some(ChangeMap::new(2 * d.len() as u64, GRAIN).unwrap()),
-        ..Default::default()
-    };
-    let e = writable(&store)
-        .backup_image(&MemImage::new(d), &source("vm1/disk0"), &opts)
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    assert!(e.message().contains("another disk"), "{e}");
-    assert_eq!(store.names(), before);
-}
-
-#[test]
-fn another_disk_is_refused_unless_forced() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(4, 1));
-    let e = writable(&store)
-        .backup_image(
-            &MemImage::new(disk(4, 2)),
-            &source("vm2/disk0"),
-            &BackupOptions::default(),
-        )
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsafe);
-    let forced = BackupOptions {
-        force: true,
-        ..Default::default()
-    };
-    let s = writable(&store)
-        .backup_image(&MemImage::new(disk(4, 2)), &source("vm2/disk0"), &forced)
-        .unwrap();
-    assert_eq!(s.point, 2);
-}
-
-#[test]
-fn an_unclean_source_is_refused_unless_forced() {
-    let store = MemoryStore::new("r");
-    let unclean = Source {
-        identity: "vm1/disk0".into(),
-        unclean: true,
-    };
-    let e = writable(&store)
-        .backup_image(
-            &MemImage::new(disk(2, 1)),
-            &unclean,
-            &BackupOptions::default(),
-        )
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Unsafe);
-    assert!(store.get(META_FILE).is_none(), "nothing committed");
-}
-
-#[test]
-fn a_disk_that_grows_and_shrinks_restores_at_each_size() {
-    let store = MemoryStore::new("r");
-    let small = disk(4, 1);
-    backup(&store, &small);
-    let mut big = disk(4, 1);
-    big.extend(disk(3, 50));
-    backup(&store, &big);
-    let mut shrunk = big[..5 * G + 1000].to_vec();
-    shrunk[100] = 0x99;
-    backup(&store, &shrunk);
-    let repo = readable(&store);
-    assert!(read_point(&repo, 1).unwrap() == small);
-    assert!(read_point(&repo, 2).unwrap() == big);
-    assert!(read_point(&repo, 3).unwrap() == shrunk);
-}
-
-#[test]
-fn a_disk_of_odd_size_restores_exactly() {
-    let store = MemoryStore::new("r");
-    let mut d = vec![0u8; 1_000_000];
-    d[999_999] = 7;
-    d[0] = 1;
-    backup(&store, &d);
-    assert!(read_point(&readable(&store), 1).unwrap() == d);
-}
-
-#[test]
-fn a_second_writer_is_refused_while_one_holds_the_lock() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(2, 1));
-    let first = Repository::open_or_create_in(Arc::new(store.clone())).unwrap();
-    let e = Repository::open_or_create_in(Arc::new(store.clone())).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InUse);
-    // Readers take no lock.
-    assert_eq!(readable(&store).points().len(), 1);
-    drop(first);
-    assert!(Repository::open_or_create_in(Arc::new(store)).is_ok());
-}
-
-#[test]
-fn a_reader_cannot_write() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(2, 1));
-    let mut r = readable(&store);
+fn a_clone_vm_and_a_second_disk_cost_almost_nothing_and_restore_by_disk() {
+    let (_, r) = new_repo(None);
+    let template = disk(64, 7);
+    let s1 = backup(&r, "web01", &template);
+    let mut clone = template.clone();
+    clone[10 * B] ^= 1;
+    let s2 = backup(&r, "web02", &clone);
+    assert_eq!(s2.point, 1);
+    assert!(
+        s2.bytes_added * 20 < s1.bytes_added,
+        "{} vs {}",
+        s2.bytes_added,
+        s1.bytes_added
+    );
+    // A point of two disks.
+    let a = MemImage::new(disk(3, 100));
+    let b = MemImage::new(disk(5, 200));
+    r.backup(
+        "db",
+        &[src(&a, "/vm/a.raw"), src(&b, "/vm/b.raw")],
+        &BackupOptions::default(),
+    )
+    .unwrap();
+    let p = r.select(Some("db"), None).unwrap();
+    assert_eq!(
+        r.point_image(&p, None).unwrap_err().kind(),
+        ErrorKind::Ambiguous
+    );
+    for (which, want) in [("0", &a), ("b.raw", &b)] {
+        let img = r.point_image(&p, Some(which)).unwrap();
+        let mut out = vec![0u8; img.size() as usize];
+        img.read_at(&mut out, 0).unwrap();
+        let mut exp = vec![0u8; want.size() as usize];
+        want.read_at(&mut exp, 0).unwrap();
+        assert_eq!(out, exp);
+    }
+    assert_eq!(
+        r.point_image(&p, Some("c.raw")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    // Which NAME: the only one, or given.
+    assert_eq!(
+        r.select(None, None).unwrap_err().kind(),
+        ErrorKind::Ambiguous
+    );
+    // The identity check stays per NAME and disk.
+    let other = MemImage::new(disk(3, 100));
     let e = r
-        .backup_image(
-            &MemImage::new(disk(2, 1)),
-            &source("vm1/disk0"),
+        .backup(
+            "db",
+            &[src(&other, "/elsewhere/a.raw"), src(&b, "/vm/b.raw")],
             &BackupOptions::default(),
         )
         .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(e.kind(), ErrorKind::Unsafe);
+    let e = r
+        .backup("db", &[src(&b, "/vm/b.raw")], &BackupOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsafe);
 }
 
 #[test]
-fn a_store_with_foreign_files_and_no_repository_is_refused() {
-    let store = MemoryStore::new("r");
-    store.set("holiday.jpg", vec![1, 2, 3]);
-    let e = Repository::open_or_create_in(Arc::new(store)).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Refused);
+fn odd_sizes_growth_and_shrinking_restore_exactly() {
+    let (_, r) = new_repo(None);
+    let mut d: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8 + 1).collect();
+    backup(&r, "a", &d);
+    assert_eq!(restored(&r, "a", None).unwrap(), d);
+    d.extend(std::iter::repeat_n(9u8, 300_000));
+    let s = backup(&r, "a", &d);
+    assert_eq!(s.kind.name(), "incremental");
+    assert_eq!(restored(&r, "a", None).unwrap(), d);
+    d.truncate(500_001);
+    backup(&r, "a", &d);
+    assert_eq!(restored(&r, "a", None).unwrap(), d);
+    assert_eq!(restored(&r, "a", Some(1)).unwrap().len(), 1_000_000);
+    // Reads of parts of blocks, across blocks.
+    let p = r.select(Some("a"), None).unwrap();
+    let img = r.point_image(&p, None).unwrap();
+    let mut part = vec![0u8; 70_000];
+    img.read_at(&mut part, 100_000).unwrap();
+    assert_eq!(part, d[100_000..170_000]);
 }
 
 #[test]
-fn leftovers_of_a_killed_run_are_removed_by_the_next_writer() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(2, 1));
-    store.set("point-000009.vmdk", b"half written".to_vec());
-    store.set("point-000009-s001.vmdk", vec![0; 100]);
-    store.set("notes.txt", b"the user's".to_vec());
-    drop(writable(&store));
-    let names = store.names();
-    assert!(
-        !names.iter().any(|n| n.starts_with("point-000009")),
-        "{names:?}"
-    );
-    assert!(names.iter().any(|n| n == "notes.txt"), "foreign files stay");
-}
-
-#[test]
-fn a_flipped_byte_in_a_stored_grain_is_found_by_verify_and_refused_by_restore() {
-    let store = MemoryStore::new("r");
-    let d = disk(8, 1);
-    backup(&store, &d);
-    flip_grain(&store, 1, 8); // grain 7
-    let reports = verify(&store);
-    assert!(!reports[0].sound());
-    assert!(
-        reports[0]
-            .problems
-            .iter()
-            .any(|p| matches!(p, PointProblem::GrainMismatch { .. })),
-        "{:?}",
-        reports[0].problems
-    );
-    let e = read_point(&readable(&store), 1).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt);
-    assert!(e.message().contains("does not match the hash"), "{e}");
-}
-
-#[test]
-fn damage_to_a_point_marks_the_points_after_it_as_affected() {
-    let store = MemoryStore::new("r");
-    let mut d = disk(8, 1);
-    backup(&store, &d);
-    d[0] = 0x55;
-    backup(&store, &d);
-    flip_grain(&store, 1, 4); // grain 3
-    let reports = verify(&store);
-    assert!(!reports[0].sound());
-    assert_eq!(reports[1].depends_on_damaged, Some(1));
-}
-
-#[test]
-fn a_changed_descriptor_fails_its_metadata_checksum() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(4, 1));
-    let desc = descriptor_of(1);
-    let text = String::from_utf8_lossy(&store.get(&desc).unwrap()).into_owned();
-    store.set(
-        &desc,
-        text.replace("ddb.adapterType", "ddb.adapterTypo")
-            .into_bytes(),
-    );
-    let reports = verify(&store);
-    assert!(
-        reports[0]
-            .problems
-            .iter()
-            .any(|p| matches!(p, PointProblem::MetadataChecksum { .. })),
-        "{:?}",
-        reports[0].problems
-    );
-}
-
-#[test]
-fn a_truncated_extent_is_found_by_its_length() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(4, 1));
-    let extent = file_of(&store, 1, "-s001.vmdk");
-    let mut bytes = store.get(&extent).unwrap();
-    bytes.truncate(bytes.len() - 512);
-    store.set(&extent, bytes);
-    let reports = verify(&store);
-    assert!(
-        reports[0]
-            .problems
-            .iter()
-            .any(|p| matches!(p, PointProblem::FileLength { .. })),
-        "{:?}",
-        reports[0].problems
-    );
-}
-
-#[test]
-fn a_missing_manifest_makes_a_point_unreadable_not_a_crash() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(4, 1));
-    let hashes = file_of(&store, 1, ".hashes");
-    store.set(&hashes, Vec::new());
-    let reports = verify(&store);
-    assert!(!reports[0].sound());
-    assert!(read_point(&readable(&store), 1).is_err());
-}
-
-#[test]
-fn verify_of_a_sound_repository_is_sound_and_reads_every_stored_grain() {
-    let store = MemoryStore::new("r");
-    let mut d = disk(8, 1);
-    backup(&store, &d);
-    d[2 * G] = 0;
-    backup(&store, &d);
-    let repo = readable(&store);
-    let total = repo.verify_bytes(None);
-    assert_eq!(total, 8 * GRAIN + GRAIN);
-    assert!(verify(&store).iter().all(|r| r.sound()));
-}
-
-#[test]
-fn prune_folds_the_oldest_points_and_every_kept_point_restores_as_before() {
-    let store = MemoryStore::new("r");
-    let mut states = Vec::new();
-    let mut d = disk(8, 1);
-    for i in 0..4u8 {
-        d[usize::from(i) * G] = 0xa0 + i;
-        backup(&store, &d);
-        states.push(d.clone());
-    }
-    let mut repo = Repository::open_writable_in(Arc::new(store.clone())).unwrap();
-    let s = repo.prune(2, &CopyOptions::default()).unwrap();
-    assert_eq!(s.folded, 2);
-    drop(repo);
-    let repo = readable(&store);
-    let kept: Vec<(u64, PointKind)> = repo.points().iter().map(|p| (p.point, p.kind)).collect();
-    assert_eq!(kept, [(3, PointKind::Full), (4, PointKind::Incremental)]);
-    assert!(read_point(&repo, 3).unwrap() == states[2]);
-    assert!(read_point(&repo, 4).unwrap() == states[3]);
-    assert!(verify(&store).iter().all(|r| r.sound()));
-    // The folded points' files are gone.
-    assert!(!store.names().iter().any(|n| n.starts_with("point-000001")));
-}
-
-#[test]
-fn prune_keeps_at_least_one_point_and_does_nothing_when_there_is_little() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(2, 1));
-    let mut repo = Repository::open_writable_in(Arc::new(store.clone())).unwrap();
-    let e = repo.prune(0, &CopyOptions::default()).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    assert_eq!(repo.prune(5, &CopyOptions::default()).unwrap().folded, 0);
-}
-
-#[test]
-fn a_damaged_point_is_never_folded_into_a_new_full() {
-    let store = MemoryStore::new("r");
+fn encryption_hides_data_and_names_and_a_wrong_password_is_refused() {
+    let (s, r) = new_repo(Some("correct horse"));
+    let secret = b"TOP-SECRET-PAYLOAD-".repeat(4000);
     let mut d = disk(4, 1);
-    backup(&store, &d);
-    d[0] = 9;
-    backup(&store, &d);
-    flip_grain(&store, 1, 2); // grain 1, which point 2 does not replace
-    let before = store.get(META_FILE);
-    let mut repo = Repository::open_writable_in(Arc::new(store.clone())).unwrap();
-    assert!(repo.prune(1, &CopyOptions::default()).is_err());
-    drop(repo);
-    assert_eq!(store.get(META_FILE), before, "the metadata is as it was");
-}
-
-#[test]
-fn sync_copies_what_the_destination_lacks_then_nothing() {
-    let a = MemoryStore::new("a");
-    let b = MemoryStore::new("b");
-    let mut d = disk(8, 1);
-    backup(&a, &d);
-    d[G] = 3;
-    backup(&a, &d);
-    let src = readable(&a);
-    let mut dst = writable(&b);
-    let s = dst.sync_from(&src, &VerifyOptions::default()).unwrap();
-    assert_eq!((s.points, s.points_copied), (2, 2));
-    assert!(read_point(&readable(&b), 2).unwrap() == d);
-    let again = dst.sync_from(&src, &VerifyOptions::default()).unwrap();
-    assert_eq!((again.files_copied, again.bytes_copied), (0, 0));
-}
-
-#[test]
-fn sync_refuses_a_destination_of_another_disk() {
-    let a = MemoryStore::new("a");
-    let b = MemoryStore::new("b");
-    backup(&a, &disk(4, 1));
-    writable(&b)
-        .backup_image(
-            &MemImage::new(disk(4, 1)),
-            &source("other/disk"),
-            &BackupOptions::default(),
-        )
-        .unwrap();
-    let e = writable(&b)
-        .sync_from(&readable(&a), &VerifyOptions::default())
-        .unwrap_err();
-    assert_ne!(e.kind(), ErrorKind::Io, "{e}");
-}
-
-#[test]
-fn the_metadata_lists_the_points_with_their_files_and_sizes() {
-    let store = MemoryStore::new("r");
-    let d = disk(4, 1);
-    backup(&store, &d);
-    backup(&store, &d);
-    let repo = readable(&store);
-    let p = &repo.points()[1];
-    assert_eq!((p.point, p.size, p.parent), (2, d.len() as u64, Some(1)));
-    for f in &p.files {
-        assert_eq!(store.get(&f.name).map(|b| b.len() as u64), Some(f.length));
+    d[..secret.len()].copy_from_slice(&secret);
+    backup(&r, "payroll-server", &d);
+    for n in s.names() {
+        let bytes = s.get(&n).unwrap();
+        assert!(
+            !bytes.windows(10).any(|w| w == &secret[..10]),
+            "{n} holds plaintext"
+        );
+        assert!(
+            !bytes.windows(14).any(|w| w == b"payroll-server"),
+            "{n} holds the name"
+        );
+        assert!(!n.contains("payroll"));
     }
-    assert!(repo.usage() > 0);
+    let e = reopen(&s, Some("wrong")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Refused);
+    assert!(e.to_string().contains("wrong password"), "{e}");
+    let r2 = reopen(&s, Some("correct horse")).unwrap();
+    assert_eq!(restored(&r2, "payroll-server", None).unwrap(), d);
+    // A new password: the old one no longer opens it, the new one does.
+    r2.change_password("battery staple").unwrap();
+    assert_eq!(names(&s, "keys/").len(), 1);
+    assert!(reopen(&s, Some("correct horse")).is_err());
+    assert_eq!(
+        restored(
+            &reopen(&s, Some("battery staple")).unwrap(),
+            "payroll-server",
+            None
+        )
+        .unwrap(),
+        d
+    );
+}
+
+/// Flipped, swapped, truncated and replayed packs, tables and points: an error naming what is
+/// damaged, never other bytes.
+#[test]
+fn tampering_with_any_object_is_found_never_returned() {
+    for pw in [None, Some("pw")] {
+        let (s, r) = new_repo(pw);
+        let d = disk(8, 3);
+        backup(&r, "vm", &d);
+        let pack = names(&s, "data/")[0].clone();
+        let mut d2 = d.clone();
+        d2[B] ^= 1;
+        backup(&r, "vm", &d2);
+        let orig = s.get(&pack).unwrap();
+        // A flipped byte in a block.
+        let mut b = orig.clone();
+        b[100] ^= 1;
+        s.set(&pack, b);
+        let r = reopen(&s, pw).unwrap();
+        let e = restored(&r, "vm", Some(1)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        assert!(e.to_string().contains("point 1"), "{e}");
+        assert!(!sound(&r));
+        // Two blocks swapped within the pack.
+        let entries =
+            crate::pack::parse_pack(r.keys(), crate::pack::pack_id_of(&pack).unwrap(), &orig)
+                .unwrap();
+        let (x, y) = (entries[0], entries[1]);
+        assert_eq!(x.len, y.len);
+        let mut b = orig.clone();
+        let (xs, ys) = (x.offset as usize, y.offset as usize);
+        let xb = orig[xs..xs + x.len as usize].to_vec();
+        b[xs..xs + x.len as usize].copy_from_slice(&orig[ys..ys + y.len as usize]);
+        b[ys..ys + y.len as usize].copy_from_slice(&xb);
+        s.set(&pack, b);
+        let r = reopen(&s, pw).unwrap();
+        assert!(restored(&r, "vm", Some(1)).is_err());
+        // Truncated.
+        s.set(&pack, orig[..orig.len() / 2].to_vec());
+        let r = reopen(&s, pw).unwrap();
+        assert!(restored(&r, "vm", Some(1)).is_err());
+        s.set(&pack, orig.clone());
+        let r = reopen(&s, pw).unwrap();
+        assert_eq!(restored(&r, "vm", Some(1)).unwrap(), d);
+        // An index table flipped: lookups fail, never point elsewhere.
+        let table = names(&s, "index/")[0].clone();
+        let t = s.get(&table).unwrap();
+        let mut b = t.clone();
+        b[10] ^= 1;
+        s.set(&table, b);
+        let r = reopen(&s, pw).unwrap();
+        assert!(restored(&r, "vm", Some(1)).is_err() || restored(&r, "vm", Some(1)).unwrap() == d);
+        s.set(&table, t);
+        // A point replayed under a higher number, or another NAME's: refused.
+        let p1 = names(&s, "points/")[0].clone();
+        let p3 = p1.replace("-0000000001", "-0000000003");
+        s.set(&p3, s.get(&p1).unwrap());
+        let r = reopen(&s, pw).unwrap();
+        let list = r.points().unwrap();
+        assert_eq!(list.points.len(), 2);
+        assert_eq!(list.unreadable.len(), 1);
+        assert!(!sound(&r));
+        // ... and the next backup goes on, numbered past it, nothing lost.
+        let s4 = backup(&r, "vm", &d);
+        assert_eq!(s4.point, 4);
+        assert_eq!(restored(&r, "vm", Some(2)).unwrap(), d2);
+    }
 }
 
 #[test]
-fn a_point_that_names_a_file_outside_the_repository_is_refused() {
-    let store = MemoryStore::new("r");
-    backup(&store, &disk(4, 1));
-    let desc = descriptor_of(1);
-    let text = String::from_utf8_lossy(&store.get(&desc).unwrap()).into_owned();
-    store.set(
-        &desc,
-        text.replace("\"point-000001", "\"../elsewhere/point-000001")
-            .into_bytes(),
-    );
-    let e = read_point(&readable(&store), 1).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt);
-    assert!(e.message().contains("outside the repository"), "{e}");
+fn two_backups_of_one_name_cannot_both_commit_and_a_foreign_object_never_blocks() {
+    let (s, r) = new_repo(None);
+    let d = disk(4, 1);
+    backup(&r, "vm", &d);
+    // Something foreign where point 2 goes: stepped over.
+    let tag = r.keys().name_tag("vm");
+    s.set(&crate::point::point_key(&tag, 2), b"garbage".to_vec());
+    let s2 = backup(&r, "vm", &d);
+    assert_eq!(s2.point, 3);
+    assert_eq!(restored(&r, "vm", Some(3)).unwrap(), d);
+    // A live registration of another backup of the NAME refuses a second one.
+    let held = crate::locks::Registration::register(&r, "backup", Some("vm")).unwrap();
+    let img = MemImage::new(d.clone());
+    let e = r
+        .backup("vm", &[src(&img, "/vm.raw")], &BackupOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InUse);
+    // Another NAME goes on at the same time.
+    backup(&r, "other", &d);
+    drop(held);
+    assert!(names(&s, "locks/").is_empty());
+    backup(&r, "vm", &d);
+}
+
+#[test]
+fn prune_keeps_what_the_policy_says_and_gc_frees_space_after_the_grace_period() {
+    std::env::set_var("VDISK_GC_GRACE_SECS", "3600");
+    let (s, r) = new_repo(None);
+    let mut versions = Vec::new();
+    for i in 0..4u32 {
+        let d = disk(32, 1000 * i);
+        backup(&r, "vm", &d);
+        versions.push(d);
+    }
+    let before: u64 = s
+        .names()
+        .iter()
+        .filter(|n| n.starts_with("data/"))
+        .map(|n| s.get(n).unwrap().len() as u64)
+        .sum();
+    let opts = PruneOptions {
+        retention: Retention {
+            last: 2,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let dry = r
+        .prune(&PruneOptions {
+            dry_run: true,
+            ..opts.clone()
+        })
+        .unwrap();
+    assert_eq!(dry.removed.len(), 2);
+    assert_eq!(r.points().unwrap().points.len(), 4);
+    let p = r.prune(&opts).unwrap();
+    assert_eq!(p.removed, [("vm".to_string(), 1), ("vm".to_string(), 2)]);
+    assert!(p.gc.condemned_packs > 0);
+    assert_eq!(p.gc.deleted_packs, 0);
+    // A reader that opened before still reads a kept point while packs go.
+    let reader = reopen(&s, None).unwrap();
+    let kept = reader.select(Some("vm"), Some(4)).unwrap();
+    let img = reader.point_image(&kept, None).unwrap();
+    let mut first = vec![0u8; B];
+    img.read_at(&mut first, 0).unwrap();
+    // Within the grace period, nothing is deleted.
+    let again = r.prune(&opts).unwrap();
+    assert_eq!(again.gc.deleted_packs, 0);
+    s.age(7200);
+    let later = r.prune(&opts).unwrap();
+    assert!(later.gc.deleted_packs > 0);
+    let after: u64 = s
+        .names()
+        .iter()
+        .filter(|n| n.starts_with("data/"))
+        .map(|n| s.get(n).unwrap().len() as u64)
+        .sum();
+    assert!(after * 3 < before * 2, "{after} of {before}");
+    let mut all = vec![0u8; img.size() as usize];
+    img.read_at(&mut all, 0).unwrap();
+    assert_eq!(all, versions[3]);
+    for (n, v) in [(3, &versions[2]), (4, &versions[3])] {
+        assert_eq!(&restored(&r, "vm", Some(n)).unwrap(), v);
+    }
+    assert!(sound(&r));
+    assert!(names(&s, "condemned/").is_empty());
+}
+
+#[test]
+fn gc_never_deletes_while_a_writer_is_registered_nor_what_it_referenced() {
+    std::env::set_var("VDISK_GC_GRACE_SECS", "3600");
+    let (s, r) = new_repo(None);
+    let a = disk(16, 1);
+    let b = disk(16, 500);
+    backup(&r, "vm", &a);
+    backup(&r, "vm", &b);
+    let opts = PruneOptions {
+        retention: Retention {
+            last: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    r.prune(&opts).unwrap(); // point 1's blocks condemned
+    s.age(7200);
+    // A backup runs (registered) and references point 1's condemned blocks.
+    let held = crate::locks::Registration::register(&r, "backup", Some("another")).unwrap();
+    let g = r.prune(&opts).unwrap();
+    assert!(g.gc.writers_running);
+    assert_eq!(g.gc.deleted_packs, 0);
+    backup(&r, "late", &a);
+    drop(held);
+    // Condemned, but live again: kept, and indexed.
+    let g = r.prune(&opts).unwrap();
+    assert_eq!(g.gc.deleted_packs, 0, "{g:?}");
+    s.age(7200);
+    r.prune(&opts).unwrap();
+    let r = reopen(&s, None).unwrap();
+    assert_eq!(restored(&r, "late", None).unwrap(), a);
+    assert!(sound(&r));
+}
+
+#[test]
+fn sync_copies_what_is_missing_reseals_for_other_keys_and_resumes() {
+    let (_, a) = new_repo(None);
+    let d1 = disk(20, 1);
+    let mut d2 = d1.clone();
+    d2[5 * B] ^= 1;
+    backup(&a, "vm", &d1);
+    backup(&a, "vm", &d2);
+    backup(&a, "db", &disk(3, 99));
+    // Same key (a copy made by sync): sealed blobs move as they are.
+    let bs = MemoryObjects::new("b");
+    let b = {
+        let (objects, legacy): (Arc<dyn Objects>, _) =
+            (Arc::new(bs.clone()), MemoryStore::new("l"));
+        let _ = legacy;
+        let config = crate::config::Config::copy_of(&a.inner.config, &a.inner.master).unwrap();
+        objects.create("config", &config.encode()).unwrap();
+        Repository::open_in(objects, &Access::default()).unwrap()
+    };
+    let s = b.sync_from(&a, None, &VerifyOptions::default()).unwrap();
+    assert_eq!((s.points, s.points_copied), (3, 3));
+    assert_eq!(restored(&b, "vm", Some(1)).unwrap(), d1);
+    assert_eq!(restored(&b, "vm", Some(2)).unwrap(), d2);
+    let again = b.sync_from(&a, None, &VerifyOptions::default()).unwrap();
+    assert_eq!((again.points_present, again.blobs_copied), (3, 0));
+    // Other keys (an encrypted destination): blocks are hashed and sealed anew.
+    let (cs, c) = new_repo(Some("pw"));
+    let s = c
+        .sync_from(&a, Some("vm"), &VerifyOptions::default())
+        .unwrap();
+    assert_eq!(s.points_copied, 2);
+    assert_eq!(restored(&c, "vm", Some(2)).unwrap(), d2);
+    assert!(c.select(Some("db"), None).is_err());
+    // Resume: a sync killed after its first point left it committed and its blobs indexed.
+    let (ds, dst) = (MemoryObjects::new("d"), ());
+    let _ = dst;
+    let d = repo_on(&ds, Some("pw"));
+    d.sync_from(&a, Some("db"), &VerifyOptions::default())
+        .unwrap();
+    let s = d.sync_from(&a, None, &VerifyOptions::default()).unwrap();
+    assert_eq!((s.points_copied, s.points_present), (2, 1));
+    assert!(names(&cs, "data/").len() <= names(&ds, "data/").len());
+}
+
+#[test]
+fn the_issues_crafted_points_are_refused_and_lose_nothing() {
+    let (s, r) = new_repo(None);
+    let d = disk(4, 1);
+    backup(&r, "vm", &d);
+    let tag = r.keys().name_tag("vm");
+    let good = r.select(Some("vm"), Some(1)).unwrap().record;
+    let forge = |p: &crate::PointRecord, seq: u64| {
+        let key = crate::point::point_key(&tag, seq);
+        // Sealed with the (public) key of an unencrypted repository: valid seals, crafted
+        // contents.
+        let json = serde_json::to_vec(p).unwrap();
+        s.set(
+            &key,
+            r.keys()
+                .seal(crate::crypto::Kind::Point, key.as_bytes(), &json)
+                .unwrap(),
+        );
+    };
+    let mut empty = good.clone();
+    empty.disks.clear();
+    empty.seq = 2;
+    forge(&empty, 2);
+    let mut huge = good.clone();
+    huge.seq = 3;
+    huge.disks[0].size = 1 << 63;
+    forge(&huge, 3);
+    let mut many = good.clone();
+    many.seq = 4;
+    many.disks = vec![good.disks[0].clone(); 5000];
+    forge(&many, 4);
+    let list = r.points().unwrap();
+    assert_eq!(list.points.len(), 1);
+    assert_eq!(list.unreadable.len(), 3);
+    // Verify says damaged; prune refuses to delete anything; the next backup goes on.
+    assert!(!sound(&r));
+    let opts = PruneOptions {
+        retention: Retention {
+            last: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    assert_eq!(r.prune(&opts).unwrap_err().kind(), ErrorKind::Corrupt);
+    let n = backup(&r, "vm", &d);
+    assert_eq!(n.point, 5);
+    assert_eq!(restored(&r, "vm", Some(1)).unwrap(), d);
 }

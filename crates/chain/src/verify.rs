@@ -1,325 +1,343 @@
-//! Verifying a repository: each point's files against the checksums of their metadata, the
-//! grains each point stores against the bitmap recorded at backup, and every stored grain
-//! (read once, from the file that holds it) against its hash.
+//! Verifying: every block and every chunk of the index of the chosen points, opened and
+//! checked (seal, and bytes against id), each distinct block read once per run.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::sync::Mutex;
 
 use rayon::prelude::*;
-use vdisk_bitmap::ChangeMap;
-use vdisk_core::{Advice, DiskImage, Progress, ReadOnce, Result, Throttle};
-use vdisk_diff::block_hash;
+use vdisk_core::{ErrorKind, Result, Throttle};
 
-use crate::checksums::check_file;
-use crate::hashes::{open_manifest, stored_map};
-use crate::meta::{RepoMeta, RestorePoint};
-use crate::repo::Repository;
-use crate::GRAIN;
+use crate::crypto::BlockId;
+use crate::repository::{Point, Repository};
+use crate::tree::{Shape, TreeReader, FANOUT};
 
-/// Damaged grains listed one by one per point; the rest are counted.
-const MAX_LISTED_GRAINS: usize = 10;
+/// Damaged blocks listed one by one per point; the rest are counted.
+const MAX_LISTED: usize = 10;
+/// Ids of blocks found sound kept, so a block many points share is read once (past this,
+/// the set starts again: memory stays bounded).
+const MAX_REMEMBERED: usize = 1 << 20;
 
 /// Options of a verify.
 #[derive(Default, Clone, Copy)]
 pub struct VerifyOptions<'a> {
     /// Read-rate limit.
     pub throttle: Option<&'a Throttle>,
-    /// Told of bytes of stored grains read and checked, from any thread.
-    pub progress: Option<&'a dyn Progress>,
+    /// Called with bytes of blocks checked, from any thread.
+    pub progress: Option<&'a dyn vdisk_core::Progress>,
 }
 
-/// One thing wrong with a point's own files.
+/// One thing wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum PointProblem {
-    /// A file's length differs from its length at backup (cut, or bytes appended).
-    FileLength {
-        /// The file.
-        file: String,
-        /// Its length now.
-        now: u64,
-        /// Its length at backup.
-        then: u64,
-    },
-    /// A file's metadata (descriptor, header, directories, tables) differs from its checksum.
-    MetadataChecksum {
-        /// The file.
-        file: String,
-    },
-    /// A file could not be read, opened or parsed.
-    Unreadable {
-        /// What went wrong, with the file.
-        error: String,
-    },
-    /// The point's image links to another parent than the point before it.
-    WrongParent {
-        /// What it links to.
-        linked: Option<PathBuf>,
-        /// The point it should link to.
-        parent: u64,
-    },
-    /// The set of grains the point stores differs from the one recorded at backup.
-    StoredGrainsDiffer,
-    /// A stored grain does not hash as it did at backup.
-    GrainMismatch {
-        /// The grain.
-        grain: u64,
-        /// Its first byte on the disk.
-        start: u64,
-        /// One past its last byte.
-        end: u64,
-    },
-    /// A stored grain could not be read.
-    GrainUnreadable {
-        /// The grain.
-        grain: u64,
+pub enum Problem {
+    /// An object (a point, an index table) cannot be read or is not valid.
+    Object {
+        /// The object.
+        name: String,
         /// Why.
         error: String,
     },
-    /// More damaged grains than are listed one by one.
-    MoreDamagedGrains(u64),
+    /// A chunk of a disk's index cannot be read.
+    Index {
+        /// The disk.
+        disk: String,
+        /// Where the chunk's blocks start on the disk.
+        offset: u64,
+        /// Why.
+        error: String,
+    },
+    /// A block cannot be read, or is not what its id says.
+    Block {
+        /// The disk.
+        disk: String,
+        /// Its first byte on the disk.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// Why.
+        error: String,
+    },
+    /// More damaged blocks than are listed.
+    More(u64),
 }
 
-impl fmt::Display for PointProblem {
+impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            PointProblem::FileLength { file, now, then } => {
-                write!(f, "{file}: file is {now} bytes, it was {then} at backup")
+            Problem::Object { name, error } => write!(f, "{name}: {error}"),
+            Problem::Index {
+                disk,
+                offset,
+                error,
+            } => {
+                write!(f, "disk {disk}: the index of the blocks from byte {offset} cannot be read: {error}")
             }
-            PointProblem::MetadataChecksum { file } => {
-                write!(f, "{file}: metadata does not match its checksum")
-            }
-            PointProblem::Unreadable { error } => f.write_str(error),
-            PointProblem::WrongParent { linked, parent } => write!(
+            Problem::Block {
+                disk,
+                offset,
+                len,
+                error,
+            } => write!(
                 f,
-                "links to {} instead of point {parent}",
-                linked
-                    .as_deref()
-                    .map_or("nothing".to_string(), |p| format!("\"{}\"", p.display()))
+                "disk {disk}: the block at bytes {offset}..{}: {error}",
+                offset + len
             ),
-            PointProblem::StoredGrainsDiffer => {
-                f.write_str("the grains the point stores differ from those recorded at backup")
-            }
-            PointProblem::GrainMismatch { grain, start, end } => write!(
-                f,
-                "grain {grain} (bytes {start}..{end}) does not match its hash"
-            ),
-            PointProblem::GrainUnreadable { grain, error } => write!(f, "grain {grain}: {error}"),
-            PointProblem::MoreDamagedGrains(n) => write!(f, "… and {n} more damaged grains"),
+            Problem::More(n) => write!(f, "… and {n} more damaged blocks"),
         }
     }
 }
 
-/// What verify found about one point.
+/// What verify found about one point (or one object that is not a point).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PointReport {
-    /// The point.
+pub struct Report {
+    /// The NAME (empty for an object that is not a valid point).
+    pub name: String,
+    /// The point's number (0 for an object that is not a valid point).
     pub point: u64,
-    /// Problems with the point's own files.
-    pub problems: Vec<PointProblem>,
-    /// The earliest damaged point this one depends on (itself excluded).
-    pub depends_on_damaged: Option<u64>,
+    /// The object.
+    pub key: String,
+    /// What is wrong.
+    pub problems: Vec<Problem>,
+    /// The point was removed (by a prune) while it was being verified: not damage.
+    pub removed: bool,
 }
 
-impl PointReport {
+impl Report {
     /// Whether the point restores correctly.
     pub fn sound(&self) -> bool {
-        self.problems.is_empty() && self.depends_on_damaged.is_none()
+        self.problems.is_empty()
     }
 }
 
 impl Repository {
-    /// Bytes verify reads for point `n` and every point it depends on, or for all points:
-    /// the total a progress bar counts up to.
-    pub fn verify_bytes(&self, n: Option<u64>) -> u64 {
-        let upto = n.unwrap_or(u64::MAX);
-        self.points()
-            .iter()
-            .filter(|p| p.point <= upto)
-            .map(|p| p.changed_bytes)
-            .sum()
+    /// Bytes verify reads for the chosen points (a progress bar's total).
+    pub fn verify_bytes(&self, name: Option<&str>, seq: Option<u64>) -> u64 {
+        self.chosen(name, seq)
+            .map(|v| v.iter().map(|p| p.record.data_bytes()).sum())
+            .unwrap_or(0)
     }
 
-    /// Check point `n` and every point it depends on, or all points: stored grains against
-    /// the hashes kept at backup time, file metadata against its checksums, the chain's links.
-    /// Each stored grain is read once, from the file that stores it.
+    fn chosen(&self, name: Option<&str>, seq: Option<u64>) -> Result<Vec<Point>> {
+        if seq.is_some() {
+            return Ok(vec![self.select(name, seq)?]);
+        }
+        let list = self.points()?;
+        Ok(list
+            .points
+            .into_iter()
+            .filter(|p| name.is_none_or(|n| p.record.name == n))
+            .collect())
+    }
+
+    /// Check the chosen points (all, those of `name`, or one): every chunk of their disks'
+    /// indexes and every block, each distinct block once. Objects under `points/` that are
+    /// not valid points, and index tables that cannot be read, are reported too.
     ///
     /// ```
-    /// use std::os::unix::fs::FileExt;
-    /// use vdisk_chain::{PointProblem, Repository, VerifyOptions};
+    /// use vdisk_chain::{BackupOptions, DiskSource, InitOptions, Repository, Source, VerifyOptions};
+    /// use vdisk_core::MemImage;
     /// # let dir = tempfile::tempdir().unwrap();
-    /// # // Two points of a 256 KiB disk: all 1s, then all 2s.
-    /// # vdisk_chain::doc_example_repository(dir.path());
-    /// let repo = Repository::open(dir.path())?;
-    /// let reports = repo.verify(None, &VerifyOptions::default())?;
-    /// assert_eq!(reports.len(), 2);
+    /// let repo = Repository::init(dir.path().join("repo"), &InitOptions::default())?;
+    /// let img = MemImage::new((0..1u32 << 20).map(|i| (i / 3) as u8).collect());
+    /// let src = DiskSource { image: &img, source: Source { identity: "/a".into(), unclean: false }, label: "a".into() };
+    /// repo.backup("vm", &[src], &BackupOptions::default())?;
+    /// let reports = repo.verify(None, None, &VerifyOptions::default())?;
     /// assert!(reports.iter().all(|r| r.sound()));
-    ///
-    /// // Damage the fourth grain point 1 stores (grains follow a 4 KiB header area, in
-    /// // order): point 1 is damaged, and point 2, which reads through it, is affected.
-    /// let extent = std::fs::OpenOptions::new()
-    ///     .write(true)
-    ///     .open(dir.path().join("point-000001-s001.vmdk"))
-    ///     .unwrap();
-    /// extent.write_all_at(&[0xee], 4096 + 3 * 65536 + 10).unwrap();
-    /// let reports = repo.verify(None, &VerifyOptions::default())?;
-    /// assert!(matches!(reports[0].problems[..], [PointProblem::GrainMismatch { grain: 3, .. }]));
-    /// assert_eq!(reports[1].depends_on_damaged, Some(1));
-    /// assert!(!reports[1].sound());
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
-    pub fn verify(&self, n: Option<u64>, opts: &VerifyOptions<'_>) -> Result<Vec<PointReport>> {
-        let Some(meta) = &self.meta else {
-            return Ok(Vec::new());
-        };
-        let upto = match n {
-            Some(n) => self.point(Some(n))?.point,
-            None => u64::MAX,
-        };
+    pub fn verify(
+        &self,
+        name: Option<&str>,
+        seq: Option<u64>,
+        opts: &VerifyOptions<'_>,
+    ) -> Result<Vec<Report>> {
         let mut reports = Vec::new();
-        let mut first_damaged: Option<u64> = None;
-        for p in meta.points.iter().filter(|p| p.point <= upto) {
-            let problems = self.verify_point(p, meta, opts);
-            let report = PointReport {
-                point: p.point,
-                depends_on_damaged: first_damaged,
-                problems,
-            };
-            if !report.problems.is_empty() && first_damaged.is_none() {
-                first_damaged = Some(p.point);
+        if name.is_none() && seq.is_none() {
+            let (index, mut damaged) = self.load_index()?;
+            // Every table whole (each page, and its filter), every pack's header.
+            for t in index.tables() {
+                let name = format!("index/{}", t.id);
+                match t.filter_matches() {
+                    Ok(true) => {}
+                    Ok(false) => damaged.push((
+                        name,
+                        vdisk_core::Error::corrupt("its filter does not match its entries"),
+                    )),
+                    Err(e) => damaged.push((name, e)),
+                }
             }
-            reports.push(report);
+            for o in self.store().list("data/")? {
+                let Some(id) = crate::pack::pack_id_of(&o.name) else {
+                    continue;
+                };
+                if let Err(e) = self.pack_entries(id) {
+                    if e.kind() != ErrorKind::NotFound {
+                        damaged.push((o.name.clone(), e));
+                    }
+                }
+            }
+            for (table, e) in damaged {
+                reports.push(Report {
+                    name: String::new(),
+                    point: 0,
+                    key: table.clone(),
+                    problems: vec![Problem::Object {
+                        name: table,
+                        error: e.message().to_string(),
+                    }],
+                    removed: false,
+                });
+            }
+            for (key, error) in self.points()?.unreadable {
+                reports.push(Report {
+                    name: String::new(),
+                    point: 0,
+                    key: key.clone(),
+                    problems: vec![Problem::Object { name: key, error }],
+                    removed: false,
+                });
+            }
+        }
+        let sound: Mutex<HashSet<BlockId>> = Mutex::new(HashSet::new());
+        let bad: Mutex<HashMap<BlockId, String>> = Mutex::new(HashMap::new());
+        for p in self.chosen(name, seq)? {
+            let mut problems = self.verify_point(&p, opts, &sound, &bad);
+            let mut removed = false;
+            if !problems.is_empty() {
+                // Removed by a prune meanwhile: its blocks may be gone, that is no damage.
+                if let Err(e) = self.store().read(&p.key, crate::point::MAX_POINT) {
+                    if e.kind() == ErrorKind::NotFound {
+                        problems.clear();
+                        removed = true;
+                    }
+                }
+            }
+            let n = problems.len();
+            if n > MAX_LISTED {
+                problems.truncate(MAX_LISTED);
+                problems.push(Problem::More((n - MAX_LISTED) as u64));
+            }
+            reports.push(Report {
+                name: p.record.name.clone(),
+                point: p.record.seq,
+                key: p.key.clone(),
+                problems,
+                removed,
+            });
         }
         Ok(reports)
     }
 
-    pub(crate) fn verify_point(
+    fn verify_point(
         &self,
-        p: &RestorePoint,
-        meta: &RepoMeta,
+        p: &Point,
         opts: &VerifyOptions<'_>,
-    ) -> Vec<PointProblem> {
-        let unreadable = |e: vdisk_core::Error| PointProblem::Unreadable {
-            error: e.to_string(),
-        };
+        sound: &Mutex<HashSet<BlockId>>,
+        bad: &Mutex<HashMap<BlockId, String>>,
+    ) -> Vec<Problem> {
+        let bs = self.block_size();
+        let max = self.max_blob();
         let mut problems = Vec::new();
-        let store = &*self.store;
-        // Where the point's metadata lies now, as its files say. A point that does not open
-        // is reported below, when its image is opened; its files' own checksums still are.
-        let regions: Option<std::collections::HashMap<String, Vec<(u64, u64)>>> =
-            crate::checksums::regions(store, &p.image)
-                .ok()
-                .map(|r| r.into_iter().collect());
-        let empty = std::collections::HashMap::new();
-        for f in &p.files {
-            match store.len(&f.name) {
-                Ok(len) if len != f.length => problems.push(PointProblem::FileLength {
-                    file: f.name.clone(),
-                    now: len,
-                    then: f.length,
-                }),
-                _ => {}
-            }
-            let Some(regions) = regions.as_ref().or_else(|| {
-                // Without the point's own view of its metadata, only whole files are checked.
-                (f.covers == crate::meta::Covers::Prefix).then_some(&empty)
-            }) else {
-                continue;
-            };
-            match check_file(store, f, regions) {
-                Ok(true) => {}
-                Ok(false) => problems.push(PointProblem::MetadataChecksum {
-                    file: f.name.clone(),
-                }),
-                Err(e) => problems.push(unreadable(e)),
-            }
-        }
-        let manifest = open_manifest(store, &p.hashes).map_err(unreadable);
-        let stored = store
-            .read(&p.stored, 1 << 30)
-            .and_then(|b| ChangeMap::decode(&b).map_err(|e| e.with_path(self.path(&p.stored))))
-            .map_err(unreadable);
-        let img = self.open_point(p).map_err(unreadable);
-        let (manifest, stored, img) = match (manifest, stored, img) {
-            (Ok(m), Ok(s), Ok(i)) => (m, s, i),
-            (m, s, i) => {
-                problems.extend(m.err());
-                problems.extend(s.err());
-                problems.extend(i.err());
-                return problems;
-            }
-        };
-        if opts.throttle.is_some_and(|t| t.rate().is_some()) {
-            img.advise(0, img.size(), Advice::Paced);
-        }
-        // The link goes to the right parent.
-        if let Some(parent) = p.parent.and_then(|n| meta.point(n)) {
-            let linked = img.layers().get(1).map(|l| l.path().to_path_buf());
-            if linked.as_deref() != Some(self.path(&parent.image).as_path()) {
-                problems.push(PointProblem::WrongParent {
-                    linked,
-                    parent: parent.point,
-                });
-            }
-        }
-        // The point stores exactly the grains it stored at backup time...
-        match stored_map(&img) {
-            Ok(now) if now == stored => {}
-            Ok(_) => problems.push(PointProblem::StoredGrainsDiffer),
-            Err(e) => problems.push(unreadable(e)),
-        }
-        // ...and each holds what was hashed then. The last grain ends at the disk's exact size
-        // (the image counts whole sectors).
-        let size = p.size;
-        let blocks: Vec<u64> = stored
-            .runs()
-            .flat_map(|(first, n)| first..first + n)
-            .filter(|&b| b * GRAIN < size)
-            .collect();
-        let bad: Vec<PointProblem> = blocks
-            .par_chunks(64)
-            .flat_map_iter(|chunk| {
-                let mut buf = vec![0u8; GRAIN as usize];
-                let mut out = Vec::new();
-                for &b in chunk {
-                    let off = b * GRAIN;
-                    let len = GRAIN.min(size - off);
-                    if let Some(t) = opts.throttle {
-                        t.take(len);
-                    }
-                    let data = &mut buf[..len as usize];
-                    // The point's own file, read once (its parents' grains are theirs).
-                    let once = ReadOnce::new(img.top(), off, len);
-                    let ok = img
-                        .top()
-                        .read_at(data, off)
-                        .and_then(|_| Ok(manifest.hash(b)? == Some(block_hash(data))));
-                    drop(once);
-                    if let Some(pr) = opts.progress {
-                        pr.read(len);
-                    }
-                    match ok {
-                        Ok(true) => {}
-                        Ok(false) => out.push(PointProblem::GrainMismatch {
-                            grain: b,
-                            start: off,
-                            end: off + len,
-                        }),
-                        Err(e) => out.push(PointProblem::GrainUnreadable {
-                            grain: b,
-                            error: e.to_string(),
-                        }),
-                    }
+        for d in &p.record.disks {
+            let shape = match Shape::new(d.size, bs) {
+                Ok(s) => s,
+                Err(e) => {
+                    problems.push(Problem::Index {
+                        disk: d.label.clone(),
+                        offset: 0,
+                        error: e.message().to_string(),
+                    });
+                    continue;
                 }
-                out
-            })
-            .collect();
-        let n_bad = bad.len();
-        problems.extend(bad.into_iter().take(MAX_LISTED_GRAINS));
-        if n_bad > MAX_LISTED_GRAINS {
-            problems.push(PointProblem::MoreDamagedGrains(
-                (n_bad - MAX_LISTED_GRAINS) as u64,
-            ));
+            };
+            let mut tree = TreeReader::new(shape.clone(), d.root_id(), |id: &BlockId| {
+                self.read_blob(id, max)
+            });
+            for j in 0..shape.leaves() {
+                if tree.chunk_id(0, j).is_ok_and(|id| id.is_zero()) {
+                    continue;
+                }
+                let leaf = match tree.leaf(j) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        problems.push(Problem::Index {
+                            disk: d.label.clone(),
+                            offset: j * FANOUT * bs,
+                            error: e.message().to_string(),
+                        });
+                        // The rest of the path may be fine: go on with the next leaf.
+                        tree = TreeReader::new(shape.clone(), d.root_id(), |id: &BlockId| {
+                            self.read_blob(id, max)
+                        });
+                        continue;
+                    }
+                };
+                let found: Vec<Problem> = leaf
+                    .par_iter()
+                    .enumerate()
+                    .filter(|(_, e)| !e.is_zero())
+                    .filter_map(|(i, e)| {
+                        let b = j * FANOUT + i as u64;
+                        let len = bs.min(d.size - b * bs);
+                        let known_bad = bad
+                            .lock()
+                            .unwrap_or_else(|x| x.into_inner())
+                            .get(&e.id)
+                            .cloned();
+                        let error = if let Some(err) = known_bad {
+                            Some(err)
+                        } else if sound
+                            .lock()
+                            .unwrap_or_else(|x| x.into_inner())
+                            .contains(&e.id)
+                        {
+                            None
+                        } else {
+                            if let Some(t) = opts.throttle {
+                                t.take(len);
+                            }
+                            let r = self.read_blob(&e.id, bs as usize).and_then(|data| {
+                                if data.len() as u64 == len {
+                                    Ok(())
+                                } else {
+                                    Err(vdisk_core::Error::corrupt(format!(
+                                        "is {} bytes, not {len}",
+                                        data.len()
+                                    )))
+                                }
+                            });
+                            if let Some(pr) = opts.progress {
+                                pr.read(len);
+                            }
+                            match r {
+                                Ok(()) => {
+                                    let mut s = sound.lock().unwrap_or_else(|x| x.into_inner());
+                                    if s.len() >= MAX_REMEMBERED {
+                                        s.clear();
+                                    }
+                                    s.insert(e.id);
+                                    None
+                                }
+                                Err(err) => {
+                                    let msg = err.message().to_string();
+                                    bad.lock()
+                                        .unwrap_or_else(|x| x.into_inner())
+                                        .insert(e.id, msg.clone());
+                                    Some(msg)
+                                }
+                            }
+                        };
+                        error.map(|error| Problem::Block {
+                            disk: d.label.clone(),
+                            offset: b * bs,
+                            len,
+                            error,
+                        })
+                    })
+                    .collect();
+                problems.extend(found);
+            }
         }
         problems
     }

@@ -175,7 +175,7 @@ fn a_block_device_is_written_in_place_with_zeros_and_never_past_its_size() {
 // 8. Reading needs no write access.
 
 /// "A read-only repository cannot be read": as an unprivileged user (nobody) on a
-/// repository it cannot write, list, verify and restore work, and no lock file appears.
+/// repository it cannot write, list, verify and restore work, and nothing is written.
 #[test]
 fn a_read_only_repository_lists_verifies_and_restores() {
     let have_setpriv = Command::new("setpriv")
@@ -195,11 +195,17 @@ fn a_read_only_repository_lists_verifies_and_restores() {
     disk_versions(dir, 2);
     back_up_versions(dir, "repo", 1..=2);
     let repo = dir.join("repo");
-    mode(&repo, 0o755).unwrap();
-    for name in names(&repo) {
-        mode(&repo.join(name), 0o644).unwrap();
+    fn read_only(p: &Path) {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        let mode = if m.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        if m.is_dir() {
+            for e in std::fs::read_dir(p).unwrap() {
+                read_only(&e.unwrap().path());
+            }
+        }
     }
-    std::fs::remove_file(repo.join(".vdisk-lock")).unwrap();
+    read_only(&repo);
     let out = dir.join("out");
     std::fs::create_dir(&out).unwrap();
     mode(&out, 0o777).unwrap();
@@ -219,7 +225,7 @@ fn a_read_only_repository_lists_verifies_and_restores() {
     );
     let r = as_nobody(&["list", "repo"]);
     r.expect_code(0, "list as nobody");
-    assert!(r.stdout.contains("point-000002"), "{}", r.stdout);
+    assert!(r.stdout.contains("incremental"), "{}", r.stdout);
     as_nobody(&["verify", "repo"]).expect_code(0, "verify as nobody");
     for n in 1..=2 {
         let dst = format!("out/p{n}.raw");
@@ -229,15 +235,10 @@ fn a_read_only_repository_lists_verifies_and_restores() {
     }
     as_nobody(&["restore", "repo", "out/p.vmdk", "-O", "vmdk"])
         .expect_code(0, "restore -O vmdk as nobody");
-    assert!(!repo.join(".vdisk-lock").exists());
-    // Readers run by the owner take no lock either.
+    // Readers run by the owner register nothing either.
     ok(dir, &["list", "repo"]);
     ok(dir, &["verify", "repo"]);
     ok(dir, &["restore", "repo", "out/root.raw"]);
-    assert!(
-        !repo.join(".vdisk-lock").exists(),
-        "a reader made a lock file"
-    );
     assert!(
         snapshot(&repo) == pristine,
         "reading changed the repository"

@@ -133,51 +133,74 @@ fn restores_to(dir: &Path, repo: &str, n: u64, want: &Path) {
     std::fs::remove_file(got).unwrap();
 }
 
-/// The repository holds nothing but its metadata, its lock file and the files of `points`:
-/// whatever a killed run wrote and the metadata does not name was removed.
-fn holds_only_points(repo: &Path, points: &[u64]) {
-    for name in names(repo) {
-        let listed = name
-            .strip_prefix("point-")
-            .and_then(|s| s.get(..6))
-            .and_then(|n| n.parse::<u64>().ok())
-            .is_some_and(|n| points.contains(&n));
+/// After a prune whose grace period is over (run twice: condemn, then delete), the
+/// repository holds nothing a point does not need: every pack's blobs are live (verify reads
+/// them all), no temporary file, no registration, no condemned list is left.
+fn holds_only_points(dir: &Path, repo: &str) {
+    for _ in 0..2 {
+        let mut c = Command::new(vdisk_bin());
+        c.args(["prune", repo, "--keep-last", "1000", "--json"])
+            .env("VDISK_GC_GRACE_SECS", "0")
+            .current_dir(dir);
+        let r = run(c);
+        r.expect_code(0, "prune");
+    }
+    let root = dir.join(repo);
+    for (name, _) in snapshot(&root) {
         assert!(
-            listed || name == ".vdisk-lock" || name == "vdisk-repo.json",
-            "{} holds {name}, which no point names (points {points:?})",
+            name == "config"
+                || name.starts_with("keys/")
+                || name.starts_with("points/")
+                || name.starts_with("index/")
+                || name.starts_with("data/"),
+            "{} holds {name}, a leftover",
+            root.display()
+        );
+        assert!(!name.contains("/.") && !name.starts_with('.'), "{name}");
+    }
+    // Every pack holds live blobs only: a prune now finds nothing to condemn.
+    let mut c = Command::new(vdisk_bin());
+    c.args(["prune", repo, "--keep-last", "1000", "--json", "--dry-run"])
+        .current_dir(dir);
+    let r = run(c);
+    r.expect_code(0, "prune --dry-run");
+    let v: Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["condemned_packs"], 0, "{v}");
+}
+
+/// Make a layout-2 repository at `dir/repo` with points of the disk at `disk` (one backup
+/// per call), through the library (the command line writes layout 3 only).
+fn layout2_backup(dir: &Path, disk: &str, repo: &str) {
+    use vdisk::chain::layout2::{BackupOptions, Repository};
+    let mut r = Repository::open_or_create(dir.join(repo)).unwrap();
+    r.backup(dir.join(disk), &BackupOptions::default()).unwrap();
+}
+
+/// Wait until a run has registered as a writer of the repository at `repo`. Panics after
+/// `limit`.
+fn wait_until_registered(repo: &Path, limit: Duration) {
+    let start = Instant::now();
+    while !std::fs::read_dir(repo.join("locks")).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(
+            start.elapsed() < limit,
+            "no run registered in {}",
             repo.display()
         );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
-/// Copy the files of folder `from` into a new folder `to` (replacing it).
+/// Copy the files of folder `from` (and its folders) into a new folder `to` (replacing it).
 fn copy_folder(from: &Path, to: &Path) {
     let _ = std::fs::remove_dir_all(to);
     std::fs::create_dir(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
-        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
-    }
-}
-
-/// Wait until process `pid` holds an flock (it has taken a repository's lock), as the kernel
-/// lists it in /proc/locks. Panics after `limit`.
-fn wait_until_locked(pid: u32, limit: Duration) {
-    let start = Instant::now();
-    loop {
-        let locks = std::fs::read_to_string("/proc/locks").unwrap();
-        let held = locks.lines().any(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            f.len() > 4 && f[1] == "FLOCK" && f[4] == pid.to_string()
-        });
-        if held {
-            return;
+        if e.file_type().unwrap().is_dir() {
+            copy_folder(&e.path(), &to.join(e.file_name()));
+        } else {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
-        assert!(
-            start.elapsed() < limit,
-            "process {pid} did not take the lock"
-        );
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -194,7 +217,8 @@ fn qemu_same(dir: &Path, a: &str, b: &str) -> bool {
 }
 
 // ---------------------------------------------------------------------------------------
-// 1. Locking: a kernel lock that dies with its holder, whatever the lock file holds.
+// 1. Writers' registrations: a dead holder (even a zombie) holds nothing, leftovers of any
+// content mean nothing, and a second backup of a NAME is refused while one runs.
 
 /// "A killed run leaves a zombie … repositories stay locked after a kill -9": a backup
 /// SIGKILLed and never reaped (a zombie, as under a PID 1 that does not reap) holds nothing.
@@ -213,7 +237,7 @@ fn a_killed_unreaped_backup_leaves_the_repository_free() {
         .spawn()
         .unwrap();
     let pid = slow.id();
-    wait_until_locked(pid, Duration::from_secs(30));
+    wait_until_registered(&dir.join("repo"), Duration::from_secs(30));
     slow.kill().unwrap(); // SIGKILL, and no wait: it stays a zombie
     let start = Instant::now();
     while process_state(pid) != Some('Z') {
@@ -223,7 +247,7 @@ fn a_killed_unreaped_backup_leaves_the_repository_free() {
 
     let r = ok(dir, &["backup", "disk.raw", "repo"]);
     assert!(
-        !r.stderr.contains("in use"),
+        !r.stderr.contains("running"),
         "the next backup waited on the dead run: {}",
         r.stderr
     );
@@ -235,8 +259,9 @@ fn a_killed_unreaped_backup_leaves_the_repository_free() {
     slow.wait().unwrap();
 }
 
-/// "A reused PID blocks too, an empty lock file counts as stale": the lock file's contents
-/// mean nothing (a PID of a live process, ours; init's; none; garbage).
+/// "A reused PID blocks too, an empty lock file counts as stale": registrations that are
+/// not ours, of any content (a PID of a live process, ours; init's; none; garbage), and an
+/// old lock file, never stop a backup or a prune.
 #[test]
 fn a_leftover_lock_file_of_any_content_means_nothing() {
     let tmp = tempfile::tempdir().unwrap();
@@ -248,18 +273,21 @@ fn a_leftover_lock_file_of_any_content_means_nothing() {
     let contents: [&[u8]; 4] = [b"1\n", own.as_bytes(), b"", b"garbage\0\xff\xfe\n\n"];
     for (i, content) in contents.iter().enumerate() {
         std::fs::write(dir.join("repo/.vdisk-lock"), content).unwrap();
+        std::fs::create_dir_all(dir.join("repo/locks")).unwrap();
+        std::fs::write(dir.join(format!("repo/locks/{:032x}", i + 1)), content).unwrap();
         change_grains(&mut disk, &[i], 30 + i as u64);
         write_disk(&dir.join("disk.raw"), &disk);
         ok(dir, &["backup", "disk.raw", "repo"]);
-        ok(dir, &["prune", "repo", "--keep", "3"]);
+        ok(dir, &["prune", "repo", "--keep-last", "3"]);
     }
     assert_eq!(point_numbers(dir, "repo"), [3, 4, 5]);
     ok(dir, &["verify", "repo"]);
     restores_to(dir, "repo", 5, &dir.join("disk.raw"));
 }
 
-/// "Two writers can both proceed": while a backup runs, a second backup and a prune are
-/// refused in one line, readers still read, and the running backup completes undisturbed.
+/// "Two writers can both proceed": while a backup runs, a second backup of its NAME is
+/// refused in one line (with --force too); a backup of another NAME, a prune (which deletes
+/// nothing while a writer runs) and readers go on; the running backup completes undisturbed.
 #[test]
 fn a_second_writer_is_refused_while_a_backup_runs() {
     let tmp = tempfile::tempdir().unwrap();
@@ -288,16 +316,20 @@ fn a_second_writer_is_refused_while_a_backup_runs() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    wait_until_locked(slow.id(), Duration::from_secs(30));
-    one_line_error(&vdisk_in(dir, &["backup", "disk.raw", "repo"]), "in use");
+    wait_until_registered(&dir.join("repo"), Duration::from_secs(30));
+    one_line_error(&vdisk_in(dir, &["backup", "disk.raw", "repo"]), "running");
     one_line_error(
         &vdisk_in(dir, &["backup", "disk.raw", "repo", "--force"]),
-        "in use",
+        "running",
     );
-    one_line_error(&vdisk_in(dir, &["prune", "repo", "--keep", "1"]), "in use");
+    ok(dir, &["backup", "disk-1.raw", "repo", "--name", "other"]);
+    let p = ok(dir, &["prune", "repo", "--keep-last", "2", "--json"]);
+    let v: Value = serde_json::from_str(&p.stdout).unwrap();
+    assert_eq!(v["writers_running"], true, "{v}");
+    assert_eq!(v["deleted_packs"], 0, "{v}");
     // Readers take no lock.
-    assert_eq!(point_numbers(dir, "repo"), [1, 2]);
-    ok(dir, &["verify", "repo"]);
+    assert_eq!(point_numbers(dir, "repo"), [1, 2, 1]);
+    ok(dir, &["verify", "repo", "--name", "disk"]);
     assert!(
         slow.try_wait().unwrap().is_none(),
         "the slow backup ended before the refusals were checked"
@@ -305,50 +337,76 @@ fn a_second_writer_is_refused_while_a_backup_runs() {
     let out = slow.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
 
-    assert_eq!(point_numbers(dir, "repo"), [1, 2, 3]);
+    assert_eq!(point_numbers(dir, "repo"), [1, 2, 3, 1]);
     ok(dir, &["verify", "repo"]);
     for n in 1..=3u64 {
-        restores_to(dir, "repo", n, &dir.join(format!("disk-{n}.raw")));
+        let got = dir.join("restored.raw");
+        let p = n.to_string();
+        ok(
+            dir,
+            &[
+                "restore",
+                "repo",
+                "restored.raw",
+                "--name",
+                "disk",
+                "--point",
+                &p,
+                "--force",
+            ],
+        );
+        assert_same_bytes(&dir.join(format!("disk-{n}.raw")), &got);
     }
 }
 
 // ---------------------------------------------------------------------------------------
 // 3. Restore checks every grain against the hashes kept at backup time.
 
-/// Find `needle` in `hay` at a multiple of 512 (grains are sector-aligned in sparse extents).
-fn find_sector_aligned(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    (0..hay.len().saturating_sub(needle.len()) + 1)
-        .step_by(512)
-        .find(|&at| &hay[at..at + needle.len()] == needle)
+/// Where `needle` is in `hay`.
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// "Restore of a swapped or flipped stored file returned other bytes with exit 0".
+/// The packs under `repo/data`.
+fn packs(repo: &Path) -> BTreeSet<PathBuf> {
+    let mut out = BTreeSet::new();
+    let Ok(dirs) = std::fs::read_dir(repo.join("data")) else {
+        return out;
+    };
+    for d in dirs {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            out.insert(f.unwrap().path());
+        }
+    }
+    out
+}
+
+/// "Restore of a swapped or flipped stored file returned other bytes with exit 0": a flipped
+/// byte in a block, and two points' packs swapped, make restore fail in one line naming the
+/// point (and the block's byte range), never return other bytes.
 #[test]
 fn restore_of_a_flipped_or_swapped_point_file_fails_naming_the_point_and_grain() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let v1 = disk_bytes(51, 2 * MIB);
-    // Points 2 and 3 change the same grains (4, 5, 6): their extent files have one layout.
     let mut v2 = v1.clone();
     change_grains(&mut v2, &[4, 5, 6], 52);
     let mut v3 = v1.clone();
     change_grains(&mut v3, &[4, 5, 6], 62);
+    let mut after = Vec::new();
     for v in [&v1, &v2, &v3] {
         write_disk(&dir.join("disk.raw"), v);
         ok(dir, &["backup", "disk.raw", "repo"]);
+        after.push(packs(&dir.join("repo")));
     }
-    let p2 = dir.join("repo/point-000002-s001.vmdk");
-    let p3 = dir.join("repo/point-000003-s001.vmdk");
+    let p2 = after[1].difference(&after[0]).next().unwrap().clone();
+    let p3 = after[2].difference(&after[1]).next().unwrap().clone();
     let b2 = std::fs::read(&p2).unwrap();
     let b3 = std::fs::read(&p3).unwrap();
-    assert_eq!(
-        b2.len(),
-        b3.len(),
-        "the two points' extents differ in layout"
-    );
 
-    // A flipped byte inside grain 5 of point 2's extent (data, not metadata).
-    let at = find_sector_aligned(&b2, &v2[5 * GRAIN..6 * GRAIN]).expect("grain 5 stored as is");
+    // A flipped byte inside block 5 of point 2 (stored as it is: random data does not
+    // compress).
+    let at = find(&b2, &v2[5 * GRAIN..5 * GRAIN + 4096]).expect("block 5 stored as is");
     let mut flipped = b2.clone();
     flipped[at + 1000] ^= 0x01;
     std::fs::write(&p2, &flipped).unwrap();
@@ -356,7 +414,7 @@ fn restore_of_a_flipped_or_swapped_point_file_fails_naming_the_point_and_grain()
     one_line_error(&r, "point 2");
     assert!(
         r.stderr.contains(&format!("{}..{}", 5 * GRAIN, 6 * GRAIN)),
-        "the grain's byte range is not named: {}",
+        "the block's byte range is not named: {}",
         r.stderr
     );
     assert!(!dir.join("out.raw").exists());
@@ -369,11 +427,14 @@ fn restore_of_a_flipped_or_swapped_point_file_fails_naming_the_point_and_grain()
     one_line_error(&r, "point 2");
     assert_eq!(std::fs::read(dir.join("out.raw")).unwrap(), b"mine");
     std::fs::remove_file(dir.join("out.raw")).unwrap();
+    let v = vdisk_in(dir, &["verify", "repo"]);
+    assert_eq!(v.code, Some(1), "{v:#?}");
+    assert!(v.stdout.contains("disk point 2: DAMAGED"), "{}", v.stdout);
     std::fs::write(&p2, &b2).unwrap();
     write_disk(&dir.join("want.raw"), &v2);
     restores_to(dir, "repo", 2, &dir.join("want.raw"));
 
-    // The two points' extents swapped: each holds the other's grains.
+    // The two points' packs swapped: each holds the other's blocks.
     std::fs::write(&p2, &b3).unwrap();
     std::fs::write(&p3, &b2).unwrap();
     for n in ["2", "3"] {
@@ -381,8 +442,14 @@ fn restore_of_a_flipped_or_swapped_point_file_fails_naming_the_point_and_grain()
         one_line_error(&r, &format!("point {n}"));
         assert!(!dir.join("out.raw").exists(), "point {n}");
     }
-    std::fs::write(&p2, &b2).unwrap();
+    // Cut short: refused too.
+    std::fs::write(&p2, &b2[..b2.len() / 2]).unwrap();
     std::fs::write(&p3, &b3).unwrap();
+    one_line_error(
+        &vdisk_in(dir, &["restore", "repo", "out.raw", "--point", "2"]),
+        "point 2",
+    );
+    std::fs::write(&p2, &b2).unwrap();
     ok(dir, &["verify", "repo"]);
 }
 
@@ -635,7 +702,8 @@ fn an_output_that_is_an_input_is_refused_with_or_without_force() {
 }
 
 // ---------------------------------------------------------------------------------------
-// 13. Repository commands do not offer an override they ignore.
+// 13. Repository commands do not offer an override they ignore (a layout-2 repository's
+// points name files; layout 3's name none).
 
 #[test]
 fn a_point_naming_a_file_outside_the_repository_is_refused_without_suggesting_an_override() {
@@ -643,10 +711,11 @@ fn a_point_naming_a_file_outside_the_repository_is_refused_without_suggesting_an
     let dir = tmp.path();
     let mut disk = disk_bytes(131, MIB);
     write_disk(&dir.join("disk.raw"), &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    // Layout 2 (a VMDK chain) is where points name files: made through the library.
+    layout2_backup(dir, "disk.raw", "repo");
     change_grains(&mut disk, &[2], 132);
     write_disk(&dir.join("disk.raw"), &disk);
-    ok(dir, &["backup", "disk.raw", "repo"]);
+    layout2_backup(dir, "disk.raw", "repo");
     // Point 2's descriptor now names a file beside the repository (a copy of its extent,
     // so that following the name would read plausible data).
     let desc_path = dir.join("repo/point-000002.vmdk");

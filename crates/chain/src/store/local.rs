@@ -13,8 +13,8 @@ use vdisk_io::{
 };
 
 use super::{ManifestSource, Store, StoredFile, StreamOutput, WriterLock};
-use crate::lock::{RepoLock, LOCK_FILE};
-use crate::meta::{RepoMeta, META_FILE};
+use crate::layout2::lock::{RepoLock, LOCK_FILE};
+use crate::layout2::meta::{RepoMeta, META_FILE};
 
 /// A repository folder.
 #[derive(Debug)]

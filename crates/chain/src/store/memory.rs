@@ -11,7 +11,7 @@ use vdisk_core::{Error, ErrorKind, Result};
 use vdisk_io::{Bytes, ImageOutput, OutputFile, OutputPolicy, RangedFile, SealedOutput};
 
 use super::{name_in, ManifestSource, Store, StoredFile, StreamOutput, WriterLock};
-use crate::meta::{RepoMeta, META_FILE};
+use crate::layout2::meta::{RepoMeta, META_FILE};
 
 type Files = Arc<Mutex<BTreeMap<String, Arc<Vec<u8>>>>>;
 

@@ -11,6 +11,7 @@
 pub(crate) mod local;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod objects;
 #[cfg(feature = "s3")]
 pub(crate) mod s3;
 
@@ -24,7 +25,7 @@ use vdisk_core::{Error, ErrorKind, FileId, Result};
 use vdisk_diff::ManifestBytes;
 use vdisk_io::{Bytes, FileStore, ImageOutput, OutputPolicy, RangedFile};
 
-use crate::meta::RepoMeta;
+use crate::layout2::meta::RepoMeta;
 
 /// Where a repository is: a folder, or a prefix of an S3 (or S3-compatible) bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,5 +309,62 @@ pub(crate) fn name_in<'a>(root: &Path, path: &'a Path) -> Result<&'a str> {
             "names a file outside the repository",
         )
         .with_path(path)),
+    }
+}
+
+/// Which layout a location holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// Nothing of a repository (an empty or missing folder, an empty prefix).
+    None,
+    /// The earlier layout: a VMDK chain per folder (`vdisk-repo.json`).
+    Two,
+    /// Content-addressed blocks in packs (`config`).
+    Three,
+}
+
+/// The stores of a location: layout 3's objects, and layout 2's store to read an older
+/// repository.
+pub(crate) fn open_both(loc: &Location) -> Result<(Arc<dyn objects::Objects>, Arc<dyn Store>)> {
+    match loc {
+        Location::Folder(p) => {
+            let legacy = open(loc)?;
+            Ok((Arc::new(objects::FolderObjects::new(p)), legacy))
+        }
+        #[cfg(feature = "s3")]
+        Location::S3 { bucket, prefix } => {
+            let s = s3::S3Store::open(bucket, prefix)?;
+            Ok((Arc::new(s3::S3Objects::new(s.clone())), Arc::new(s)))
+        }
+        #[cfg(not(feature = "s3"))]
+        Location::S3 { .. } => Err(open(loc).err().unwrap_or_else(|| Error::invalid("no s3"))),
+    }
+}
+
+/// The layout at `loc`, whose stores are `objects` and `legacy`.
+pub(crate) fn layout_of(objects: &dyn objects::Objects, legacy: &dyn Store) -> Result<Layout> {
+    // A missing bucket is an error to say, not an empty repository.
+    let no_bucket = |e: &Error| e.message().contains("no such bucket");
+    match objects.read(crate::config::CONFIG, crate::config::MAX_SMALL) {
+        Ok(_) => return Ok(Layout::Three),
+        Err(e) if e.kind() == ErrorKind::NotFound && !no_bucket(&e) => {}
+        // Something is there but cannot be read as a config: opening will say what.
+        Err(e) if e.kind() == ErrorKind::Corrupt => return Ok(Layout::Three),
+        Err(e) => return Err(e),
+    }
+    match legacy.load_meta() {
+        Ok(Some(_)) => Ok(Layout::Two),
+        Ok(None) => Ok(Layout::None),
+        Err(e) if e.kind() == ErrorKind::NotFound && !no_bucket(&e) => Ok(Layout::None),
+        // Damaged layout-2 metadata is still layout 2: its readers say what is wrong.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::Corrupt | ErrorKind::InvalidFormat | ErrorKind::Unsupported
+            ) =>
+        {
+            Ok(Layout::Two)
+        }
+        Err(e) => Err(e),
     }
 }

@@ -171,7 +171,7 @@ impl DiskImage for NbdExport {
         let end = offset + buf.len() as u64;
         let mut step = |pos: u64| -> Result<u64> {
             let at = (pos - offset) as usize;
-            if pos % a == 0 && (end - pos >= a || end == size) {
+            if pos.is_multiple_of(a) && (end - pos >= a || end == size) {
                 // Whole blocks (and the export's last, perhaps short, block) read in place.
                 let stop = if end == size { end } else { end / a * a };
                 self.read_aligned(&mut buf[at..(stop - offset) as usize], pos)?;

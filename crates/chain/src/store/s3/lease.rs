@@ -8,7 +8,7 @@ use vdisk_core::{Error, ErrorKind, Result};
 
 use super::client::retrying;
 use super::{random_u64, unix_now, S3Store, LEASE};
-use crate::lock::RepoLock;
+use crate::layout2::lock::RepoLock;
 use crate::store::{Store, WriterLock};
 
 /// A lease not renewed for this long has expired (its holder is gone or cut off).

@@ -22,6 +22,7 @@
 
 mod client;
 mod lease;
+mod objects;
 mod read;
 #[cfg(test)]
 mod tests;
@@ -40,9 +41,10 @@ use vdisk_io::{Bytes, ImageOutput, OutputPolicy};
 pub(crate) use self::client::Backend;
 use self::client::{retrying, transient, Inner};
 use self::lease::Lease;
+pub(crate) use self::objects::S3Objects;
 use self::upload::{S3ImageOutput, Upload};
 use super::{name_in, ManifestSource, Store, StoredFile, StreamOutput, WriterLock};
-use crate::meta::RepoMeta;
+use crate::layout2::meta::RepoMeta;
 
 /// The writer's lease object.
 pub(crate) const LEASE: &str = "vdisk-lease.json";
@@ -67,7 +69,7 @@ fn is_ours(name: &str) -> bool {
     name.starts_with("point-")
         || name.starts_with(UPLOAD_MARKER)
         || name == LEASE
-        || name == crate::meta::META_FILE
+        || name == crate::layout2::meta::META_FILE
         || meta_number(name).is_some()
 }
 
@@ -270,8 +272,11 @@ impl Store for S3Store {
             let newest = files.iter().filter_map(|f| meta_number(&f.name)).max();
             let (name, n) = match newest {
                 Some(n) => (meta_name(n), n),
-                None if files.iter().any(|f| f.name == crate::meta::META_FILE) => {
-                    (crate::meta::META_FILE.to_string(), 0)
+                None if files
+                    .iter()
+                    .any(|f| f.name == crate::layout2::meta::META_FILE) =>
+                {
+                    (crate::layout2::meta::META_FILE.to_string(), 0)
                 }
                 None => {
                     *self
@@ -411,7 +416,7 @@ impl Store for S3Store {
                 self.abort_marked(n)?;
             } else if (n.starts_with("point-") && !keep.contains(n))
                 || meta_number(n).is_some_and(|m| m < seq)
-                || (n == crate::meta::META_FILE && seq > 0)
+                || (n == crate::layout2::meta::META_FILE && seq > 0)
             {
                 self.delete(n)?;
             }

@@ -11,9 +11,10 @@ use object_store::ObjectStoreExt;
 use vdisk_core::{DiskImage, ErrorKind, MemImage};
 
 use super::{meta_name, S3Store, LEASE, UPLOAD_MARKER};
-use crate::meta::{DiskIdentity, RepoMeta};
+use crate::layout2::meta::{DiskIdentity, RepoMeta};
+use crate::layout2::{BackupOptions, Repository, VerifyOptions};
 use crate::store::Store;
-use crate::{BackupOptions, Repository, Source, VerifyOptions};
+use crate::Source;
 
 /// A store on a fresh in-memory backend, under a bucket name of its own (the host lock is
 /// named after it: tests running at once must not share it).

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use vdisk_core::{Error, Result};
 use vdisk_io::{Bytes, Layer};
 
-use crate::meta::{Covers, FileCheck};
+use crate::layout2::meta::{Covers, FileCheck};
 use crate::store::{name_in, Store, StoreFiles};
 
 /// Largest descriptor file read.

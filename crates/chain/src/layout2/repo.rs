@@ -9,7 +9,7 @@ use vdisk_core::{Error, ErrorKind, Result};
 use vdisk_image::{Image, OpenOptions};
 use vdisk_io::{Cache, ReadAhead};
 
-use crate::meta::{RepoMeta, RestorePoint, META_FILE};
+use crate::layout2::meta::{RepoMeta, RestorePoint, META_FILE};
 use crate::store::{self, Location, Store, StoreFiles, WriterLock};
 
 /// A backup repository: read-only ([`Repository::open`]) or writable
@@ -36,8 +36,8 @@ impl Repository {
     ///
     /// ```
     /// # let dir = tempfile::tempdir().unwrap();
-    /// # vdisk_chain::doc_example_repository(dir.path());
-    /// let repo = vdisk_chain::Repository::open(dir.path())?;
+    /// # vdisk_chain::layout2::doc_example_repository(dir.path());
+    /// let repo = vdisk_chain::layout2::Repository::open(dir.path())?;
     /// for p in repo.points() {
     ///     println!("point {} ({}), {} bytes", p.point, p.kind.name(), p.size);
     /// }

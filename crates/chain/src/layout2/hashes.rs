@@ -8,8 +8,8 @@ use vdisk_core::Result;
 use vdisk_diff::{Manifest, ManifestBytes, ManifestWriter};
 use vdisk_image::Image;
 
+use crate::layout2::GRAIN;
 use crate::store::{ManifestSource, Store};
-use crate::GRAIN;
 
 /// A point's manifest, read from its store.
 pub(crate) type PointManifest = Manifest<ManifestSource>;
