@@ -129,3 +129,62 @@ pub fn name_tag(repo: &std::path::Path, name: &str) -> vdisk_core::Result<String
     let r = crate::Repository::open(repo, &crate::Access::default())?;
     Ok(r.keys().name_tag(name))
 }
+
+/// For benches/compare-repo.sh (through `examples/synthetic_index.rs`): add `entries`
+/// synthetic entries to the index of the repository at `repo`, as tables of at most
+/// [`crate::index::MAX_TABLE_ENTRIES`] written through the crate's own `IndexWriter`, so that
+/// a backup can be measured against the index of a repository of that many blocks without
+/// storing them. The ids are random (each table's sorted by construction), the packs they
+/// name do not exist: a backup's lookups cost what they cost in such a repository (its new
+/// blocks miss, a few by way of a page), but verify, restore and prune of it report the
+/// missing packs. Returns the tables written.
+pub fn synthetic_index(repo: &std::path::Path, entries: u64, seed: u64) -> vdisk_core::Result<u64> {
+    use crate::crypto::BlockId;
+    use crate::index::{IndexEntry, IndexWriter, Location, PackId, MAX_TABLE_ENTRIES};
+    let r = crate::Repository::open(repo, &crate::Access::default())?;
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        // splitmix64
+        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let (mut left, mut tables, mut blob) = (entries, 0u64, 0u64);
+    while left > 0 {
+        let n = left.min(MAX_TABLE_ENTRIES);
+        let id = crate::crypto::random_id()?;
+        let keys = r.keys().clone();
+        let step = u64::MAX / n;
+        r.store()
+            .create_streamed(&format!("index/{id}"), &mut |out| {
+                let mut w = IndexWriter::new(out, &keys, &id, n)?;
+                for i in 0..n {
+                    // The prefix rises with i (the table's order); the rest is random.
+                    let mut b = [0u8; 32];
+                    b[..8].copy_from_slice(&(i * step + next() % step).to_be_bytes());
+                    for k in 1..4 {
+                        b[k * 8..k * 8 + 8].copy_from_slice(&next().to_le_bytes());
+                    }
+                    // About 16 MiB packs of 40 KiB blobs.
+                    let mut pack = [0u8; 16];
+                    pack[..8].copy_from_slice(&(seed ^ (blob / 400)).to_le_bytes());
+                    pack[8..].copy_from_slice(&tables.to_le_bytes());
+                    w.push(IndexEntry {
+                        id: BlockId(b),
+                        at: Location {
+                            pack: PackId(pack),
+                            offset: ((blob % 400) * 40_960) as u32,
+                            len: 40_960,
+                        },
+                    })?;
+                    blob += 1;
+                }
+                w.finish().map(|_| ())
+            })?;
+        tables += 1;
+        left -= n;
+    }
+    Ok(tables)
+}
