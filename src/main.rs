@@ -64,7 +64,12 @@ struct GlobalArgs {
     allow_outside_paths: bool,
     /// The password of an encrypted repository: the first line of FILE (else
     /// VDISK_PASSWORD, else asked on the terminal; never an argument).
-    #[arg(long, global = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     password_file: Option<std::path::PathBuf>,
 }
 

@@ -130,10 +130,15 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             "leftovers_removed": g.leftovers_removed,
         }))?;
     }
-    let would = if a.dry_run { "would remove" } else { "removed" };
+    let (would, freed, condemned) = if a.dry_run {
+        ("would remove", "would free", "would condemn")
+    } else {
+        ("removed", "freed", "condemned")
+    };
     let list: Vec<String> = s.removed.iter().map(|(n, p)| format!("{n} {p}")).collect();
     ctx.summary(format_args!(
-            "pruned {}: {would} {} point(s){}{}, {} kept; freed {} ({} pack(s)); condemned {} pack(s), {} ({} block(s) copied out of mostly-empty packs){} in {}",
+            "{} {}: {would} {} point(s){}{}, {} kept; {freed} {} ({} pack(s)); {condemned} {} pack(s), {} ({} block(s) copied out of mostly-empty packs){} in {}",
+            if a.dry_run { "dry run of prune on" } else { "pruned" },
             a.repo.display(),
             s.removed.len(),
             if list.is_empty() { "" } else { ": " },

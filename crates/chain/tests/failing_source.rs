@@ -1,3 +1,4 @@
+//! (Layout 2, the earlier repository layout, whose writer stays for library users.)
 //! A source that fails part-way through a hash-based incremental: the scan and the link
 //! writer run at the same time, so the failure must stop both, leave no file of the failed
 //! point behind, and leave the repository as it was (the next run succeeds).
@@ -5,7 +6,8 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use vdisk_chain::{BackupOptions, Repository, Source, VerifyOptions};
+use vdisk_chain::layout2::{BackupOptions, Repository, VerifyOptions};
+use vdisk_chain::Source;
 use vdisk_core::{DiskImage, MemImage};
 
 const MIB: usize = 1 << 20;
@@ -20,7 +22,7 @@ fn names(dir: &Path) -> BTreeSet<String> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n != vdisk_chain::LOCK_FILE)
+        .filter(|n| n != vdisk_chain::layout2::LOCK_FILE)
         .collect()
 }
 

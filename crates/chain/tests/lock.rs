@@ -1,9 +1,11 @@
+//! (Layout 2, the earlier repository layout, whose writer stays for library users.)
 //! The repository lock inside one process: a second writable handle is refused like another
 //! run would be, dropping the refused handle does not unlock the holder, and readers need no
 //! lock at all (the issue "Trust at the edges": two `Repository::open` in one process both
 //! succeeded, and dropping one unlocked the other).
 
-use vdisk_chain::{BackupOptions, Repository, Source};
+use vdisk_chain::layout2::{BackupOptions, Repository};
+use vdisk_chain::Source;
 use vdisk_core::{DiskImage, ErrorKind, MemImage};
 
 fn source() -> Source {
