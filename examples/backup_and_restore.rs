@@ -1,9 +1,10 @@
 //! Keep restore points of a disk in a backup repository, check them, and restore each one.
 //!
 //! `cargo run --example backup_and_restore`: turns the fixture chain's `top.vmdk` into a
-//! working disk in a temporary folder, backs it up, changes it, backs it up again, lists and
-//! verifies the repository, then restores both points and compares each with the disk as it
-//! was when it was backed up. Exits non-zero if anything differs.
+//! working disk in a temporary folder, backs it up into a (layout-3) repository as points of
+//! the NAME `disk`, changes it, backs it up again, lists and verifies the repository, then
+//! restores both points and compares each with the disk as it was when it was backed up.
+//! Exits non-zero if anything differs.
 
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -40,50 +41,75 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     vdisk::convert(&vdisk::open(&top)?, &disk, raw, &Default::default())?;
     let mut states = vec![read_disk(&disk)?];
 
-    // 1. A full point.
+    // 1. A full point: every block that holds data, stored once each (the repository is
+    //    made by this first backup).
     let first = vdisk::backup(&disk, &repo)?;
     println!(
-        "point {}: {}, {} bytes read",
+        "point {}: {}, {} bytes read, {} bytes stored",
         first.point,
         first.kind.name(),
-        first.bytes_read
+        first.bytes_read,
+        first.bytes_added
     );
 
-    // 2. The disk changes (one grain rewritten), and an incremental point keeps the change.
+    // 2. The disk changes (one 64 KiB block rewritten), and an incremental point keeps the
+    //    change: the blocks whose fingerprints did not change keep the first point's entries.
     let file = std::fs::OpenOptions::new().write(true).open(&disk)?;
     file.write_all_at(b"changed after the first backup", 70_000)?;
     drop(file);
     states.push(read_disk(&disk)?);
     let second = vdisk::backup(&disk, &repo)?;
     println!(
-        "point {}: {}, {} bytes read, {} bytes written",
+        "point {}: {}, {} bytes read, {} bytes stored",
         second.point,
         second.kind.name(),
         second.bytes_read,
-        second.bytes_written
+        second.bytes_added
     );
 
     // 3. The points, as `vdisk list` shows them.
-    let repository = vdisk::Repository::open(&repo)?;
-    for p in repository.points() {
+    let repository = vdisk::Repository::open(&repo, &Default::default())?;
+    let list = repository.points()?;
+    for p in &list.points {
+        let r = &p.record;
         println!(
-            "  {} {:<11} {} {:>7} bytes, {:>6} stored  {}",
-            p.point,
-            p.kind.name(),
-            p.created,
-            p.size,
-            p.changed_bytes,
-            p.image
+            "  {} point {} {:<11} {} {:>7} bytes, {:>7} of data, {:>4} stored in {} blob(s)",
+            r.name,
+            r.seq,
+            if r.parent.is_some() {
+                "incremental"
+            } else {
+                "full"
+            },
+            r.time,
+            r.logical_bytes(),
+            r.data_bytes(),
+            r.stats.added_bytes,
+            r.stats.added_blobs
         );
     }
-    if repository.points().len() != 2 || repository.points()[1].changed_bytes != 64 << 10 {
-        return Err("expected two points, the second storing one 64 KiB grain".into());
+    // The second point adds two blobs: the changed block, and the disk's index (one chunk
+    // for a disk of up to 1024 blocks) that now names it.
+    let points = list.of("disk");
+    if points.len() != 2
+        || points[1].record.parent != Some(1)
+        || points[1].record.stats.added_blobs != 2
+        || second.blobs_added != 2
+    {
+        return Err(
+            "expected two points, the second storing one changed block (and its index)".into(),
+        );
     }
 
-    // 4. Verify: every stored grain against the hash kept at backup time.
-    for report in vdisk::verify(&repo)? {
+    // 4. Verify: every block and every chunk of the index, opened and checked against its id.
+    let reports = vdisk::verify(&repo)?;
+    if reports.len() != 2 {
+        return Err(format!("verify reported on {} points, not 2", reports.len()).into());
+    }
+    for report in reports {
         println!(
-            "verify point {}: {}",
+            "verify {} point {}: {}",
+            report.name,
             report.point,
             if report.sound() { "ok" } else { "DAMAGED" }
         );

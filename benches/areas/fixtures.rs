@@ -1,8 +1,10 @@
 //! Bench inputs, made with qemu-img and qemu-io in a temporary folder, and what the benches
-//! share: whole-image reads in 4 MiB chunks, output comparison, and the filter check that
-//! lets an area skip an expensive set-up when the command line's filter leaves it out.
+//! share: whole-image reads in 4 MiB chunks, output comparison, the disk the repositories'
+//! points are of, and the filter check that lets an area skip an expensive set-up when the
+//! command line's filter leaves it out.
 
 use std::cell::OnceCell;
+use std::collections::HashSet;
 use std::fs::File;
 use std::hint::black_box;
 use std::os::unix::fs::FileExt;
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use tempfile::TempDir;
+use vdisk::chain::{DiskSource, InitOptions};
 use vdisk::{BackupOptions, DiskImage, Repository, Source};
 
 pub const MIB: u64 = 1 << 20;
@@ -17,8 +20,10 @@ pub const MIB: u64 = 1 << 20;
 pub const IMAGE_SIZE: u64 = 64 * MIB;
 /// Virtual size of the image used for grain lookups (262144 grains of 64 KiB).
 pub const LOOKUP_SIZE: u64 = 16 << 30;
-/// Block size of hashes, changed-block maps and repository points.
+/// Block size of hashes, changed-block maps and repository points (a repository's default).
 pub const BLOCK: u64 = 64 << 10;
+/// The NAME the repositories of the benches keep their points under.
+pub const NAME: &str = "mixed";
 /// Bytes per `read_at` call in the whole-image reads: the chunk `copy_into` reads with.
 pub const CHUNK: usize = 4 << 20;
 
@@ -39,7 +44,8 @@ pub struct Fixtures {
     pub changed: PathBuf,
     /// The blocks `changed` differs in (block numbers, 64 KiB each).
     pub changed_blocks: Vec<u64>,
-    /// A repository with two points, made on first use by [`Fixtures::repository`].
+    /// A repository with two points of [`NAME`], made on first use by
+    /// [`Fixtures::repository`].
     repo: OnceCell<PathBuf>,
 }
 
@@ -98,13 +104,49 @@ impl Fixtures {
         })
     }
 
-    /// The name the repositories of the benches know their disk by (`raw` and `changed`
-    /// are two states of one disk).
-    pub fn source() -> Source {
-        Source {
-            identity: "bench/mixed.raw".into(),
-            unclean: false,
+    /// The disk of the repositories' points: `img` (`raw` or `changed`, two states of one
+    /// disk) under the identity and label the points of [`NAME`] know it by.
+    pub fn disk(img: &dyn DiskImage) -> DiskSource<'_> {
+        DiskSource {
+            image: img,
+            source: Source {
+                identity: "bench/mixed.raw".into(),
+                unclean: false,
+            },
+            label: "mixed.raw".into(),
         }
+    }
+
+    /// Back up `img` as the next point of [`NAME`] into the repository at `repo` (made, if
+    /// missing, unencrypted with 64 KiB blocks).
+    pub fn backup(
+        repo: impl Into<vdisk::Location>,
+        img: &dyn DiskImage,
+        opts: &BackupOptions<'_>,
+    ) -> vdisk::BackupSummary {
+        Repository::open_or_init(repo, &Default::default())
+            .expect("open the repository")
+            .backup(NAME, &[Self::disk(img)], opts)
+            .expect("back up")
+    }
+
+    /// Blobs an incremental point of `changed` adds to a repository holding a point of
+    /// `raw`: each distinct content of the changed blocks that `raw` does not hold (a block
+    /// is stored once however many disks, points or places hold it: the changed blocks that
+    /// were holes in `raw` are all alike), and the disk's index, one chunk (a leaf holds
+    /// 1024 blocks: the whole 64 MiB disk).
+    pub fn incremental_blobs(&self) -> u64 {
+        const _: () = assert!(IMAGE_SIZE / BLOCK <= 1024, "the disk's index is one chunk");
+        let raw = std::fs::read(&self.raw).expect("read the disk");
+        let changed = std::fs::read(&self.changed).expect("read the changed disk");
+        let had: HashSet<&[u8]> = raw.chunks(BLOCK as usize).collect();
+        let new: HashSet<&[u8]> = self
+            .changed_blocks
+            .iter()
+            .map(|&b| &changed[(b * BLOCK) as usize..((b + 1) * BLOCK) as usize])
+            .filter(|blk| blk.iter().any(|&x| x != 0) && !had.contains(blk))
+            .collect();
+        new.len() as u64 + 1
     }
 
     /// A folder repository holding a full point of `raw` and a hash-based incremental
@@ -112,16 +154,19 @@ impl Fixtures {
     pub fn repository(&self) -> &Path {
         self.repo.get_or_init(|| {
             let repo = self.dir().join("repo-two-points");
-            let mut r = Repository::open_or_create(&repo).expect("a fresh repository");
+            let r = Repository::init(&repo, &InitOptions::default()).expect("a fresh repository");
             for path in [&self.raw, &self.changed] {
                 let img = vdisk::open(path).expect("open the disk");
-                r.backup_image(&img, &Self::source(), &BackupOptions::default())
+                r.backup(NAME, &[Self::disk(&img)], &BackupOptions::default())
                     .expect("back up the disk");
             }
-            assert_eq!(r.points().len(), 2);
+            let list = r.points().expect("the points");
+            let points = list.of(NAME);
+            assert_eq!(points.len(), 2);
             assert_eq!(
-                r.points()[1].changed_bytes,
-                self.changed_blocks.len() as u64 * BLOCK
+                points[1].record.stats.added_blobs,
+                self.incremental_blobs(),
+                "the incremental point stores the changed blocks and its index"
             );
             repo
         })

