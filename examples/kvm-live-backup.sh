@@ -1,8 +1,8 @@
 # Live backups of a running KVM guest's disk with vdisk, QEMU's dirty bitmaps and pull-mode
 # fleecing, driven over QMP. Source this file in bash (it defines functions; guest_start sets
-# LAST); README.md ("Live KVM guests") walks through it, and tests/it/live.rs runs it while a
-# writer keeps changing the disk, checking that each restored point is the disk as it was at
-# that point's instant.
+# LAST and QSD_PID); README.md ("Live KVM guests") walks through it, and tests/it/live.rs runs
+# it while a writer keeps changing the disk, checking that each restored point is the disk as
+# it was at that point's instant.
 #
 # The guest here is a qemu-storage-daemon holding the disk (QMP on its stdin and stdout, an
 # NBD server on $SOCK); a QEMU VM takes the same QMP commands (through its QMP socket, or
@@ -37,8 +37,8 @@ qmp() {
     return 1
 }
 
-# guest_start: the guest's disk (node "disk0"), an NBD server for the backups, and one
-# persistent dirty bitmap from now on. A bitmap vdisk-K that the disk kept from the last run
+# guest_start: the guest's disk (node "disk0"; the daemon's process is QSD_PID), an NBD
+# server for the backups, and one persistent dirty bitmap from now on. A bitmap vdisk-K that the disk kept from the last run
 # (saved by guest_stop) holds every change since backup K: the numbering goes on from there
 # (LAST=K, the next backup is K+1, incremental by that bitmap). Otherwise (a new disk, or
 # bitmaps that a crash left inconsistent, or several after a backup that never ended) they
@@ -57,6 +57,7 @@ guest_start() {
             --nbd-server "addr.type=unix,addr.path=$SOCK" \
             --chardev stdio,id=qmp0 --monitor chardev=qmp0
     }
+    QSD_PID=$GUEST_PID # bash unsets GUEST_PID as soon as the daemon has exited
     local greeting k
     IFS= read -r greeting <&"${GUEST[0]}"
     qmp '{"execute":"qmp_capabilities"}' >/dev/null
@@ -132,7 +133,8 @@ backup_end() {
 # guest_stop: shut the guest down (its persistent bitmap is saved in the qcow2 file).
 guest_stop() {
     qmp '{"execute":"quit"}' >/dev/null || true
-    wait "$GUEST_PID" 2>/dev/null || true
+    wait "$QSD_PID" 2>/dev/null || true
+    QSD_PID=
 }
 
 # The same with libvirt's pull-mode backup API (libvirt 7.2 or later): libvirt takes the

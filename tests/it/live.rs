@@ -37,7 +37,7 @@ WRITER=
 cleanup() {
     touch "$WORK/stop"
     [[ -z $WRITER ]] || kill "$WRITER" 2>/dev/null || true
-    [[ -z ${GUEST_PID:-} ]] || kill "$GUEST_PID" 2>/dev/null || true
+    [[ -z ${QSD_PID:-} ]] || kill "$QSD_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
@@ -100,7 +100,6 @@ writer_start
 for n in 1 2 3; do point "$n"; done
 writer_stop
 guest_stop
-GUEST_PID=
 
 # The guest again: the disk kept vdisk-3, and the numbering goes on.
 guest_start
@@ -109,7 +108,6 @@ writer_start 1000
 point $((LAST + 1))
 writer_stop
 guest_stop
-GUEST_PID=
 "#;
 
 fn json_file(path: &Path) -> Value {
