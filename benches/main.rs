@@ -8,16 +8,16 @@
 //! - `diff`: diff of two raw images, hashing into a manifest, diff against a manifest;
 //! - `bitmap`: union, runs, encode and decode of maps of a 2 TiB disk, and of a sparse and a
 //!   full map of a 64 TiB disk;
-//! - `backup`: a full backup into a fresh folder repository, and incrementals with 1% of the
-//!   blocks changed, found by hashing or taken from a changed-block map (CBT);
-//! - `restore`: a checked point (every grain hashed) copied into a raw file;
+//! - `backup`: a full backup into a fresh folder repository (layout 3), and incrementals with
+//!   1% of the blocks changed, found by fingerprints or taken from a changed-block map (CBT);
+//! - `restore`: a checked point (every block checked against its id) copied into a raw file;
 //! - `verify`: verify of a two-point repository;
 //! - `nbd`: reads of a whole export through `vdisk::nbd::Server` on a Unix socket;
 //! - `esx`: whole-image reads of an SEsparse and a COWD link over a flat base;
 //! - `ova`: whole-image reads of a streamOptimized VMDK inside an OVA, in place;
 //! - `stream`: `vdisk::convert_stream` of a streamOptimized VMDK from memory, as from a pipe;
 //! - `s3`: a repository on SeaweedFS on loopback (when `weed` is installed): a full backup,
-//!   and checked reads of a point through the object store's block cache, cold and cached.
+//!   and checked reads of a point, from a freshly opened repository and with its packs cached.
 //!
 //! Inputs are made once per run by `fixtures` with qemu-img and qemu-io in a temporary folder
 //! (and by some areas themselves); without qemu-img the benchmarks that need them are skipped
