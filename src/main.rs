@@ -245,6 +245,10 @@ fn hint(e: &Error, repository: bool) -> Option<&'static str> {
             Some("pass --force to go ahead anyway (the same disk under another name, say)")
         }
         ErrorKind::PathRefused if !repository => Some("pass --allow-outside-paths to read it"),
+        // A repository of several NAMEs, or a point (an archive) of several disks.
+        ErrorKind::Ambiguous if e.message().contains(" names (") => {
+            Some("pick one with --name NAME")
+        }
         ErrorKind::Ambiguous => Some("pick one with --disk NAME"),
         _ => None,
     }

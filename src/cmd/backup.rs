@@ -125,7 +125,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
             .map(|(i, _, _)| super::data_blocks(i, repository.block_size()))
             .sum(),
     };
-    let progress = ctx.progress(&format!("backup {name}"), Expect::Reads(expected));
+    // The label names the disk (or, for a VM's several disks, the NAME).
+    let label = match a.src.as_slice() {
+        [one] => super::label(one),
+        _ => name.clone(),
+    };
+    let progress = ctx.progress(&format!("backup {label}"), Expect::Reads(expected));
     let disks: Vec<DiskSource<'_>> = images
         .iter()
         .map(|(img, source, label)| DiskSource {
@@ -157,8 +162,12 @@ pub fn run(ctx: &Ctx, a: Args) -> Result<Status> {
         }))?;
     }
     progress.finish(format_args!(
-        "backed up {} disk(s) to {} as point {} of {} ({}; {} point(s) kept): read {}, stored {} in {} ({})",
-        s.disks,
+        "backed up {} to {} as point {} of {} ({}; {} point(s) kept): read {}, stored {} in {} ({})",
+        a.src
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
         a.repo.display(),
         s.point,
         s.name,

@@ -193,7 +193,11 @@ fn every_command_that_writes_or_checks_prints_one_summary_line() {
             0,
             &["d.raw", "repo", "point 1"],
         ),
-        (vec!["backup", "e.raw", "repo", "--force"], 0, &["point 2"]),
+        (
+            vec!["backup", "e.raw", "repo", "--name", "d", "--force"],
+            0,
+            &["point 2"],
+        ),
         (
             vec!["restore", "--point", "1", "repo", "r.vmdk"],
             0,
@@ -236,7 +240,11 @@ fn every_command_that_writes_or_checks_prints_one_summary_line() {
         (vec!["verify", "repo"], 0, &["sound"]),
         (vec!["check", "c.qcow2"], 0, &["c.qcow2", "clean"]),
         (vec!["sync", "repo", "copy"], 0, &["copy"]),
-        (vec!["prune", "repo", "--keep", "1"], 0, &["repo", "1 kept"]),
+        (
+            vec!["prune", "repo", "--keep-last", "1"],
+            0,
+            &["repo", "1 kept"],
+        ),
     ];
     for (args, code, words) in &cases {
         let lines = stderr_lines(dir, args, *code);
@@ -430,7 +438,7 @@ fn hints_name_the_right_command_and_only_valid_values() {
     assert!(r.stderr.contains("REPO comes first"), "{}", r.stderr);
 
     // The identity refusal says what is wrong and what to do, once.
-    let r = vdisk_in(dir, &["backup", "other.raw", "repo"]);
+    let r = vdisk_in(dir, &["backup", "--name", "d", "other.raw", "repo"]);
     r.expect_code(2, "another disk");
     assert_eq!(r.stderr.lines().count(), 1, "{}", r.stderr);
     assert_eq!(r.stderr.matches("--force").count(), 1, "{}", r.stderr);

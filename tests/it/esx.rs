@@ -562,8 +562,13 @@ fn esx_snapshot_chains_back_up_and_restore_like_qemu_reads_them() {
     // A second snapshot on top backs up as an incremental of the first.
     sesparse_link(dir, "snap2", size, "snap.vmdk", 0x5e00_0005, 6);
     let want2 = converts_like_qemu(dir, "snap2.vmdk");
-    // (A new snapshot is a new file name for the same disk: --force says so.)
-    vdisk_in(dir, &["backup", "snap2.vmdk", "repo", "--force"]).expect_code(0, "backup 2");
+    // (A new snapshot is a new file name for the same disk: --force says so, and --name
+    // keeps it a point of the same NAME.)
+    vdisk_in(
+        dir,
+        &["backup", "snap2.vmdk", "repo", "--name", "snap", "--force"],
+    )
+    .expect_code(0, "backup 2");
     vdisk_in(dir, &["restore", "repo", "restored2.raw"]).expect_code(0, "restore 2");
     assert_same_bytes(&want2, &dir.join("restored2.raw"));
     let list: Value =
@@ -577,9 +582,12 @@ fn esx_snapshot_chains_back_up_and_restore_like_qemu_reads_them() {
     )
     .expect_code(0, "restore the first point");
     assert_same_bytes(&want, &dir.join("restored1.raw"));
-    // qemu-img reads the repository's images as those disks too.
+    // qemu-img reads the points as those disks too, restored as VMDKs.
     for (p, want) in points.iter().zip([&want, &want2]) {
-        let image = format!("repo/{}", p["image"].as_str().unwrap());
+        let n = p["point"].to_string();
+        let image = format!("point-{n}.vmdk");
+        vdisk_in(dir, &["restore", "repo", &image, "--point", &n]).expect_code(0, "restore");
+        qemu_img(dir, &["check", &image]);
         qemu_img(dir, &["compare", &image, want.to_str().unwrap()]);
     }
     // A COWD (VMFS5) snapshot chain backs up the same way.

@@ -83,13 +83,7 @@ fn a_refused_format_changes_nothing_in_an_existing_repository() {
     let dir = tmp.path();
     raw_fixture(dir);
     vdisk_in(dir, &["backup", "fixture.raw", "repo"]).expect_code(0, "first backup");
-    let before: Vec<_> = std::fs::read_dir(dir.join("repo"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name(), std::fs::read(e.path()).unwrap())
-        })
-        .collect();
+    let before = file_tree(&dir.join("repo"));
     // QED: a format no driver of vdisk reads.
     qemu_img(
         dir,
@@ -110,17 +104,10 @@ fn a_refused_format_changes_nothing_in_an_existing_repository() {
         "{}",
         r.stderr
     );
-    let mut after: Vec<_> = std::fs::read_dir(dir.join("repo"))
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name(), std::fs::read(e.path()).unwrap())
-        })
-        .collect();
-    let mut before = before;
-    before.sort();
-    after.sort();
-    assert!(before == after, "the repository changed");
+    assert!(
+        file_tree(&dir.join("repo")) == before,
+        "the repository changed"
+    );
 }
 
 /// What `qemu-img` calls each format vdisk writes, and the extension that selects it.

@@ -679,6 +679,8 @@ impl Repository {
                 _ => None,
             };
             // Which blocks of the leaf to read.
+            // Marked blocks the source maps as zero, recorded as zero without a read.
+            let mut zeroed: Vec<u64> = Vec::new();
             let to_read: Vec<(u64, u64)> = if let Some(map) = &cbt {
                 let all_usable = (first..first + n).all(usable);
                 let marked = (first..first + n).any(|b| map.test(b));
@@ -690,7 +692,10 @@ impl Repository {
                     skipped(opts, end - start);
                     continue;
                 }
-                runs((first..first + n).filter(|&b| map.test(b) || !usable(b)))
+                let wanted = runs((first..first + n).filter(|&b| map.test(b) || !usable(b)));
+                // A marked block the source reads as zero (a hole, a discarded range: QEMU
+                // marks those dirty) is not read.
+                data_runs(img, wanted, bs, size, &mut zeroed)?
             } else {
                 if next_data.is_none_or(|nd| nd < start) {
                     next_data = Some(img.next_data(start)?.unwrap_or(size));
@@ -730,6 +735,9 @@ impl Repository {
             } else {
                 vec![LeafEntry::ZERO; n as usize]
             };
+            for &b in &zeroed {
+                entries[(b - first) as usize] = LeafEntry::ZERO;
+            }
             let tasks: Vec<(u64, u64)> = to_read
                 .iter()
                 .flat_map(|&(a, b)| {
@@ -848,6 +856,48 @@ fn skipped(opts: &BackupOptions<'_>, n: u64) {
     if let Some(p) = opts.progress {
         p.skipped(n);
     }
+}
+
+/// The parts of the block runs `runs` (of `bs`-byte blocks of a disk of `size` bytes) that
+/// `img` maps as data; the blocks it maps as zero (holes, zero ranges) are added to `zeroed`.
+fn data_runs(
+    img: &dyn DiskImage,
+    runs: Vec<(u64, u64)>,
+    bs: u64,
+    size: u64,
+    zeroed: &mut Vec<u64>,
+) -> Result<Vec<(u64, u64)>> {
+    let mut out = Vec::new();
+    for (a, b) in runs {
+        let start = a * bs;
+        let end = (b * bs).min(size);
+        if start >= end {
+            continue;
+        }
+        let mut data: Vec<(u64, u64)> = Vec::new();
+        for e in img.allocation(start, end - start)? {
+            if e.allocation != vdisk_core::Allocation::Data {
+                continue;
+            }
+            let x = (e.start / bs).max(a);
+            let y = e.end().div_ceil(bs).min(b);
+            if x >= y {
+                continue;
+            }
+            match data.last_mut() {
+                Some((_, last)) if *last >= x => *last = (*last).max(y),
+                _ => data.push((x, y)),
+            }
+        }
+        let mut at = a;
+        for (x, y) in data {
+            zeroed.extend(at..x);
+            out.push((x, y));
+            at = y;
+        }
+        zeroed.extend(at..b);
+    }
+    Ok(out)
 }
 
 /// Consecutive numbers as `(first, end)` runs.

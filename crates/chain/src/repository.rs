@@ -387,11 +387,7 @@ impl Repository {
                         return Err(err_at(
                             self.location(),
                             ErrorKind::Ambiguous,
-                            format!(
-                                "holds points of {} names ({}); pick one with --name",
-                                many.len(),
-                                many.join(", ")
-                            ),
+                            format!("holds points of {} names ({})", many.len(), many.join(", ")),
                         ))
                     }
                 }

@@ -66,7 +66,7 @@ pub fn pick_disk(point: &PointRecord, disk: Option<&str>, root: &std::path::Path
             root,
             ErrorKind::Ambiguous,
             format!(
-                "point {} of \"{}\" holds {} disks ({}); pick one with --disk (a position from 0, or a name)",
+                "point {} of \"{}\" holds {} disks ({})",
                 point.seq,
                 point.name,
                 labels.len(),

@@ -57,7 +57,7 @@ impl Location {
     /// assert!(matches!(Location::from("/srv/backups/vm1"), Location::Folder(_)));
     /// // Text that looks like an object store but is not a valid one is refused, never a
     /// // folder named "s3:".
-    /// let e = vdisk_chain::Repository::open_or_create("s3://No_Such/x").unwrap_err();
+    /// let e = vdisk_chain::Repository::open_or_init("s3://No_Such/x", &Default::default()).unwrap_err();
     /// assert!(e.to_string().contains("bucket name"), "{e}");
     /// # Ok::<(), vdisk_core::Error>(())
     /// ```
