@@ -1,19 +1,21 @@
 //! Ending a run on SIGINT or SIGTERM without leaving anything behind.
 //!
 //! Outputs are written without a name (`O_TMPFILE`) and repositories switch their metadata
-//! in one atomic step, so a run that simply stops leaves every destination as it was. Two
+//! in one atomic step, so a run that simply stops leaves every destination as it was. Three
 //! things need care, and this module keeps track of them:
 //!
 //! - temporary names (file systems without `O_TMPFILE`): each one is [tracked](TempName)
 //!   while it exists, and removed before the process exits;
 //! - publications (a file linked or renamed into place, an image of several files put under
-//!   their names): an interrupt waits for one in progress to end, and none starts after it.
+//!   their names): an interrupt waits for one in progress to end, and none starts after it;
+//! - [clean-ups](on_cleanup): what a file name cannot say, such as the objects a run put in a
+//!   repository before its commit (removed only when nothing can depend on them yet).
 //!
 //! [`on_interrupt`] starts the thread that waits for the signal, tidies up and then calls
 //! the program's handler (which reports and exits).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -25,6 +27,11 @@ static TEMP_NAMES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 static PUBLISHING: AtomicUsize = AtomicUsize::new(0);
 /// Set once an interrupt arrived: no publication starts after it.
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Clean-ups registered now, by their [`Cleanup`]'s number.
+static CLEANUPS: Mutex<Vec<(u64, CleanupFn)>> = Mutex::new(Vec::new());
+static NEXT_CLEANUP: AtomicU64 = AtomicU64::new(0);
+
+type CleanupFn = Box<dyn FnOnce() + Send>;
 
 /// The longest an interrupt waits for a publication in progress (a few renames and fsyncs;
 /// a stuck file system is not waited for forever).
@@ -100,9 +107,48 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// A clean-up an interrupt runs while this lives (see [`on_cleanup`]); dropping it forgets
+/// the clean-up.
+#[derive(Debug)]
+#[must_use]
+pub struct Cleanup(u64);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Ok(mut all) = CLEANUPS.lock() {
+            all.retain(|(n, _)| *n != self.0);
+        }
+    }
+}
+
+/// Have an interrupt run `f` once before the process exits: after the publication in
+/// progress ended (so `f` sees either all of it or none of it, and no other starts), before
+/// the temporary names are removed. It runs on the interrupt's thread while the others go on,
+/// so what it reads and removes must be kept under a lock the others take only outside a
+/// [publication](publishing).
+pub fn on_cleanup(f: impl FnOnce() + Send + 'static) -> Cleanup {
+    let n = NEXT_CLEANUP.fetch_add(1, Ordering::Relaxed);
+    if let Ok(mut all) = CLEANUPS.lock() {
+        all.push((n, Box::new(f)));
+    }
+    Cleanup(n)
+}
+
+/// Run every clean-up still registered, once (one that panics does not stop the others).
+fn run_cleanups() {
+    let all = match CLEANUPS.lock() {
+        Ok(mut all) => std::mem::take(&mut *all),
+        Err(_) => return,
+    };
+    for (_, f) in all {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    }
+}
+
 /// Catch SIGINT and SIGTERM. On the first one, a thread waits for any publication in progress
-/// to end (none starts after it), removes the temporary names that still exist, and calls
-/// `handler` with the signal's number; the handler reports and exits the process.
+/// to end (none starts after it), runs the [clean-ups](on_cleanup), removes the temporary
+/// names that still exist, and calls `handler` with the signal's number; the handler reports
+/// and exits the process.
 ///
 /// Only one catcher can be installed in a process (see [`sys::interrupt_pipe`]).
 pub fn on_interrupt(handler: impl FnOnce(i32) + Send + 'static) -> std::io::Result<()> {
@@ -120,6 +166,7 @@ pub fn on_interrupt(handler: impl FnOnce(i32) + Send + 'static) -> std::io::Resu
             while PUBLISHING.load(Ordering::SeqCst) > 0 && start.elapsed() < PUBLISH_WAIT {
                 std::thread::sleep(Duration::from_millis(5));
             }
+            run_cleanups();
             remove_temp_names();
             handler(i32::from(sig[0]));
         })?;
@@ -160,5 +207,26 @@ mod tests {
         assert!(a.exists(), "a was no longer tracked");
         assert!(!b.exists(), "b was tracked, so removed");
         drop(tb);
+    }
+
+    #[test]
+    fn clean_ups_run_once_unless_dropped() {
+        use std::sync::Arc;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counter = |add: usize| {
+            let runs = Arc::clone(&runs);
+            move || {
+                runs.fetch_add(add, Ordering::SeqCst);
+            }
+        };
+        let kept = on_cleanup(counter(1));
+        let dropped = on_cleanup(counter(10));
+        let also_kept = on_cleanup(counter(100));
+        drop(dropped);
+        run_cleanups();
+        assert_eq!(runs.load(Ordering::SeqCst), 101);
+        run_cleanups();
+        assert_eq!(runs.load(Ordering::SeqCst), 101, "each runs once");
+        drop((kept, also_kept));
     }
 }

@@ -6,14 +6,23 @@
 //! A create is conditional: it fails, rather than replace anything, when the name exists (a
 //! link of a complete, synced file in a folder; `If-None-Match: *` on S3). That is what makes
 //! a commit safe without a lock: two writers can never both create the same point.
+//!
+//! An interrupted run (SIGINT, SIGTERM) leaves a folder as it found it: the packs and tables
+//! it wrote for a point it did not commit, and its registration, are removed before it exits
+//! (see [`FolderObjects`]). An object store keeps them: the next run takes over the
+//! registration (its holder is proven gone) and a prune removes the rest, as after a run that
+//! was killed.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_io::interrupt::{self, publishing, TempName};
 use vdisk_io::sys;
 
 /// An object as a listing shows it.
@@ -103,11 +112,97 @@ fn check_name(root: &Path, name: &str) -> Result<()> {
 }
 
 /// A repository's objects in a folder: one file per object, in folders by prefix.
+///
+/// What this process creates is kept track of, so that an interrupt leaves the folder as it
+/// was: packs and tables (`data/`, `index/`) are *provisional* until a point or a condemned
+/// list is created (the commit they were written for) or the run deletes an object the
+/// repository had (a prune deletes tables only once the tables replacing them exist); its
+/// registrations (`locks/`) are until it deletes them. Every link into place is a
+/// [publication](publishing): an interrupt waits for one in progress, so it finds a point
+/// committed with its objects or not at all. Then it removes the registrations, and the
+/// provisional objects when nobody can have used them (see [`remove_provisional`]).
 #[derive(Debug)]
 pub(crate) struct FolderObjects {
     dir: PathBuf,
     read_ahead_off: std::sync::atomic::AtomicBool,
     forget: std::sync::atomic::AtomicBool,
+    provisional: Arc<Mutex<Provisional>>,
+    /// The interrupt's clean-up, registered with the first provisional object.
+    cleanup: Mutex<Option<interrupt::Cleanup>>,
+}
+
+/// What this process created that an interrupt removes.
+#[derive(Debug, Default)]
+struct Provisional {
+    /// Packs and tables nothing committed needs yet.
+    objects: HashSet<String>,
+    /// This process's registrations.
+    locks: HashSet<String>,
+    /// The points and condemned lists there were before the first provisional object, and
+    /// those this process created since (`None`: they could not be listed).
+    commits: Option<HashSet<String>>,
+}
+
+/// What creating (or deleting) an object means for an interrupt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A pack or a table: provisional until a commit.
+    Data,
+    /// A writer's registration.
+    Registration,
+    /// A point or a condemned list: what the run's data was written for.
+    Commit,
+    /// The config, a key file.
+    Other,
+}
+
+fn role(name: &str) -> Role {
+    match name.split('/').next() {
+        Some("data" | "index") => Role::Data,
+        Some("locks") => Role::Registration,
+        Some("points" | "condemned") => Role::Commit,
+        _ => Role::Other,
+    }
+}
+
+fn lock(p: &Mutex<Provisional>) -> MutexGuard<'_, Provisional> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The names of the plain objects under `root/top` (`None` when they cannot be listed).
+fn names_under(root: &Path, top: &str) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    walk(root, top, 0, false, &mut out).ok()?;
+    Some(out.into_iter().map(|o| o.name).collect())
+}
+
+/// An interrupt's clean-up of the folder `dir`: remove this process's registrations, and its
+/// provisional packs and tables when nobody can depend on them: another writer registers
+/// before it reads the index, and a reader never commits, so only a writer registered now,
+/// or one that committed a point or condemned list since this run began writing, can have
+/// found a block in them (two backups of clones share blocks). Then they stay, as after a
+/// killed run: a prune removes what no point needs. Tables go first, packs after.
+fn remove_provisional(dir: &Path, p: &Mutex<Provisional>) {
+    let mut p = lock(p);
+    let untouched = p.commits.as_ref().is_some_and(|known| {
+        ["points", "condemned"].iter().all(|top| {
+            names_under(dir, top).is_some_and(|now| now.iter().all(|n| known.contains(n)))
+        })
+    });
+    // Last, right before the removals: the window a writer could register and read the
+    // index in is as short as it can be.
+    let alone = untouched
+        && names_under(dir, "locks").is_some_and(|now| now.iter().all(|n| p.locks.contains(n)));
+    if alone {
+        let mut objects: Vec<String> = p.objects.drain().collect();
+        objects.sort_by_key(|n| !n.starts_with("index/"));
+        for n in objects {
+            let _ = std::fs::remove_file(dir.join(n));
+        }
+    }
+    for n in p.locks.drain() {
+        let _ = std::fs::remove_file(dir.join(n));
+    }
 }
 
 /// The temporary name of an object being written where `O_TMPFILE` is missing.
@@ -119,7 +214,63 @@ impl FolderObjects {
             dir: dir.to_path_buf(),
             read_ahead_off: Default::default(),
             forget: Default::default(),
+            provisional: Default::default(),
+            cleanup: Mutex::new(None),
         }
+    }
+
+    fn provisional(&self) -> MutexGuard<'_, Provisional> {
+        lock(&self.provisional)
+    }
+
+    /// Put a complete file under `name` with `link` (a link or a rename), and keep track of
+    /// it for an interrupt (which cannot fall in between).
+    fn publish(
+        &self,
+        name: &str,
+        link: impl FnOnce() -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let role = role(name);
+        if matches!(role, Role::Data | Role::Registration) {
+            self.watch();
+        }
+        // Never taken while the lock on `provisional` is held: after an interrupt, this
+        // does not return.
+        let _publishing = publishing();
+        link()?;
+        let mut p = self.provisional();
+        match role {
+            Role::Data => {
+                p.objects.insert(name.to_string());
+            }
+            Role::Registration => {
+                p.locks.insert(name.to_string());
+            }
+            Role::Commit => {
+                p.objects.clear();
+                if let Some(known) = &mut p.commits {
+                    known.insert(name.to_string());
+                }
+            }
+            Role::Other => {}
+        }
+        Ok(())
+    }
+
+    /// Before the first provisional object: note the commits there are, and have an
+    /// interrupt clean up.
+    fn watch(&self) {
+        let mut slot = self.cleanup.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        let known = names_under(&self.dir, "points").and_then(|mut n| {
+            n.extend(names_under(&self.dir, "condemned")?);
+            Some(n.into_iter().collect())
+        });
+        self.provisional().commits = known;
+        let (dir, p) = (self.dir.clone(), Arc::clone(&self.provisional));
+        *slot = Some(interrupt::on_cleanup(move || remove_provisional(&dir, &p)));
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -201,7 +352,7 @@ impl FolderObjects {
 
     /// A complete, synced file in `dir` holding `bytes`, not yet under its name: unnamed
     /// (`O_TMPFILE`) where the file system can, else under a temporary name.
-    fn write_temp(&self, dir: &Path, bytes: &[u8]) -> Result<(File, Option<PathBuf>)> {
+    fn write_temp(&self, dir: &Path, bytes: &[u8]) -> Result<(File, Option<TempName>)> {
         let unnamed = OpenOptions::new()
             .read(true)
             .write(true)
@@ -212,14 +363,14 @@ impl FolderObjects {
             Ok(f) => (f, None),
             Err(_) => {
                 let name = format!("{TEMP_PREFIX}{}", crate::crypto::random_id()?);
-                let p = dir.join(name);
+                let p = TempName::new(dir.join(name));
                 let f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o644)
                     .custom_flags(sys::flags::O_NOFOLLOW | sys::flags::O_CLOEXEC)
-                    .open(&p)
-                    .map_err(|e| Error::io("cannot write", e).with_path(&p))?;
+                    .open(p.path())
+                    .map_err(|e| Error::io("cannot write", e).with_path(p.path()))?;
                 (f, Some(p))
             }
         };
@@ -313,12 +464,12 @@ impl Objects for FolderObjects {
         let dir = self.parent_dir(name)?;
         let path = self.path(name);
         let (f, temp) = self.write_temp(&dir, bytes)?;
-        let linked = match &temp {
+        let linked = self.publish(name, || match &temp {
             None => sys::link_unnamed(&f, &path),
-            Some(t) => std::fs::hard_link(t, &path),
-        };
+            Some(t) => std::fs::hard_link(t.path(), &path),
+        });
         if let Some(t) = &temp {
-            let _ = std::fs::remove_file(t);
+            let _ = std::fs::remove_file(t.path());
         }
         match linked {
             Ok(()) => {
@@ -334,20 +485,21 @@ impl Objects for FolderObjects {
         check_name(&self.dir, name)?;
         let dir = self.parent_dir(name)?;
         let path = self.path(name);
-        let temp = dir.join(format!("{TEMP_PREFIX}{}", crate::crypto::random_id()?));
+        let temp = TempName::new(dir.join(format!("{TEMP_PREFIX}{}", crate::crypto::random_id()?)));
+        let temp = temp.path();
         let written = (|| {
             let f = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o644)
                 .custom_flags(sys::flags::O_NOFOLLOW | sys::flags::O_CLOEXEC)
-                .open(&temp)?;
+                .open(temp)?;
             f.write_all_at(bytes, 0)?;
             f.sync_all()?;
-            std::fs::rename(&temp, &path)
+            self.publish(name, || std::fs::rename(temp, &path))
         })();
         if let Err(e) = written {
-            let _ = std::fs::remove_file(&temp);
+            let _ = std::fs::remove_file(temp);
             return Err(Error::io("cannot write", e).with_path(&path));
         }
         sync_dir(&dir)
@@ -371,14 +523,14 @@ impl Objects for FolderObjects {
             drop(w);
             f.sync_all()
                 .map_err(|e| Error::io("cannot write", e).with_path(&path))?;
-            match &temp {
+            self.publish(name, || match &temp {
                 None => sys::link_unnamed(&f, &path),
-                Some(t) => std::fs::hard_link(t, &path),
-            }
+                Some(t) => std::fs::hard_link(t.path(), &path),
+            })
             .map_err(|e| Error::io("cannot create", e).with_path(&path))
         })();
         if let Some(t) = &temp {
-            let _ = std::fs::remove_file(t);
+            let _ = std::fs::remove_file(t.path());
         }
         written?;
         sync_dir(&dir)
@@ -392,13 +544,28 @@ impl Objects for FolderObjects {
 
     fn delete(&self, name: &str) -> Result<()> {
         check_name(&self.dir, name)?;
+        // Deleting a pack, table, point or list this run did not write means what it wrote
+        // is needed now (a prune's new tables, once it deletes those they replace): that stays,
+        // as after a commit, and an interrupt cannot fall in between.
+        let theirs = matches!(role(name), Role::Data | Role::Commit)
+            && !self.provisional().objects.contains(name);
+        let _publishing = theirs.then(publishing);
+        if theirs {
+            self.provisional().objects.clear();
+        }
         let p = self.path(name);
-        match std::fs::remove_file(&p) {
+        let removed = match std::fs::remove_file(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 Err(Error::io("cannot remove", e).with_path(&p))
             }
             _ => Ok(()),
+        };
+        if removed.is_ok() {
+            let mut prov = self.provisional();
+            prov.objects.remove(name);
+            prov.locks.remove(name);
         }
+        removed
     }
 
     fn prepare(&self) -> Result<()> {
@@ -489,12 +656,16 @@ fn walk(
     Ok(())
 }
 
+/// Each object's bytes and when it was written.
+#[cfg(test)]
+type MemoryMap = std::collections::BTreeMap<String, (Vec<u8>, u64)>;
+
 /// Objects in memory, for unit tests: a map of names to bytes, with hooks to damage them.
 #[cfg(test)]
 #[derive(Debug, Default, Clone)]
 pub(crate) struct MemoryObjects {
     root: PathBuf,
-    objects: std::sync::Arc<std::sync::Mutex<std::collections::BTreeMap<String, (Vec<u8>, u64)>>>,
+    objects: Arc<Mutex<MemoryMap>>,
 }
 
 #[cfg(test)]
@@ -506,7 +677,7 @@ impl MemoryObjects {
         }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, (Vec<u8>, u64)>> {
+    fn map(&self) -> MutexGuard<'_, MemoryMap> {
         self.objects.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -670,5 +841,93 @@ mod tests {
         o.delete("locks/l").unwrap();
         o.delete("locks/l").unwrap();
         assert!(o.leftovers().unwrap().is_empty());
+    }
+
+    /// Every file under `dir`, by its name there.
+    fn files(dir: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for top in ["data", "index", "points", "locks", "condemned"] {
+            out.extend(names_under(dir, top).unwrap());
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_interrupt_removes_what_no_commit_needs_and_nobody_can_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let interrupt = |o: &FolderObjects| remove_provisional(d, &o.provisional);
+        FolderObjects::new(d).create("points/a-1", b"p").unwrap();
+        let before = files(d);
+
+        // A run interrupted before its commit: as if it never ran.
+        let o = FolderObjects::new(d);
+        o.create("locks/r1", b"l").unwrap();
+        o.replace("locks/r1", b"refreshed").unwrap();
+        o.create("data/ab/p1", b"x").unwrap();
+        o.create_streamed("index/t1", &mut |w| {
+            w.write_all(b"t").map_err(|e| Error::io("write", e))
+        })
+        .unwrap();
+        interrupt(&o);
+        assert_eq!(files(d), before);
+
+        // After its commit: the point and what it needs stay; what it wrote for the next one
+        // (a sync's next point) and its registration go.
+        let o = FolderObjects::new(d);
+        o.create("locks/r2", b"l").unwrap();
+        o.create("data/ab/p2", b"x").unwrap();
+        o.create("points/a-2", b"p").unwrap();
+        o.create("data/ab/p3", b"x").unwrap();
+        interrupt(&o);
+        assert_eq!(files(d), ["data/ab/p2", "points/a-1", "points/a-2"]);
+
+        // Another writer registered, or one that committed meanwhile, may have found blocks in
+        // them: they stay (a prune removes them).
+        let o = FolderObjects::new(d);
+        o.create("locks/r3", b"l").unwrap();
+        o.create("data/cd/p4", b"x").unwrap();
+        std::fs::write(d.join("locks/other"), b"l").unwrap();
+        interrupt(&o);
+        std::fs::remove_file(d.join("locks/other")).unwrap();
+        let o = FolderObjects::new(d);
+        o.create("locks/r4", b"l").unwrap();
+        o.create("data/cd/p5", b"x").unwrap();
+        FolderObjects::new(d).create("points/b-1", b"p").unwrap();
+        interrupt(&o);
+        assert_eq!(
+            files(d),
+            [
+                "data/ab/p2",
+                "data/cd/p4",
+                "data/cd/p5",
+                "points/a-1",
+                "points/a-2",
+                "points/b-1"
+            ]
+        );
+
+        // A prune that deleted a table its new one replaces keeps the new one.
+        let o = FolderObjects::new(d);
+        o.create("locks/r5", b"l").unwrap();
+        o.create("index/t2", b"t").unwrap();
+        o.create("index/t3", b"t").unwrap();
+        o.delete("index/t3").unwrap();
+        o.delete("data/cd/p5").unwrap();
+        o.delete("locks/r5").unwrap();
+        o.create("data/ef/p6", b"x").unwrap();
+        interrupt(&o);
+        assert_eq!(
+            files(d),
+            [
+                "data/ab/p2",
+                "data/cd/p4",
+                "index/t2",
+                "points/a-1",
+                "points/a-2",
+                "points/b-1"
+            ]
+        );
     }
 }
