@@ -254,15 +254,21 @@ fn s3_transient_faults_are_retried() {
 
 /// Run `args` through the proxy, killing vdisk after request `n`; whether it finished.
 fn killed_at(dir: &Path, loc: &Loc, proxy: &Proxy, args: &[&str], n: u64) -> bool {
+    use std::sync::atomic::Ordering;
     let mut c = loc.command(dir, args);
     c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let child = c.spawn().unwrap();
+    // Counted from before the start (request n waits for the pid): no request of the run
+    // goes uncounted.
     proxy.set(Faults {
-        kill_at: Some((child.id(), n)),
+        kill_at: Some((0, n)),
         ..Default::default()
     });
+    let kills = proxy.killed.load(Ordering::SeqCst);
+    let child = c.spawn().unwrap();
+    proxy.kill_pid(child.id());
     let out = child.wait_with_output().unwrap();
+    let requests = proxy.requests.load(Ordering::SeqCst);
     proxy.set(Faults::default());
     // Killed, or finished: never an error of its own.
     use std::os::unix::process::ExitStatusExt;
@@ -271,6 +277,19 @@ fn killed_at(dir: &Path, loc: &Loc, proxy: &Proxy, args: &[&str], n: u64) -> boo
         "{args:?} at request {n}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    if out.status.success() {
+        // It finished because it needed fewer requests, not because the kill was missed.
+        assert!(
+            requests < n,
+            "{args:?} made {requests} requests, not killed at {n}"
+        );
+    } else {
+        assert_eq!(
+            proxy.killed.load(Ordering::SeqCst),
+            kills + 1,
+            "{args:?} at {n}"
+        );
+    }
     out.status.success()
 }
 
@@ -351,8 +370,8 @@ fn s3_kill_at_each_request_loses_nothing() {
     let proxy = Proxy::start(server.port);
     let loc = Loc::s3(server, proxy.port, "kill");
     let direct = loc.via(server.port);
-    // 10 MiB of data in one extent: a multipart upload (a part, then the 8 MiB head part
-    // last), kept small since every request of every run is a kill point.
+    // 10 MiB of data: one pack (a conditional PUT), its index table and the point, kept
+    // small since every request of every run is a kill point.
     let mut disk = vec![0u8; 12 * MIB];
     disk[MIB..11 * MIB].copy_from_slice(&pattern(4, 10 * MIB));
     std::fs::write(dir.join("disk.raw"), &disk).unwrap();

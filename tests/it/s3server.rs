@@ -282,7 +282,9 @@ pub struct Faults {
     pub drop_every: Option<u64>,
     /// Hold each request this long before forwarding it.
     pub delay: Option<Duration>,
-    /// SIGKILL this process once request number `.1` has been forwarded.
+    /// SIGKILL this process once request number `.1` has been forwarded. A pid of 0 is one
+    /// not known yet (set with [`Proxy::kill_pid`] once the process is started): request
+    /// `.1` is held until it is, so the count can start before the process does.
     pub kill_at: Option<(u32, u64)>,
 }
 
@@ -322,6 +324,13 @@ impl Proxy {
     pub fn set(&self, faults: Faults) {
         *self.faults.lock().unwrap() = faults;
         self.requests.store(0, Ordering::SeqCst);
+    }
+
+    /// The process `kill_at` kills, now that it is started (the count goes on).
+    pub fn kill_pid(&self, pid: u32) {
+        if let Some(k) = &mut self.faults.lock().unwrap().kill_at {
+            k.0 = pid;
+        }
     }
 }
 
@@ -382,7 +391,16 @@ fn serve(
         head.resize(at + content_length(&head) as usize, 0);
         reader.read_exact(&mut head[at..])?;
         let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-        let f = faults.lock().unwrap().clone();
+        let mut f = faults.lock().unwrap().clone();
+        // The request to kill at, from a process not yet known: held until it is.
+        let t0 = Instant::now();
+        while f.kill_at.is_some_and(|(pid, at)| at == n && pid == 0) {
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            f = faults.lock().unwrap().clone();
+        }
         if let Some(d) = f.delay {
             std::thread::sleep(d);
         }
@@ -401,12 +419,13 @@ fn serve(
         }
         server.write_all(&head)?;
         if let Some((pid, at)) = f.kill_at {
-            if n == at {
+            if n == at && pid != 0 {
+                // Counted first: whoever waits for the child sees the count once it is dead.
+                killed.fetch_add(1, Ordering::SeqCst);
                 // SAFETY: kill(2) of the child the test started.
                 unsafe {
                     libc::kill(pid as i32, libc::SIGKILL);
                 }
-                killed.fetch_add(1, Ordering::SeqCst);
             }
         }
     }

@@ -168,6 +168,17 @@ impl Registered {
 
 /// Every registration of the repository.
 pub fn registrations(repo: &Repository) -> Result<Vec<Registered>> {
+    read_registrations(repo, None)
+}
+
+/// Every registration of the repository; with `me` (a writer's own registration), those
+/// proven dead are taken over: each is removed as soon as it is read, and left out.
+///
+/// One at a time, not after all are read: a run killed half-way through the list has still
+/// removed what it read, so registrations left by killed runs cannot pile up faster than
+/// the next runs clear them (each killed run leaves one; a run that removed nothing before
+/// it was killed would leave the next one more to read).
+fn read_registrations(repo: &Repository, me: Option<&str>) -> Result<Vec<Registered>> {
     let store = repo.store();
     let mut out = Vec::new();
     for ObjectInfo { name, modified, .. } in store.list("locks/")? {
@@ -176,6 +187,11 @@ pub fn registrations(repo: &Repository) -> Result<Vec<Registered>> {
             Err(e) if e.kind() == ErrorKind::NotFound => continue,
             Err(_) => None,
         };
+        if me.is_some_and(|me| me != name) && body.as_ref().is_some_and(LockBody::proven_dead) {
+            // Taken over, with that proof. Others are only ever removed by their holder.
+            let _ = store.delete(&name);
+            continue;
+        }
         out.push(Registered {
             key: name,
             body,
@@ -251,19 +267,15 @@ impl Registration {
         // Refuse when an older live writer of this kind (and NAME) is registered; a younger
         // one will see us and refuse itself.
         let now = now_secs();
-        let all = registrations(repo)?;
+        // Registrations proven dead (this host and boot, their process gone) are taken over
+        // as they are read.
+        let all = read_registrations(repo, Some(&reg.key))?;
         let me = all.iter().find(|r| r.key == reg.key).cloned();
         let my_order = me
             .as_ref()
             .map_or((body.since, reg.key.as_str()), |m| m.order());
         for r in &all {
             let Some(b) = &r.body else { continue };
-            // A registration proven dead (this host and boot, its process gone) is taken
-            // over: removed, with that proof. Others are only ever removed by their holder.
-            if r.key != reg.key && b.proven_dead() {
-                let _ = repo.store().delete(&r.key);
-                continue;
-            }
             if r.key == reg.key || b.kind != kind || b.name.as_deref() != name || !r.live(now) {
                 continue;
             }
@@ -319,7 +331,138 @@ impl Drop for Registration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicI64;
+
     use super::*;
+    use crate::store::objects::MemoryObjects;
+
+    /// Objects in memory, as a run killed after its `left`-th request leaves them: every
+    /// request after that fails and changes nothing, its own clean-up included (`left` goes
+    /// below 0 once it was killed).
+    #[derive(Debug)]
+    struct KilledAt {
+        inner: MemoryObjects,
+        left: AtomicI64,
+    }
+
+    impl KilledAt {
+        fn request(&self) -> Result<()> {
+            if self.left.fetch_sub(1, Ordering::SeqCst) > 0 {
+                Ok(())
+            } else {
+                Err(Error::new(ErrorKind::Io, "killed"))
+            }
+        }
+    }
+
+    impl Objects for KilledAt {
+        fn location(&self) -> &std::path::Path {
+            self.inner.location()
+        }
+        fn read(&self, name: &str, max: u64) -> Result<Vec<u8>> {
+            self.request()?;
+            self.inner.read(name, max)
+        }
+        fn read_range(&self, name: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+            self.request()?;
+            self.inner.read_range(name, offset, len)
+        }
+        fn create(&self, name: &str, bytes: &[u8]) -> Result<bool> {
+            self.request()?;
+            self.inner.create(name, bytes)
+        }
+        fn replace(&self, name: &str, bytes: &[u8]) -> Result<()> {
+            self.request()?;
+            self.inner.replace(name, bytes)
+        }
+        fn create_streamed(
+            &self,
+            name: &str,
+            fill: &mut dyn FnMut(&mut dyn std::io::Write) -> Result<()>,
+        ) -> Result<()> {
+            self.request()?;
+            self.inner.create_streamed(name, fill)
+        }
+        fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>> {
+            self.request()?;
+            self.inner.list(prefix)
+        }
+        fn delete(&self, name: &str) -> Result<()> {
+            self.request()?;
+            self.inner.delete(name)
+        }
+        fn prepare(&self) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    fn locks(s: &MemoryObjects) -> usize {
+        s.names().iter().filter(|n| n.starts_with("locks/")).count()
+    }
+
+    /// "A backup killed at each request never finishes": runs killed while they read the
+    /// registrations of runs killed before (dead: this host, their process gone) each left
+    /// one more and removed none, so each run, allowed one request more than the last, had
+    /// more to read before its first removal (two requests a registration on S3) and none
+    /// got through. A dead registration is removed as soon as it is read: killed runs do not
+    /// pile up.
+    #[test]
+    fn registrations_of_killed_runs_are_taken_over_as_they_are_read() {
+        std::env::set_var("VDISK_KDF_MEMORY_KIB", "8192");
+        let s = MemoryObjects::new("killed");
+        let store = Arc::new(KilledAt {
+            inner: s.clone(),
+            left: AtomicI64::new(i64::MAX),
+        });
+        let repo = Repository::init_in(
+            store.clone(),
+            &crate::store::memory::MemoryStore::new("legacy"),
+            &Default::default(),
+        )
+        .unwrap();
+        // Registrations of 20 runs killed before, on this host.
+        let mut dead = LockBody::new("backup", Some("vm"));
+        dead.pid = u32::MAX - 1;
+        assert!(dead.proven_dead());
+        for _ in 0..20 {
+            let key = format!("locks/{}", crate::crypto::random_id().unwrap());
+            s.set(&key, dead.seal(repo.keys(), &key).unwrap());
+        }
+        // Each run is killed a request later than the last: its own create, the list,
+        // then reads and removals. Each leaves its own registration behind.
+        let mut n = 4;
+        let reg = loop {
+            let before = locks(&s);
+            store.left.store(n, Ordering::SeqCst);
+            let run = Registration::register(&repo, "backup", Some("vm"));
+            if store.left.load(Ordering::SeqCst) >= 0 {
+                break run.unwrap();
+            }
+            // Killed (whatever it went on to do, it did nothing more to the store), and its
+            // process is gone: what it left names a dead pid.
+            drop(run);
+            for key in s.names().into_iter().filter(|k| k.starts_with("locks/")) {
+                let mut b = LockBody::open(repo.keys(), &key, &s.get(&key).unwrap()).unwrap();
+                if b.pid == std::process::id() {
+                    b.pid = u32::MAX - 1;
+                    s.set(&key, b.seal(repo.keys(), &key).unwrap());
+                }
+            }
+            // It removed what it read (a read and a removal each, besides its own).
+            assert!(
+                locks(&s) + (n as usize - 4) / 2 <= before + 1,
+                "{} registrations after a run killed at request {n}, {before} before",
+                locks(&s)
+            );
+            n += 1;
+            assert!(n < 30, "the registrations of killed runs piled up");
+        };
+        store.left.store(i64::MAX, Ordering::SeqCst);
+        // The run that got through removed every dead one, and releases its own.
+        assert_eq!(locks(&s), 1);
+        drop(reg);
+        assert_eq!(locks(&s), 0);
+    }
 
     #[test]
     fn this_process_is_alive_and_a_dead_pid_is_proven_dead() {
