@@ -489,8 +489,7 @@ fn sync_copies_what_is_missing_reseals_for_other_keys_and_resumes() {
     assert_eq!(restored(&c, "vm", Some(2)).unwrap(), d2);
     assert!(c.select(Some("db"), None).is_err());
     // Resume: a sync killed after its first point left it committed and its blobs indexed.
-    let (ds, dst) = (MemoryObjects::new("d"), ());
-    let _ = dst;
+    let ds = MemoryObjects::new("d");
     let d = repo_on(&ds, Some("pw"));
     d.sync_from(&a, Some("db"), &VerifyOptions::default())
         .unwrap();
