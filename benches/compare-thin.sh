@@ -29,7 +29,7 @@ mkdir -p "$SHM"
 for tool in cargo python3 awk fincore; do command -v "$tool" >/dev/null || die "$tool is not installed"; done
 
 build_vdisk
-V="$TARGET_DIR/release/vdisk"
+V="$VDISK"
 
 # make_disk PATH SIZE SEED: 16 pieces of 64 MiB of random data spread evenly; SEED varies
 # the bytes, CHANGED=1 changes 1% of the 64 KiB blocks of each piece.
