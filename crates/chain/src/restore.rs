@@ -202,6 +202,18 @@ impl PointImage {
         Ok(leaf)
     }
 
+    /// Where the run of zero blocks that the index stores nothing for, from block `b`, ends
+    /// (`None`: the leaf of `b` is stored).
+    fn zero_until(&self, b: u64) -> Result<Option<u64>> {
+        let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
+        t.zero_until(b).map_err(|e| {
+            self.damaged(
+                format!("its index cannot be read ({})", e.message()),
+                b * self.repo.block_size(),
+            )
+        })
+    }
+
     fn block_len(&self, b: u64) -> u64 {
         let bs = self.repo.block_size();
         bs.min(self.disk.size - b * bs)
@@ -303,6 +315,23 @@ impl DiskImage for PointImage {
         let end = offset + length;
         let mut b = offset / bs;
         while b * bs < end {
+            // A zero chunk of the index (a leaf, or a node over many): one hole, whatever its
+            // size, so a thin disk's map costs what its data does.
+            if let Some(z) = self.zero_until(b)? {
+                let s = (b * bs).max(offset);
+                let t = (z * bs).min(self.disk.size).min(end);
+                coalesce(
+                    &mut out,
+                    Extent {
+                        start: s,
+                        length: t - s,
+                        allocation: Allocation::Unallocated,
+                        depth: 0,
+                    },
+                );
+                b = z;
+                continue;
+            }
             let j = b / FANOUT;
             let leaf = self.leaf(j)?;
             let leaf_end = ((j + 1) * FANOUT).min(self.shape.blocks);

@@ -546,3 +546,110 @@ fn the_issues_crafted_points_are_refused_and_lose_nothing() {
     assert_eq!(n.point, 5);
     assert_eq!(restored(&r, "vm", Some(1)).unwrap(), d);
 }
+
+/// A thin disk of `size` bytes: data only in `pieces` (offset, bytes), zero elsewhere, and an
+/// allocation map that says so.
+struct Thin {
+    size: u64,
+    pieces: Vec<(u64, Vec<u8>)>,
+}
+
+impl DiskImage for Thin {
+    fn size(&self) -> u64 {
+        self.size
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> vdisk_core::Result<()> {
+        vdisk_core::check_range(self.size, offset, buf.len() as u64)?;
+        buf.fill(0);
+        let end = offset + buf.len() as u64;
+        for (at, bytes) in &self.pieces {
+            let (s, e) = ((*at).max(offset), (at + bytes.len() as u64).min(end));
+            if s < e {
+                buf[(s - offset) as usize..(e - offset) as usize]
+                    .copy_from_slice(&bytes[(s - at) as usize..(e - at) as usize]);
+            }
+        }
+        Ok(())
+    }
+    fn allocation(&self, offset: u64, length: u64) -> vdisk_core::Result<Vec<vdisk_core::Extent>> {
+        use vdisk_core::{coalesce, Allocation, Extent};
+        let end = offset + length;
+        let mut out = Vec::new();
+        let mut at = offset;
+        let ext = |start, end: u64, allocation| Extent {
+            start,
+            length: end - start,
+            allocation,
+            depth: 0,
+        };
+        for (p, bytes) in &self.pieces {
+            let (s, e) = ((*p).max(at), (p + bytes.len() as u64).min(end));
+            if s < e {
+                coalesce(&mut out, ext(at, s, Allocation::Unallocated));
+                coalesce(&mut out, ext(s, e, Allocation::Data));
+                at = e;
+            }
+        }
+        coalesce(&mut out, ext(at, end, Allocation::Unallocated));
+        Ok(out)
+    }
+    fn format_name(&self) -> &'static str {
+        "thin"
+    }
+}
+
+/// A point of a thin disk maps its empty stretches as one hole each, skipped a chunk of its
+/// index at a time (zero leaves, and zero nodes over 1024 of them), and reads back.
+#[test]
+fn a_thin_points_map_has_one_hole_per_empty_stretch() {
+    let (_s, repo) = new_repo(None);
+    let g = 1u64 << 30;
+    let b = B as u64;
+    // Data in the first block, in two blocks past a zero node (64 GiB of blocks), in the
+    // last one; 200 GiB in all.
+    let img = Thin {
+        size: 200 * g,
+        pieces: vec![
+            (0, disk(1, 1)),
+            (70 * g + 3 * b, disk(2, 5)),
+            (200 * g - b, disk(1, 9)),
+        ],
+    };
+    let src = DiskSource {
+        image: &img,
+        source: Source {
+            identity: "/thin".into(),
+            unclean: false,
+        },
+        label: "thin".into(),
+    };
+    repo.backup("thin", &[src], &BackupOptions::default())
+        .unwrap();
+    let point = repo.select(Some("thin"), None).unwrap();
+    let p = repo.point_image(&point, None).unwrap();
+    assert_eq!(p.allocation(0, img.size).unwrap().len(), 5);
+    for (o, l) in [
+        (0, img.size),
+        (5 * g + 7, 66 * g),
+        (70 * g + 3 * b + 1, b),
+        (70 * g, 130 * g),
+        (100 * g, 100 * g - 1),
+        (64 * g, 1),
+    ] {
+        assert_eq!(
+            p.allocation(o, l).unwrap(),
+            img.allocation(o, l).unwrap(),
+            "{o} +{l}"
+        );
+    }
+    for (o, l) in [
+        (70 * g + 2 * b + 5, 2 * b),
+        (200 * g - 2 * b, 2 * b),
+        (0, b + 1),
+    ] {
+        let (mut got, mut want) = (vec![0u8; l as usize], vec![0u8; l as usize]);
+        p.read_at(&mut got, o).unwrap();
+        img.read_at(&mut want, o).unwrap();
+        assert!(got == want, "{o} +{l}");
+    }
+}

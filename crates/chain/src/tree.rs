@@ -275,6 +275,32 @@ impl<'a> TreeReader<'a> {
         Ok(self.nodes[&(k + 1, parent)][(j % FANOUT) as usize])
     }
 
+    /// Where the largest all-zero chunk holding block `b` ends (a block number, at most the
+    /// disk's blocks), or `None` when the leaf of `b` is stored. Nothing under a zero chunk
+    /// is stored, so a walk over a thin disk's blocks skips its empty terabytes a node at a
+    /// time instead of a block (or a leaf) at a time.
+    pub fn zero_until(&mut self, b: u64) -> Result<Option<u64>> {
+        if b >= self.shape.blocks {
+            return Err(Error::invalid("no such block in the disk's index"));
+        }
+        for k in (0..=self.shape.depth()).rev() {
+            // Blocks under one chunk of level k (past the disk's: the root covers it all).
+            let span = u32::try_from(k + 1)
+                .ok()
+                .and_then(|e| FANOUT.checked_pow(e))
+                .unwrap_or(u64::MAX);
+            let j = b / span;
+            if self.chunk_id(k, j)?.is_zero() {
+                return Ok(Some(
+                    j.saturating_add(1)
+                        .saturating_mul(span)
+                        .min(self.shape.blocks),
+                ));
+            }
+        }
+        Ok(None)
+    }
+
     /// The entries of leaf `j`.
     pub fn leaf(&mut self, j: u64) -> Result<Vec<LeafEntry>> {
         let n = self.shape.items(0, j);
@@ -378,5 +404,50 @@ mod tests {
         }
         assert_eq!(r.leaf(1024).unwrap().len(), 5);
         assert!(r.leaf(1025).is_err());
+        // Zero runs end where the largest zero chunk does: a leaf, or a node's 1024 leaves.
+        assert_eq!(r.zero_until(0).unwrap(), None);
+        assert_eq!(r.zero_until(FANOUT).unwrap(), Some(2 * FANOUT));
+        assert_eq!(r.zero_until(700 * FANOUT - 1).unwrap(), Some(700 * FANOUT));
+        assert_eq!(r.zero_until(701 * FANOUT).unwrap(), Some(702 * FANOUT));
+        assert_eq!(r.zero_until(700 * FANOUT).unwrap(), None);
+        assert_eq!(r.zero_until(1024 * FANOUT).unwrap(), None);
+        assert!(r.zero_until(shape.blocks).is_err());
+        // Above a zero node, the whole node's blocks at once.
+        let size = (3 * FANOUT * FANOUT) * block;
+        let shape = Shape::new(size, block).unwrap();
+        let mut b = TreeBuilder::new(shape.clone());
+        for j in 0..shape.leaves() {
+            let id = if j == 2 * FANOUT + 1 {
+                store(&encode_leaf(&vec![leaves[&0][0]; FANOUT as usize])).unwrap()
+            } else {
+                BlockId::ZERO
+            };
+            b.push_leaf(id, &mut store).unwrap();
+        }
+        let root = b.finish().unwrap();
+        let mut r = TreeReader::new(shape.clone(), root, fetch);
+        assert_eq!(r.zero_until(5).unwrap(), Some(FANOUT * FANOUT));
+        assert_eq!(
+            r.zero_until(FANOUT * FANOUT).unwrap(),
+            Some(2 * FANOUT * FANOUT)
+        );
+        assert_eq!(
+            r.zero_until(2 * FANOUT * FANOUT).unwrap(),
+            Some((2 * FANOUT + 1) * FANOUT)
+        );
+        assert_eq!(r.zero_until((2 * FANOUT + 1) * FANOUT).unwrap(), None);
+        // Past it, under the same stored node: a leaf at a time.
+        assert_eq!(
+            r.zero_until((2 * FANOUT + 2) * FANOUT).unwrap(),
+            Some((2 * FANOUT + 3) * FANOUT)
+        );
+        assert_eq!(r.zero_until(shape.blocks - 1).unwrap(), Some(shape.blocks));
+        // A disk of zeros: one run.
+        let mut r = TreeReader::new(
+            shape.clone(),
+            BlockId::ZERO,
+            |_: &BlockId| -> Result<Vec<u8>> { Err(Error::corrupt("nothing is stored")) },
+        );
+        assert_eq!(r.zero_until(123).unwrap(), Some(shape.blocks));
     }
 }
