@@ -744,7 +744,7 @@ fn honest_fakes_read_and_map_and_errors_keep_the_stream_in_step() {
                     for (l, f) in [
                         (4096u32, 0u32),
                         (4096, 3),
-                        (r.length.saturating_sub(4096).max(1) + 1 << 20, 2),
+                        ((r.length.saturating_sub(4096).max(1) + 1) << 20, 2),
                     ] {
                         p.extend_from_slice(&l.to_be_bytes());
                         p.extend_from_slice(&f.to_be_bytes());
