@@ -23,6 +23,12 @@ const TARGETS: &[(&str, Target)] = &[
     ("extents_json", vdisk::bitmap::fuzzing::extents_json),
     ("manifest_decode", vdisk::diff::fuzzing::manifest),
     ("repo_meta", vdisk::chain::fuzzing::repo_meta),
+    ("repo_config", vdisk::chain::fuzzing::config),
+    ("repo_key", vdisk::chain::fuzzing::key_file),
+    ("repo_pack", vdisk::chain::fuzzing::pack),
+    ("repo_index_table", vdisk::chain::fuzzing::index_table),
+    ("repo_point", vdisk::chain::fuzzing::point),
+    ("repo_index_chunk", vdisk::chain::fuzzing::index_chunk),
     ("write_roundtrip", write_roundtrip),
 ];
 
@@ -150,6 +156,36 @@ fn corpus_repo_meta() {
 #[test]
 fn corpus_write_roundtrip() {
     replay_target("write_roundtrip");
+}
+
+#[test]
+fn corpus_repo_config() {
+    replay_target("repo_config");
+}
+
+#[test]
+fn corpus_repo_key() {
+    replay_target("repo_key");
+}
+
+#[test]
+fn corpus_repo_pack() {
+    replay_target("repo_pack");
+}
+
+#[test]
+fn corpus_repo_index_table() {
+    replay_target("repo_index_table");
+}
+
+#[test]
+fn corpus_repo_point() {
+    replay_target("repo_point");
+}
+
+#[test]
+fn corpus_repo_index_chunk() {
+    replay_target("repo_index_chunk");
 }
 
 /// Replay one saved fuzzer finding by name.

@@ -1,7 +1,7 @@
 //! Entry points for the cargo-fuzz targets of the repository's parsers, shared with the
 //! corpus replay tests: any bytes, no panic; what decodes round-trips.
 
-use crate::crypto::{Keys, MasterKey};
+use crate::crypto::{Keys, Kind, MasterKey};
 
 /// Decode layout-2 repository metadata; when it decodes, it must round-trip.
 pub fn repo_meta(data: &[u8]) {
@@ -11,8 +11,8 @@ pub fn repo_meta(data: &[u8]) {
     }
 }
 
-/// Fixed keys, so that a fuzzer's seeds stay valid across runs: unencrypted (whose seals a
-/// fuzzer can get past with the MAC's key known), and encrypted.
+/// Fixed keys, so that a fuzzer's seeds stay valid across runs: unencrypted (whose seals the
+/// harness makes right, [`remac`]), and encrypted.
 fn keys(encrypted: bool) -> Keys {
     Keys::derive(&MasterKey([7; 32]), encrypted)
 }
@@ -45,54 +45,156 @@ pub fn key_file(data: &[u8]) {
     }
 }
 
-/// Parse a whole pack named `00000000000000000000000000000000` (byte 0 picks the keys),
-/// then open each blob it lists.
-pub fn pack(data: &[u8]) {
-    let Some((&which, bytes)) = data.split_first() else {
-        return;
-    };
-    let k = keys(which & 1 == 1);
-    let id = "0".repeat(32);
-    if let Ok(entries) = crate::pack::parse_pack(&k, &id, bytes) {
-        for e in entries {
-            let blob = &bytes[e.offset as usize..(e.offset + e.len) as usize];
-            let _ = crate::pack::open_blob(&k, &e.id, blob, 1 << 20);
+/// Re-seal `sealed` (a whole object of `kind` named `id`, its MAC last) with the fixed
+/// unencrypted keys `k`, in place: the harness signs whatever the fuzzer wrote, as anyone who
+/// can read an unencrypted repository's `config` can, so that the parser behind the seal is
+/// reached (a 128-bit MAC is beyond a fuzzer), and real objects of any unencrypted
+/// repository are seeds. Nothing when it is shorter than a MAC.
+fn remac(k: &Keys, kind: Kind, id: &[u8], sealed: &mut [u8]) {
+    if let Some(n) = sealed.len().checked_sub(k.overhead()) {
+        if let Ok(s) = k.seal(kind, id, &sealed[..n]) {
+            sealed.copy_from_slice(&s);
         }
     }
 }
 
-/// Open an index table named `t` (byte 0 picks the keys) and read every page; what a page
-/// holds is sorted.
+/// Parse a whole pack named `00000000000000000000000000000000`, then open each blob it
+/// lists. Byte 0 picks the keys: even, unencrypted, with the header's and the blobs' MACs
+/// made right by the harness ([`remac`]: the pack's parser and the blobs' decoding are
+/// reached); odd, encrypted, as they are (only a pack sealed with the fixed key gets past
+/// the seal).
+pub fn pack(data: &[u8]) {
+    let Some((&which, bytes)) = data.split_first() else {
+        return;
+    };
+    let encrypted = which & 1 == 1;
+    let k = keys(encrypted);
+    let id = "0".repeat(32);
+    let mut bytes = bytes.to_vec();
+    let len = bytes.len();
+    let trailer = crate::pack::trailer_len() as usize;
+    if !encrypted && len >= trailer {
+        if let Ok((start, n)) = crate::pack::header_range(&bytes[len - trailer..], len as u64) {
+            let header = &mut bytes[start as usize..(start + n) as usize];
+            remac(&k, Kind::PackHeader, id.as_bytes(), header);
+        }
+    }
+    if let Ok(entries) = crate::pack::parse_pack(&k, &id, &bytes) {
+        for e in entries {
+            let (at, n) = (e.offset as usize, e.len as usize);
+            let mut blob = bytes[at..at + n].to_vec();
+            if !encrypted {
+                remac(&k, Kind::Blob, &e.id.0, &mut blob);
+            }
+            let _ = crate::pack::open_blob(&k, &e.id, &blob, 1 << 20);
+        }
+    }
+}
+
+/// The magic and the length of an index table's trailer (`index.rs`).
+const INDEX_MAGIC: &[u8; 8] = b"VDINDX03";
+const INDEX_TRAILER: usize = 40;
+
+/// Re-seal the pages and the fences of an unencrypted index table named `id`, where its
+/// trailer says they lie (nothing when the trailer is not one).
+fn remac_table(k: &Keys, id: &str, bytes: &mut [u8]) {
+    use crate::index::{ENTRY_LEN, MAX_TABLE_ENTRIES, PAGE_ENTRIES};
+    let Some(end) = bytes.len().checked_sub(INDEX_TRAILER) else {
+        return;
+    };
+    let t = &bytes[end..];
+    if &t[..8] != INDEX_MAGIC {
+        return;
+    }
+    let word = |i: usize| u64::from_le_bytes(t[8 + i * 8..16 + i * 8].try_into().unwrap_or([0; 8]));
+    let (entries, pages, fences_len) = (word(0), word(1), word(3));
+    if entries > MAX_TABLE_ENTRIES || pages != entries.div_ceil(PAGE_ENTRIES as u64) {
+        return;
+    }
+    // The fences lie just before the trailer.
+    if let Some(at) = (end as u64).checked_sub(fences_len) {
+        remac(
+            k,
+            Kind::IndexFences,
+            id.as_bytes(),
+            &mut bytes[at as usize..end],
+        );
+    }
+    let full = PAGE_ENTRIES * ENTRY_LEN + k.overhead();
+    for p in 0..pages {
+        let n = if p + 1 == pages {
+            (entries - p * PAGE_ENTRIES as u64) as usize
+        } else {
+            PAGE_ENTRIES
+        };
+        let at = p as usize * full;
+        let stop = at + n * ENTRY_LEN + k.overhead();
+        if stop > end {
+            break;
+        }
+        let mut ad = id.as_bytes().to_vec();
+        ad.extend_from_slice(&p.to_le_bytes());
+        remac(k, Kind::IndexPage, &ad, &mut bytes[at..stop]);
+    }
+}
+
+/// Open an index table named `t` and read every page; what a page holds is sorted. Byte 0
+/// picks the keys: even, unencrypted, with the pages' and the fences' MACs made right by
+/// the harness ([`remac`]); odd, encrypted, as they are.
 pub fn index_table(data: &[u8]) {
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    let k = keys(which & 1 == 1);
-    if let Ok(t) =
-        crate::index::IndexTable::open(&k, "t", crate::index::TableBytes::Memory(bytes.to_vec()))
+    let encrypted = which & 1 == 1;
+    let k = keys(encrypted);
+    let mut bytes = bytes.to_vec();
+    if !encrypted {
+        remac_table(&k, "t", &mut bytes);
+    }
+    if let Ok(t) = crate::index::IndexTable::open(&k, "t", crate::index::TableBytes::Memory(bytes))
     {
         for p in 0..t.pages().min(1 << 16) {
             if let Ok(entries) = t.page(p) {
                 assert!(entries.windows(2).all(|w| w[0].id < w[1].id));
             }
         }
+        let _ = t.filter_matches();
         let set = crate::index::IndexSet::new(vec![t]);
         let _ = set.lookup(&crate::crypto::BlockId([1; 32]));
     }
 }
 
-/// Open a point object named `points/0123456789abcdef-0000000001` (byte 0 picks the keys).
+/// Open a point object. Byte 0 picks the keys: even, unencrypted, the object named for the
+/// NAME and number its JSON gives (`points/0123456789abcdef-0000000001` when it gives none)
+/// and its MAC made right by the harness ([`remac`]), so that a point that holds together
+/// opens; odd, encrypted, as it is, named `points/0123456789abcdef-0000000001`. A point
+/// that opens re-seals and opens the same.
 pub fn point(data: &[u8]) {
+    use crate::point::{point_key, PointRecord, MAX_SEQ};
     let Some((&which, bytes)) = data.split_first() else {
         return;
     };
-    let k = keys(which & 1 == 1);
-    let key = "points/0123456789abcdef-0000000001";
-    if let Ok(p) = crate::point::PointRecord::open(&k, key, bytes, 65536) {
+    let encrypted = which & 1 == 1;
+    let k = keys(encrypted);
+    let mut key = "points/0123456789abcdef-0000000001".to_string();
+    let mut sealed = bytes.to_vec();
+    if !encrypted {
+        if let Some(n) = sealed.len().checked_sub(k.overhead()) {
+            if let Ok(p) = serde_json::from_slice::<PointRecord>(&sealed[..n]) {
+                if (1..=MAX_SEQ).contains(&p.seq) {
+                    key = point_key(&k.name_tag(&p.name), p.seq);
+                }
+            }
+        }
+        remac(&k, Kind::Point, key.as_bytes(), &mut sealed);
+    }
+    if let Ok(p) = PointRecord::open(&k, &key, &sealed, 65536) {
         assert!(p.validate(65536).is_ok());
+        let again = p.seal(&k, &key).expect("a point re-seals");
+        assert_eq!(PointRecord::open(&k, &key, &again, 65536).ok(), Some(p));
     }
     // The same bytes as the plain JSON of a point: validated, never trusted.
-    if let Ok(p) = serde_json::from_slice::<crate::point::PointRecord>(bytes) {
+    if let Ok(p) = serde_json::from_slice::<PointRecord>(bytes) {
         let _ = p.validate(65536);
     }
 }
