@@ -52,14 +52,14 @@ fn archive_info(ova: &vdisk::ova::Ova, opened: Option<&Path>, ctx: &Ctx) -> Valu
 }
 
 /// Every layer's entry: path, format, sizes, then the format's own fields.
-fn chain_entry(img: &Image, depth: usize, info: &LayerInfo) -> Map<String, Value> {
+fn chain_entry(img: &Image, depth: usize, fields: Map<String, Value>) -> Map<String, Value> {
     let l = &img.layers()[depth];
     let mut m = Map::new();
     m.insert("path".into(), Value::String(path_text(l.path())));
     m.insert("format".into(), img.format_of(depth).name().into());
     m.insert("virtual_size".into(), l.size().into());
     m.insert("disk_usage".into(), l.disk_usage().into());
-    m.extend(info.fields.clone());
+    m.extend(fields);
     m
 }
 
@@ -82,7 +82,7 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
         Ok(())
     })?;
     // Each file's details, taken once (a descriptor can list 200,000 extents).
-    let infos: Vec<LayerInfo> = img.layers().iter().map(|l| l.info()).collect();
+    let mut infos: Vec<LayerInfo> = img.layers().iter().map(|l| l.info()).collect();
     let mut doc = Map::new();
     doc.insert("path".into(), Value::String(path_text(path)));
     doc.insert("format".into(), img.format_name().into());
@@ -102,7 +102,9 @@ pub fn run(ctx: &Ctx, args: Args) -> Result<Status> {
     let detailed = infos.iter().any(|i| !i.fields.is_empty());
     if detailed || img.layers().len() > 1 {
         let chain = (0..img.layers().len())
-            .map(|d| Value::Object(chain_entry(&img, d, &infos[d])))
+            // The fields move into the document (an extent list can be long): the text
+            // output uses each file's lines, not its fields.
+            .map(|d| Value::Object(chain_entry(&img, d, std::mem::take(&mut infos[d].fields))))
             .collect();
         doc.insert("chain".into(), Value::Array(chain));
     }
