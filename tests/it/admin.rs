@@ -3,7 +3,6 @@
 //! real signal, hints, help, the man page, completions, and output formats that follow the
 //! destination's name (checked with `qemu-img info`).
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -269,23 +268,6 @@ fn every_command_that_writes_or_checks_prints_one_summary_line() {
     assert_eq!(v["destination"], "j.raw");
 }
 
-/// Every file under `dir` (name, then contents), to compare a repository before and after.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        let name = e.file_name().to_string_lossy().into_owned();
-        if e.file_type().unwrap().is_dir() {
-            for (k, v) in tree(&e.path()) {
-                out.insert(format!("{name}/{k}"), v);
-            }
-        } else {
-            out.insert(name, std::fs::read(e.path()).unwrap());
-        }
-    }
-    out
-}
-
 /// Start `vdisk ARGS` in `dir`, send `sig` once it has run for `after`, and return its exit
 /// code and stderr.
 fn interrupt(
@@ -325,7 +307,7 @@ fn an_interrupt_says_what_is_unchanged_and_exits_130() {
     vdisk_in(dir, &["backup", "d.raw", "repo"]).expect_code(0, "first backup");
     // New data everywhere, read at 4 MiB/s: the incremental takes ~8 s.
     sparse_disk(&dir.join("d.raw"), 64 << 20, 32, 1 << 20, 99);
-    let before = tree(&dir.join("repo"));
+    let before = file_tree(&dir.join("repo"));
     let (code, err) = interrupt(
         dir,
         &["--io-limit", "4M", "backup", "d.raw", "repo"],
@@ -337,7 +319,11 @@ fn an_interrupt_says_what_is_unchanged_and_exits_130() {
         err.trim_end(),
         "vdisk: interrupted; repository repo is unchanged"
     );
-    assert_eq!(tree(&dir.join("repo")), before, "the repository changed");
+    assert_eq!(
+        file_tree(&dir.join("repo")),
+        before,
+        "the repository changed"
+    );
     vdisk_in(dir, &["verify", "repo"]).expect_code(0, "verify after");
 
     // An existing output replaced with --force stays whole when the restore is stopped.
