@@ -521,6 +521,21 @@ impl Repository {
     /// Blob `id`, opened and checked (its seal, and its bytes against its id), at most `max`
     /// bytes. A blob that a prune moved is found again.
     pub(crate) fn read_blob(&self, id: &BlockId, max: usize) -> Result<Vec<u8>> {
+        let (at, sealed) = self.sealed_blob(id)?;
+        crate::pack::open_blob(self.keys(), id, &sealed, max)
+            .map_err(|e| self.blob_error(id, &at, &e))
+    }
+
+    /// Blob `id` opened into `out`, which its bytes must fill exactly; checked as
+    /// [`Repository::read_blob`] checks. On an error `out` holds no meaning.
+    pub(crate) fn read_blob_into(&self, id: &BlockId, out: &mut [u8]) -> Result<()> {
+        let (at, mut sealed) = self.sealed_blob(id)?;
+        crate::pack::open_blob_into(self.keys(), id, &mut sealed, out)
+            .map_err(|e| self.blob_error(id, &at, &e))
+    }
+
+    /// Where blob `id` lies and its sealed bytes. A blob that a prune moved is found again.
+    fn sealed_blob(&self, id: &BlockId) -> Result<(BlobAt, Vec<u8>)> {
         let missing = || {
             err_at(
                 self.location(),
@@ -533,28 +548,31 @@ impl Repository {
         };
         let (generation, at) = self.locate(id)?;
         let at = at.ok_or_else(missing)?;
-        let sealed = match self.read_sealed(&at) {
-            Ok(s) => s,
+        match self.read_sealed(&at) {
+            Ok(s) => Ok((at, s)),
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 // Moved by a prune that repacked it: the index says where now.
                 let (_, set) = self.reload_index(generation)?;
                 let at = set.lookup(id)?.ok_or_else(missing)?;
-                self.read_sealed(&at)?
+                let s = self.read_sealed(&at)?;
+                Ok((at, s))
             }
-            Err(e) => return Err(e),
-        };
-        crate::pack::open_blob(self.keys(), id, &sealed, max).map_err(|e| {
-            Error::new(
-                ErrorKind::Corrupt,
-                format!(
-                    "block {} in pack {}: {}",
-                    &id.hex()[..16],
-                    at.pack.hex(),
-                    e.message()
-                ),
-            )
-            .with_path(self.location())
-        })
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A blob that does not open, as an error naming it and its pack.
+    fn blob_error(&self, id: &BlockId, at: &BlobAt, e: &Error) -> Error {
+        Error::new(
+            ErrorKind::Corrupt,
+            format!(
+                "block {} in pack {}: {}",
+                &id.hex()[..16],
+                at.pack.hex(),
+                e.message()
+            ),
+        )
+        .with_path(self.location())
     }
 
     /// The largest blob: a block, or a chunk of a disk's index.

@@ -227,8 +227,40 @@ impl PointImage {
             .ok_or_else(|| self.damaged("its index is shorter than the disk".into(), b))
     }
 
-    /// The bytes of block `b` (`None`: all zero), checked.
-    fn block(&self, b: u64, keep: bool) -> Result<Option<Arc<Vec<u8>>>> {
+    /// Block `b` cannot be read: `err`, as an error naming its bytes.
+    fn unreadable(&self, b: u64, err: &Error) -> Error {
+        let bs = self.repo.block_size();
+        self.damaged(
+            format!(
+                "the block at bytes {}..{} cannot be read ({})",
+                b * bs,
+                b * bs + self.block_len(b),
+                err.message()
+            ),
+            b * bs,
+        )
+    }
+
+    /// Whole block `b` into `out` (its length), checked; not kept. Opened straight into
+    /// `out`: no buffer of its own, no copy.
+    fn whole_block_into(&self, b: u64, out: &mut [u8]) -> Result<()> {
+        if let Some(d) = self.caches().blocks.get(&b) {
+            out.copy_from_slice(&d[..]);
+            return Ok(());
+        }
+        let e = self.entry(b)?;
+        if e.is_zero() {
+            out.fill(0);
+            return Ok(());
+        }
+        self.repo
+            .read_blob_into(&e.id, out)
+            .map_err(|err| self.unreadable(b, &err))
+    }
+
+    /// The bytes of block `b` (`None`: all zero), checked, and kept for the next part of it
+    /// that is read.
+    fn block(&self, b: u64) -> Result<Option<Arc<Vec<u8>>>> {
         if let Some(d) = self.caches().blocks.get(&b) {
             return Ok(Some(Arc::clone(d)));
         }
@@ -237,17 +269,10 @@ impl PointImage {
             return Ok(None);
         }
         let bs = self.repo.block_size();
-        let data = self.repo.read_blob(&e.id, bs as usize).map_err(|err| {
-            self.damaged(
-                format!(
-                    "the block at bytes {}..{} cannot be read ({})",
-                    b * bs,
-                    b * bs + self.block_len(b),
-                    err.message()
-                ),
-                b * bs,
-            )
-        })?;
+        let data = self
+            .repo
+            .read_blob(&e.id, bs as usize)
+            .map_err(|err| self.unreadable(b, &err))?;
         if data.len() as u64 != self.block_len(b) {
             return Err(self.damaged(
                 format!(
@@ -260,15 +285,13 @@ impl PointImage {
             ));
         }
         let data = Arc::new(data);
-        if keep {
-            let mut c = self.caches();
-            if c.blocks.insert(b, Arc::clone(&data)).is_none() {
-                c.block_order.push_back(b);
-            }
-            while c.block_order.len() > CACHED_BLOCKS {
-                if let Some(k) = c.block_order.pop_front() {
-                    c.blocks.remove(&k);
-                }
+        let mut c = self.caches();
+        if c.blocks.insert(b, Arc::clone(&data)).is_none() {
+            c.block_order.push_back(b);
+        }
+        while c.block_order.len() > CACHED_BLOCKS {
+            if let Some(k) = c.block_order.pop_front() {
+                c.blocks.remove(&k);
             }
         }
         Ok(Some(data))
@@ -296,7 +319,11 @@ impl DiskImage for PointImage {
             let out = &mut buf[(s - offset) as usize..(e - offset) as usize];
             // Whole blocks (what copies ask for) are not kept; parts are, for the next part.
             let whole = s == bstart && e == bstart + self.block_len(b);
-            match self.block(b, !whole)? {
+            if whole {
+                self.whole_block_into(b, out)?;
+                continue;
+            }
+            match self.block(b)? {
                 None => out.fill(0),
                 Some(d) => out.copy_from_slice(&d[(s - bstart) as usize..(e - bstart) as usize]),
             }
