@@ -171,6 +171,12 @@ fn with_decompressor<T>(
     })
 }
 
+/// Check only the seal of a blob sealed for `id` (sync's check before a blob leaves: the
+/// full check, [`check_blob`], is made on arrival).
+pub fn check_seal(keys: &Keys, id: &BlockId, sealed: &[u8]) -> Result<()> {
+    keys.open(Kind::Blob, &id.0, sealed).map(|_| ())
+}
+
 /// Check a sealed blob without keeping its bytes (sync's check on arrival, verify).
 pub fn check_blob(keys: &Keys, id: &BlockId, sealed: &[u8], max: usize) -> Result<()> {
     open_blob(keys, id, sealed, max).map(|_| ())

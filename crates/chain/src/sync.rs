@@ -303,9 +303,17 @@ fn copy_tree(
                     .with_path(src.location())
             })?;
             let sealed = src.read_sealed(&at)?;
-            // Checked before it leaves.
-            crate::pack::check_blob(src.keys(), id, &sealed, max)
-                .map_err(|e| e.with_path(src.location()))?;
+            // Its seal checked before it leaves (damage is named at the source); inflated
+            // and hashed on arrival, where the destination's pack is read back whole.
+            crate::pack::check_seal(src.keys(), id, &sealed).map_err(|e| {
+                Error::corrupt(format!(
+                    "block {} in pack {}: {}",
+                    &id.hex()[..16],
+                    at.pack.hex(),
+                    e.message()
+                ))
+                .with_path(src.location())
+            })?;
             sealed
         } else {
             let data = src.read_blob(id, max)?;

@@ -465,15 +465,7 @@ fn sync_copies_what_is_missing_reseals_for_other_keys_and_resumes() {
     backup(&a, "vm", &d2);
     backup(&a, "db", &disk(3, 99));
     // Same key (a copy made by sync): sealed blobs move as they are.
-    let bs = MemoryObjects::new("b");
-    let b = {
-        let (objects, legacy): (Arc<dyn Objects>, _) =
-            (Arc::new(bs.clone()), MemoryStore::new("l"));
-        let _ = legacy;
-        let config = crate::config::Config::copy_of(&a.inner.config, &a.inner.master).unwrap();
-        objects.create("config", &config.encode()).unwrap();
-        Repository::open_in(objects, &Access::default()).unwrap()
-    };
+    let b = copy_of(&a, &MemoryObjects::new("b"));
     let s = b.sync_from(&a, None, &VerifyOptions::default()).unwrap();
     assert_eq!((s.points, s.points_copied), (3, 3));
     assert_eq!(restored(&b, "vm", Some(1)).unwrap(), d1);
@@ -496,6 +488,72 @@ fn sync_copies_what_is_missing_reseals_for_other_keys_and_resumes() {
     let s = d.sync_from(&a, None, &VerifyOptions::default()).unwrap();
     assert_eq!((s.points_copied, s.points_present), (2, 1));
     assert!(names(&cs, "data/").len() <= names(&ds, "data/").len());
+}
+
+/// A destination that is a copy of `a` (same keys: sealed blobs move as they are).
+fn copy_of(a: &Repository, store: &MemoryObjects) -> Repository {
+    let objects: Arc<dyn Objects> = Arc::new(store.clone());
+    let config = crate::config::Config::copy_of(&a.inner.config, &a.inner.master).unwrap();
+    objects.create("config", &config.encode()).unwrap();
+    Repository::open_in(objects, &Access::default()).unwrap()
+}
+
+#[test]
+fn sync_refuses_a_damaged_or_forged_block_and_commits_nothing() {
+    let (s, a) = new_repo(None);
+    let d = disk(6, 5);
+    backup(&a, "vm", &d);
+    let pack = names(&s, "data/")[0].clone();
+    let orig = s.get(&pack).unwrap();
+    let entries =
+        crate::pack::parse_pack(a.keys(), crate::pack::pack_id_of(&pack).unwrap(), &orig).unwrap();
+    // A flipped byte: its seal fails at the source, which the error names.
+    let mut b = orig.clone();
+    b[entries[0].offset as usize + 40] ^= 1;
+    s.set(&pack, b);
+    let a2 = reopen(&s, None).unwrap();
+    let ds = MemoryObjects::new("d1");
+    let dst = copy_of(&a2, &ds);
+    let e = dst
+        .sync_from(&a2, None, &VerifyOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("does not authenticate"), "{e}");
+    assert!(names(&ds, "points/").is_empty());
+    // A block whose seal is valid but whose bytes are another block's (sealed again with
+    // the public key of an unencrypted repository): found on arrival, nothing committed.
+    let x = entries[0];
+    let mut other = d[..B].to_vec();
+    other[7] ^= 1;
+    let forged = crate::pack::seal_blob(a.keys(), &x.id, &other).unwrap();
+    assert_eq!(
+        forged.len(),
+        x.len as usize,
+        "incompressible blocks seal to one length"
+    );
+    let mut b = orig.clone();
+    b.splice(
+        x.offset as usize..(x.offset + x.len) as usize,
+        forged.iter().copied(),
+    );
+    s.set(&pack, b);
+    let a3 = reopen(&s, None).unwrap();
+    let ds = MemoryObjects::new("d2");
+    let dst = copy_of(&a3, &ds);
+    let e = dst
+        .sync_from(&a3, None, &VerifyOptions::default())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("did not arrive whole"), "{e}");
+    assert!(names(&ds, "points/").is_empty());
+    // Mended, the same sync copies it all.
+    s.set(&pack, orig);
+    let a4 = reopen(&s, None).unwrap();
+    let ds = MemoryObjects::new("d3");
+    let dst = copy_of(&a4, &ds);
+    dst.sync_from(&a4, None, &VerifyOptions::default()).unwrap();
+    assert_eq!(names(&ds, "points/").len(), 1);
+    assert_eq!(restored(&dst, "vm", Some(1)).unwrap(), d);
 }
 
 #[test]
