@@ -329,14 +329,20 @@ mod tests {
     use super::*;
     use crate::crypto::MasterKey;
 
+    /// A block that compresses well and one that does not.
+    fn samples() -> (Vec<u8>, Vec<u8>) {
+        let text = b"compressible ".repeat(5000);
+        let random = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        (text, random)
+    }
+
     #[test]
     fn blobs_round_trip_compressed_or_raw_and_fail_when_touched() {
         for enc in [false, true] {
             let keys = Keys::derive(&MasterKey::generate().unwrap(), enc);
-            let text = b"compressible ".repeat(5000);
-            let random: Vec<u8> = (0..65536u32)
-                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-                .collect();
+            let (text, random) = samples();
             for data in [&text[..], &random[..], b"x"] {
                 let id = keys.block_id(data);
                 let s = seal_blob(&keys, &id, data).unwrap();
@@ -361,10 +367,7 @@ mod tests {
     fn blobs_open_in_place_into_exactly_their_length_or_not_at_all() {
         for enc in [false, true] {
             let keys = Keys::derive(&MasterKey::generate().unwrap(), enc);
-            let text = b"compressible ".repeat(5000);
-            let random: Vec<u8> = (0..65536u32)
-                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-                .collect();
+            let (text, random) = samples();
             for data in [&text[..], &random[..]] {
                 let id = keys.block_id(data);
                 let sealed = seal_blob(&keys, &id, data).unwrap();

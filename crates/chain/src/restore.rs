@@ -26,13 +26,43 @@ fn zero_leaf() -> Arc<Vec<LeafEntry>> {
     Arc::clone(ZERO.get_or_init(|| Arc::new(vec![LeafEntry::ZERO; FANOUT as usize])))
 }
 
+/// A few opened things by number, the oldest put first dropped once there are more than `N`.
+struct Kept<T, const N: usize> {
+    map: HashMap<u64, Arc<T>>,
+    order: VecDeque<u64>,
+}
+
+impl<T, const N: usize> Default for Kept<T, N> {
+    fn default() -> Self {
+        Kept {
+            map: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<T, const N: usize> Kept<T, N> {
+    fn get(&self, k: u64) -> Option<Arc<T>> {
+        self.map.get(&k).cloned()
+    }
+
+    fn put(&mut self, k: u64, v: &Arc<T>) {
+        if self.map.insert(k, Arc::clone(v)).is_none() {
+            self.order.push_back(k);
+        }
+        while self.order.len() > N {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+    }
+}
+
 /// Small caches of opened leaves and blocks.
 #[derive(Default)]
 struct Caches {
-    leaves: HashMap<u64, Arc<Vec<LeafEntry>>>,
-    leaf_order: VecDeque<u64>,
-    blocks: HashMap<u64, Arc<Vec<u8>>>,
-    block_order: VecDeque<u64>,
+    leaves: Kept<Vec<LeafEntry>, CACHED_LEAVES>,
+    blocks: Kept<Vec<u8>, CACHED_BLOCKS>,
 }
 
 /// One disk of a point, read with every block checked.
@@ -173,8 +203,8 @@ impl PointImage {
 
     /// The entries of leaf `j`.
     pub(crate) fn leaf(&self, j: u64) -> Result<Arc<Vec<LeafEntry>>> {
-        if let Some(l) = self.caches().leaves.get(&j) {
-            return Ok(Arc::clone(l));
+        if let Some(l) = self.caches().leaves.get(j) {
+            return Ok(l);
         }
         let got = {
             let mut t = self.tree.lock().unwrap_or_else(|e| e.into_inner());
@@ -190,15 +220,7 @@ impl PointImage {
                 j * FANOUT * self.repo.block_size(),
             )
         })?);
-        let mut c = self.caches();
-        if c.leaves.insert(j, Arc::clone(&leaf)).is_none() {
-            c.leaf_order.push_back(j);
-        }
-        while c.leaf_order.len() > CACHED_LEAVES {
-            if let Some(k) = c.leaf_order.pop_front() {
-                c.leaves.remove(&k);
-            }
-        }
+        self.caches().leaves.put(j, &leaf);
         Ok(leaf)
     }
 
@@ -244,7 +266,7 @@ impl PointImage {
     /// Whole block `b` into `out` (its length), checked; not kept. Opened straight into
     /// `out`: no buffer of its own, no copy.
     fn whole_block_into(&self, b: u64, out: &mut [u8]) -> Result<()> {
-        if let Some(d) = self.caches().blocks.get(&b) {
+        if let Some(d) = self.caches().blocks.get(b) {
             out.copy_from_slice(&d[..]);
             return Ok(());
         }
@@ -261,8 +283,8 @@ impl PointImage {
     /// The bytes of block `b` (`None`: all zero), checked, and kept for the next part of it
     /// that is read.
     fn block(&self, b: u64) -> Result<Option<Arc<Vec<u8>>>> {
-        if let Some(d) = self.caches().blocks.get(&b) {
-            return Ok(Some(Arc::clone(d)));
+        if let Some(d) = self.caches().blocks.get(b) {
+            return Ok(Some(d));
         }
         let e = self.entry(b)?;
         if e.is_zero() {
@@ -285,15 +307,7 @@ impl PointImage {
             ));
         }
         let data = Arc::new(data);
-        let mut c = self.caches();
-        if c.blocks.insert(b, Arc::clone(&data)).is_none() {
-            c.block_order.push_back(b);
-        }
-        while c.block_order.len() > CACHED_BLOCKS {
-            if let Some(k) = c.block_order.pop_front() {
-                c.blocks.remove(&k);
-            }
-        }
+        self.caches().blocks.put(b, &data);
         Ok(Some(data))
     }
 }
@@ -391,5 +405,26 @@ impl DiskImage for PointImage {
 
     fn files(&self) -> Vec<FileId> {
         Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_drops_the_oldest_put_beyond_its_size() {
+        let mut k: Kept<u32, 2> = Kept::default();
+        for n in 1..=3u64 {
+            k.put(n, &Arc::new(n as u32 * 10));
+        }
+        // Putting one again does not make it newer, nor count twice.
+        k.put(2, &Arc::new(21));
+        assert_eq!(k.get(1), None);
+        assert_eq!(k.get(2).as_deref(), Some(&21));
+        assert_eq!(k.get(3).as_deref(), Some(&30));
+        k.put(4, &Arc::new(40));
+        assert_eq!(k.get(2), None);
+        assert_eq!((k.map.len(), k.order.len()), (2, 2));
     }
 }

@@ -511,15 +511,18 @@ fn sync_refuses_a_damaged_or_forged_block_and_commits_nothing() {
     let mut b = orig.clone();
     b[entries[0].offset as usize + 40] ^= 1;
     s.set(&pack, b);
-    let a2 = reopen(&s, None).unwrap();
-    let ds = MemoryObjects::new("d1");
-    let dst = copy_of(&a2, &ds);
-    let e = dst
-        .sync_from(&a2, None, &VerifyOptions::default())
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert!(e.to_string().contains("does not authenticate"), "{e}");
-    assert!(names(&ds, "points/").is_empty());
+    // A sync of the repository as it now is into a fresh copy: refused, nothing committed.
+    let refused = |why: &str| {
+        let src = reopen(&s, None).unwrap();
+        let ds = MemoryObjects::new("d");
+        let e = copy_of(&src, &ds)
+            .sync_from(&src, None, &VerifyOptions::default())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+        assert!(e.to_string().contains(why), "{e}");
+        assert!(names(&ds, "points/").is_empty());
+    };
+    refused("does not authenticate");
     // A block whose seal is valid but whose bytes are another block's (sealed again with
     // the public key of an unencrypted repository): found on arrival, nothing committed.
     let x = entries[0];
@@ -537,15 +540,7 @@ fn sync_refuses_a_damaged_or_forged_block_and_commits_nothing() {
         forged.iter().copied(),
     );
     s.set(&pack, b);
-    let a3 = reopen(&s, None).unwrap();
-    let ds = MemoryObjects::new("d2");
-    let dst = copy_of(&a3, &ds);
-    let e = dst
-        .sync_from(&a3, None, &VerifyOptions::default())
-        .unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert!(e.to_string().contains("did not arrive whole"), "{e}");
-    assert!(names(&ds, "points/").is_empty());
+    refused("did not arrive whole");
     // Mended, the same sync copies it all.
     s.set(&pack, orig);
     let a4 = reopen(&s, None).unwrap();
