@@ -22,7 +22,8 @@
 # The bound on a full backup (measured in the same run, after the tools): zstd's own benchmark
 # (`zstd -b3 -B64K`, one core) compressing the template's data blocks, each 64 KiB on its own,
 # as vdisk does, without any I/O; on N cores that takes at least bytes / speed / N. The same
-# benchmark with 2 MiB frames (-B2M) and levels 1-3 shows what frames of blocks would store.
+# benchmark with 2 MiB frames (-B2M) at levels 1, 2, 3 and 6 shows what frames of blocks
+# would store.
 #
 # References: restic (`init --repository-version 2`, compression auto, its default),
 # borg (`init -e none`, `create --compression zstd,3`), each with its default threads; the
@@ -335,7 +336,7 @@ read -r Z64 ZSPEED <<<"$(zbench 3 64K)"
 BLOCK_BYTES=$(size_of "$WORK/blocks.bin")
 ZBOUND=$(awk -v b="$BLOCK_BYTES" -v s="$ZSPEED" -v n="$(nproc)" 'BEGIN { printf "%.3f", b / (s * 1e6) / n }')
 FRAMES=""
-for lvl in 1 2 3; do
+for lvl in 1 2 3 6; do
     read -r zb zs <<<"$(zbench "$lvl" 2M)"
     FRAMES+="level $lvl: $(human "$zb") at $zs MB/s; "
 done
