@@ -329,7 +329,7 @@ perl -e 'open(my $i, "<", $ARGV[0]) or die; open(my $o, ">", $ARGV[1]) or die;
 # zbench LEVEL CHUNK -> "compressed_bytes MB_per_s" (zstd -b, one core, 3 s a level).
 zbench() {
     zstd -q -b"$1" -i3 -B"$2" "$WORK/blocks.bin" 2>&1 \
-        | perl -ne '$r = "$1 $2" if /^-?\d+\s+(\d+) \([\d.]+\) ([\d.]+) MB\/s/; END { print "$r\n" }'
+        | perl -ne '$r = "$1 $2" if /^-?\d+\s+(\d+) \([\d.]+\)\s+([\d.]+) MB\/s/; END { print "$r\n" }'
 }
 read -r Z64 ZSPEED <<<"$(zbench 3 64K)"
 [[ -n $ZSPEED ]] || die "could not read zstd -b's result"
