@@ -37,8 +37,9 @@ pub struct Args {
     pub name: Option<String>,
     /// Changed blocks from the hypervisor, trusted as a superset of the changes: a bitmap
     /// from `vdisk bitmap import`, or qemu:dirty-bitmap:NAME, a QEMU dirty bitmap of the
-    /// source (an NBD export's, or a qcow2 file's); only those blocks are read. Without it,
-    /// changes are found by fingerprints. With one SRC only.
+    /// source (an NBD export's, or a qcow2 file's); only those blocks are read. A NAME's
+    /// first point has nothing to build on, so it reads every allocated block even with it.
+    /// Without it, changes are found by fingerprints. With one SRC only.
     #[arg(long, value_name = "CHANGES")]
     pub changed: Option<PathBuf>,
     /// Back up a source that was not closed cleanly, or that is not the disk the NAME's
