@@ -535,7 +535,7 @@ impl Repository {
     }
 
     /// Where blob `id` lies and its sealed bytes. A blob that a prune moved is found again.
-    fn sealed_blob(&self, id: &BlockId) -> Result<(BlobAt, Vec<u8>)> {
+    pub(crate) fn sealed_blob(&self, id: &BlockId) -> Result<(BlobAt, Vec<u8>)> {
         let missing = || {
             err_at(
                 self.location(),
@@ -562,7 +562,7 @@ impl Repository {
     }
 
     /// A blob that does not open, as an error naming it and its pack.
-    fn blob_error(&self, id: &BlockId, at: &BlobAt, e: &Error) -> Error {
+    pub(crate) fn blob_error(&self, id: &BlockId, at: &BlobAt, e: &Error) -> Error {
         Error::new(
             ErrorKind::Corrupt,
             format!(

@@ -9,7 +9,7 @@
 //! at once: a sync killed at any instant resumes where it was (what it copied counts), and
 //! the destination's points appear only once whole, each a conditional create.
 
-use vdisk_core::{Error, ErrorKind, Result};
+use vdisk_core::{ErrorKind, Result};
 
 use crate::backup::{AsPoint, BackupOptions, BlobWriter, DiskSource};
 use crate::config::{Config, KeyFile, CONFIG};
@@ -297,23 +297,11 @@ fn copy_tree(
             return Ok(());
         }
         let sealed = if same_seal {
-            let (_, at) = src.locate(id)?;
-            let at = at.ok_or_else(|| {
-                Error::corrupt(format!("block {} is in no pack", &id.hex()[..16]))
-                    .with_path(src.location())
-            })?;
-            let sealed = src.read_sealed(&at)?;
+            let (at, sealed) = src.sealed_blob(id)?;
             // Its seal checked before it leaves (damage is named at the source); inflated
             // and hashed on arrival, where the destination's pack is read back whole.
-            crate::pack::check_seal(src.keys(), id, &sealed).map_err(|e| {
-                Error::corrupt(format!(
-                    "block {} in pack {}: {}",
-                    &id.hex()[..16],
-                    at.pack.hex(),
-                    e.message()
-                ))
-                .with_path(src.location())
-            })?;
+            crate::pack::check_seal(src.keys(), id, &sealed)
+                .map_err(|e| src.blob_error(id, &at, &e))?;
             sealed
         } else {
             let data = src.read_blob(id, max)?;
